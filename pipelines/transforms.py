@@ -1,0 +1,271 @@
+"""The prepare pipeline's stages, one named PTransform each. DoFns are thin wrappers around `segprep`.
+
+    (split, image_id)
+      → ReadPairs      → PairBytes                               + errors
+      → DecodePairs    → (PairKey, DecodedPair)                  + errors
+      → CutCrops       → (split, (image_id, k, record bytes))    + per-image Stats
+      → SpreadCrops    → ((split, shard), [(order, bytes)])
+      → WriteShards    → ShardResult (temp files)
+      → Finalize       → errors/*.jsonl, shards renamed into place, metadata.json last
+
+Every input that cannot be used leaves the main flow as an `ErrorRecord` on an "errors" output; nothing is dropped
+without a trace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import traceback
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil
+
+from segprep import layout
+from segprep.convert import ConvertConfig, InputError, Stats, decode_pair, encode_crops
+from segprep.crops import stable_hash
+
+ERRORS = "errors"
+STATS = "stats"
+TARGET_SHARD_BYTES = 128 << 20  # automatic shard count: ~128 MiB a shard
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorRecord:
+    split: str
+    image_id: str
+    reason: str
+    error: str
+    files: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps({"id": self.image_id, "split": self.split, "reason": self.reason, "error": self.error,
+                           "files": list(self.files)}, ensure_ascii=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairBytes:
+    split: str
+    image_id: str
+    image: bytes
+    mask: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardResult:
+    split: str
+    name: str
+    temp_path: str
+    records: int
+    bytes: int
+
+
+def read_bytes(path: str) -> bytes:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read()
+
+
+class _ReadPairFn(beam.DoFn):
+    def __init__(self, root: str):
+        self._root = root
+
+    def process(self, element):
+        split, image_id = element
+        paths = layout.image_path(self._root, image_id), layout.mask_path(self._root, image_id)
+        data = []
+        for what, path in zip(("image", "mask"), paths):
+            try:
+                data.append(read_bytes(path))
+            except Exception as e:  # noqa: BLE001 - any failure to read is this input's error, not the run's
+                missing = not _exists(path)
+                reason, msg = ((f"missing_{what}", f"no {what} file at {path}") if missing
+                               else (f"unreadable_{what}", f"cannot read {what} {path}: {type(e).__name__}: {e}"))
+                yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(split, image_id, reason, msg, paths))
+                return
+        yield PairBytes(split, image_id, *data)
+
+
+def _exists(path: str) -> bool:
+    try:
+        return FileSystems.exists(path)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+class ReadPairs(beam.PTransform):
+    """Reads each listed pair's image and mask bytes through Beam FileSystems (local or gs://)."""
+
+    def __init__(self, root: str):
+        super().__init__()
+        self._root = root
+
+    def expand(self, ids):
+        """(split, image_id) → PairBytes; ErrorRecord on "errors" (missing or unreadable files)."""
+        return ids | beam.ParDo(_ReadPairFn(self._root)).with_outputs(ERRORS, main="pairs")
+
+
+class _DecodeFn(beam.DoFn):
+    def __init__(self, root: str, config: ConvertConfig):
+        self._root = root
+        self._config = config
+
+    def process(self, pair: PairBytes):
+        files = layout.image_path(self._root, pair.image_id), layout.mask_path(self._root, pair.image_id)
+        try:
+            image, classes, ignored = decode_pair(pair.image, pair.mask, self._config)
+        except InputError as e:
+            yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(pair.split, pair.image_id, e.reason, str(e), files))
+            return
+        except Exception as e:  # noqa: BLE001 - a bug or resource failure on one input must not lose the others
+            yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(
+                pair.split, pair.image_id, "internal", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", files))
+            return
+        yield (pair.split, pair.image_id), (image, classes, ignored)
+
+
+class DecodePairs(beam.PTransform):
+    """Decodes image (RGB) and mask, checks they match, converts the mask to class indices."""
+
+    def __init__(self, root: str, config: ConvertConfig):
+        super().__init__()
+        self._root = root
+        self._config = config
+
+    def expand(self, pairs):
+        """PairBytes → ((split, image_id), (RGB image, class map, ignored pixels)); ErrorRecord on "errors"."""
+        return pairs | beam.ParDo(_DecodeFn(self._root, self._config)).with_outputs(ERRORS, main="decoded")
+
+
+class _CutFn(beam.DoFn):
+    def __init__(self, config: ConvertConfig, random_splits: frozenset[str]):
+        self._config = config
+        self._random_splits = random_splits
+
+    def process(self, element):
+        (split, image_id), (image, classes, ignored) = element
+        total = Stats(images=1, unknown_pixels_ignored=ignored, source_pixels=int(classes.size))
+        for k, record, stats in encode_crops(image_id, image, classes, self._config, split in self._random_splits):
+            total.add(stats)
+            yield split, (image_id, k, record.serialize())
+        yield beam.pvalue.TaggedOutput(STATS, (split, total))
+
+
+class CutCrops(beam.PTransform):
+    """Cuts windows (random crops for training splits, covering tiles otherwise) and encodes each as a record."""
+
+    def __init__(self, config: ConvertConfig, random_splits: frozenset[str]):
+        super().__init__()
+        self._config = config
+        self._random_splits = random_splits
+
+    def expand(self, decoded):
+        """((split, id), decoded pair) → (split, (image_id, k, serialized Example)); (split, Stats) on "stats"."""
+        return decoded | beam.ParDo(_CutFn(self._config, self._random_splits)).with_outputs(STATS, main="crops")
+
+
+class SpreadCrops(beam.PTransform):
+    """Gives each crop a shard and a place in it from a hash of (seed, split, id, k), then groups by shard.
+
+    Crops of one image land in random shards at random positions, never side by side, and the result is the
+    same whatever the runner, worker count or bundle order. With `num_shards` 0, each split gets
+    ceil(bytes / 128 MiB) shards."""
+
+    def __init__(self, seed: int, num_shards: int):
+        super().__init__()
+        self._seed = seed
+        self._num_shards = num_shards
+
+    def expand(self, crops):
+        """(split, (image_id, k, bytes)) → ((split, shard, num_shards), iterable of (order key, bytes))."""
+        sizes = (crops
+                 | "Sizes" >> beam.MapTuple(lambda split, c: (split, len(c[2])))
+                 | "TotalBytes" >> beam.CombinePerKey(sum))
+        seed, fixed = self._seed, self._num_shards
+
+        def assign(element, totals):
+            split, (image_id, k, data) = element
+            n = fixed or max(1, math.ceil(totals[split] / TARGET_SHARD_BYTES))
+            shard = stable_hash(seed, "shard", split, image_id, k) % n
+            order = stable_hash(seed, "order", split, image_id, k)
+            return (split, shard, n), (order, data)
+
+        return (crops
+                | "Assign" >> beam.Map(assign, totals=beam.pvalue.AsDict(sizes))
+                | "GroupByShard" >> beam.GroupByKey())
+
+
+class _WriteShardFn(beam.DoFn):
+    def __init__(self, temp_dir: str, compressed: bool):
+        self._temp_dir = temp_dir
+        self._compressed = compressed
+
+    def process(self, element):
+        (split, shard, num_shards), records = element
+        name = layout.shard_name(split, shard, num_shards, self._compressed)
+        path = layout.join(self._temp_dir, name)
+        compression = CompressionTypes.GZIP if self._compressed else CompressionTypes.UNCOMPRESSED
+        count = size = 0
+        with FileSystems.create(path, compression_type=compression) as f:
+            for _, data in sorted(records, key=lambda r: r[0]):
+                _TFRecordUtil.write_record(f, data)
+                count += 1
+                size += len(data)
+        yield ShardResult(split, name, path, count, size)
+
+
+class WriteShards(beam.PTransform):
+    """Writes each shard, its records in hash order, as a TFRecord file under the run's temp dir."""
+
+    def __init__(self, temp_dir: str, compressed: bool):
+        super().__init__()
+        self._temp_dir = temp_dir
+        self._compressed = compressed
+
+    def expand(self, shards):
+        """((split, shard, n), [(order, bytes)]) → ShardResult."""
+        return shards | beam.ParDo(_WriteShardFn(self._temp_dir, self._compressed))
+
+
+class MergeStats(beam.CombineFn):
+    def create_accumulator(self):
+        return Stats()
+
+    def add_input(self, acc, stats):
+        return acc.add(stats)
+
+    def merge_accumulators(self, accs):
+        total = Stats()
+        for acc in accs:
+            total.add(acc)
+        return total
+
+    def extract_output(self, acc):
+        return acc
+
+
+class Finalize(beam.PTransform):
+    """Runs once all shards are written: errors files, shards renamed into place, metadata.json last."""
+
+    def __init__(self, finalize_fn):
+        super().__init__()
+        self._finalize_fn = finalize_fn
+
+    def expand(self, inputs):
+        """{"shards": ShardResult, "stats": (split, Stats), "errors": ErrorRecord} → the metadata dict."""
+        pipeline = inputs["shards"].pipeline
+        return (pipeline
+                | "Once" >> beam.Create([None])
+                | "Write" >> beam.Map(lambda _, shards, stats, errors: self._finalize_fn(shards, stats, errors),
+                                      shards=beam.pvalue.AsList(inputs["shards"]),
+                                      stats=beam.pvalue.AsList(inputs["stats"]),
+                                      errors=beam.pvalue.AsList(inputs["errors"])))
+
+
+def class_pixel_counts(stats: Stats, num_classes: int) -> dict:
+    counts = np.asarray(stats.class_pixels)
+    return {"per_class": [int(c) for c in counts[:num_classes]], "ignore": int(counts[255]),
+            "other": int(counts[num_classes:255].sum())}

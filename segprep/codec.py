@@ -1,0 +1,140 @@
+"""Image and mask codecs over OpenCV, with everything in RGB order at the boundary.
+
+OpenCV decodes and encodes BGR; every function here converts at the edge, so callers only ever see RGB.
+Decoders reject what OpenCV would silently accept: empty files, truncated JPEGs (libjpeg fills the missing part
+with grey and only warns) and truncated PNGs. JPEG EXIF orientation is ignored, as VOC's masks are not rotated.
+
+Mask PNGs come in three kinds, told apart by the PNG header's colour type:
+- "color":   RGB(A) colour masks (type 2 or 6) → (H, W, 3) RGB;
+- "palette": palette-mode PNGs (type 3, real VOC) → expanded through their own palette to (H, W, 3) RGB, so the
+             colours go through the same palette lookup as colour masks (never decoded as grey values);
+- "index":   1-channel PNGs (type 0 or 4) → (H, W) class indices as stored.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import cv2
+import numpy as np
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"IEND\xaeB`\x82"
+_JPEG_SOI = b"\xff\xd8"
+_JPEG_EOI = b"\xff\xd9"
+_IMREAD_IMAGE = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+MASK_KINDS = {0: "index", 2: "color", 3: "palette", 4: "index", 6: "color"}
+
+
+class DecodeError(ValueError):
+    """A file that is not a usable image or mask."""
+
+
+def sniff(data: bytes) -> str:
+    """'jpeg', 'png' or raise: which codec `data` is in."""
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    if data.startswith(_PNG_SIGNATURE):
+        return "png"
+    if data.startswith(_JPEG_SOI):
+        return "jpeg"
+    raise DecodeError(f"not a JPEG or PNG file (starts with {data[:8]!r})")
+
+
+def _check_complete(data: bytes, fmt: str) -> None:
+    if fmt == "jpeg":
+        # Entropy-coded data escapes 0xFF as FF 00, so FF D9 near the end can only be the end-of-image marker.
+        # Some cameras append a few bytes of padding after it; a truncated file has none.
+        if _JPEG_EOI not in data[-1024:]:
+            raise DecodeError(f"truncated JPEG: no end-of-image marker ({len(data)} bytes)")
+    elif not data.rstrip(b"\x00").endswith(_PNG_IEND):
+        raise DecodeError(f"truncated PNG: no IEND chunk ({len(data)} bytes)")
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """JPEG or PNG bytes → (H, W, 3) uint8 RGB. Grey and RGBA images are converted to RGB."""
+    fmt = sniff(data)
+    _check_complete(data, fmt)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD_IMAGE)
+    if bgr is None:
+        raise DecodeError(f"corrupt {fmt.upper()}: the decoder could not read it")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: no second copy of a large tile
+
+
+def png_color_type(data: bytes) -> tuple[int, int]:
+    """(colour type, bit depth) from a PNG's IHDR chunk."""
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise DecodeError("corrupt PNG: no IHDR header")
+    return data[25], data[24]
+
+
+def decode_mask(data: bytes) -> tuple[np.ndarray, str]:
+    """Mask bytes → (array, kind): (H, W, 3) RGB for "color"/"palette" (and lossy JPEG colour masks, kind
+    "color"), (H, W) uint8 for "index"."""
+    fmt = sniff(data)
+    _check_complete(data, fmt)
+    buf = np.frombuffer(data, np.uint8)
+    if fmt == "jpeg":
+        kind = "color"
+    else:
+        color_type, depth = png_color_type(data)
+        if color_type not in MASK_KINDS:
+            raise DecodeError(f"corrupt PNG: unknown colour type {color_type}")
+        kind = MASK_KINDS[color_type]
+        if kind == "index":
+            arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+            if arr is None:
+                raise DecodeError("corrupt PNG: the decoder could not read it")
+            if arr.ndim == 3:  # grey + alpha: keep the grey channel
+                arr = np.ascontiguousarray(arr[..., 0])
+            if arr.dtype != np.uint8:  # 16-bit index masks: values must still fit a class id
+                if int(arr.max(initial=0)) > 255:
+                    raise DecodeError(f"{depth}-bit index mask holds values above 255; class ids must be 0..255")
+                arr = arr.astype(np.uint8)
+            return arr, kind
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # palette PNGs expand to their colours here
+    if bgr is None:
+        raise DecodeError(f"corrupt {fmt.upper()} mask: the decoder could not read it")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr), kind
+
+
+def encode_image(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 95) -> bytes:
+    """(H, W, 3) uint8 RGB → JPEG or PNG bytes."""
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    if fmt == "jpeg":
+        ok, out = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    elif fmt == "png":
+        ok, out = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    else:
+        raise ValueError(f"image format must be 'jpeg' or 'png'. Received: {fmt!r}")
+    if not ok:
+        raise DecodeError(f"could not encode a {rgb.shape} image as {fmt}")
+    return out.tobytes()
+
+
+def encode_index_png(classes: np.ndarray) -> bytes:
+    """(H, W) uint8 class indices → an 8-bit single-channel ('L') PNG, the form DeepLab's decoder expects."""
+    if classes.ndim != 2 or classes.dtype != np.uint8:
+        raise ValueError(f"Expected (H, W) uint8 class indices. Received: {classes.shape} {classes.dtype}")
+    ok, out = cv2.imencode(".png", classes, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise DecodeError(f"could not encode a {classes.shape} mask as PNG")
+    return out.tobytes()
+
+
+def encode_palette_png(indices: np.ndarray, colors: np.ndarray) -> bytes:
+    """(H, W) uint8 indices + (N ≤ 256, 3) RGB colours → a palette-mode PNG, as VOC ships its masks.
+
+    OpenCV cannot write palette PNGs, so the few chunks are written here (zlib, filter type 0 on every row)."""
+    height, width = indices.shape
+    raw = np.zeros((height, width + 1), np.uint8)
+    raw[:, 1:] = indices
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
+    plte = np.asarray(colors, np.uint8).reshape(-1, 3).tobytes()
+    return (_PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"PLTE", plte)
+            + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)) + chunk(b"IEND", b""))

@@ -1,0 +1,147 @@
+"""One source pair (image + mask bytes) → crop records and the statistics metadata.json reports.
+
+This is everything the prepare pipeline does to one image, as a plain function: decode (RGB, never BGR), check the
+pair, convert the mask to class indices, choose windows (random crops for training splits, covering tiles for
+the others), cut image and mask alike, encode. Beam only wraps it (`pipelines/transforms.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+
+from segprep import codec, crops, lookup
+from segprep.palette import IGNORE_LABEL, VOC, Palette
+from segprep.schema import CropRecord
+
+
+class InputError(ValueError):
+    """An input pair that cannot be used; `reason` is a short machine-readable code for the error record."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertConfig:
+    crop_size: int = 256
+    crops_per_image: int | None = None  # None: auto, about one pass over the image's area
+    seed: int = 0
+    palette: Palette = VOC
+    unknown_colors: str = "error"
+    color_tolerance: float = lookup.DEFAULT_TOLERANCE
+    image_format: str = "jpeg"
+    jpeg_quality: int = 95
+    cat_max_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.crop_size < 1:
+            raise ValueError(f"crop_size must be positive. Received: {self.crop_size}")
+        if self.crops_per_image is not None and self.crops_per_image < 1:
+            raise ValueError(f"crops_per_image must be a positive number or 'auto'. Received: {self.crops_per_image}")
+        if self.unknown_colors not in lookup.UNKNOWN_MODES:
+            raise ValueError(f"unknown_colors must be one of {', '.join(lookup.UNKNOWN_MODES)}. "
+                             f"Received: {self.unknown_colors!r}")
+        if self.image_format not in ("jpeg", "png"):
+            raise ValueError(f"image_format must be 'jpeg' or 'png'. Received: {self.image_format!r}")
+        if not 0.0 < self.cat_max_ratio <= 1.0:
+            raise ValueError(f"cat_max_ratio must be in (0, 1]. Received: {self.cat_max_ratio}")
+
+
+@dataclasses.dataclass
+class Stats:
+    """Counts that add up across images: what metadata.json reports per split. Integer sums stay exact."""
+
+    images: int = 0
+    crops: int = 0
+    class_pixels: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(256, np.int64))
+    rgb_sum: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3, np.int64))
+    rgb_sq_sum: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3, np.int64))
+    rgb_pixels: int = 0  # source pixels inside crops (padding excluded)
+    unknown_pixels_ignored: int = 0
+    source_pixels: int = 0
+
+    def add(self, other: Stats) -> Stats:
+        self.images += other.images
+        self.crops += other.crops
+        self.class_pixels += other.class_pixels
+        self.rgb_sum += other.rgb_sum
+        self.rgb_sq_sum += other.rgb_sq_sum
+        self.rgb_pixels += other.rgb_pixels
+        self.unknown_pixels_ignored += other.unknown_pixels_ignored
+        self.source_pixels += other.source_pixels
+        return self
+
+    def rgb_mean_std(self) -> tuple[list[float], list[float]]:
+        if not self.rgb_pixels:
+            return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+        mean = self.rgb_sum / self.rgb_pixels
+        var = np.maximum(self.rgb_sq_sum / self.rgb_pixels - mean ** 2, 0.0)
+        return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in np.sqrt(var)]
+
+
+def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    """→ (RGB image, class-index mask, off-palette pixels ignored); raises `InputError` naming what is wrong."""
+    try:
+        image = codec.decode_image(image_bytes)
+    except codec.DecodeError as e:
+        raise InputError("bad_image", f"image: {e}") from None
+    try:
+        mask, _ = codec.decode_mask(mask_bytes)
+    except codec.DecodeError as e:
+        raise InputError("bad_mask", f"mask: {e}") from None
+    if mask.shape[:2] != image.shape[:2]:
+        raise InputError("size_mismatch", f"mask is {mask.shape[1]}×{mask.shape[0]} (w×h) but its image is "
+                                          f"{image.shape[1]}×{image.shape[0]}; they must be the same size")
+    try:
+        conversion = lookup.convert_mask(mask, config.palette, config.unknown_colors, config.color_tolerance)
+    except lookup.UnknownColorsError as e:
+        raise InputError("unknown_colors", f"mask: {e}") from None
+    return image, conversion.classes, conversion.unknown_pixels
+
+
+def crop_boxes(classes: np.ndarray, image_id: str, config: ConvertConfig, training: bool) -> list[crops.CropBox]:
+    height, width = classes.shape
+    size = config.crop_size
+    if not training:
+        return crops.tile_crops(height, width, size)
+    count = config.crops_per_image or crops.auto_crop_count(height, width, size)
+    return crops.random_crops(height, width, size, count, config.seed, image_id,
+                              classes=classes, cat_max_ratio=config.cat_max_ratio)
+
+
+def encode_crops(image_id: str, image: np.ndarray, classes: np.ndarray, config: ConvertConfig,
+                 training: bool) -> Iterator[tuple[int, CropRecord, Stats]]:
+    """Cut and encode every window of one decoded pair: yields (crop number, record, that crop's stats)."""
+    height, width = classes.shape
+    for k, box in enumerate(crop_boxes(classes, image_id, config, training)):
+        image_crop = crops.cut(image, box, 0)
+        mask_crop = crops.cut(classes, box, IGNORE_LABEL)
+        valid = image[box.y:box.y + box.height, box.x:box.x + box.width].reshape(-1, 3)  # padding excluded
+        stats = Stats(crops=1, rgb_pixels=valid.shape[0],
+                      class_pixels=np.bincount(mask_crop.ravel(), minlength=256).astype(np.int64),
+                      rgb_sum=valid.sum(0, dtype=np.int64),
+                      rgb_sq_sum=np.einsum("ij,ij->j", valid, valid, dtype=np.int64))
+        yield k, CropRecord(
+            source_id=image_id,
+            image=codec.encode_image(image_crop, config.image_format, config.jpeg_quality),
+            image_format=config.image_format,
+            mask_png=codec.encode_index_png(mask_crop),
+            height=box.height, width=box.width, offset=(box.y, box.x),
+            source_height=height, source_width=width), stats
+
+
+def convert_pair(image_id: str, image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig,
+                 training: bool) -> tuple[list[tuple[int, CropRecord]], Stats]:
+    """→ ([(crop number, record)], stats): the whole conversion of one pair, as a plain loop would do it.
+    Raises `InputError` for a pair that cannot be used."""
+    image, classes, ignored = decode_pair(image_bytes, mask_bytes, config)
+    total = Stats(images=1, unknown_pixels_ignored=ignored, source_pixels=classes.size)
+    records = []
+    for k, record, stats in encode_crops(image_id, image, classes, config, training):
+        records.append((k, record))
+        total.add(stats)
+    return records, total

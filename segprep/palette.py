@@ -1,0 +1,127 @@
+"""Class palettes: names, RGB colours, ignore colours, and index → colour rendering.
+
+The default is Pascal VOC's 21 classes with the devkit's names and colours. VOC draws a border of colour
+(224, 224, 192) around objects; it maps to the ignore label 255. A user's palette is a JSON file:
+
+    {"names": ["background", "building", "road"],
+     "colors": [[0, 0, 0], [255, 0, 0], [0, 0, 255]],
+     "ignore_colors": [[255, 255, 255]]}          # optional; VOC's border colour is NOT added implicitly
+
+Colours are always RGB, never BGR.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+IGNORE_LABEL = 255
+# Class ids are 0..MAX_CLASSES-1; 254 is reserved as the "unknown colour" marker inside lookup tables and 255 is
+# the ignore label, so masks stay 8-bit ('L') PNGs.
+MAX_CLASSES = 254
+
+VOC_NAMES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+VOC_BORDER_COLOR = (224, 224, 192)
+
+
+def _voc_colors(n: int) -> list[tuple[int, int, int]]:
+    """The devkit's bit-interleaved colour map (VOCdevkit `labelcolormap.m`)."""
+    colors = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        colors.append((r, g, b))
+    return colors
+
+
+class PaletteError(ValueError):
+    """A palette file or palette value that cannot be used."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Palette:
+    """Class names and their RGB colours; `ignore_colors` map to `IGNORE_LABEL`."""
+
+    names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    ignore_colors: tuple[tuple[int, int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            raise PaletteError("A palette needs at least one class.")
+        if len(self.names) != len(self.colors):
+            raise PaletteError(
+                f"A palette needs one colour per class name. Received: {len(self.names)} names, "
+                f"{len(self.colors)} colours.")
+        if len(self.names) > MAX_CLASSES:
+            raise PaletteError(f"A palette may have at most {MAX_CLASSES} classes. Received: {len(self.names)}.")
+        seen: dict[tuple[int, int, int], str] = {}
+        for name, color in zip(self.names + ("<ignore>",) * len(self.ignore_colors),
+                               self.colors + self.ignore_colors):
+            if len(color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in color):
+                raise PaletteError(f"Colours must be three integers in 0..255. Received: {color!r} for {name!r}.")
+            if tuple(color) in seen:
+                raise PaletteError(f"Colour {tuple(color)} is used by both {seen[tuple(color)]!r} and {name!r}.")
+            seen[tuple(color)] = name
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def color_array(self) -> np.ndarray:
+        """(256, 3) uint8: row i is class i's colour; unused rows and row 255 (ignore) are the first ignore colour,
+        or black when there is none. Index it with a class map to render a colour mask."""
+        table = np.zeros((256, 3), np.uint8)
+        if self.ignore_colors:
+            table[:] = self.ignore_colors[0]
+        table[: self.num_classes] = np.asarray(self.colors, np.uint8)
+        return table
+
+    def colorize(self, classes: np.ndarray) -> np.ndarray:
+        """Class-index map (H, W) uint8 → RGB colour mask (H, W, 3) uint8, one vectorised gather."""
+        return self.color_array()[classes]
+
+    def to_json(self) -> dict:
+        return {"names": list(self.names), "colors": [list(c) for c in self.colors],
+                "ignore_colors": [list(c) for c in self.ignore_colors]}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Palette:
+        if not isinstance(obj, dict) or "names" not in obj or "colors" not in obj:
+            raise PaletteError('A palette is a JSON object with "names" and "colors" lists '
+                               '(and optional "ignore_colors").')
+        try:
+            return cls(names=tuple(str(n) for n in obj["names"]),
+                       colors=tuple(tuple(c) for c in obj["colors"]),
+                       ignore_colors=tuple(tuple(c) for c in obj.get("ignore_colors", ())))
+        except TypeError as e:
+            raise PaletteError(f"Palette colours must be lists of three integers: {e}") from None
+
+
+VOC = Palette(names=VOC_NAMES, colors=tuple(_voc_colors(len(VOC_NAMES))), ignore_colors=(VOC_BORDER_COLOR,))
+
+
+def load_palette(spec: str | None, read_bytes=None) -> Palette:
+    """`None` or "voc" → the VOC palette; otherwise a JSON file path (read with `read_bytes`, so gs:// works)."""
+    if spec in (None, "", "voc"):
+        return VOC
+    if read_bytes is None:
+        with open(spec, "rb") as f:
+            data = f.read()
+    else:
+        data = read_bytes(spec)
+    try:
+        obj = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise PaletteError(f"Palette file {spec} is not valid JSON: {e}") from None
+    return Palette.from_json(obj)
