@@ -259,7 +259,7 @@ class Finalize(beam.PTransform):
         pipeline = inputs["shards"].pipeline
         return (pipeline
                 | "Once" >> beam.Create([None])
-                | "Write" >> beam.Map(lambda _, shards, stats, errors: self._finalize_fn(shards, stats, errors),
+                | "Write" >> beam.Map(lambda _, shards, stats, errors, fn=self._finalize_fn: fn(shards, stats, errors),
                                       shards=beam.pvalue.AsList(inputs["shards"]),
                                       stats=beam.pvalue.AsList(inputs["stats"]),
                                       errors=beam.pvalue.AsList(inputs["errors"])))

@@ -1,0 +1,280 @@
+"""Pascal VOC images + colour masks → shuffled, sharded TFRecords of 256×256 crops, on Apache Beam.
+
+    python -m pipelines.prepare --runner=DirectRunner                       # bundled sample → data/records
+    python -m pipelines.prepare --input_dir VOC_ROOT --output_dir OUT --runner=DirectRunner \
+        --direct_num_workers=2 --direct_running_mode=multi_processing
+    python -m pipelines.prepare --input_dir gs://B/VOC2012 --output_dir gs://B/records \
+        --runner=DataflowRunner --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py
+
+Exit status: 0 when every listed input was written, 1 when some inputs failed (everything else is still written;
+see OUT/errors/SPLIT.jsonl), 2 for a usage mistake (one line on stderr, nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+import uuid
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import output
+from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodePairs, Finalize, MergeStats, ReadPairs,
+                                  SpreadCrops, WriteShards, read_bytes)
+from segprep import layout, lookup, sample
+from segprep.convert import ConvertConfig
+from segprep.metadata import parse as parse_metadata
+from segprep.palette import PaletteError, load_palette
+
+DEFAULT_OUTPUT = "data/records"
+SAMPLE_DIR = "data/sample_voc"
+
+EXAMPLES = """examples:
+  python -m pipelines.prepare --runner=DirectRunner
+  python -m pipelines.prepare --input_dir ~/VOCdevkit/VOC2012 --output_dir data/voc --splits train,val \\
+      --crops_per_image auto --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing
+  python -m pipelines.prepare --input_dir gs://B/VOC2012 --output_dir gs://B/records --runner=DataflowRunner \\
+      --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py
+
+Any other flag is passed to Beam as a pipeline option (--runner, --direct_num_workers, --project, ...)."""
+
+
+class UsageError(Exception):
+    """A user mistake: reported as one line, exit status 2."""
+
+
+def _crops_per_image(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto' (received {value!r})")
+    return n
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (received {value!r})")
+    return n
+
+
+def _non_negative(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer (received {value!r})")
+    return n
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        print(f"prepare: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m pipelines.prepare", description=__doc__.split("\n")[0], allow_abbrev=False,
+                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input_dir", help=f"Pascal VOC root, local or gs:// (default: the bundled sample, made in "
+                                       f"{SAMPLE_DIR})")
+    p.add_argument("--output_dir", default=DEFAULT_OUTPUT, help="where shards, errors/ and metadata.json go "
+                                                                "(default: %(default)s)")
+    p.add_argument("--splits", help="comma list of ImageSets/Segmentation lists (default: every list there)")
+    p.add_argument("--random_crop_splits",
+                   help="splits that get random crops; the others get tiles covering each image exactly once "
+                        "(default: the splits whose name starts with 'train')")
+    p.add_argument("--crop_size", type=_positive, default=256, help="crop side in pixels (default: %(default)s)")
+    p.add_argument("--crops_per_image", type=_crops_per_image, default=None, metavar="N|auto",
+                   help="random crops per training image; 'auto' is about one pass over its area (default: auto)")
+    p.add_argument("--cat_max_ratio", type=float, default=1.0,
+                   help="re-draw a crop (up to 10 draws) while one class covers this share of it or more, as "
+                        "MMSegmentation does; 1.0 turns it off (default: %(default)s)")
+    p.add_argument("--num_shards", type=_non_negative, default=0,
+                   help="shards per split; 0 = automatic, about 128 MiB each (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed for crops and shuffling (default: %(default)s)")
+    p.add_argument("--palette", help="palette JSON file {names, colors, ignore_colors} (default: Pascal VOC)")
+    p.add_argument("--unknown_colors", choices=lookup.UNKNOWN_MODES, default="error",
+                   help="mask colours off the palette: error = the image becomes an error record, ignore = 255, "
+                        "nearest = snap to the nearest palette colour within --color_tolerance (default: error)")
+    p.add_argument("--color_tolerance", type=float, default=lookup.DEFAULT_TOLERANCE,
+                   help="RGB distance for --unknown_colors=nearest (default: %(default)s)")
+    p.add_argument("--image_format", choices=("jpeg", "png"), default="jpeg",
+                   help="how crops' images are encoded (default: %(default)s)")
+    p.add_argument("--jpeg_quality", type=int, default=95, help="(default: %(default)s)")
+    p.add_argument("--compress", action="store_true", help="gzip the shards (.tfrecord.gz)")
+    p.add_argument("--max_failed_inputs", type=_non_negative, default=0,
+                   help="exit 0 even if up to this many inputs failed (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier run's shards, errors and metadata in --output_dir first")
+    return p
+
+
+def _list_splits(root: str, wanted: str | None) -> dict[str, list[str]]:
+    """Checks the VOC layout and reads the split lists: → {split: [ids]}."""
+    found = sorted(p.rsplit("/", 1)[-1][:-4] for p in output._match(layout.join(root, layout.SPLIT_DIR, "*.txt")))
+    if not found:
+        if not FileSystems.exists(root):
+            raise UsageError(f"--input_dir {root} does not exist.")
+        raise UsageError(f"--input_dir {root} is not in Pascal VOC layout: expected split lists "
+                         f"{layout.split_path(root, 'SPLIT')} next to {layout.IMAGE_DIR}/ and {layout.MASK_DIR}/.")
+    names = [s.strip() for s in wanted.split(",") if s.strip()] if wanted else found
+    unknown = [s for s in names if s not in found]
+    if unknown:
+        raise UsageError(f"Unknown split {', '.join(unknown)}: {root} lists {', '.join(found)}.")
+    lists = {}
+    for name in names:
+        lists[name] = layout.parse_split_list(read_bytes(layout.split_path(root, name)).decode("utf-8", "replace"))
+    return lists
+
+
+def _prepare_output(out: str, overwrite: bool) -> None:
+    done, temp = output.existing_outputs(out)
+    if done and not overwrite:
+        raise UsageError(f"--output_dir {out} already holds {len(done)} files of an earlier run "
+                         f"(e.g. {done[0].rsplit('/', 1)[-1]}); pass --overwrite to replace them, or choose another "
+                         "--output_dir.")
+    if overwrite:
+        output.clear(done + temp)
+        if done or temp:
+            print(f"prepare: --overwrite: deleted {len(done) + len(temp)} files of an earlier run in {out}",
+                  file=sys.stderr)
+    elif temp:
+        print(f"prepare: {out} holds {len(temp)} temp files of an unfinished run; --overwrite removes them",
+              file=sys.stderr)
+
+
+def build(p: beam.Pipeline, args: argparse.Namespace, lists: dict[str, list[str]], config: ConvertConfig,
+          run: output.RunSpec):
+    """Adds the prepare stages to `p`; → a PCollection holding the final metadata dict."""
+    ids = [(split, image_id) for split, image_ids in lists.items() for image_id in image_ids]
+    listed = (p
+              | "ListIds" >> beam.Create(ids)  # (split, image_id)
+              | "Distribute" >> beam.Reshuffle())  # so reading and decoding fan out over workers
+    read = listed | "ReadPairs" >> ReadPairs(run_input(args))  # PairBytes
+    decoded = read.pairs | "DecodePairs" >> DecodePairs(run_input(args), config)  # ((split, id), arrays)
+    cut = decoded.decoded | "CutCrops" >> CutCrops(config, frozenset(run.random_splits))  # (split, (id, k, bytes))
+    shards = (cut.crops
+              | "SpreadCrops" >> SpreadCrops(args.seed, args.num_shards)  # ((split, shard, n), [(order, bytes)])
+              | "WriteShards" >> WriteShards(run.temp_dir, run.compressed))  # ShardResult
+    stats = cut[STATS] | "MergeStats" >> beam.CombinePerKey(MergeStats())  # (split, Stats)
+    errors = (read[ERRORS], decoded[ERRORS]) | "AllErrors" >> beam.Flatten()  # ErrorRecord
+    return {"shards": shards, "stats": stats, "errors": errors} | "Finalize" >> Finalize(
+        _Finalizer(run))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Finalizer:
+    run: output.RunSpec
+
+    def __call__(self, shards, stats, errors):
+        return output.finalize(self.run, shards, stats, errors)
+
+
+def _pipeline_options(beam_args: list[str]) -> PipelineOptions:
+    """Beam drops flags it does not know with only a log line; a mistyped flag is a usage error here."""
+    options = PipelineOptions(beam_args)
+    beam_log = logging.getLogger("apache_beam.options.pipeline_options")
+    level = beam_log.level
+    beam_log.setLevel(logging.ERROR)  # its "Discarding unparseable args" warning: we say it better below
+    try:
+        unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options()))
+    finally:
+        beam_log.setLevel(level)
+    if unknown:
+        raise UsageError(f"unknown flag --{unknown[0]}: neither a prepare flag (see --help) nor a Beam pipeline "
+                         "option.")
+    return options
+
+
+def run_input(args: argparse.Namespace) -> str:
+    return args.input_dir or SAMPLE_DIR
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Runs the pipeline; → exit status (0 ok, 1 some inputs failed). Raises UsageError for user mistakes."""
+    args, beam_args = build_parser().parse_known_args(argv)
+    started = time.time()
+    if args.input_dir is None:
+        sample.ensure_sample(SAMPLE_DIR)
+    root = run_input(args).rstrip("/")
+    try:
+        palette = load_palette(args.palette, read_bytes if args.palette and "://" in args.palette else None)
+    except (OSError, PaletteError) as e:
+        raise UsageError(f"--palette {args.palette}: {e}") from None
+    try:
+        config = ConvertConfig(crop_size=args.crop_size, crops_per_image=args.crops_per_image, seed=args.seed,
+                               palette=palette, unknown_colors=args.unknown_colors,
+                               color_tolerance=args.color_tolerance, image_format=args.image_format,
+                               jpeg_quality=args.jpeg_quality, cat_max_ratio=args.cat_max_ratio)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    lists = _list_splits(root, args.splits)
+    random_splits = ([s.strip() for s in args.random_crop_splits.split(",") if s.strip()]
+                     if args.random_crop_splits is not None else [s for s in lists if s.startswith("train")])
+    options = _pipeline_options(beam_args)
+    out = args.output_dir.rstrip("/")
+    _prepare_output(out, args.overwrite)  # the only destructive step: every check is done before it
+
+    flags = {k: v for k, v in vars(args).items()}
+    flags["input_dir"] = root
+    flags["beam_args"] = beam_args
+    spec = output.RunSpec(
+        output_dir=out, temp_dir=layout.join(out, layout.TEMP_PREFIX + uuid.uuid4().hex[:12]),
+        splits=tuple(lists), random_splits=tuple(s for s in random_splits if s in lists),
+        listed={s: len(v) for s, v in lists.items()}, palette=palette.to_json(), crop_size=args.crop_size,
+        image_format=args.image_format, compressed=args.compress, seed=args.seed, flags=flags, started=started)
+
+    with beam.Pipeline(options=options) as p:
+        build(p, args, lists, config, spec)
+    meta = parse_metadata(read_bytes(layout.metadata_path(out)), layout.metadata_path(out))
+    return report(meta, out, time.time() - started, args.max_failed_inputs)
+
+
+def report(meta: dict, out: str, seconds: float, max_failed: int) -> int:
+    """Prints the end summary; → exit status."""
+    splits = meta["splits"]
+    crops = sum(s["records"] for s in splits.values())
+    images = sum(s["images_used"] for s in splits.values())
+    failed = sum(s["inputs_failed"] for s in splits.values())
+    mpx = sum(s["source_pixels"] for s in splits.values()) / 1e6
+    lines = [f"prepare: {images} images → {crops} crops in "
+             f"{sum(len(s['shards']) for s in splits.values())} shards, {failed} failed, {seconds:.1f} s "
+             f"({crops / max(seconds, 1e-9):.1f} crops/s, {mpx / max(seconds, 1e-9):.2f} source Mpx/s) → {out}"]
+    for name, s in splits.items():
+        lines.append(f"  {name}: {s['images_used']}/{s['images_listed']} images, {s['records']} crops "
+                     f"({s['crop_mode']}), {len(s['shards'])} shards"
+                     + (f", {s['inputs_failed']} failed → {layout.join(out, s['errors_file'])}"
+                        if s["inputs_failed"] else ""))
+    print("\n".join(lines))
+    if failed > max_failed:
+        print(f"prepare: {failed} inputs failed (allowed: {max_failed}); every other input was written. "
+              "See the errors files above.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        return run(argv)
+    except UsageError as e:
+        print(f"prepare: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
