@@ -1,0 +1,123 @@
+"""Shared fixtures: a tiny VOC tree whose ground truth the tests know, and a reader with DeepLab's feature spec."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from segprep import codec, layout  # noqa: E402
+from segprep.palette import IGNORE_LABEL, VOC, VOC_BORDER_COLOR  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass
+class Tree:
+    root: str
+    images: dict  # id → RGB image as written (before JPEG)
+    classes: dict  # id → class-index ground truth
+    splits: dict  # split → [ids]
+
+
+def _pair(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth image (so JPEG error stays small) and a mask with aeroplane, boat and person blocks and a
+    VOC border."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = rng.uniform(40, 200, 3)
+    image = base + 30 * np.sin(yy[..., None] / rng.uniform(9, 15) + np.array([0, 1, 2])) \
+        + 30 * np.cos(xx[..., None] / rng.uniform(9, 15))
+    classes = np.zeros((h, w), np.uint8)
+    for cls in (1, 4, 15):
+        y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+        classes[y0:y0 + max(4, h // 3), x0:x0 + max(4, w // 3)] = cls
+    edge = np.zeros_like(classes, bool)
+    edge[1:] |= classes[1:] != classes[:-1]
+    edge[:, 1:] |= classes[:, 1:] != classes[:, :-1]
+    classes[edge] = IGNORE_LABEL
+    return np.clip(image, 0, 255).astype(np.uint8), classes
+
+
+def mask_colors() -> np.ndarray:
+    colors = VOC.color_array()
+    colors[IGNORE_LABEL] = VOC_BORDER_COLOR
+    return colors
+
+
+def write_pair(root: str, image_id: str, image: np.ndarray, classes: np.ndarray, kind: str = "color") -> None:
+    os.makedirs(os.path.join(root, layout.IMAGE_DIR), exist_ok=True)
+    os.makedirs(os.path.join(root, layout.MASK_DIR), exist_ok=True)
+    with open(layout.image_path(root, image_id), "wb") as f:
+        f.write(codec.encode_image(image, "jpeg", quality=97))
+    if kind == "palette":
+        data = codec.encode_palette_png(classes, mask_colors())
+    elif kind == "index":
+        data = codec.encode_index_png(classes)
+    else:
+        data = codec.encode_image(mask_colors()[classes], "png")
+    with open(layout.mask_path(root, image_id), "wb") as f:
+        f.write(data)
+
+
+def write_lists(root: str, splits: dict) -> None:
+    os.makedirs(os.path.join(root, layout.SPLIT_DIR), exist_ok=True)
+    for split, ids in splits.items():
+        with open(layout.split_path(root, split), "w") as f:
+            f.write("\n".join(ids) + "\n")
+
+
+@pytest.fixture
+def voc_tree(tmp_path) -> Tree:
+    """Five pairs: train has a 150×220 photo, a 40×70 one smaller than a 64 crop both ways, and a 130×50 one
+    (palette mask); val has a 100×90 (index mask) and a 64×64."""
+    root = str(tmp_path / "voc")
+    rng = np.random.default_rng(7)
+    sizes = {"t1": (150, 220, "color"), "t2": (40, 70, "color"), "t3": (130, 50, "palette"),
+             "v1": (100, 90, "index"), "v2": (64, 64, "color")}
+    tree = Tree(root, {}, {}, {"train": ["t1", "t2", "t3"], "val": ["v1", "v2"]})
+    for image_id, (h, w, kind) in sizes.items():
+        image, classes = _pair(rng, h, w)
+        write_pair(root, image_id, image, classes, kind)
+        tree.images[image_id] = codec.decode_image(open(layout.image_path(root, image_id), "rb").read())
+        tree.classes[image_id] = classes
+    write_lists(root, tree.splits)
+    return tree
+
+
+def read_records(paths: list[str]) -> list[dict]:
+    """Every record in `paths`, parsed with DeepLab's own feature spec (plus the crop keys) and decoded with TF's
+    codecs, as DeepLab's data_generator does."""
+    import tensorflow as tf
+
+    spec = {
+        "image/encoded": tf.io.FixedLenFeature((), tf.string, default_value=""),
+        "image/filename": tf.io.FixedLenFeature((), tf.string, default_value=""),
+        "image/format": tf.io.FixedLenFeature((), tf.string, default_value="jpeg"),
+        "image/height": tf.io.FixedLenFeature((), tf.int64, default_value=0),
+        "image/width": tf.io.FixedLenFeature((), tf.int64, default_value=0),
+        "image/segmentation/class/encoded": tf.io.FixedLenFeature((), tf.string, default_value=""),
+        "image/segmentation/class/format": tf.io.FixedLenFeature((), tf.string, default_value="png"),
+        "image/crop/offset": tf.io.FixedLenFeature((2,), tf.int64),
+        "image/source_id": tf.io.FixedLenFeature((), tf.string),
+        "image/channels": tf.io.FixedLenFeature((), tf.int64),
+        "image/source/height": tf.io.FixedLenFeature((), tf.int64),
+        "image/source/width": tf.io.FixedLenFeature((), tf.int64),
+    }
+    out = []
+    compression = "GZIP" if paths and paths[0].endswith(".gz") else None
+    for raw in tf.data.TFRecordDataset(paths, compression_type=compression):
+        f = tf.io.parse_single_example(raw, spec)
+        rec = {k: v.numpy() for k, v in f.items()}
+        rec["image"] = tf.io.decode_image(f["image/encoded"], channels=3).numpy()
+        rec["mask"] = tf.io.decode_png(f["image/segmentation/class/encoded"], channels=1).numpy()[..., 0]
+        rec["raw"] = raw.numpy()
+        out.append(rec)
+    return out
+
+
+def shard_files(out: str, split: str) -> list[str]:
+    return sorted(os.path.join(out, n) for n in os.listdir(out) if layout.is_shard(n) and n.startswith(split + "-"))
