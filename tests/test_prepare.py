@@ -1,0 +1,202 @@
+"""End to end: real Beam pipelines on the DirectRunner, real codecs, records read back as DeepLab reads them."""
+
+import itertools
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import mask_colors, read_records, shard_files, write_lists, write_pair
+from pipelines import prepare
+from segprep import codec, crops, layout
+from segprep.palette import IGNORE_LABEL
+
+BEAM = ["--runner=DirectRunner"]
+
+
+def run(tree_root, out, *flags):
+    return prepare.run(["--input_dir", tree_root, "--output_dir", str(out), *flags, *BEAM])
+
+
+def metadata(out):
+    with open(os.path.join(out, "metadata.json")) as f:
+        return json.load(f)
+
+
+def test_records_match_their_sources(voc_tree, tmp_path):
+    out = tmp_path / "out"
+    assert run(voc_tree.root, out, "--crop_size", "64", "--crops_per_image", "4") == 0
+    meta = metadata(out)
+    for split, expected in (("train", 3 * 4), ("val", 2 * 2 + 1)):
+        files = shard_files(str(out), split)
+        assert [os.path.basename(f) for f in files] == meta["splits"][split]["shards"]
+        records = read_records(files)
+        assert len(records) == expected == meta["splits"][split]["records"]
+        counts = np.zeros(256, np.int64)
+        for r in records:
+            sid = r["image/source_id"].decode()
+            assert sid in voc_tree.splits[split] and r["image/filename"].decode() == sid
+            y, x = r["image/crop/offset"]
+            box = crops.CropBox(int(y), int(x), 64, 64)
+            truth = voc_tree.classes[sid]
+            assert (r["image/source/height"], r["image/source/width"]) == truth.shape
+            assert r["image/height"] == r["image/width"] == 64 and r["image/channels"] == 3
+            assert r["image/format"] == b"jpeg" and r["image/segmentation/class/format"] == b"png"
+            np.testing.assert_array_equal(r["mask"], crops.cut(truth, box, IGNORE_LABEL))  # exact, padding 255
+            want = crops.cut(voc_tree.images[sid], box, 0).astype(int)
+            assert np.abs(r["image"].astype(int) - want).mean() < 2.5  # JPEG error only: no shift, no BGR swap
+            counts += np.bincount(r["mask"].ravel(), minlength=256)
+        assert meta["splits"][split]["class_pixels"] == counts[:21].tolist()
+        assert meta["splits"][split]["ignore_pixels"] == counts[255]
+        assert meta["splits"][split]["images_used"] == len(voc_tree.splits[split])
+    assert meta["splits"]["train"]["crop_mode"] == "random" and meta["splits"]["val"]["crop_mode"] == "tiles"
+    assert meta["crop_size"] == 64 and meta["seed"] == 0 and meta["flags"]["crops_per_image"] == 4
+    assert meta["class_names"][1] == "aeroplane" and meta["class_colors"][4] == [0, 0, 128]
+    assert meta["ignore_label"] == 255
+
+
+def test_train_rgb_mean_and_std_are_those_of_the_crops(voc_tree, tmp_path):
+    out = tmp_path / "out"
+    assert run(voc_tree.root, out, "--crop_size", "64", "--crops_per_image", "3", "--image_format", "png") == 0
+    pixels = []
+    for r in read_records(shard_files(str(out), "train")):
+        sid = r["image/source_id"].decode()
+        y, x = r["image/crop/offset"]
+        pixels.append(voc_tree.images[sid][y:y + 64, x:x + 64].reshape(-1, 3))  # inside the source only
+    pixels = np.concatenate(pixels).astype(np.float64)
+    meta = metadata(out)
+    np.testing.assert_allclose(meta["rgb_mean"], pixels.mean(0), atol=1e-3)
+    np.testing.assert_allclose(meta["rgb_std"], pixels.std(0), atol=1e-3)
+
+
+def test_val_tiles_stitch_back_to_the_whole_mask(voc_tree, tmp_path):
+    out = tmp_path / "out"
+    assert run(voc_tree.root, out, "--crop_size", "64", "--splits", "val") == 0
+    truth = voc_tree.classes["v1"]
+    canvas = np.full((128, 128), 77, np.uint8)
+    for r in read_records(shard_files(str(out), "val")):
+        if r["image/source_id"] == b"v1":
+            y, x = r["image/crop/offset"]
+            canvas[y:y + 64, x:x + 64] = r["mask"]
+    np.testing.assert_array_equal(canvas[:100, :90], truth)
+    assert (canvas[100:] == 255).all() and (canvas[:, 90:] == 255).all()
+
+
+def test_crops_of_one_image_are_spread_across_and_within_shards(voc_tree, tmp_path):
+    out = tmp_path / "out"
+    assert run(voc_tree.root, out, "--crop_size", "32", "--crops_per_image", "40", "--num_shards", "4",
+               "--splits", "train") == 0
+    files = shard_files(str(out), "train")
+    assert len(files) == 4
+    for f in files:
+        ids = [r["image/source_id"] for r in read_records([f])]
+        assert set(ids) == {b"t1", b"t2", b"t3"}  # every image in every shard
+        longest = max(len(list(g)) for _, g in itertools.groupby(ids))
+        assert longest < 8, f"crops of one image sit side by side in {f}: run of {longest} in {len(ids)}"
+
+
+def test_same_seed_same_bytes_across_worker_counts_and_a_new_seed_differs(voc_tree, tmp_path):
+    flags = ["--crop_size", "48", "--crops_per_image", "5", "--num_shards", "2"]
+    assert run(voc_tree.root, tmp_path / "a", *flags) == 0
+    assert prepare.run(["--input_dir", voc_tree.root, "--output_dir", str(tmp_path / "b"), *flags,
+                        "--runner=DirectRunner", "--direct_num_workers=2",
+                        "--direct_running_mode=multi_processing"]) == 0
+    assert run(voc_tree.root, tmp_path / "c", *flags, "--seed", "1") == 0
+    for split in ("train", "val"):
+        a = [open(f, "rb").read() for f in shard_files(str(tmp_path / "a"), split)]
+        b = [open(f, "rb").read() for f in shard_files(str(tmp_path / "b"), split)]
+        assert a == b
+    assert [open(f, "rb").read() for f in shard_files(str(tmp_path / "a"), "train")] != \
+        [open(f, "rb").read() for f in shard_files(str(tmp_path / "c"), "train")]
+
+
+def test_refuses_an_output_dir_holding_a_run_and_overwrite_removes_stale_shards(voc_tree, tmp_path):
+    out = tmp_path / "out"
+    assert run(voc_tree.root, out, "--crop_size", "64", "--num_shards", "3") == 0
+    before = sorted(os.listdir(out))
+    with pytest.raises(prepare.UsageError, match="--overwrite"):
+        run(voc_tree.root, out, "--crop_size", "64", "--num_shards", "2")
+    assert sorted(os.listdir(out)) == before
+    assert run(voc_tree.root, out, "--crop_size", "64", "--num_shards", "2", "--overwrite") == 0
+    names = sorted(n for n in os.listdir(out) if layout.is_shard(n))
+    assert names == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
+                     "val-00000-of-00002.tfrecord", "val-00001-of-00002.tfrecord"]
+    assert not [n for n in os.listdir(out) if n.startswith(layout.TEMP_PREFIX)]
+
+
+def test_gzip_shards(voc_tree, tmp_path):
+    out = tmp_path / "out"
+    assert run(voc_tree.root, out, "--crop_size", "64", "--crops_per_image", "2", "--compress") == 0
+    files = shard_files(str(out), "train")
+    assert files and all(f.endswith(".tfrecord.gz") for f in files)
+    assert len(read_records(files)) == 6 == metadata(out)["splits"]["train"]["records"]
+
+
+def _broken_tree(tree):
+    """Adds one input of every broken kind to the train list of `tree`."""
+    root = tree.root
+    good_image, good_classes = tree.images["t1"], tree.classes["t1"]
+    jpeg = codec.encode_image(good_image, "jpeg")
+    write_pair(root, "b_no_mask", good_image, good_classes)
+    os.remove(layout.mask_path(root, "b_no_mask"))
+    write_pair(root, "b_empty", good_image, good_classes)
+    open(layout.image_path(root, "b_empty"), "wb").close()
+    write_pair(root, "b_truncated", good_image, good_classes)
+    with open(layout.image_path(root, "b_truncated"), "wb") as f:
+        f.write(jpeg[: len(jpeg) // 2])
+    write_pair(root, "b_corrupt", good_image, good_classes)
+    with open(layout.image_path(root, "b_corrupt"), "wb") as f:
+        f.write(b"\xff\xd8" + b"\x00" * 500 + b"\xff\xd9")
+    write_pair(root, "b_size", good_image, good_classes[:-10])
+    write_pair(root, "b_colors", good_image, good_classes)
+    colored = codec.decode_mask(open(layout.mask_path(root, "b_colors"), "rb").read())[0]
+    colored[:3, :3] = (10, 200, 30)
+    with open(layout.mask_path(root, "b_colors"), "wb") as f:
+        f.write(codec.encode_image(colored, "png"))
+    bad = ["b_no_image", "b_no_mask", "b_empty", "b_truncated", "b_corrupt", "b_size", "b_colors"]
+    write_lists(root, {"train": tree.splits["train"] + bad, "val": tree.splits["val"]})
+    return {"b_no_image": "missing_image", "b_no_mask": "missing_mask", "b_empty": "bad_image",
+            "b_truncated": "bad_image", "b_corrupt": "bad_image", "b_size": "size_mismatch",
+            "b_colors": "unknown_colors"}
+
+
+def test_every_bad_input_becomes_an_error_record_and_good_ones_are_written(voc_tree, tmp_path, capsys):
+    expected = _broken_tree(voc_tree)
+    out = tmp_path / "out"
+    assert run(voc_tree.root, out, "--crop_size", "64", "--crops_per_image", "2") == 1
+    with open(os.path.join(out, "errors", "train.jsonl")) as f:
+        errors = {e["id"]: e for e in map(json.loads, f)}
+    assert {k: e["reason"] for k, e in errors.items()} == expected
+    assert "truncated JPEG" in errors["b_truncated"]["error"]
+    assert "empty file" in errors["b_empty"]["error"]
+    assert "9 mask pixels have 1 colours off the palette: (10, 200, 30)×9" in errors["b_colors"]["error"]
+    assert "220×140" in errors["b_size"]["error"] and "220×150" in errors["b_size"]["error"]
+    assert errors["b_no_image"]["error"].startswith("no image file at ")
+    meta = metadata(out)
+    assert meta["splits"]["train"]["records"] == 6 and meta["splits"]["train"]["inputs_failed"] == 7
+    assert meta["splits"]["train"]["errors_file"] == "errors/train.jsonl"
+    assert {r["image/source_id"] for r in read_records(shard_files(str(out), "train"))} == {b"t1", b"t2", b"t3"}
+    assert not os.path.exists(os.path.join(out, "errors", "val.jsonl"))
+    assert "7 failed" in capsys.readouterr().out
+    # A tolerated count exits 0.
+    assert run(voc_tree.root, tmp_path / "out2", "--crop_size", "64", "--max_failed_inputs", "7") == 0
+
+
+def test_unknown_colours_ignore_and_nearest(voc_tree, tmp_path):
+    root = voc_tree.root
+    classes = voc_tree.classes["t1"]
+    colors = mask_colors()[classes].astype(int)
+    lossy = np.clip(colors + np.random.default_rng(0).integers(-6, 7, colors.shape), 0, 255).astype(np.uint8)
+    with open(layout.mask_path(root, "t1"), "wb") as f:
+        f.write(codec.encode_image(lossy, "png"))
+    write_lists(root, {"train": ["t1"]})
+    assert run(root, tmp_path / "err", "--crop_size", "64") == 1
+    assert run(root, tmp_path / "near", "--crop_size", "64", "--crops_per_image", "3",
+               "--unknown_colors", "nearest") == 0
+    for r in read_records(shard_files(str(tmp_path / "near"), "train")):
+        y, x = r["image/crop/offset"]
+        np.testing.assert_array_equal(r["mask"], crops.cut(classes, crops.CropBox(y, x, 64, 64), 255))
+    assert run(root, tmp_path / "ign", "--crop_size", "64", "--unknown_colors", "ignore") == 0
+    meta = metadata(tmp_path / "ign")["splits"]["train"]
+    assert meta["unknown_pixels_ignored"] > 0.5 * classes.size

@@ -1,0 +1,43 @@
+import numpy as np
+import tensorflow as tf
+
+from segprep import codec, schema
+
+
+def test_hand_serialised_example_is_a_real_tf_example():
+    mask = np.array([[0, 1], [255, 4]], np.uint8)
+    rec = schema.CropRecord(source_id="2007_000032", image=codec.encode_image(np.zeros((2, 2, 3), np.uint8)),
+                            image_format="jpeg", mask_png=codec.encode_index_png(mask), height=2, width=2,
+                            offset=(300, 7), source_height=500, source_width=375)
+    ex = tf.train.Example.FromString(rec.serialize())
+    f = ex.features.feature
+    assert set(f) == set(schema.FEATURES)
+    assert f[schema.IMAGE_SOURCE_ID].bytes_list.value == [b"2007_000032"]
+    assert f[schema.IMAGE_FILENAME].bytes_list.value == [b"2007_000032"]
+    assert f[schema.IMAGE_FORMAT].bytes_list.value == [b"jpeg"]
+    assert f[schema.MASK_FORMAT].bytes_list.value == [b"png"]
+    assert list(f[schema.CROP_OFFSET].int64_list.value) == [300, 7]
+    assert f[schema.SOURCE_HEIGHT].int64_list.value == [500] and f[schema.SOURCE_WIDTH].int64_list.value == [375]
+    assert f[schema.IMAGE_CHANNELS].int64_list.value == [3]
+    png = f[schema.MASK_ENCODED].bytes_list.value[0]
+    np.testing.assert_array_equal(tf.io.decode_png(png, channels=1).numpy()[..., 0], mask)
+
+
+def test_feature_table_parses_what_the_writer_writes():
+    rec = schema.CropRecord("a", b"img", "png", b"msk", 256, 256, (0, 0), 10, 20)
+    spec = {k: tf.io.FixedLenFeature((n,) if n > 1 else (), tf.string if kind == "bytes" else tf.int64)
+            for k, (kind, n) in schema.FEATURES.items()}
+    parsed = tf.io.parse_single_example(rec.serialize(), spec)
+    assert parsed[schema.IMAGE_ENCODED].numpy() == b"img"
+    assert parsed[schema.IMAGE_HEIGHT].numpy() == 256
+
+
+def test_large_and_negative_integers_round_trip():
+    data = schema.encode_example({schema.CROP_OFFSET: [2**40, -5]})
+    assert list(tf.train.Example.FromString(data).features.feature[schema.CROP_OFFSET].int64_list.value) == [
+        2**40, -5]
+
+
+def test_equal_records_are_equal_bytes():
+    a = schema.CropRecord("a", b"1", "jpeg", b"2", 1, 1, (0, 0), 1, 1)
+    assert a.serialize() == schema.CropRecord("a", b"1", "jpeg", b"2", 1, 1, (0, 0), 1, 1).serialize()
