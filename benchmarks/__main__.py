@@ -1,0 +1,21 @@
+"""Benchmarks, each printing ratios measured side by side in one run.
+
+    ./dev bench                 # all of them (a few minutes on 2 cores)
+    ./dev bench lookup          # (a) mask lookup vs the seed recipe
+    ./dev bench prepare         # (b) prepare throughput: DirectRunner 1 and 2 workers vs a plain loop
+    ./dev bench memory          # (c) peak RSS for one 10,000 × 10,000 tile
+"""
+
+import sys
+
+from benchmarks import bench_lookup, bench_memory, bench_prepare
+
+ALL = {"lookup": bench_lookup.main, "prepare": bench_prepare.main, "memory": bench_memory.main}
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(ALL)
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        sys.exit(f"unknown benchmark {unknown[0]}; choose from {', '.join(ALL)}")
+    for name in names:
+        ALL[name]()
