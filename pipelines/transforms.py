@@ -181,21 +181,23 @@ class SpreadCrops(beam.PTransform):
 
     def expand(self, crops):
         """(split, (image_id, k, bytes)) → ((split, shard, num_shards), iterable of (order key, bytes))."""
-        sizes = (crops
-                 | "Sizes" >> beam.MapTuple(lambda split, c: (split, len(c[2])))
-                 | "TotalBytes" >> beam.CombinePerKey(sum))
         seed, fixed = self._seed, self._num_shards
 
-        def assign(element, totals):
+        def assign(element, totals=None):
             split, (image_id, k, data) = element
             n = fixed or max(1, math.ceil(totals[split] / TARGET_SHARD_BYTES))
             shard = stable_hash(seed, "shard", split, image_id, k) % n
             order = stable_hash(seed, "order", split, image_id, k)
             return (split, shard, n), (order, data)
 
-        return (crops
-                | "Assign" >> beam.Map(assign, totals=beam.pvalue.AsDict(sizes))
-                | "GroupByShard" >> beam.GroupByKey())
+        if fixed:  # no side input: assigning fuses into the stage that cuts the crops
+            keyed = crops | "Assign" >> beam.Map(assign)
+        else:
+            sizes = (crops
+                     | "Sizes" >> beam.MapTuple(lambda split, c: (split, len(c[2])))
+                     | "TotalBytes" >> beam.CombinePerKey(sum))
+            keyed = crops | "Assign" >> beam.Map(assign, totals=beam.pvalue.AsDict(sizes))
+        return keyed | "GroupByShard" >> beam.GroupByKey()
 
 
 class _WriteShardFn(beam.DoFn):
