@@ -20,7 +20,7 @@ from segprep import codec, layout, sample
 from segprep.convert import ConvertConfig, convert_pair
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_IMAGES, SIDE, DISTINCT = 64, 2000, 8  # 64 ids over 8 generated pairs: crops differ by id
+NUM_IMAGES, SIDE, DISTINCT = 128, 2000, 8  # VOC-sized: ~8k crops; 8 generated pairs reused under 128 ids
 
 
 def make_tree(root):
