@@ -1,0 +1,219 @@
+"""The trainer on shards written by the real prepare pipeline: input pipeline, warm-up, fit, resume, predict."""
+
+import csv
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import read_records, shard_files
+from pipelines import prepare
+from segprep import codec
+from segprep.palette import VOC
+from trainer import data, evaluate, predict, schedules, train
+from trainer.model import build_model
+
+
+@pytest.fixture
+def records(voc_tree, tmp_path):
+    out = str(tmp_path / "records")
+    assert prepare.run(["--input_dir", voc_tree.root, "--output_dir", out, "--crop_size", "64",
+                        "--crops_per_image", "6", "--runner=DirectRunner"]) == 0
+    return out
+
+
+def test_input_pipeline_shapes_dtypes_and_values(records):
+    meta = data.load_metadata(records)
+    ds = data.make_dataset(records, "train", 4, training=True, targets={"main": 1, "aux": 8}, seed=0)
+    for x, y in ds.take(3):
+        assert set(x) == {"image"} and set(y) == {"main", "aux"}
+        assert x["image"].shape == (4, 64, 64, 3) and x["image"].dtype == tf.float32
+        assert y["main"].shape == (4, 64, 64, 1) and y["main"].dtype == tf.uint8
+        assert y["aux"].shape == (4, 8, 8, 1)
+        values = set(np.unique(y["main"].numpy()))
+        assert values <= set(range(meta["num_classes"])) | {255} and values & {1, 4, 15}
+        np.testing.assert_array_equal(y["aux"].numpy(), y["main"].numpy()[:, 4::8, 4::8])  # nearest, not blended
+    # Normalised with the training crops' statistics from metadata.json, in record order for evaluation.
+    x = np.concatenate([b[0]["image"].numpy() for b in data.make_dataset(records, "val", 2, training=False)
+                        .take(data.steps(meta, "val", 2))])
+    decoded = np.stack([r["image"] for r in read_records(shard_files(records, "val"))]).astype(np.float32)
+    np.testing.assert_allclose(x, (decoded - meta["rgb_mean"]) / np.array(meta["rgb_std"]), rtol=1e-5, atol=1e-5)
+    assert 100 < meta["rgb_mean"][0] < 200  # the fixture's images, not a default
+
+
+def test_steps_come_from_metadata_and_validation_is_one_exact_pass(records):
+    meta = data.load_metadata(records)
+    n = meta["splits"]["val"]["records"]
+    assert data.steps(meta, "val", 2) == math.ceil(n / 2)
+    ds = data.make_dataset(records, "val", 2, training=False)
+    seen = sum(int(b[0]["image"].shape[0]) for b in ds.take(data.steps(meta, "val", 2)))
+    assert seen == n
+    again = [b[1]["main"].numpy() for b in ds.take(2 * data.steps(meta, "val", 2))]
+    first, second = again[: len(again) // 2], again[len(again) // 2:]
+    assert all((a == b).all() for a, b in zip(first, second))  # deterministic and aligned pass after pass
+
+
+def test_paired_augmentation_keeps_image_and_mask_aligned():
+    # Image channel 0 = 10 × class, in 16-px blocks, so every mask pixel says what its image pixel must be.
+    classes = np.kron(np.arange(16).reshape(4, 4) % 5, np.ones((16, 16), np.uint8)).astype(np.uint8)
+    image = np.repeat((classes * 10)[..., None], 3, -1).astype(np.uint8)
+    aug = data.Augment(flip=True, scale=(0.7, 1.4), rotate_degrees=30)
+    tf.random.set_seed(1)
+    for _ in range(10):
+        img, mask = data.augment(tf.constant(image), tf.constant(classes[..., None]), aug, 64)
+        img, mask = np.asarray(img)[..., 0], np.asarray(mask)[..., 0]
+        assert set(np.unique(mask)) <= set(np.unique(classes)) | {255}  # nearest only: no invented classes
+        valid = mask != 255
+        # Away from block edges (where bilinear blends), the image value is 10 × the mask's class.
+        agree = np.abs(img[valid] - 10.0 * mask[valid]) < 1.0
+        assert agree.mean() > 0.8
+
+
+def test_seed_recipe_epoch_warmup_matches_numpy():
+    lr_init, num = 0.01, 5
+    ref = np.where(np.arange(1, 31) < num, lr_init * np.arange(1, 31) / num, lr_init)
+    got = [schedules.epoch_warmup(e, lr_init, num) for e in range(30)]
+    np.testing.assert_allclose(got, ref)
+    assert got[0] == pytest.approx(0.002) and got[4] == got[29] == lr_init
+
+
+def test_step_warmup_cosine_matches_numpy_and_reloads():
+    sched = schedules.WarmupCosine(0.1, warmup_steps=50, decay_steps=400, alpha=0.01)
+    step = np.arange(600)
+    t = np.clip((step - 50) / 400, 0, 1)
+    ref = np.where(step < 50, 0.1 * (step + 1) / 50, 0.1 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * t))))
+    got = np.array([float(sched(s)) for s in step])
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(sched))
+    assert float(again(123)) == pytest.approx(float(sched(123)))
+
+
+def _cfg(**kw):
+    base = dict(epochs=2, batch_size=4, lr=2e-3)
+    base.update(kw)
+    return train.TrainConfig(**base)
+
+
+def test_fit_logs_per_epoch_and_saves_a_loadable_model(records, tmp_path):
+    run = str(tmp_path / "run")
+    model = build_model(21, 64, width=8)
+    train.fit(model, records, run, _cfg(warmup_epochs=3), verbose=0)
+    rows = list(csv.DictReader(open(f"{run}/log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"main_miou", "upsample_miou", "aux_miou", "val_main_miou", "lr", "loss"} <= set(rows[0])
+    np.testing.assert_allclose([float(r["lr"]) for r in rows], [2e-3 / 3, 2 * 2e-3 / 3], rtol=1e-5)
+    loaded = keras.models.load_model(f"{run}/model.keras")  # plain Keras, no custom_objects
+    assert loaded.output_names == model.output_names and os.path.exists(f"{run}/best.keras")
+    # The step schedule (a custom LearningRateSchedule) survives a reload too.
+    run2 = str(tmp_path / "run2")
+    train.fit(build_model(21, 64, width=8), records, run2, _cfg(epochs=1, warmup_steps=3), verbose=0)
+    schedule = keras.models.load_model(f"{run2}/model.keras").optimizer._learning_rate
+    assert isinstance(schedule, schedules.WarmupCosine) and schedule.warmup_steps == 3
+
+
+def test_a_two_input_model_trains_through_the_same_pipeline(records, tmp_path):
+    full = keras.Input((64, 64, 3), name="image")
+    half = keras.Input((32, 32, 3), name="image_half")
+    a = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(full)
+    b = keras.layers.UpSampling2D(2)(keras.layers.Conv2D(8, 3, padding="same", activation="relu")(half))
+    x = keras.layers.Concatenate()([a, b])
+    main = keras.layers.Conv2D(21, 1, name="main")(x)
+    coarse = keras.layers.Conv2D(21, 1, name="coarse")(keras.layers.AveragePooling2D(4)(x))
+    model = keras.Model({"image": full, "image_half": half}, {"main": main, "coarse": coarse})
+    assert data.strides_of(model) == ({"image": 1, "image_half": 2}, {"coarse": 4, "main": 1})
+    history = train.fit(model, records, str(tmp_path / "run"), _cfg(epochs=1), verbose=0)
+    assert np.isfinite(history.history["loss"][0]) and "val_coarse_miou" in history.history
+
+
+class _Kill(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("killed")
+
+
+def test_a_killed_run_resumes_from_its_last_epoch(records, tmp_path):
+    run = str(tmp_path / "run")
+    with pytest.raises(RuntimeError, match="killed"):
+        train.fit(build_model(21, 64, width=8), records, run, _cfg(epochs=4), verbose=0, extra_callbacks=[_Kill()])
+    assert os.path.isdir(f"{run}/backup")
+    history = train.fit(build_model(21, 64, width=8), records, run, _cfg(epochs=4), verbose=0)
+    assert history.epoch == [2, 3]
+    assert [int(r["epoch"]) for r in csv.DictReader(open(f"{run}/log.csv"))] == [0, 1, 2, 3]
+    assert not os.path.exists(f"{run}/backup")
+
+
+@pytest.fixture
+def run_dir(records, tmp_path):
+    run = str(tmp_path / "run")
+    train.fit(build_model(21, 64, width=8), records, run, _cfg(epochs=1), verbose=0)
+    return run
+
+
+def test_predict_stitches_windows_and_writes_palette_pngs(run_dir, tmp_path):
+    p = predict.Predictor(run_dir)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (150, 200, 3), dtype=np.uint8)
+    # No overlap on a multiple of the crop: every pixel comes from exactly one window.
+    exact = image[:128, :192]
+    stitched = p.predict(exact, overlap=0.0)
+    assert stitched.shape == (128, 192)
+    for y in (0, 64):
+        for x in (0, 64, 128):
+            window = np.argmax(p.probabilities(exact[None, y:y + 64, x:x + 64])[0], -1)
+            np.testing.assert_array_equal(stitched[y:y + 64, x:x + 64], window)
+    # The last window is flush with the far edge: the bottom-right corner is that window's alone.
+    full = p.predict(image, overlap=0.0)
+    last = np.argmax(p.probabilities(image[None, 86:, 136:])[0], -1)
+    np.testing.assert_array_equal(full[128:, 192:], last[42:, 56:])
+    # With overlap, the corner only one window covers still equals that window's own prediction.
+    overlapped = p.predict(image, overlap=0.5)
+    first = np.argmax(p.probabilities(image[None, :64, :64])[0], -1)
+    np.testing.assert_array_equal(overlapped[:32, :32], first[:32, :32])
+    # Small images are padded and cut back; written colours are palette colours.
+    img_path = tmp_path / "small.jpg"
+    img_path.write_bytes(codec.encode_image(image[:40, :50], "jpeg"))
+    out = tmp_path / "preds"
+    assert predict.main(["--model_dir", run_dir, "--input", str(img_path), "--output_dir", str(out)]) == 0
+    mask, _ = codec.decode_mask((out / "small.png").read_bytes())
+    assert mask.shape == (40, 50, 3)
+    palette = {tuple(c) for c in VOC.colors}
+    assert {tuple(c) for c in mask.reshape(-1, 3)} <= palette
+    assert (out / "small_overlay.jpg").exists()
+
+
+def test_evaluate_prints_per_class_iou_and_writes_json(run_dir, records, capsys):
+    result = evaluate.run(["--model_dir", run_dir, "--data_dir", records])
+    assert 0.0 <= result["miou"] <= 1.0 and result["pixels"] > 0
+    assert "background" in result["per_class"] and "mIoU" in capsys.readouterr().out
+    assert json.load(open(f"{run_dir}/eval-val.json"))["miou"] == result["miou"]
+
+
+def test_scores_on_a_known_confusion_matrix():
+    cm = np.array([[8, 2, 0], [1, 3, 0], [0, 0, 0]])
+    s = evaluate.scores(cm, ["a", "b", "c"])
+    assert s["per_class"]["a"]["iou"] == pytest.approx(8 / 11) and s["per_class"]["b"]["iou"] == pytest.approx(3 / 6)
+    assert s["miou"] == pytest.approx((8 / 11 + 3 / 6) / 2) and s["pixel_accuracy"] == pytest.approx(11 / 14)
+    assert "c" not in s["per_class"]
+
+
+def test_clear_errors(records, tmp_path):
+    os.rename(f"{records}/metadata.json", f"{records}/m.json")
+    with pytest.raises(data.DataError, match="did not finish"):
+        data.load_metadata(records)
+    os.rename(f"{records}/m.json", f"{records}/metadata.json")
+    meta = data.load_metadata(records)
+    shard = f"{records}/{meta['splits']['train']['shards'][0]}"
+    raw = open(shard, "rb").read()
+    open(shard, "wb").write(raw[:100] + b"\x00" * 50 + raw[150:])
+    with pytest.raises(data.DataError, match="Corrupt shard .*train-00000"):
+        train.fit(build_model(21, 64, width=8), records, str(tmp_path / "r"), _cfg(epochs=1), verbose=0)
+    os.remove(shard)
+    with pytest.raises(data.DataError, match="not there"):
+        data.make_dataset(records, "train", 2, training=True)
+    with pytest.raises(train.UsageError, match="classes"):
+        train.fit(build_model(5, 64, width=8), records, str(tmp_path / "r2"), _cfg(), verbose=0)
+    assert train.main(["--data_dir", str(tmp_path / "nothing")]) == 2

@@ -1,0 +1,186 @@
+"""tf.data input pipeline: the shards `python -m pipelines.prepare` wrote → batches of ({inputs}, {targets}).
+
+Shard names and counts come from metadata.json (never from a glob, which would also match stale shards), so
+steps per epoch are exact. Records are parsed with the same schema module the writer used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import tensorflow as tf
+
+from segprep import metadata as md
+from segprep import schema
+from segprep.palette import IGNORE_LABEL
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+class DataError(ValueError):
+    """The data dir cannot be read as prepare's output."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """Paired augmentation: one random draw, applied to image and mask alike (masks nearest-neighbour only)."""
+
+    flip: bool = True
+    scale: tuple[float, float] | None = None  # e.g. (0.75, 1.25)
+    rotate_degrees: float = 0.0
+
+
+def load_metadata(data_dir: str) -> dict:
+    path = f"{data_dir.rstrip('/')}/metadata.json"
+    if not tf.io.gfile.exists(path):
+        shards = tf.io.gfile.glob(f"{data_dir.rstrip('/')}/*.tfrecord*") if tf.io.gfile.isdir(data_dir) else []
+        why = ("it holds shards but no metadata.json: the prepare run did not finish; re-run it with --overwrite"
+               if shards else "it holds no prepare output")
+        raise DataError(f"No {path}: {why}. Make it with `python -m pipelines.prepare --output_dir {data_dir}`.")
+    with tf.io.gfile.GFile(path, "rb") as f:
+        try:
+            return md.parse(f.read(), path)
+        except md.MetadataError as e:
+            raise DataError(str(e)) from None
+
+
+def split_files(meta: dict, data_dir: str, split: str) -> list[str]:
+    try:
+        files = md.shard_paths(meta, data_dir.rstrip("/"), split)
+    except md.MetadataError as e:
+        raise DataError(str(e)) from None
+    missing = [f for f in files if not tf.io.gfile.exists(f)]
+    if missing or not files:
+        pattern = f"{data_dir.rstrip('/')}/{split}-?????-of-?????.tfrecord*"
+        raise DataError(f"No records for split {split!r} at {missing[0] if missing else pattern}: metadata.json "
+                        "names shards that are not there. Was `python -m pipelines.prepare` run with this "
+                        "--output_dir?" if missing else
+                        f"No records match {pattern}: the prepare run wrote none for {split!r}.")
+    return files
+
+
+def find_corrupt(files: list[str], compression: str | None = None) -> str | None:
+    """The first shard that fails to read to the end, with TF's reason; None if all read. Used only after a read
+    failed, since TF's own error names an offset but not the file."""
+    for path in files:
+        try:
+            for _ in tf.data.TFRecordDataset(path, compression_type=compression):
+                pass
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            return f"{path}: {e.message.splitlines()[0]}"
+    return None
+
+
+def steps(meta: dict, split: str, batch_size: int) -> int:
+    return max(1, math.ceil(md.split(meta, split)["records"] / batch_size))
+
+
+def _feature_spec() -> dict:
+    return {key: tf.io.FixedLenFeature((n,) if n > 1 else (), tf.string if kind == "bytes" else tf.int64)
+            for key, (kind, n) in schema.FEATURES.items()}
+
+
+def decode(serialized: tf.Tensor, crop_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """One record → (image uint8 [S, S, 3], mask uint8 [S, S, 1])."""
+    f = tf.io.parse_single_example(serialized, _feature_spec())
+    image = tf.io.decode_image(f[schema.IMAGE_ENCODED], channels=3, expand_animations=False)
+    mask = tf.io.decode_png(f[schema.MASK_ENCODED], channels=1)
+    image = tf.ensure_shape(image, (crop_size, crop_size, 3))
+    mask = tf.ensure_shape(mask, (crop_size, crop_size, 1))
+    return image, mask
+
+
+def _affine(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """One random scale/rotation about the centre, applied to both: bilinear for the image, nearest for the mask,
+    padding 0 / 255."""
+    scale = tf.random.uniform((), *aug.scale) if aug.scale else tf.constant(1.0)
+    angle = tf.random.uniform((), -1.0, 1.0) * aug.rotate_degrees * math.pi / 180.0
+    c = (size - 1) / 2.0
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2).
+    transform = tf.stack([cos, -sin, c - cos * c + sin * c, sin, cos, c - sin * c - cos * c, 0.0, 0.0])[None]
+
+    def warp(x, interpolation, fill):
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=x[None], transforms=transform, output_shape=[size, size], fill_value=fill,
+            interpolation=interpolation, fill_mode="CONSTANT")[0]
+
+    image = warp(tf.cast(image, tf.float32), "BILINEAR", 0.0)
+    mask = tf.cast(warp(tf.cast(mask, tf.float32), "NEAREST", float(IGNORE_LABEL)), tf.uint8)
+    return image, mask
+
+
+def augment(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    if aug.flip:
+        flip = tf.random.uniform(()) < 0.5  # one draw for both
+        image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+        mask = tf.cond(flip, lambda: tf.reverse(mask, [1]), lambda: mask)
+    if aug.scale or aug.rotate_degrees:
+        image, mask = _affine(image, mask, aug, size)
+    return image, mask
+
+
+def normalizer(meta: dict, mode: str = "dataset"):
+    """'dataset': (x - mean) / std with the training crops' statistics from metadata.json;
+    'simple': the seed recipe's x / 255 - 0.5."""
+    if mode == "simple":
+        return lambda x: tf.cast(x, tf.float32) / 255.0 - 0.5
+    if mode != "dataset":
+        raise ValueError(f"normalization must be 'dataset' or 'simple'. Received: {mode!r}")
+    mean = tf.constant(meta["rgb_mean"], tf.float32)
+    std = tf.maximum(tf.constant(meta["rgb_std"], tf.float32), 1e-3)
+    return lambda x: (tf.cast(x, tf.float32) - mean) / std
+
+
+def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
+                 inputs: dict[str, int] | None = None, targets: dict[str, int] | None = None,
+                 aug: Augment = Augment(), normalization: str = "dataset", seed: int | None = None,
+                 shuffle_buffer: int = 2048, meta: dict | None = None) -> tf.data.Dataset:
+    """Batches of ({input name: image}, {output name: mask}) for `split`.
+
+    `inputs` and `targets` map each model input / output name to its stride: an input of stride 2 gets the image
+    at half resolution, an output of stride 8 gets the mask nearest-downsampled 8×. Training data repeats forever
+    (use `steps(meta, split, batch)` per epoch); evaluation data is one deterministic pass per epoch, repeated, so
+    `steps(...)` validation steps read it exactly once."""
+    meta = meta or load_metadata(data_dir)
+    files = split_files(meta, data_dir, split)
+    size = int(meta["crop_size"])
+    inputs = inputs or {"image": 1}
+    targets = targets or {"main": 1}
+    norm = normalizer(meta, normalization)
+    compression = "GZIP" if meta.get("compression") == "gzip" else None
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        # A new file order every epoch, then records from several shards at once, then a shuffle buffer: crops
+        # of one image were already spread across shards and positions by prepare.
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
+                       cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE, deterministic=not training)
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+
+    def to_example(serialized):
+        image, mask = decode(serialized, size)
+        if training:
+            image, mask = augment(image, mask, aug, size)
+        x = norm(image)
+        feats = {name: (x if s == 1 else tf.image.resize(x, (size // s, size // s), antialias=True))
+                 for name, s in inputs.items()}
+        labels = {name: (mask if s == 1 else mask[s // 2::s, s // 2::s]) for name, s in targets.items()}
+        return feats, labels
+
+    ds = ds.map(to_example, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    ds = ds.batch(batch_size, drop_remainder=training)
+    if not training:
+        ds = ds.repeat()
+    return ds.prefetch(AUTOTUNE)
+
+
+def strides_of(model) -> tuple[dict[str, int], dict[str, int]]:
+    """Each model input's and output's stride relative to the first input, from their static shapes."""
+    full = model.inputs[0].shape[1]
+    ins = {t.name: full // t.shape[1] for t in model.inputs}
+    outs = {name: full // t.shape[1] for name, t in zip(model.output_names, model.outputs)}
+    return ins, outs

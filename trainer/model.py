@@ -1,0 +1,60 @@
+"""Segmentation models: a functional Keras model with input "image" and several named outputs.
+
+The default ("multi") is small enough to train on 2 CPU cores:
+
+    image ─ encoder (strided convs, separable blocks, dilated context at 1/8)
+            ├─ "main":     transposed-convolution (deconvolution) decoder with skips → full resolution
+            ├─ "upsample": conv + bilinear UpSampling2D decoder                      → full resolution
+            └─ "aux":      1×1 conv on the 1/8 features (deep supervision)           → 1/8 resolution
+
+All outputs are logits. Output names are what losses, loss weights, metrics and targets are keyed by.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+ARCHS = ("multi", "deconv")
+
+
+def _conv(x, filters, stride=1, name=None):
+    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=name)(x)
+    x = layers.BatchNormalization(momentum=0.9)(x)  # small datasets: 0.99 lags for hundreds of steps
+    return layers.ReLU()(x)
+
+
+def _sep(x, filters, stride=1, dilation=1):
+    x = layers.SeparableConv2D(filters, 3, strides=stride, dilation_rate=dilation, padding="same",
+                               use_bias=False)(x)
+    x = layers.BatchNormalization(momentum=0.9)(x)  # small datasets: 0.99 lags for hundreds of steps
+    return layers.ReLU()(x)
+
+
+def build_model(num_classes: int, crop_size: int = 256, width: int = 32, arch: str = "multi") -> keras.Model:
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}. Received: {arch!r}")
+    if crop_size % 8:
+        raise ValueError(f"crop_size must be a multiple of 8 for this model. Received: {crop_size}")
+    image = keras.Input((crop_size, crop_size, 3), name="image")
+    x = _conv(image, width, stride=2)  # 1/2
+    s2 = _conv(x, width)
+    x = _sep(s2, 2 * width, stride=2)  # 1/4
+    s4 = _sep(x, 2 * width)
+    x = _sep(s4, 4 * width, stride=2)  # 1/8
+    x = _sep(x, 4 * width, dilation=2)
+    ctx = _sep(x, 4 * width, dilation=4)
+
+    y = layers.Conv2DTranspose(2 * width, 4, strides=2, padding="same")(ctx)  # 1/4
+    y = _sep(layers.Concatenate()([y, s4]), 2 * width)
+    y = layers.Conv2DTranspose(width, 4, strides=2, padding="same")(y)  # 1/2
+    y = _conv(layers.Concatenate()([y, s2]), width)
+    main = layers.Conv2DTranspose(num_classes, 4, strides=2, padding="same", name="main")(y)  # 1/1
+    outputs = {"main": main}
+    if arch == "multi":
+        u = layers.UpSampling2D(2, interpolation="bilinear")(ctx)  # 1/4
+        u = _sep(layers.Concatenate()([u, s4]), width)
+        u = layers.Conv2D(num_classes, 1)(u)  # classify at 1/4, as DeepLab does, then upsample the logits
+        outputs["upsample"] = layers.UpSampling2D(4, interpolation="bilinear", name="upsample")(u)  # 1/1
+        outputs["aux"] = layers.Conv2D(num_classes, 1, name="aux")(ctx)  # 1/8
+    return keras.Model({"image": image}, outputs, name=f"segprep_{arch}")

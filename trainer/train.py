@@ -1,0 +1,238 @@
+"""Train a multi-output Keras segmentation model on the shards prepare wrote.
+
+    python -m trainer.train                                       # data/records in, runs/... out, runs/latest
+    python -m trainer.train --data_dir gs://B/records --model_dir gs://B/runs/exp1 --epochs 50
+
+A run dir holds model.keras (loads with plain `keras.models.load_model`), best.keras (best val mIoU of the main
+output), log.csv (epoch, losses, mIoU per output, lr), tensorboard/, segprep.json (palette and normalisation for
+predict) and, while training, backup/: run the same command again after a crash and it resumes from the last
+finished epoch. The default --model_dir is derived from the flags, so "the same command" finds its run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from segprep import metadata as md
+from trainer import data, schedules
+from trainer.model import ARCHS, build_model
+
+DEFAULT_DATA = "data/records"
+RUNS = "runs"
+BEST_METRIC = "val_main_miou"
+
+
+class UsageError(Exception):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 8
+    lr: float = 2e-3
+    warmup_epochs: int = 0
+    warmup_steps: int | None = None  # None: one epoch of steps
+    loss_weights: dict | None = None  # None: 1.0 for "main", 0.2 for the others (the seed recipe's weights)
+    seed: int = 0
+    normalization: str = "dataset"
+    augment: data.Augment = data.Augment()
+    train_split: str = "train"
+    val_split: str = "val"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        print(f"train: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m trainer.train", description=__doc__.split("\n")[0], allow_abbrev=False,
+                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="examples:\n" + "\n".join(
+                    line for line in __doc__.splitlines() if line.startswith("    python")))
+    p.add_argument("--data_dir", default=DEFAULT_DATA, help="prepare's --output_dir (default: %(default)s)")
+    p.add_argument("--model_dir", help="run dir, local or gs:// (default: runs/<data>-<hash of the flags>)")
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="(default: %(default)s)")
+    p.add_argument("--batch_size", type=int, default=TrainConfig.batch_size, help="(default: %(default)s)")
+    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--warmup_epochs", type=int, default=0,
+                   help="the seed recipe's per-epoch warm-up: lr·i/num for epochs i < num (default: off)")
+    p.add_argument("--warmup_steps", type=int, default=None,
+                   help="per-step linear warm-up, then cosine decay to 0 (default: one epoch of steps)")
+    p.add_argument("--loss_weights", help="e.g. main=1,upsample=0.2,aux=0.2 (default: 1 main, 0.2 others)")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--arch", choices=ARCHS, default="multi", help="(default: %(default)s)")
+    p.add_argument("--width", type=int, default=32, help="model width (default: %(default)s)")
+    p.add_argument("--normalization", choices=("dataset", "simple"), default="dataset",
+                   help="dataset: RGB mean/std from metadata.json; simple: x/255 - 0.5 (default: %(default)s)")
+    p.add_argument("--aug_scale", help="random scale range, e.g. 0.75,1.25 (default: off)")
+    p.add_argument("--aug_rotate", type=float, default=0.0, help="max random rotation in degrees (default: 0)")
+    p.add_argument("--no_flip", action="store_true", help="turn off random left-right flips")
+    p.add_argument("--overwrite", action="store_true", help="start over in a --model_dir holding a finished run")
+    return p
+
+
+def _loss_weights(text: str | None, outputs: list[str]) -> dict:
+    weights = {name: (1.0 if name == "main" else 0.2) for name in outputs}
+    if text:
+        for item in text.split(","):
+            name, _, value = item.partition("=")
+            if name.strip() not in weights:
+                raise UsageError(f"--loss_weights names {name.strip()!r}; the model's outputs are "
+                                 f"{', '.join(outputs)}.")
+            try:
+                weights[name.strip()] = float(value)
+            except ValueError:
+                raise UsageError(f"--loss_weights: {item!r} is not name=number.") from None
+    return weights
+
+
+def compile_model(model: keras.Model, num_classes: int, cfg: TrainConfig, steps_per_epoch: int) -> None:
+    outputs = list(model.output_names)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else steps_per_epoch
+    if cfg.warmup_epochs:
+        lr = cfg.lr  # the per-epoch callback sets it
+    else:
+        lr = schedules.WarmupCosine(cfg.lr, warmup, max(1, cfg.epochs * steps_per_epoch - warmup))
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss={n: keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255) for n in outputs},
+        loss_weights=cfg.loss_weights or _loss_weights(None, outputs),
+        metrics={n: [keras.metrics.MeanIoU(num_classes, name="miou", ignore_class=255, sparse_y_pred=False)]
+                 for n in outputs})
+
+
+def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, meta: dict | None = None,
+        verbose: int = 2, extra_callbacks: list | None = None) -> keras.callbacks.History:
+    """Trains `model` (any functional model whose inputs/outputs the pipeline can fill) and saves the run."""
+    meta = meta or data.load_metadata(data_dir)
+    num_classes = int(meta["num_classes"])
+    channels = {n: t.shape[-1] for n, t in zip(model.output_names, model.outputs)}
+    if any(c != num_classes for c in channels.values()):
+        raise UsageError(f"The model's outputs have {channels} classes but {data_dir}/metadata.json has "
+                         f"{num_classes}.")
+    inputs, targets = data.strides_of(model)
+    steps = data.steps(meta, cfg.train_split, cfg.batch_size)
+    val_steps = data.steps(meta, cfg.val_split, cfg.batch_size)
+    train_ds = data.make_dataset(data_dir, cfg.train_split, cfg.batch_size, training=True, inputs=inputs,
+                                 targets=targets, aug=cfg.augment, normalization=cfg.normalization, seed=cfg.seed,
+                                 meta=meta)
+    val_ds = data.make_dataset(data_dir, cfg.val_split, cfg.batch_size, training=False, inputs=inputs,
+                               targets=targets, normalization=cfg.normalization, meta=meta)
+    compile_model(model, num_classes, cfg, steps)
+    tf.io.gfile.makedirs(model_dir)
+    callbacks = [keras.callbacks.BackupAndRestore(f"{model_dir}/backup")]
+    if cfg.warmup_epochs:
+        callbacks.append(schedules.epoch_warmup_callback(cfg.lr, cfg.warmup_epochs))
+    callbacks += [
+        schedules.LogLearningRate(),
+        keras.callbacks.ModelCheckpoint(f"{model_dir}/best.keras", monitor=BEST_METRIC, mode="max",
+                                        save_best_only=True),
+        keras.callbacks.CSVLogger(f"{model_dir}/log.csv", append=True),
+        keras.callbacks.TensorBoard(f"{model_dir}/tensorboard", write_graph=False),
+    ] + list(extra_callbacks or [])
+    try:
+        history = model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps, validation_data=val_ds,
+                            validation_steps=val_steps, callbacks=callbacks, verbose=verbose)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        compression = "GZIP" if meta.get("compression") == "gzip" else None
+        files = data.split_files(meta, data_dir, cfg.train_split) + data.split_files(meta, data_dir, cfg.val_split)
+        broken = data.find_corrupt(files, compression)
+        if broken is None:
+            raise
+        raise data.DataError(f"Corrupt shard {broken}. Re-run `python -m pipelines.prepare --overwrite`.") from e
+    model.save(f"{model_dir}/model.keras")
+    info = {"class_names": meta["class_names"], "class_colors": meta["class_colors"],
+            "ignore_colors": meta.get("ignore_colors", []), "num_classes": num_classes,
+            "crop_size": meta["crop_size"], "normalization": cfg.normalization, "rgb_mean": meta["rgb_mean"],
+            "rgb_std": meta["rgb_std"], "data_dir": data_dir, "config": dataclasses.asdict(cfg)}
+    with tf.io.gfile.GFile(f"{model_dir}/segprep.json", "w") as f:
+        f.write(json.dumps(info, indent=1, default=str))
+    return history
+
+
+def _default_model_dir(args: argparse.Namespace) -> str:
+    keys = {k: v for k, v in vars(args).items() if k not in ("model_dir", "overwrite")}
+    digest = hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
+    name = os.path.basename(args.data_dir.rstrip("/")) or "data"
+    return os.path.join(RUNS, f"{name}-{digest}")
+
+
+def _link_latest(model_dir: str) -> None:
+    if "://" in model_dir:
+        return
+    parent = os.path.dirname(os.path.abspath(model_dir))
+    link = os.path.join(parent, "latest")
+    if os.path.islink(link) or not os.path.exists(link):
+        tmp = f"{link}.tmp{os.getpid()}"
+        os.symlink(os.path.basename(os.path.abspath(model_dir)), tmp)
+        os.replace(tmp, link)
+
+
+def run(argv: list[str] | None = None) -> keras.callbacks.History:
+    args = build_parser().parse_args(argv)
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be a positive integer. Received: {getattr(args, name)}")
+    if args.warmup_epochs and args.warmup_steps is not None:
+        raise UsageError("Choose one of --warmup_epochs (per epoch) and --warmup_steps (per step).")
+    scale = None
+    if args.aug_scale:
+        try:
+            lo, hi = (float(v) for v in args.aug_scale.split(","))
+        except ValueError:
+            raise UsageError(f"--aug_scale must be two numbers like 0.75,1.25. Received: {args.aug_scale}") from None
+        scale = (lo, hi)
+    try:
+        meta = data.load_metadata(args.data_dir)
+        md.split(meta, "train")
+        md.split(meta, "val")
+    except (data.DataError, md.MetadataError) as e:
+        raise UsageError(str(e)) from None
+    model_dir = (args.model_dir or _default_model_dir(args)).rstrip("/")
+    finished = tf.io.gfile.exists(f"{model_dir}/model.keras") and not tf.io.gfile.exists(f"{model_dir}/backup")
+    if finished and not args.overwrite:
+        raise UsageError(f"--model_dir {model_dir} holds a finished run (model.keras); pass --overwrite to train "
+                         "it again, or choose another --model_dir.")
+    if finished:
+        for name in ("model.keras", "best.keras", "log.csv"):
+            if tf.io.gfile.exists(f"{model_dir}/{name}"):
+                tf.io.gfile.remove(f"{model_dir}/{name}")
+    keras.utils.set_random_seed(args.seed)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
+                      warmup_steps=args.warmup_steps, seed=args.seed, normalization=args.normalization,
+                      augment=data.Augment(flip=not args.no_flip, scale=scale, rotate_degrees=args.aug_rotate))
+    model = build_model(int(meta["num_classes"]), int(meta["crop_size"]), args.width, args.arch)
+    cfg = dataclasses.replace(cfg, loss_weights=_loss_weights(args.loss_weights, list(model.output_names)))
+    print(f"train: {model.name}, {model.count_params():,} parameters, outputs {', '.join(model.output_names)}; "
+          f"{md.split(meta, 'train')['records']} train / {md.split(meta, 'val')['records']} val crops → {model_dir}")
+    started = time.time()
+    history = fit(model, args.data_dir, model_dir, cfg, meta)
+    _link_latest(model_dir)
+    best = max(history.history.get(BEST_METRIC, [float("nan")]))
+    print(f"train: done in {time.time() - started:.0f} s; best val mIoU (main) {best:.3f}; "
+          f"model: {model_dir}/model.keras")
+    return history
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(argv)
+    except (UsageError, data.DataError) as e:
+        print(f"train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
