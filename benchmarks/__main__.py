@@ -4,16 +4,19 @@
     ./dev bench lookup          # (a) mask lookup vs the seed recipe
     ./dev bench prepare         # (b) prepare throughput: DirectRunner 1 and 2 workers vs a plain loop
     ./dev bench memory          # (c) peak RSS for one 10,000 × 10,000 tile
+    ./dev bench input           # (d, e) trainer input pipeline vs the seed recipe's loader and vs training
+    ./dev bench train           # (d, e, f) and the val mIoU of the default training run (10 minutes)
 """
 
 import sys
 
-from benchmarks import bench_lookup, bench_memory, bench_prepare
+from benchmarks import bench_lookup, bench_memory, bench_prepare, bench_train
 
-ALL = {"lookup": bench_lookup.main, "prepare": bench_prepare.main, "memory": bench_memory.main}
+ALL = {"lookup": bench_lookup.main, "prepare": bench_prepare.main, "memory": bench_memory.main,
+       "input": lambda: bench_train.main(("input",)), "train": bench_train.main}
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or list(ALL)
+    names = sys.argv[1:] or [n for n in ALL if n != "input"]
     unknown = [n for n in names if n not in ALL]
     if unknown:
         sys.exit(f"unknown benchmark {unknown[0]}; choose from {', '.join(ALL)}")

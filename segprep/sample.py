@@ -2,8 +2,8 @@
 
     python -m segprep.sample data/sample_voc      # (re)make it by hand; prepare makes it when it is missing
 
-32 images (24 train, 8 val): two over 1,000 px, several smaller than 256 in one side, VOC-sized photos, a quarter
-of the masks in palette mode (as real VOC ships them), and VOC's (224, 224, 192) border around every object.
+76 images (64 train, 12 val): three over 1,000 px, several smaller than 256 in one side, VOC-sized photos, a
+quarter of the masks in palette mode (as real VOC ships them), and VOC's (224, 224, 192) border around every object.
 Three object classes are told apart by shape *and* texture, with random colours, so no image colour equals a
 mask colour and a model has to learn something:
 
@@ -21,17 +21,18 @@ import numpy as np
 from segprep import codec, layout
 from segprep.palette import IGNORE_LABEL, VOC, VOC_BORDER_COLOR
 
-VERSION = "1"
+VERSION = "2"
 CLASSES = {"aeroplane": 1, "boat": 4, "person": 15}
-# (width, height) of each image; the first 24 are train, the rest val.
+# (width, height) of each image; the first NUM_TRAIN are train, the rest val.
 SIZES = [
     (1600, 1200), (1280, 1024), (500, 375), (375, 500), (480, 360), (500, 333), (400, 200), (180, 320),
     (500, 375), (333, 500), (640, 480), (500, 281), (256, 256), (500, 375), (300, 240), (512, 384),
     (500, 375), (375, 500), (460, 345), (500, 400), (220, 500), (500, 375), (420, 315), (500, 350),
+] + [(500, 375), (375, 500), (500, 333), (640, 427), (480, 360), (500, 400), (450, 300), (333, 500)] * 5 + [
     (1100, 1000), (500, 375), (375, 500), (240, 300), (500, 333), (480, 360), (500, 375), (400, 300),
+    (500, 375), (375, 500), (640, 480), (500, 333),
 ]
-NUM_TRAIN = 24
-
+NUM_TRAIN = 64
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Smooth colour noise: random base colour, low-frequency blobs, pixel noise."""

@@ -37,7 +37,7 @@ class UsageError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 40
+    epochs: int = 20
     batch_size: int = 8
     lr: float = 2e-3
     warmup_epochs: int = 0

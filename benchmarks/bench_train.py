@@ -1,0 +1,128 @@
+"""(d) Trainer input pipeline vs the seed recipe's loader, (e) vs the model's training step, (f) default training.
+
+  (d) examples/s of trainer.data.make_dataset (train split, random flips) vs the seed recipe's two
+      `ImageDataGenerator.flow_from_directory` generators (image and mask folders, same seed, zipped, same
+      flips) over the same crops written as files. Goal ≥ 10×.
+  (e) the same input pipeline vs the default model's training rate fed from one cached batch (no input cost).
+      Goal ≥ 2×: training is never input-bound.
+  (f) best val mIoU (main output) of the default `python -m trainer.train` on the bundled sample, with its wall
+      time. Goal ≥ 0.8 within 10 minutes on 2 cores.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BATCH = 8
+
+
+def _sample_records(tmp):
+    out = os.path.join(tmp, "records")
+    subprocess.run([sys.executable, "-m", "pipelines.prepare", "--output_dir", out, "--runner=DirectRunner"],
+                   check=True, cwd=REPO, capture_output=True, env=dict(os.environ, PYTHONPATH=REPO))
+    return out
+
+
+def _rate(iterator, batches):
+    next(iterator)  # warm-up: graph building, first file opens
+    t = time.perf_counter()
+    n = 0
+    for _ in range(batches):
+        x, _ = next(iterator)
+        n += len(x["image"]) if isinstance(x, dict) else len(x)
+    return n / (time.perf_counter() - t)
+
+
+def input_rates(records, tmp):
+    import tensorflow as tf
+
+    from trainer import data
+
+    ds = data.make_dataset(records, "train", BATCH, training=True, targets={"main": 1, "upsample": 1, "aux": 8})
+    ours = _rate(iter(ds), 60)
+    # The same crops as files, for the seed recipe's loader.
+    img_dir, mask_dir = os.path.join(tmp, "files", "images"), os.path.join(tmp, "files", "masks")
+    os.makedirs(img_dir)
+    os.makedirs(mask_dir)
+    meta = data.load_metadata(records)
+    for i, (image, mask) in enumerate(tf.data.TFRecordDataset(data.split_files(meta, records, "train"))
+                                      .map(lambda r: data.decode(r, meta["crop_size"]))):
+        tf.io.write_file(os.path.join(img_dir, f"{i:05d}.jpg"), tf.io.encode_jpeg(image, quality=95))
+        tf.io.write_file(os.path.join(mask_dir, f"{i:05d}.png"), tf.io.encode_png(mask))
+    gen = tf.keras.preprocessing.image.ImageDataGenerator
+    size = (meta["crop_size"], meta["crop_size"])
+    images = gen(horizontal_flip=True).flow_from_directory(os.path.join(tmp, "files"), classes=["images"],
+                                                           class_mode=None, target_size=size, batch_size=BATCH,
+                                                           seed=1)
+    masks = gen(horizontal_flip=True).flow_from_directory(os.path.join(tmp, "files"), classes=["masks"],
+                                                          class_mode=None, color_mode="grayscale",
+                                                          target_size=size, batch_size=BATCH, seed=1)
+    seed_recipe = _rate(zip(images, masks), 60)
+    return ours, seed_recipe
+
+
+def train_rate(records):
+    import keras
+    import tensorflow as tf
+
+    from trainer import data, train
+    from trainer.model import build_model
+
+    meta = data.load_metadata(records)
+    model = build_model(meta["num_classes"], meta["crop_size"])
+    inputs, targets = data.strides_of(model)
+    one = data.make_dataset(records, "train", BATCH, training=True, inputs=inputs, targets=targets).take(1).cache()
+    train.compile_model(model, meta["num_classes"], train.TrainConfig(), 14)
+    model.fit(one.repeat(), steps_per_epoch=3, epochs=1, verbose=0)  # build and trace
+    steps = 20
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.t = time.perf_counter()
+
+    timer = Timer()
+    model.fit(one.repeat(), steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer])
+    del tf
+    return steps * BATCH / (time.perf_counter() - timer.t)
+
+
+def default_training(tmp):
+    """The README's commands as a user runs them, in a scratch copy of the working dir layout."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    work = os.path.join(tmp, "work")
+    os.makedirs(work)
+    subprocess.run([sys.executable, "-m", "pipelines.prepare", "--runner=DirectRunner"], cwd=work, check=True,
+                   env=env, capture_output=True)
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "trainer.train"], cwd=work, env=env, capture_output=True,
+                          text=True)
+    secs = time.perf_counter() - t
+    if proc.returncode:
+        sys.exit(proc.stderr[-3000:])
+    best = float(re.search(r"best val mIoU \(main\) ([0-9.]+)", proc.stdout).group(1))
+    return best, secs
+
+
+def main(which=("input", "train")):
+    with tempfile.TemporaryDirectory() as tmp:
+        records = _sample_records(tmp)
+        ours, seed = input_rates(records, tmp)
+        print(f"(d) input pipeline: tf.data from shards {ours:.0f} examples/s, seed recipe's zipped "
+              f"ImageDataGenerator.flow_from_directory {seed:.0f} examples/s → {ours / seed:.1f}× (goal ≥ 10×)")
+        step = train_rate(records)
+        print(f"(e) training step (default model, batch {BATCH}, cached input): {step:.1f} examples/s; input "
+              f"pipeline / training = {ours / step:.1f}× (goal ≥ 2×)")
+        if "train" in which:
+            best, secs = default_training(tmp)
+            print(f"(f) default `python -m trainer.train` on the sample: best val mIoU (main) {best:.3f} in "
+                  f"{secs / 60:.1f} min (goal ≥ 0.8 within 10 min, 2 cores)")
+
+
+if __name__ == "__main__":
+    main()
