@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from segprep import codec, layout
 from segprep.palette import Palette
+from trainer import schedules  # noqa: F401 - registers WarmupCosine, so best.keras checkpoints load too
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 

@@ -151,7 +151,7 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
         if broken is None:
             raise
         raise data.DataError(f"Corrupt shard {broken}. Re-run `python -m pipelines.prepare --overwrite`.") from e
-    model.save(f"{model_dir}/model.keras")
+    save_inference_model(model, f"{model_dir}/model.keras")
     info = {"class_names": meta["class_names"], "class_colors": meta["class_colors"],
             "ignore_colors": meta.get("ignore_colors", []), "num_classes": num_classes,
             "crop_size": meta["crop_size"], "normalization": cfg.normalization, "rgb_mean": meta["rgb_mean"],
@@ -159,6 +159,14 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
     with tf.io.gfile.GFile(f"{model_dir}/segprep.json", "w") as f:
         f.write(json.dumps(info, indent=1, default=str))
     return history
+
+
+def save_inference_model(model: keras.Model, path: str) -> None:
+    """The trained weights in an uncompiled copy: standard layers only, so plain `keras.models.load_model` reads
+    it in any Python with Keras, without importing segprep. best.keras keeps the optimizer for fine-tuning."""
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    clone.save(path)
 
 
 def _default_model_dir(args: argparse.Namespace) -> str:
