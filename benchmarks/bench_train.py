@@ -44,7 +44,8 @@ def input_rates(records, tmp):
 
     from trainer import data
 
-    ds = data.make_dataset(records, "train", BATCH, training=True, targets={"main": 1, "upsample": 1, "aux": 8})
+    ds = data.make_dataset(records, "train", BATCH, training=True, targets={"main": 1, "upsample": 1, "aux": 8},
+                           normalization="model")  # as trainer.train feeds its model
     ours = _rate(iter(ds), 60)
     # The same crops as files, for the seed recipe's loader.
     img_dir, mask_dir = os.path.join(tmp, "files", "images"), os.path.join(tmp, "files", "masks")
@@ -77,7 +78,8 @@ def train_rate(records):
     meta = data.load_metadata(records)
     model = build_model(meta["num_classes"], meta["crop_size"])
     inputs, targets = data.strides_of(model)
-    one = data.make_dataset(records, "train", BATCH, training=True, inputs=inputs, targets=targets).take(1).cache()
+    one = data.make_dataset(records, "train", BATCH, training=True, inputs=inputs, targets=targets,
+                            normalization="model").take(1).cache()
     train.compile_model(model, meta["num_classes"], train.TrainConfig(), 14)
     model.fit(one.repeat(), steps_per_epoch=3, epochs=1, verbose=0)  # build and trace
     steps = 20

@@ -112,6 +112,7 @@ def _affine(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int) -> tuple
 
 
 def augment(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """One example's paired augmentation: one random draw, applied to image and mask alike."""
     if aug.flip:
         flip = tf.random.uniform(()) < 0.5  # one draw for both
         image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
@@ -122,12 +123,14 @@ def augment(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int) -> tuple
 
 
 def normalizer(meta: dict, mode: str = "dataset"):
-    """'dataset': (x - mean) / std with the training crops' statistics from metadata.json;
-    'simple': the seed recipe's x / 255 - 0.5."""
+    """'model': uint8 as decoded (the model normalises; see trainer/model.py); 'dataset': (x - mean) / std with
+    the training crops' statistics from metadata.json; 'simple': the seed recipe's x / 255 - 0.5."""
+    if mode == "model":
+        return lambda x: x
     if mode == "simple":
         return lambda x: tf.cast(x, tf.float32) / 255.0 - 0.5
     if mode != "dataset":
-        raise ValueError(f"normalization must be 'dataset' or 'simple'. Received: {mode!r}")
+        raise ValueError(f"normalization must be 'model', 'dataset' or 'simple'. Received: {mode!r}")
     mean = tf.constant(meta["rgb_mean"], tf.float32)
     std = tf.maximum(tf.constant(meta["rgb_std"], tf.float32), 1e-3)
     return lambda x: (tf.cast(x, tf.float32) - mean) / std
@@ -135,11 +138,12 @@ def normalizer(meta: dict, mode: str = "dataset"):
 
 def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
                  inputs: dict[str, int] | None = None, targets: dict[str, int] | None = None,
-                 aug: Augment = Augment(), normalization: str = "dataset", seed: int | None = None,
+                 aug: Augment = Augment(), normalization: str = "model", seed: int | None = None,
                  shuffle_buffer: int = 2048, meta: dict | None = None) -> tf.data.Dataset:
     """Batches of ({input name: image}, {output name: mask}) for `split`.
 
-    `inputs` and `targets` map each model input / output name to its stride: an input of stride 2 gets the image
+    `normalization` is "model" (uint8 as decoded, for models that normalise themselves, as trainer.model's
+    do), "dataset" or "simple" (see `normalizer`). `inputs` and `targets` map each model input / output name to its stride: an input of stride 2 gets the image
     at half resolution, an output of stride 8 gets the mask nearest-downsampled 8×. Training data repeats forever
     (use `steps(meta, split, batch)` per epoch); evaluation data is one deterministic pass per epoch, repeated, so
     `steps(...)` validation steps read it exactly once."""
@@ -161,18 +165,25 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
-    def to_example(serialized):
+    def decode_one(serialized):
         image, mask = decode(serialized, size)
         if training:
             image, mask = augment(image, mask, aug, size)
-        x = norm(image)
-        feats = {name: (x if s == 1 else tf.image.resize(x, (size // s, size // s), antialias=True))
+        return image, mask
+
+    def to_batch(images, masks):
+        # Normalisation and targets run on whole batches: far fewer ops than per example. (Flips stay per
+        # example: a tf.cond reverses only when drawn, where a batched tf.where costs more than decoding.)
+        x = norm(images)
+        feats = {name: (x if s == 1 else tf.image.resize(tf.cast(x, tf.float32), (size // s, size // s),
+                                                         antialias=True))
                  for name, s in inputs.items()}
-        labels = {name: (mask if s == 1 else mask[s // 2::s, s // 2::s]) for name, s in targets.items()}
+        labels = {name: (masks if s == 1 else masks[:, s // 2::s, s // 2::s]) for name, s in targets.items()}
         return feats, labels
 
-    ds = ds.map(to_example, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    ds = ds.map(decode_one, num_parallel_calls=AUTOTUNE, deterministic=not training)
     ds = ds.batch(batch_size, drop_remainder=training)
+    ds = ds.map(to_batch, num_parallel_calls=AUTOTUNE, deterministic=not training)
     if not training:
         ds = ds.repeat()
     return ds.prefetch(AUTOTUNE)

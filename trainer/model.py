@@ -7,7 +7,10 @@ The default ("multi") is small enough to train on 2 CPU cores:
             ├─ "upsample": conv + bilinear UpSampling2D decoder                      → full resolution
             └─ "aux":      1×1 conv on the 1/8 features (deep supervision)           → 1/8 resolution
 
-All outputs are logits. Output names are what losses, loss weights, metrics and targets are keyed by.
+The model takes raw RGB (0..255, uint8 or float) and normalises it itself as its first layer — with the training
+crops' mean/std from metadata.json, or the seed recipe's x/255 - 0.5 — so a saved model.keras needs no
+statistics beside it, and the input pipeline ships uint8. All outputs are logits. Output names are what losses,
+loss weights, metrics and targets are keyed by.
 """
 
 from __future__ import annotations
@@ -31,13 +34,19 @@ def _sep(x, filters, stride=1, dilation=1):
     return layers.ReLU()(x)
 
 
-def build_model(num_classes: int, crop_size: int = 256, width: int = 32, arch: str = "multi") -> keras.Model:
+def build_model(num_classes: int, crop_size: int = 256, width: int = 32, arch: str = "multi",
+                mean: list[float] | None = None, std: list[float] | None = None) -> keras.Model:
+    """`mean`/`std` (per RGB channel, 0..255 scale): normalise with them; None: x / 255 - 0.5."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}. Received: {arch!r}")
     if crop_size % 8:
         raise ValueError(f"crop_size must be a multiple of 8 for this model. Received: {crop_size}")
     image = keras.Input((crop_size, crop_size, 3), name="image")
-    x = _conv(image, width, stride=2)  # 1/2
+    if mean is not None and std is not None:
+        x = layers.Normalization(mean=list(mean), variance=[max(s, 1e-3) ** 2 for s in std], name="normalize")(image)
+    else:
+        x = layers.Rescaling(1 / 255, offset=-0.5, name="normalize")(image)
+    x = _conv(x, width, stride=2)  # 1/2
     s2 = _conv(x, width)
     x = _sep(s2, 2 * width, stride=2)  # 1/4
     s4 = _sep(x, 2 * width)

@@ -48,11 +48,15 @@ class Predictor:
         self.crop = int(self.info["crop_size"])
         self.palette = Palette(tuple(self.info["class_names"]), tuple(map(tuple, self.info["class_colors"])),
                                tuple(map(tuple, self.info.get("ignore_colors", []))))
-        if self.info["normalization"] == "simple":
+        # What the input pipeline did before the model saw the image (the default model normalises itself).
+        mode = self.info.get("input_normalization", "model")
+        if mode == "simple":
             self.mean, self.std = np.full(3, 127.5, np.float32), np.full(3, 255.0, np.float32)
-        else:
+        elif mode == "dataset":
             self.mean = np.asarray(self.info["rgb_mean"], np.float32)
             self.std = np.maximum(np.asarray(self.info["rgb_std"], np.float32), 1e-3)
+        else:
+            self.mean, self.std = np.zeros(3, np.float32), np.ones(3, np.float32)
         self.input_name = self.model.inputs[0].name
 
     def probabilities(self, windows: np.ndarray) -> np.ndarray:

@@ -44,7 +44,7 @@ class TrainConfig:
     warmup_steps: int | None = None  # None: one epoch of steps
     loss_weights: dict | None = None  # None: 1.0 for "main", 0.2 for the others (the seed recipe's weights)
     seed: int = 0
-    normalization: str = "dataset"
+    normalization: str = "model"  # the default model normalises inside (see trainer/model.py)
     augment: data.Augment = data.Augment()
     train_split: str = "train"
     val_split: str = "val"
@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=ARCHS, default="multi", help="(default: %(default)s)")
     p.add_argument("--width", type=int, default=32, help="model width (default: %(default)s)")
     p.add_argument("--normalization", choices=("dataset", "simple"), default="dataset",
-                   help="dataset: RGB mean/std from metadata.json; simple: x/255 - 0.5 (default: %(default)s)")
+                   help="the model's first layer: dataset = the training crops' RGB mean/std from metadata.json, "
+                        "simple = x/255 - 0.5 (default: %(default)s)")
     p.add_argument("--aug_scale", help="random scale range, e.g. 0.75,1.25 (default: off)")
     p.add_argument("--aug_rotate", type=float, default=0.0, help="max random rotation in degrees (default: 0)")
     p.add_argument("--no_flip", action="store_true", help="turn off random left-right flips")
@@ -154,7 +155,7 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
     save_inference_model(model, f"{model_dir}/model.keras")
     info = {"class_names": meta["class_names"], "class_colors": meta["class_colors"],
             "ignore_colors": meta.get("ignore_colors", []), "num_classes": num_classes,
-            "crop_size": meta["crop_size"], "normalization": cfg.normalization, "rgb_mean": meta["rgb_mean"],
+            "crop_size": meta["crop_size"], "input_normalization": cfg.normalization, "rgb_mean": meta["rgb_mean"],
             "rgb_std": meta["rgb_std"], "data_dir": data_dir, "config": dataclasses.asdict(cfg)}
     with tf.io.gfile.GFile(f"{model_dir}/segprep.json", "w") as f:
         f.write(json.dumps(info, indent=1, default=str))
@@ -218,9 +219,10 @@ def run(argv: list[str] | None = None) -> keras.callbacks.History:
                 tf.io.gfile.remove(f"{model_dir}/{name}")
     keras.utils.set_random_seed(args.seed)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
-                      warmup_steps=args.warmup_steps, seed=args.seed, normalization=args.normalization,
+                      warmup_steps=args.warmup_steps, seed=args.seed,
                       augment=data.Augment(flip=not args.no_flip, scale=scale, rotate_degrees=args.aug_rotate))
-    model = build_model(int(meta["num_classes"]), int(meta["crop_size"]), args.width, args.arch)
+    stats = (meta["rgb_mean"], meta["rgb_std"]) if args.normalization == "dataset" else (None, None)
+    model = build_model(int(meta["num_classes"]), int(meta["crop_size"]), args.width, args.arch, *stats)
     cfg = dataclasses.replace(cfg, loss_weights=_loss_weights(args.loss_weights, list(model.output_names)))
     print(f"train: {model.name}, {model.count_params():,} parameters, outputs {', '.join(model.output_names)}; "
           f"{md.split(meta, 'train')['records']} train / {md.split(meta, 'val')['records']} val crops → {model_dir}")
