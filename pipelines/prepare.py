@@ -27,6 +27,7 @@ from pipelines import output
 from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodePairs, Finalize, MergeStats, ReadPairs,
                                   SpreadCrops, WriteShards, read_bytes)
 from segprep import layout, lookup, sample
+from segprep.cli import Parser
 from segprep.convert import ConvertConfig
 from segprep.metadata import parse as parse_metadata
 from segprep.palette import PaletteError, load_palette
@@ -80,15 +81,8 @@ def _non_negative(value: str) -> int:
     return n
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not argparse's usage block
-        print(f"prepare: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m pipelines.prepare", description=__doc__.split("\n")[0], allow_abbrev=False,
-                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser("prepare", prog="python -m pipelines.prepare", description=__doc__.split("\n")[0], epilog=EXAMPLES)
     p.add_argument("--input_dir", help=f"Pascal VOC root, local or gs:// (default: the bundled sample, made in "
                                        f"{SAMPLE_DIR})")
     p.add_argument("--output_dir", default=DEFAULT_OUTPUT, help="where shards, errors/ and metadata.json go "

@@ -85,3 +85,21 @@ def test_help_shows_examples():
     proc = subprocess.run([sys.executable, "-m", "pipelines.prepare", "--help"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and "--runner=DataflowRunner" in proc.stdout and "--crops_per_image" in proc.stdout
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("trainer.train", ["--data_dir", "nowhere"], "No nowhere/metadata.json"),
+    ("trainer.train", ["--epochs", "0", "--data_dir", "nowhere"], "--epochs must be a positive integer"),
+    ("trainer.predict", ["--model_dir", "nowhere", "--input", "."], "No nowhere/model.keras"),
+    ("trainer.predict", ["--input", "no_such.jpg"], "--input no_such.jpg does not exist"),
+    ("trainer.evaluate", ["--model_dir", "nowhere"], "No nowhere/model.keras"),
+    ("trainer.evaluate", ["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_trainer_user_mistakes_exit_2_with_one_line(tmp_path, module, args, message):
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    ours = [line for line in proc.stderr.splitlines() if line.startswith(module.split(".")[1] + ":")]
+    assert len(ours) == 1 and message in ours[0], proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -8,7 +8,6 @@ those of whole images. Prints a table and writes MODEL_DIR/eval-SPLIT.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -17,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from segprep import metadata as md
+from segprep.cli import Parser, examples
 from trainer import data
 from trainer.predict import Predictor, UsageError
 
@@ -46,7 +46,8 @@ def scores(cm: np.ndarray, names: list[str]) -> dict:
 
 
 def run(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n")[0])
+    p = Parser("evaluate", prog="python -m trainer.evaluate", description=__doc__.split("\n")[0],
+               epilog=examples(__doc__))
     p.add_argument("--model_dir", default="runs/latest", help="a trained run (default: %(default)s)")
     p.add_argument("--data_dir", help="prepare's output (default: the run's training data)")
     p.add_argument("--split", default="val", help="(default: %(default)s)")

@@ -12,7 +12,6 @@ bounded on a 10,000 × 10,000 tile. Images smaller than the crop are padded as i
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from segprep import codec, layout
+from segprep.cli import Parser, examples
 from segprep.palette import Palette
 from trainer import schedules  # noqa: F401 - registers WarmupCosine, so best.keras checkpoints load too
 
@@ -139,9 +139,8 @@ def list_inputs(spec: str, split: str | None) -> list[tuple[str, str]]:
 
 
 def run(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="examples:\n" + "\n".join(
-                                    line for line in __doc__.splitlines() if line.startswith("    python")))
+    p = Parser("predict", prog="python -m trainer.predict", description=__doc__.split("\n")[0],
+               epilog=examples(__doc__))
     p.add_argument("--model_dir", default="runs/latest", help="a trained run (default: %(default)s)")
     p.add_argument("--input", required=True, help="an image, a folder of images, or a VOC root (with --split)")
     p.add_argument("--split", help="with a VOC root: which ImageSets/Segmentation list (default: val)")
@@ -151,8 +150,8 @@ def run(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 0 <= args.overlap <= 0.9:
         raise UsageError(f"--overlap must be in 0..0.9. Received: {args.overlap}")
-    inputs = list_inputs(args.input, args.split)
     predictor = Predictor(args.model_dir, args.output)
+    inputs = list_inputs(args.input, args.split)
     tf.io.gfile.makedirs(args.output_dir)
     failed = 0
     for name, path in inputs:

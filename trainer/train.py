@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from segprep import metadata as md
+from segprep.cli import Parser, examples
 from trainer import data, schedules
 from trainer.model import ARCHS, build_model
 
@@ -50,16 +51,8 @@ class TrainConfig:
     val_split: str = "val"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        print(f"train: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m trainer.train", description=__doc__.split("\n")[0], allow_abbrev=False,
-                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="examples:\n" + "\n".join(
-                    line for line in __doc__.splitlines() if line.startswith("    python")))
+    p = Parser("train", prog="python -m trainer.train", description=__doc__.split("\n")[0], epilog=examples(__doc__))
     p.add_argument("--data_dir", default=DEFAULT_DATA, help="prepare's --output_dir (default: %(default)s)")
     p.add_argument("--model_dir", help="run dir, local or gs:// (default: runs/<data>-<hash of the flags>)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="(default: %(default)s)")
