@@ -191,6 +191,7 @@ def test_predict_stitches_windows_and_writes_palette_pngs(run_dir, tmp_path):
     palette = {tuple(c) for c in VOC.colors}
     assert {tuple(c) for c in mask.reshape(-1, 3)} <= palette
     assert (out / "small_overlay.jpg").exists()
+    assert predict.main(["--model_dir", run_dir, "--input", str(tmp_path / "nope.jpg")]) == 2
 
 
 def test_evaluate_prints_per_class_iou_and_writes_json(run_dir, records, capsys):
