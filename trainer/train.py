@@ -69,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalization", choices=("dataset", "simple"), default="dataset",
                    help="the model's first layer: dataset = the training crops' RGB mean/std from metadata.json, "
                         "simple = x/255 - 0.5 (default: %(default)s)")
-    p.add_argument("--aug_scale", help="random scale range, e.g. 0.75,1.25 (default: off)")
-    p.add_argument("--aug_rotate", type=float, default=0.0, help="max random rotation in degrees (default: 0)")
+    p.add_argument("--aug_scale", default="0.75,1.25",
+                   help="random scale range, 'off' to disable (default: %(default)s)")
+    p.add_argument("--aug_rotate", type=float, default=15.0,
+                   help="max random rotation in degrees, 0 to disable (default: %(default)s)")
     p.add_argument("--no_flip", action="store_true", help="turn off random left-right flips")
     p.add_argument("--overwrite", action="store_true", help="start over in a --model_dir holding a finished run")
     return p
@@ -189,7 +191,7 @@ def run(argv: list[str] | None = None) -> keras.callbacks.History:
     if args.warmup_epochs and args.warmup_steps is not None:
         raise UsageError("Choose one of --warmup_epochs (per epoch) and --warmup_steps (per step).")
     scale = None
-    if args.aug_scale:
+    if args.aug_scale and args.aug_scale != "off":
         try:
             lo, hi = (float(v) for v in args.aug_scale.split(","))
         except ValueError:
