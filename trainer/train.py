@@ -38,7 +38,7 @@ class UsageError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 20
+    epochs: int = 18
     batch_size: int = 8
     lr: float = 2e-3
     warmup_epochs: int = 0
