@@ -20,7 +20,6 @@ import math
 import traceback
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
@@ -261,13 +260,9 @@ class Finalize(beam.PTransform):
         pipeline = inputs["shards"].pipeline
         return (pipeline
                 | "Once" >> beam.Create([None])
-                | "Write" >> beam.Map(lambda _, shards, stats, errors, fn=self._finalize_fn: fn(shards, stats, errors),
+                | "Write" >> beam.Map(lambda _, shards, stats, errors, fn=self._finalize_fn:
+                                      fn(shards, stats, errors),
                                       shards=beam.pvalue.AsList(inputs["shards"]),
                                       stats=beam.pvalue.AsList(inputs["stats"]),
                                       errors=beam.pvalue.AsList(inputs["errors"])))
 
-
-def class_pixel_counts(stats: Stats, num_classes: int) -> dict:
-    counts = np.asarray(stats.class_pixels)
-    return {"per_class": [int(c) for c in counts[:num_classes]], "ignore": int(counts[255]),
-            "other": int(counts[num_classes:255].sum())}
