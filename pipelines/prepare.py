@@ -49,36 +49,22 @@ class UsageError(Exception):
     """A user mistake: reported as one line, exit status 2."""
 
 
-def _crops_per_image(value: str) -> int | None:
-    if value == "auto":
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto' (received {value!r})")
-    return n
+def _int_flag(minimum: int, auto: bool = False):
+    """An argparse type: an integer ≥ `minimum` (or 'auto' → None when `auto`), with a one-line complaint."""
+    what = ("a positive integer" if minimum == 1 else "0 or a positive integer") + (" or 'auto'" if auto else "")
 
+    def parse(value: str) -> int | None:
+        if auto and value == "auto":
+            return None
+        try:
+            n = int(value)
+        except ValueError:
+            n = minimum - 1
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what} (received {value!r})")
+        return n
 
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (received {value!r})")
-    return n
-
-
-def _non_negative(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer (received {value!r})")
-    return n
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,13 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random_crop_splits",
                    help="splits that get random crops; the others get tiles covering each image exactly once "
                         "(default: the splits whose name starts with 'train')")
-    p.add_argument("--crop_size", type=_positive, default=256, help="crop side in pixels (default: %(default)s)")
-    p.add_argument("--crops_per_image", type=_crops_per_image, default=None, metavar="N|auto",
+    p.add_argument("--crop_size", type=_int_flag(1), default=256, help="crop side in pixels (default: %(default)s)")
+    p.add_argument("--crops_per_image", type=_int_flag(1, auto=True), default=None, metavar="N|auto",
                    help="random crops per training image; 'auto' is about one pass over its area (default: auto)")
     p.add_argument("--cat_max_ratio", type=float, default=1.0,
                    help="re-draw a crop (up to 10 draws) while one class covers this share of it or more, as "
                         "MMSegmentation does; 1.0 turns it off (default: %(default)s)")
-    p.add_argument("--num_shards", type=_non_negative, default=0,
+    p.add_argument("--num_shards", type=_int_flag(0), default=0,
                    help="shards per split; 0 = automatic, about 128 MiB each (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for crops and shuffling (default: %(default)s)")
     p.add_argument("--palette", help="palette JSON file {names, colors, ignore_colors} (default: Pascal VOC)")
@@ -110,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how crops' images are encoded (default: %(default)s)")
     p.add_argument("--jpeg_quality", type=int, default=95, help="(default: %(default)s)")
     p.add_argument("--compress", action="store_true", help="gzip the shards (.tfrecord.gz)")
-    p.add_argument("--max_failed_inputs", type=_non_negative, default=0,
+    p.add_argument("--max_failed_inputs", type=_int_flag(0), default=0,
                    help="exit 0 even if up to this many inputs failed (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete an earlier run's shards, errors and metadata in --output_dir first")
