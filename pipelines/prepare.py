@@ -27,7 +27,8 @@ from pipelines import output
 from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodePairs, Finalize, MergeStats, ReadPairs,
                                   SpreadCrops, WriteShards, read_bytes)
 from segprep import layout, lookup, sample
-from segprep.cli import Parser
+from segprep import cli
+from segprep.cli import Parser, UsageError
 from segprep.convert import ConvertConfig
 from segprep.metadata import parse as parse_metadata
 from segprep.palette import PaletteError, load_palette
@@ -43,10 +44,6 @@ EXAMPLES = """examples:
       --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py
 
 Any other flag is passed to Beam as a pipeline option (--runner, --direct_num_workers, --project, ...)."""
-
-
-class UsageError(Exception):
-    """A user mistake: reported as one line, exit status 2."""
 
 
 def _int_flag(minimum: int, auto: bool = False):
@@ -249,11 +246,7 @@ def report(meta: dict, out: str, seconds: float, max_failed: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(logging.WARNING)
-    try:
-        return run(argv)
-    except UsageError as e:
-        print(f"prepare: error: {e}", file=sys.stderr)
-        return 2
+    return cli.main("prepare", run, argv)
 
 
 if __name__ == "__main__":

@@ -24,3 +24,18 @@ class Parser(argparse.ArgumentParser):
 def examples(doc: str) -> str:
     """The "    python -m ..." lines of a module docstring, as an argparse epilog."""
     return "examples:\n" + "\n".join(line for line in doc.splitlines() if line.startswith("    python"))
+
+
+class UsageError(Exception):
+    """A user mistake: reported as one line, exit status 2, no stack trace."""
+
+
+def main(name: str, run, argv: list[str] | None = None, errors: tuple = ()) -> int:
+    """Runs a command's `run(argv)`; usage mistakes (and the command's own input `errors`) print one line and
+    exit 2. An int that `run` returns is the exit status; anything else means 0."""
+    try:
+        status = run(argv)
+    except (UsageError, *errors) as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 2
+    return status if isinstance(status, int) else 0

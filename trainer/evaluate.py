@@ -16,9 +16,10 @@ import numpy as np
 import tensorflow as tf
 
 from segprep import metadata as md
-from segprep.cli import Parser, examples
+from segprep import cli
+from segprep.cli import Parser, UsageError, examples
 from trainer import data
-from trainer.predict import Predictor, UsageError
+from trainer.predict import Predictor
 
 
 def confusion(model: keras.Model, ds: tf.data.Dataset, steps: int, num_classes: int, output: str = "main"):
@@ -82,12 +83,7 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(argv)
-    except (UsageError, data.DataError) as e:
-        print(f"evaluate: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.main("evaluate", run, argv, (data.DataError,))
 
 
 if __name__ == "__main__":

@@ -21,15 +21,12 @@ import numpy as np
 import tensorflow as tf
 
 from segprep import codec, layout
-from segprep.cli import Parser, examples
+from segprep import cli
+from segprep.cli import Parser, UsageError, examples
 from segprep.palette import Palette
 from trainer import schedules  # noqa: F401 - registers WarmupCosine, so best.keras checkpoints load too
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
-
-
-class UsageError(Exception):
-    pass
 
 
 class Predictor:
@@ -55,13 +52,13 @@ class Predictor:
         elif mode == "dataset":
             self.mean = np.asarray(self.info["rgb_mean"], np.float32)
             self.std = np.maximum(np.asarray(self.info["rgb_std"], np.float32), 1e-3)
-        else:
-            self.mean, self.std = np.zeros(3, np.float32), np.ones(3, np.float32)
+        else:  # the model takes raw RGB
+            self.mean = self.std = None
         self.input_name = self.model.inputs[0].name
 
     def probabilities(self, windows: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 → (N, S, S, C) float32 softmax of the chosen output."""
-        x = (windows.astype(np.float32) - self.mean) / self.std
+        x = windows if self.mean is None else (windows.astype(np.float32) - self.mean) / self.std
         logits = self.model.predict_on_batch({self.input_name: x})[self.output]
         return keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
 
@@ -169,11 +166,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return run(argv)
-    except UsageError as e:
-        print(f"predict: error: {e}", file=sys.stderr)
-        return 2
+    return cli.main("predict", run, argv)
 
 
 if __name__ == "__main__":

@@ -23,17 +23,14 @@ import keras
 import tensorflow as tf
 
 from segprep import metadata as md
-from segprep.cli import Parser, examples
+from segprep import cli
+from segprep.cli import Parser, UsageError, examples
 from trainer import data, schedules
 from trainer.model import ARCHS, build_model
 
 DEFAULT_DATA = "data/records"
 RUNS = "runs"
 BEST_METRIC = "val_main_miou"
-
-
-class UsageError(Exception):
-    pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,12 +228,7 @@ def run(argv: list[str] | None = None) -> keras.callbacks.History:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(argv)
-    except (UsageError, data.DataError) as e:
-        print(f"train: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.main("train", run, argv, (data.DataError,))
 
 
 if __name__ == "__main__":
