@@ -1,24 +1,26 @@
 """The output directory: refusing to mix runs, clearing an old run, and finishing a new one.
 
 A run writes its shards under OUT/.segprep-tmp-RUN/ and only `finalize` — which runs once, after every shard is
-written — moves them into OUT, writes errors/SPLIT.jsonl and then metadata.json. So OUT never holds a
-half-written run under final names, and shards of an earlier run (perhaps with another shard count) are never
-left beside new ones: a run refuses an OUT that holds any, unless --overwrite, which deletes them first.
+written — writes errors/SPLIT.jsonl, adds the empty shards of each split, moves the shards into OUT and then
+writes metadata.json. So OUT never holds a half-written run under final names, and shards of an earlier run
+(perhaps with another shard count) are never left beside new ones: a run refuses an OUT that holds any, unless
+--overwrite, which deletes them first.
+
+`finalize` may run more than once for one run (a runner retries a failed bundle): every step is idempotent, so a
+retry finishes what an attempt started, and a shard already moved into place is done, not an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
 import time
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from segprep import layout
+from segprep import layout, metadata
 from segprep.convert import Stats
-from segprep.metadata import SCHEMA_VERSION
-from segprep.palette import IGNORE_LABEL
+from segprep.palette import Palette
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,11 +32,12 @@ class RunSpec:
     splits: tuple[str, ...]
     random_splits: tuple[str, ...]
     listed: dict  # split → number of IDs listed
-    palette: dict
+    palette: Palette
     crop_size: int
     image_format: str
     compressed: bool
     seed: int
+    num_shards: int  # per split; 0 = automatic (then each split's count is in its shards' names)
     flags: dict
     started: float
 
@@ -64,80 +67,76 @@ def _write_text(path: str, text: str) -> None:
         f.write(text.encode())
 
 
-def dumps(obj: dict) -> str:
-    """Indented JSON with lists of numbers kept on one line (colours, counts)."""
-    text = json.dumps(obj, indent=2)
-    return re.sub(r"\[\s+([-\d.,\s]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text) + "\n"
+def _basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def finalize(run: RunSpec, shards: list, stats: list, errors: list) -> dict:
-    """Errors files, then shards moved into place, then metadata.json. Returns the metadata."""
-    stats = dict(stats)
-    by_split = {s: sorted((r for r in shards if r.split == s), key=lambda r: r.name) for s in run.splits}
-    errors_by_split = {s: sorted((e for e in errors if e.split == s), key=lambda e: e.image_id) for s in run.splits}
-
-    for split, errs in errors_by_split.items():
+def write_errors(run: RunSpec, errors: list) -> dict[str, int]:
+    """errors/SPLIT.jsonl for each split with failed inputs, sorted by id; → {split: failed inputs}."""
+    failed = {}
+    for split in run.splits:
+        errs = sorted((e for e in errors if e.split == split), key=lambda e: e.image_id)
+        failed[split] = len(errs)
         if errs:
             _write_text(layout.errors_path(run.output_dir, split), "".join(e.to_json() + "\n" for e in errs))
-    moves = [(r.temp_path, layout.join(run.output_dir, r.name)) for rs in by_split.values() for r in rs]
+    return failed
+
+
+def split_shards(run: RunSpec, shards: list) -> dict[str, list[metadata.Shard]]:
+    """Every shard of every split, in order: the written ones and, for shard numbers that got no crops, empty
+    files made here, so each split has exactly its `-of-N` count of files. Moves them all into OUT."""
+    present = {_basename(p) for p in _match(layout.join(run.temp_dir, "*"))}
+    final = {_basename(p) for p in _match(layout.join(run.output_dir, "*")) if layout.is_shard(p)}
+    compression = CompressionTypes.GZIP if run.compressed else CompressionTypes.UNCOMPRESSED
+    result, moves = {}, []
+    for split in run.splits:
+        written = {r.shard: r for r in shards if r.split == split}
+        counts = {r.num_shards for r in written.values()}
+        if len(counts) > 1:
+            raise RuntimeError(f"split {split}: shards of different counts {sorted(counts)}")
+        n = run.num_shards or (counts.pop() if counts else 1)
+        result[split] = []
+        for i in range(n):
+            name = layout.shard_name(split, i, n, run.compressed)
+            if i in written:
+                result[split].append(metadata.Shard(name, written[i].records, written[i].bytes))
+            else:
+                if name not in present and name not in final:
+                    FileSystems.create(layout.join(run.temp_dir, name), compression_type=compression).close()
+                    present.add(name)
+                result[split].append(metadata.Shard(name, 0, 0))
+            if name in present:
+                moves.append((layout.join(run.temp_dir, name), layout.join(run.output_dir, name)))
+            elif name not in final:  # neither in the temp dir nor in place: lost, and nothing can bring it back
+                raise RuntimeError(f"shard {name} is neither in {run.temp_dir} nor in {run.output_dir}")
     if moves:
         FileSystems.rename([m[0] for m in moves], [m[1] for m in moves])
+    return result
+
+
+def remove_temp_dir(run: RunSpec) -> None:
     leftovers = _match(layout.join(run.temp_dir, "*"))
     if leftovers:
         FileSystems.delete(leftovers)
     try:
         FileSystems.delete([run.temp_dir])
-    except Exception:  # noqa: BLE001 - object stores have no folders to delete
+    except Exception:  # noqa: BLE001 - already gone, or an object store with no folders to delete
         pass
 
-    num_classes = len(run.palette["names"])
-    splits = {}
-    train_total = Stats()
-    for split in run.splits:
-        st = stats.get(split, Stats())
-        if split in run.random_splits:
-            train_total.add(st)
-        counts = [int(c) for c in st.class_pixels]
-        mean, std = st.rgb_mean_std()
-        splits[split] = {
-            "records": sum(r.records for r in by_split[split]),
-            "shards": [r.name for r in by_split[split]],
-            "shard_records": [r.records for r in by_split[split]],
-            "bytes": sum(r.bytes for r in by_split[split]),
-            "crop_mode": "random" if split in run.random_splits else "tiles",
-            "images_listed": run.listed.get(split, 0),
-            "images_used": st.images,
-            "inputs_failed": len(errors_by_split[split]),
-            "errors_file": (layout.errors_path("", split).lstrip("/") if errors_by_split[split] else None),
-            "class_pixels": counts[:num_classes],
-            "ignore_pixels": counts[IGNORE_LABEL],
-            "source_pixels": st.source_pixels,
-            "unknown_pixels_ignored": st.unknown_pixels_ignored,
-            "rgb_mean": mean,
-            "rgb_std": std,
-        }
-    if not train_total.rgb_pixels:  # no training split in this run: use every split's crops
-        for st in stats.values():
-            train_total.add(st)
-    mean, std = train_total.rgb_mean_std()
-    meta = {
-        "schema_version": SCHEMA_VERSION,
-        "class_names": run.palette["names"],
-        "class_colors": run.palette["colors"],
-        "ignore_colors": run.palette["ignore_colors"],
-        "num_classes": num_classes,
-        "ignore_label": IGNORE_LABEL,
-        "crop_size": run.crop_size,
-        "image_format": run.image_format,
-        "compression": "gzip" if run.compressed else "none",
-        "seed": run.seed,
-        "random_crop_splits": list(run.random_splits),
-        # Mean/std over the training crops' source pixels (0..255), for input normalisation.
-        "rgb_mean": mean,
-        "rgb_std": std,
-        "splits": splits,
-        "flags": run.flags,
-        "seconds": round(time.time() - run.started, 2),
-    }
-    _write_text(layout.metadata_path(run.output_dir), dumps(meta))
+
+def finalize(run: RunSpec, shards: list, stats: list, errors: list) -> dict:
+    """Errors files, then every shard (empty ones included) moved into place, then metadata.json last. Safe to
+    run again after a partial attempt. Returns the metadata."""
+    stats = dict(stats)
+    failed = write_errors(run, errors)
+    by_split = split_shards(run, shards)
+    remove_temp_dir(run)
+    splits = {split: metadata.SplitResult(shards=by_split[split], stats=stats.get(split, Stats()),
+                                          random_crops=split in run.random_splits,
+                                          images_listed=run.listed.get(split, 0), inputs_failed=failed[split])
+              for split in run.splits}
+    meta = metadata.build(palette=run.palette, crop_size=run.crop_size, image_format=run.image_format,
+                          compressed=run.compressed, seed=run.seed, splits=splits, flags=run.flags,
+                          seconds=time.time() - run.started)
+    _write_text(layout.metadata_path(run.output_dir), metadata.dumps(meta))
     return meta

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import sys
 import time
 import uuid
@@ -46,9 +47,14 @@ EXAMPLES = """examples:
 Any other flag is passed to Beam as a pipeline option (--runner, --direct_num_workers, --project, ...)."""
 
 
-def _int_flag(minimum: int, auto: bool = False):
-    """An argparse type: an integer ≥ `minimum` (or 'auto' → None when `auto`), with a one-line complaint."""
-    what = ("a positive integer" if minimum == 1 else "0 or a positive integer") + (" or 'auto'" if auto else "")
+def _int_flag(minimum: int, auto: bool = False, maximum: int | None = None):
+    """An argparse type: an integer in [`minimum`, `maximum`] (or 'auto' → None when `auto`), with a one-line
+    complaint."""
+    if maximum is not None:
+        what = f"an integer from {minimum} to {maximum}"
+    else:
+        what = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
+    what += " or 'auto'" if auto else ""
 
     def parse(value: str) -> int | None:
         if auto and value == "auto":
@@ -56,10 +62,26 @@ def _int_flag(minimum: int, auto: bool = False):
         try:
             n = int(value)
         except ValueError:
-            n = minimum - 1
-        if n < minimum:
+            n = None
+        if n is None or n < minimum or (maximum is not None and n > maximum):
             raise argparse.ArgumentTypeError(f"must be {what} (received {value!r})")
         return n
+
+    return parse
+
+
+def _float_flag(low: float, high: float, low_open: bool = False):
+    """An argparse type: a finite number in [low, high] (or (low, high] when `low_open`)."""
+    what = f"a number {'>' if low_open else '≥'} {low:g} and ≤ {high:g}"
+
+    def parse(value: str) -> float:
+        try:
+            x = float(value)
+        except ValueError:
+            x = math.nan
+        if not (low < x <= high if low_open else low <= x <= high):  # NaN fails both
+            raise argparse.ArgumentTypeError(f"must be {what} (received {value!r})")
+        return x
 
     return parse
 
@@ -77,21 +99,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop_size", type=_int_flag(1), default=256, help="crop side in pixels (default: %(default)s)")
     p.add_argument("--crops_per_image", type=_int_flag(1, auto=True), default=None, metavar="N|auto",
                    help="random crops per training image; 'auto' is about one pass over its area (default: auto)")
-    p.add_argument("--cat_max_ratio", type=float, default=1.0,
+    p.add_argument("--cat_max_ratio", type=_float_flag(0.0, 1.0, low_open=True), default=1.0,
                    help="re-draw a crop (up to 10 draws) while one class covers this share of it or more, as "
                         "MMSegmentation does; 1.0 turns it off (default: %(default)s)")
     p.add_argument("--num_shards", type=_int_flag(0), default=0,
                    help="shards per split; 0 = automatic, about 128 MiB each (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed for crops and shuffling (default: %(default)s)")
+    p.add_argument("--seed", type=_int_flag(0), default=0,
+                   help="seed for the random crops and the order of records in shards (default: %(default)s)")
     p.add_argument("--palette", help="palette JSON file {names, colors, ignore_colors} (default: Pascal VOC)")
     p.add_argument("--unknown_colors", choices=lookup.UNKNOWN_MODES, default="error",
                    help="mask colours off the palette: error = the image becomes an error record, ignore = 255, "
-                        "nearest = snap to the nearest palette colour within --color_tolerance (default: error)")
-    p.add_argument("--color_tolerance", type=float, default=lookup.DEFAULT_TOLERANCE,
-                   help="RGB distance for --unknown_colors=nearest (default: %(default)s)")
+                        "nearest = the mask is a lossy (JPEG-damaged) palette mask: each pixel takes the nearest "
+                        "palette colour that the mask really holds, never a class it does not hold "
+                        "(default: error)")
+    p.add_argument("--color_tolerance", type=_float_flag(0.0, lookup.MAX_TOLERANCE, low_open=True),
+                   default=lookup.DEFAULT_TOLERANCE,
+                   help="for nearest: RGB distance (0-442) within which a colour counts as near a palette colour; "
+                        f"an area of {lookup.FAR_BLOCK}×{lookup.FAR_BLOCK} px or more beyond it is an error, not "
+                        "noise (default: %(default)s)")
     p.add_argument("--image_format", choices=("jpeg", "png"), default="jpeg",
                    help="how crops' images are encoded (default: %(default)s)")
-    p.add_argument("--jpeg_quality", type=int, default=95, help="(default: %(default)s)")
+    p.add_argument("--jpeg_quality", type=_int_flag(1, maximum=100), default=95,
+                   help="JPEG quality of the crops' images, 1-100 (default: %(default)s)")
     p.add_argument("--compress", action="store_true", help="gzip the shards (.tfrecord.gz)")
     p.add_argument("--max_failed_inputs", type=_int_flag(0), default=0,
                    help="exit 0 even if up to this many inputs failed (default: %(default)s)")
@@ -108,22 +137,33 @@ def _list_splits(root: str, wanted: str | None) -> dict[str, list[str]]:
             raise UsageError(f"--input_dir {root} does not exist.")
         raise UsageError(f"--input_dir {root} is not in Pascal VOC layout: expected split lists "
                          f"{layout.split_path(root, 'SPLIT')} next to {layout.IMAGE_DIR}/ and {layout.MASK_DIR}/.")
-    names = [s.strip() for s in wanted.split(",") if s.strip()] if wanted else found
-    unknown = [s for s in names if s not in found]
-    if unknown:
-        raise UsageError(f"Unknown split {', '.join(unknown)}: {root} lists {', '.join(found)}.")
+    names = _check_splits("--splits", wanted, found, f"{root} lists") if wanted else found
     lists = {}
     for name in names:
         lists[name] = layout.parse_split_list(read_bytes(layout.split_path(root, name)).decode("utf-8", "replace"))
     return lists
 
 
-def _prepare_output(out: str, overwrite: bool) -> None:
-    done, temp = output.existing_outputs(out)
+def _check_splits(flag: str, value: str, known, where: str) -> list[str]:
+    """The names of a comma-list flag, each one of `known`; otherwise a usage error naming the stranger."""
+    names = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = [s for s in names if s not in known]
+    if unknown:
+        raise UsageError(f"Unknown split {', '.join(unknown)} in {flag}: {where} {', '.join(known) or 'none'}.")
+    return names
+
+
+def _check_output(out: str, overwrite: bool) -> None:
+    """An output dir holding an earlier run is refused without --overwrite."""
+    done, _ = output.existing_outputs(out)
     if done and not overwrite:
         raise UsageError(f"--output_dir {out} already holds {len(done)} files of an earlier run "
                          f"(e.g. {done[0].rsplit('/', 1)[-1]}); pass --overwrite to replace them, or choose another "
                          "--output_dir.")
+
+
+def _clear_output(out: str, overwrite: bool) -> None:
+    done, temp = output.existing_outputs(out)
     if overwrite:
         output.clear(done + temp)
         if done or temp:
@@ -182,12 +222,11 @@ def run_input(args: argparse.Namespace) -> str:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Runs the pipeline; → exit status (0 ok, 1 some inputs failed). Raises UsageError for user mistakes."""
+    """Runs the pipeline; → exit status (0 ok, 1 some inputs failed). Raises UsageError for user mistakes, before
+    anything is written: every flag is checked first, then the sample is made (when no --input_dir is given),
+    then an earlier run is deleted (--overwrite), and only then does the pipeline run."""
     args, beam_args = build_parser().parse_known_args(argv)
     started = time.time()
-    if args.input_dir is None:
-        sample.ensure_sample(SAMPLE_DIR)
-    root = run_input(args).rstrip("/")
     try:
         palette = load_palette(args.palette, read_bytes if args.palette and "://" in args.palette else None)
     except (OSError, PaletteError) as e:
@@ -199,21 +238,27 @@ def run(argv: list[str] | None = None) -> int:
                                jpeg_quality=args.jpeg_quality, cat_max_ratio=args.cat_max_ratio)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    lists = _list_splits(root, args.splits)
-    random_splits = ([s.strip() for s in args.random_crop_splits.split(",") if s.strip()]
-                     if args.random_crop_splits is not None else [s for s in lists if s.startswith("train")])
     options = _pipeline_options(beam_args)
     out = args.output_dir.rstrip("/")
-    _prepare_output(out, args.overwrite)  # the only destructive step: every check is done before it
+    _check_output(out, args.overwrite)
+    if args.input_dir is None:
+        if args.splits:  # check against the sample's lists before making it
+            _check_splits("--splits", args.splits, sample.SPLITS, "the bundled sample lists")
+        sample.ensure_sample(SAMPLE_DIR)
+    root = run_input(args).rstrip("/")
+    lists = _list_splits(root, args.splits)
+    random_splits = (_check_splits("--random_crop_splits", args.random_crop_splits, list(lists), "this run has")
+                     if args.random_crop_splits is not None else [s for s in lists if s.startswith("train")])
+    _clear_output(out, args.overwrite)  # the only destructive step: every check is done before it
 
     flags = {k: v for k, v in vars(args).items()}
     flags["input_dir"] = root
     flags["beam_args"] = beam_args
     spec = output.RunSpec(
         output_dir=out, temp_dir=layout.join(out, layout.TEMP_PREFIX + uuid.uuid4().hex[:12]),
-        splits=tuple(lists), random_splits=tuple(s for s in random_splits if s in lists),
-        listed={s: len(v) for s, v in lists.items()}, palette=palette.to_json(), crop_size=args.crop_size,
-        image_format=args.image_format, compressed=args.compress, seed=args.seed, flags=flags, started=started)
+        splits=tuple(lists), random_splits=tuple(random_splits), listed={s: len(v) for s, v in lists.items()},
+        palette=palette, crop_size=args.crop_size, image_format=args.image_format, compressed=args.compress,
+        seed=args.seed, num_shards=args.num_shards, flags=flags, started=started)
 
     with beam.Pipeline(options=options) as p:
         build(p, args, lists, config, spec)

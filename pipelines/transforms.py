@@ -56,7 +56,11 @@ class PairBytes:
 
 @dataclasses.dataclass(frozen=True)
 class ShardResult:
+    """A shard written under the run's temp dir."""
+
     split: str
+    shard: int
+    num_shards: int
     name: str
     temp_path: str
     records: int
@@ -115,7 +119,7 @@ class _DecodeFn(beam.DoFn):
     def process(self, pair: PairBytes):
         files = layout.image_path(self._root, pair.image_id), layout.mask_path(self._root, pair.image_id)
         try:
-            image, classes, ignored = decode_pair(pair.image, pair.mask, self._config)
+            image, classes, stats = decode_pair(pair.image, pair.mask, self._config)
         except InputError as e:
             yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(pair.split, pair.image_id, e.reason, str(e), files))
             return
@@ -123,7 +127,7 @@ class _DecodeFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(
                 pair.split, pair.image_id, "internal", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", files))
             return
-        yield (pair.split, pair.image_id), (image, classes, ignored)
+        yield (pair.split, pair.image_id), (image, classes, stats)
 
 
 class DecodePairs(beam.PTransform):
@@ -135,7 +139,7 @@ class DecodePairs(beam.PTransform):
         self._config = config
 
     def expand(self, pairs):
-        """PairBytes → ((split, image_id), (RGB image, class map, ignored pixels)); ErrorRecord on "errors"."""
+        """PairBytes → ((split, image_id), (RGB image, class map, source Stats)); ErrorRecord on "errors"."""
         return pairs | beam.ParDo(_DecodeFn(self._root, self._config)).with_outputs(ERRORS, main="decoded")
 
 
@@ -145,8 +149,8 @@ class _CutFn(beam.DoFn):
         self._random_splits = random_splits
 
     def process(self, element):
-        (split, image_id), (image, classes, ignored) = element
-        total = Stats(images=1, unknown_pixels_ignored=ignored, source_pixels=int(classes.size))
+        (split, image_id), (image, classes, source) = element
+        total = Stats().add(source)
         for k, record, stats in encode_crops(image_id, image, classes, self._config, split in self._random_splits):
             total.add(stats)
             yield split, (image_id, k, record.serialize())
@@ -173,18 +177,20 @@ class SpreadCrops(beam.PTransform):
     same whatever the runner, worker count or bundle order. With `num_shards` 0, each split gets
     ceil(bytes / 128 MiB) shards."""
 
-    def __init__(self, seed: int, num_shards: int):
+    def __init__(self, seed: int, num_shards: int, target_shard_bytes: int = TARGET_SHARD_BYTES):
         super().__init__()
         self._seed = seed
         self._num_shards = num_shards
+        self._target = target_shard_bytes
 
     def expand(self, crops):
-        """(split, (image_id, k, bytes)) → ((split, shard, num_shards), iterable of (order key, bytes))."""
-        seed, fixed = self._seed, self._num_shards
+        """(split, (image_id, k, bytes)) → ((split, shard, num_shards), iterable of (order key, bytes)).
+        Only shards that get crops appear; `Finalize` writes the empty ones."""
+        seed, fixed, target = self._seed, self._num_shards, self._target
 
         def assign(element, totals=None):
             split, (image_id, k, data) = element
-            n = fixed or max(1, math.ceil(totals[split] / TARGET_SHARD_BYTES))
+            n = fixed or auto_shard_count(totals[split], target)
             shard = stable_hash(seed, "shard", split, image_id, k) % n
             order = stable_hash(seed, "order", split, image_id, k)
             return (split, shard, n), (order, data)
@@ -197,6 +203,11 @@ class SpreadCrops(beam.PTransform):
                      | "TotalBytes" >> beam.CombinePerKey(sum))
             keyed = crops | "Assign" >> beam.Map(assign, totals=beam.pvalue.AsDict(sizes))
         return keyed | "GroupByShard" >> beam.GroupByKey()
+
+
+def auto_shard_count(total_bytes: int, target_bytes: int = TARGET_SHARD_BYTES) -> int:
+    """Shards for a split of `total_bytes` of records: ceil(total / target), at least 1."""
+    return max(1, math.ceil(total_bytes / target_bytes))
 
 
 class _WriteShardFn(beam.DoFn):
@@ -215,7 +226,7 @@ class _WriteShardFn(beam.DoFn):
                 _TFRecordUtil.write_record(f, data)
                 count += 1
                 size += len(data)
-        yield ShardResult(split, name, path, count, size)
+        yield ShardResult(split, shard, num_shards, name, path, count, size)
 
 
 class WriteShards(beam.PTransform):

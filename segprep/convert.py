@@ -61,7 +61,8 @@ class Stats:
     rgb_sum: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3, np.int64))
     rgb_sq_sum: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3, np.int64))
     rgb_pixels: int = 0  # source pixels inside crops (padding excluded)
-    unknown_pixels_ignored: int = 0
+    unknown_pixels_ignored: int = 0  # off-palette mask pixels made 255 (--unknown_colors=ignore)
+    unknown_pixels_snapped: int = 0  # off-palette mask pixels snapped to a present colour (nearest)
     source_pixels: int = 0
 
     def add(self, other: Stats) -> Stats:
@@ -72,6 +73,7 @@ class Stats:
         self.rgb_sq_sum += other.rgb_sq_sum
         self.rgb_pixels += other.rgb_pixels
         self.unknown_pixels_ignored += other.unknown_pixels_ignored
+        self.unknown_pixels_snapped += other.unknown_pixels_snapped
         self.source_pixels += other.source_pixels
         return self
 
@@ -83,8 +85,9 @@ class Stats:
         return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in np.sqrt(var)]
 
 
-def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig) -> tuple[np.ndarray, np.ndarray, int]:
-    """→ (RGB image, class-index mask, off-palette pixels ignored); raises `InputError` naming what is wrong."""
+def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig) -> tuple[np.ndarray, np.ndarray, Stats]:
+    """→ (RGB image, class-index mask, the source's stats: one image, its pixels, off-palette pixels ignored or
+    snapped); raises `InputError` naming what is wrong."""
     try:
         image = codec.decode_image(image_bytes)
     except codec.DecodeError as e:
@@ -100,7 +103,12 @@ def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig) ->
         conversion = lookup.convert_mask(mask, config.palette, config.unknown_colors, config.color_tolerance)
     except lookup.UnknownColorsError as e:
         raise InputError("unknown_colors", f"mask: {e}") from None
-    return image, conversion.classes, conversion.unknown_pixels
+    stats = Stats(images=1, source_pixels=int(conversion.classes.size))
+    if config.unknown_colors == "nearest":
+        stats.unknown_pixels_snapped = conversion.unknown_pixels
+    else:
+        stats.unknown_pixels_ignored = conversion.unknown_pixels
+    return image, conversion.classes, stats
 
 
 def crop_boxes(classes: np.ndarray, image_id: str, config: ConvertConfig, training: bool) -> list[crops.CropBox]:
@@ -138,8 +146,7 @@ def convert_pair(image_id: str, image_bytes: bytes, mask_bytes: bytes, config: C
                  training: bool) -> tuple[list[tuple[int, CropRecord]], Stats]:
     """→ ([(crop number, record)], stats): the whole conversion of one pair, as a plain loop would do it.
     Raises `InputError` for a pair that cannot be used."""
-    image, classes, ignored = decode_pair(image_bytes, mask_bytes, config)
-    total = Stats(images=1, unknown_pixels_ignored=ignored, source_pixels=classes.size)
+    image, classes, total = decode_pair(image_bytes, mask_bytes, config)
     records = []
     for k, record, stats in encode_crops(image_id, image, classes, config, training):
         records.append((k, record))

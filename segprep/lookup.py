@@ -3,14 +3,15 @@
 A colour (r, g, b) has the key `(r << 16) | (g << 8) | b`; `table[key]` is its class id, `IGNORE_LABEL` for ignore
 colours, or `UNKNOWN` for a colour off the palette. Keys are made 4 bytes a pixel by OpenCV's RGB→BGRA conversion
 viewed as little-endian uint32 (bytes B, G, R, A → B | G<<8 | R<<16 | A<<24), so no int32 arithmetic over three
-channels is ever done. Large masks are converted in bands of rows, so a 10,000 × 10,000 tile never needs a
-full-size 32-bit key array.
+channels is ever done. Masks are converted in bands of about a million pixels, so a 10,000 × 10,000 tile never
+needs a full-size key, boolean or distance array, on the good path or the error path.
 
 What happens to off-palette colours is the caller's choice, never a silent class 0:
-- "error":   the mask is rejected with an `UnknownColorsError` that names how many pixels and which colours;
+- "error":   the mask is rejected with an `UnknownColorsError` that names how many pixels and which colours, and
+             says to try "nearest" when they look like compression noise around palette colours;
 - "ignore":  they become `IGNORE_LABEL` (counted);
-- "nearest": each snaps to the nearest palette colour within `tolerance` (Euclidean RGB distance), which rescues
-             masks saved lossy; colours further than that from every palette colour are still an error.
+- "nearest": the mask is taken for a lossy copy of a palette mask (JPEG once, then saved as PNG) and restored:
+             see `snap_to_present`. Masks with no off-palette colour are converted exactly, as under "error".
 """
 
 from __future__ import annotations
@@ -24,22 +25,33 @@ import numpy as np
 from segprep.palette import IGNORE_LABEL, MAX_CLASSES, Palette
 
 UNKNOWN = MAX_CLASSES  # 254: table value for a colour off the palette
+FAR = 255  # entry-table value for a colour farther than the tolerance from every palette colour
 UNKNOWN_MODES = ("error", "ignore", "nearest")
 DEFAULT_TOLERANCE = 30.0
+MAX_TOLERANCE = 442.0  # > sqrt(3) * 255, the largest RGB distance
+# "nearest" restores compression noise, not a wrong palette: a block of at least this side all farther than the
+# tolerance from every palette colour is an area of a colour the palette lacks. JPEG noise is thinner: on VOC-like
+# and saturated aerial masks at quality 75-95 it never fills one (checked on 10^8 pixels); a missing class does.
+FAR_BLOCK = 9
 _BAND_PIXELS = 1 << 20  # ~1 Mpx a band: 4 MB of keys
+_CORE = np.ones((3, 3), np.uint8)
+_FAR_BLOCK = np.ones((FAR_BLOCK, FAR_BLOCK), np.uint8)
 
 
 class UnknownColorsError(ValueError):
     """A mask holds values that are not on the palette (and the mode does not allow them)."""
 
-    def __init__(self, pixels: int, colors: list[tuple[tuple[int, ...], int]], kind: str = "colour"):
+    def __init__(self, pixels: int, colors: list[tuple[tuple[int, ...], int]], kind: str = "colour",
+                 distinct: int | None = None, what: str = "", advice: str = ""):
         self.pixels = pixels
-        self.colors = colors
-        shown = ", ".join(f"{c}×{n}" for c, n in colors[:5]) + (" ..." if len(colors) > 5 else "")
-        what = "colours" if kind == "colour" else "values"
-        super().__init__(
-            f"{pixels} mask pixels have {len(colors)} {what} off the palette: {shown}. Pass --palette with these "
-            f"classes, or --unknown_colors=ignore (→ 255) / nearest (snap lossy colours).")
+        self.colors = colors  # the most frequent, most frequent first
+        self.distinct = len(colors) if distinct is None else distinct
+        shown = ", ".join(f"{c}×{n}" for c, n in colors[:5]) + (" ..." if self.distinct > 5 else "")
+        noun = "colours" if kind == "colour" else "values"
+        what = what or f"have {self.distinct} {noun} off the palette"
+        advice = advice or ("Pass --palette with these classes, or --unknown_colors=ignore (→ 255)"
+                            + (" / nearest (lossy colour masks)." if kind == "colour" else "."))
+        super().__init__(f"{pixels} mask pixels {what}" + (f": {shown}. " if colors else ". ") + advice)
 
 
 def color_key(rgb: tuple[int, int, int]) -> int:
@@ -51,33 +63,40 @@ def key_color(key: int) -> tuple[int, int, int]:
     return (key >> 16) & 255, (key >> 8) & 255, key & 255
 
 
+def _entries(palette: Palette) -> tuple[np.ndarray, np.ndarray]:
+    """→ ((P, 3) int32 colours, (P,) uint8 values): every palette colour, ignore colours last (value 255)."""
+    colors = np.asarray(list(palette.colors) + list(palette.ignore_colors), np.int32).reshape(-1, 3)
+    values = np.asarray(list(range(palette.num_classes)) + [IGNORE_LABEL] * len(palette.ignore_colors), np.uint8)
+    return colors, values
+
+
 @functools.lru_cache(maxsize=8)
-def build_table(palette: Palette, mode: str = "error", tolerance: float = DEFAULT_TOLERANCE) -> np.ndarray:
-    """The 256³ uint8 table for `palette`. Off-palette keys hold `UNKNOWN`, except under "nearest", where keys
-    within `tolerance` of a palette colour hold that colour's value. Cached: building a "nearest" table takes a
-    fraction of a second, a plain one a few milliseconds."""
-    if mode not in UNKNOWN_MODES:
-        raise ValueError(f"unknown_colors must be one of {UNKNOWN_MODES}. Received: {mode!r}")
+def build_table(palette: Palette) -> np.ndarray:
+    """The 256³ uint8 table for `palette`: class id, `IGNORE_LABEL` for ignore colours, `UNKNOWN` elsewhere.
+    Cached; building one takes a few milliseconds."""
     table = np.full(1 << 24, UNKNOWN, np.uint8)
-    colors = list(palette.colors) + list(palette.ignore_colors)
-    values = list(range(palette.num_classes)) + [IGNORE_LABEL] * len(palette.ignore_colors)
-    if mode == "nearest" and tolerance > 0:
-        _fill_nearest(table, colors, values, tolerance)
-    for color, value in zip(colors, values):
-        table[color_key(color)] = value
+    colors, values = _entries(palette)
+    table[(colors[:, 0] << 16) | (colors[:, 1] << 8) | colors[:, 2]] = values
     table.setflags(write=False)
     return table
 
 
-def _fill_nearest(table: np.ndarray, colors: list, values: list, tolerance: float) -> None:
-    """For each palette colour, visit only the cube of side 2·tolerance around it and claim the keys that are
-    within `tolerance` and closer to it than to any colour seen so far (ties go to the earlier colour)."""
-    radius = int(np.floor(tolerance))
+@functools.lru_cache(maxsize=8)
+def build_entry_table(palette: Palette, tolerance: float = DEFAULT_TOLERANCE) -> np.ndarray:
+    """The 256³ uint8 table of nearest palette *entries* (row of `_entries`, so each ignore colour is its own
+    entry): keys within `tolerance` (Euclidean RGB distance) of a palette colour hold the nearest one's row, the
+    rest `FAR`. Ties go to the earlier entry. Only the cube of side 2·tolerance around each colour is visited, so
+    the default tolerance takes a fraction of a second; cached."""
+    colors, _ = _entries(palette)
+    if len(colors) >= FAR:
+        raise ValueError(f"--unknown_colors=nearest handles palettes of up to {FAR - 1} colours (classes and "
+                         f"ignore colours). Received: {len(colors)}")
+    table = np.full(1 << 24, FAR, np.uint8)
+    radius = int(np.floor(min(tolerance, MAX_TOLERANCE)))
     dist_best = np.full(1 << 24, np.iinfo(np.int32).max, np.int32)
     offsets = np.arange(-radius, radius + 1)
-    for color, value in zip(colors, values):
-        axes = [np.clip(c + offsets, 0, 255) for c in color]
-        axes = [np.unique(a) for a in axes]
+    for entry, color in enumerate(colors.tolist()):
+        axes = [np.unique(np.clip(c + offsets, 0, 255)) for c in color]
         r, g, b = np.meshgrid(*axes, indexing="ij")
         d2 = (r - color[0]) ** 2 + (g - color[1]) ** 2 + (b - color[2]) ** 2
         keep = d2 <= tolerance * tolerance
@@ -85,7 +104,9 @@ def _fill_nearest(table: np.ndarray, colors: list, values: list, tolerance: floa
         d2 = d2[keep].astype(np.int32)
         closer = d2 < dist_best[keys]
         dist_best[keys[closer]] = d2[closer]
-        table[keys[closer]] = value
+        table[keys[closer]] = entry
+    table.setflags(write=False)
+    return table
 
 
 def build_index_table(num_classes: int) -> np.ndarray:
@@ -98,21 +119,75 @@ def build_index_table(num_classes: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Conversion:
-    """A class-index map and how many of its pixels were off the palette (already resolved by the mode)."""
+    """A class-index map and how many of its pixels were off the palette (ignored or snapped, per the mode)."""
 
     classes: np.ndarray  # (H, W) uint8
     unknown_pixels: int
 
 
+def _check_rgb(rgb: np.ndarray) -> None:
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"Expected an (H, W, 3) uint8 RGB mask. Received: shape={rgb.shape}, dtype={rgb.dtype}")
+
+
+def color_keys(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB → (H, W) uint32 keys `(r << 16) | (g << 8) | b`, a view into one new BGRA buffer."""
+    bgra = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGRA)
+    keys = bgra.view("<u4")[..., 0]
+    np.bitwise_and(keys, 0xFFFFFF, out=keys)
+    return keys
+
+
 def colors_to_classes(rgb: np.ndarray, table: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB → (H, W) uint8 table values, for a mask of any size that fits in one key array.
     Values may include `UNKNOWN`; `convert_mask` resolves them."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"Expected an (H, W, 3) uint8 RGB mask. Received: shape={rgb.shape}, dtype={rgb.dtype}")
-    bgra = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA)
-    keys = bgra.view("<u4")[..., 0]
-    np.bitwise_and(keys, 0xFFFFFF, out=keys)
-    return np.take(table, keys)
+    _check_rgb(rgb)
+    return np.take(table, color_keys(rgb))
+
+
+def _bands(height: int, width: int):
+    """Row slices of about `_BAND_PIXELS` pixels each."""
+    step = max(1, _BAND_PIXELS // max(1, width))
+    for y in range(0, height, step):
+        yield slice(y, min(height, y + step))
+
+
+class ColorCounter:
+    """Pixel counts of distinct colour keys, added a band at a time in memory that grows with the number of
+    distinct colours (at most 2^24), never with the number of pixels."""
+
+    _MERGE_AT = 1 << 22
+
+    def __init__(self):
+        self._keys: list[np.ndarray] = []
+        self._counts: list[np.ndarray] = []
+        self._pending = 0
+
+    def add(self, keys: np.ndarray) -> None:
+        if keys.size:
+            found, counts = np.unique(keys, return_counts=True)
+            self._keys.append(found)
+            self._counts.append(counts.astype(np.int64))
+            self._pending += found.size
+            if self._pending > self._MERGE_AT:
+                self._merge()
+
+    def _merge(self) -> tuple[np.ndarray, np.ndarray]:
+        if len(self._keys) > 1:
+            keys = np.concatenate(self._keys)
+            counts = np.concatenate(self._counts)
+            order = np.argsort(keys, kind="stable")
+            keys, counts = keys[order], counts[order]
+            starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+            self._keys, self._counts = [keys[starts]], [np.add.reduceat(counts, starts)]
+        self._pending = self._keys[0].size if self._keys else 0
+        return (self._keys[0], self._counts[0]) if self._keys else (np.zeros(0, np.uint32), np.zeros(0, np.int64))
+
+    def result(self, top: int = 5) -> tuple[list[tuple[tuple[int, int, int], int]], int, np.ndarray, np.ndarray]:
+        """→ (the `top` most frequent colours with counts, most frequent first; distinct count; all keys; counts)."""
+        keys, counts = self._merge()
+        first = np.lexsort((keys, -counts))[:top]
+        return [(key_color(int(keys[i])), int(counts[i])) for i in first], int(keys.size), keys, counts
 
 
 def convert_mask(mask: np.ndarray, palette: Palette, mode: str = "error",
@@ -120,36 +195,126 @@ def convert_mask(mask: np.ndarray, palette: Palette, mode: str = "error",
     """A decoded mask — (H, W, 3) RGB colours or (H, W) class indices — → class indices per `mode`.
 
     Raises `UnknownColorsError` when off-palette values remain that the mode does not allow."""
+    if mode not in UNKNOWN_MODES:
+        raise ValueError(f"unknown_colors must be one of {UNKNOWN_MODES}. Received: {mode!r}")
     if mask.ndim == 2:
-        values = np.take(build_index_table(palette.num_classes), mask)
-        kind = "index"
-        count = int(np.count_nonzero(values == UNKNOWN))
-    else:
-        values = np.empty(mask.shape[:2], np.uint8)
-        table = build_table(palette, mode, tolerance)
-        kind = "colour"
-        count = 0
-        band = max(1, _BAND_PIXELS // max(1, mask.shape[1]))
-        for y in range(0, mask.shape[0], band):
-            out = values[y:y + band]
-            out[:] = colors_to_classes(mask[y:y + band], table)
-            count += int(np.count_nonzero(out == UNKNOWN))
+        return _convert_index(mask, palette, mode)
+    _check_rgb(mask)
+    table = build_table(palette)
+    values = np.empty(mask.shape[:2], np.uint8)
+    counter = ColorCounter() if mode == "error" else None
+    count = 0
+    for rows in _bands(*mask.shape[:2]):
+        keys = color_keys(mask[rows])
+        out = values[rows]
+        np.take(table, keys, out=out, mode="clip")
+        off = out == UNKNOWN
+        n = int(np.count_nonzero(off))
+        if n:
+            count += n
+            if counter is not None:
+                counter.add(keys[off])
+            elif mode == "ignore":
+                out[off] = IGNORE_LABEL
+    if not count or mode == "ignore":
+        return Conversion(values, count)
+    if mode == "nearest":
+        return Conversion(snap_to_present(mask, palette, tolerance, out=values), count)
+    top, distinct, keys, counts = counter.result()
+    near = int(counts[np.take(build_entry_table(palette, DEFAULT_TOLERANCE), keys) != FAR].sum())
+    if near >= 0.5 * count:
+        raise UnknownColorsError(
+            count, top, distinct=distinct,
+            advice=f"{100 * near / count:.0f}% of them lie within {DEFAULT_TOLERANCE:g} of a palette colour, as "
+                   "compression noise does (a mask saved as JPEG once): try --unknown_colors=nearest.")
+    raise UnknownColorsError(count, top, distinct=distinct)
+
+
+def _convert_index(mask: np.ndarray, palette: Palette, mode: str) -> Conversion:
+    table = build_index_table(palette.num_classes)
+    hist = np.bincount(mask.ravel(), minlength=256)  # O(pixels), no full-size temporaries
+    off = hist * (table == UNKNOWN)
+    count = int(off.sum())
+    if count and mode != "ignore":  # "nearest" has no colours to snap
+        found = np.flatnonzero(off)
+        top = sorted(((int(v),), int(off[v])) for v in found)
+        top.sort(key=lambda item: -item[1])
+        raise UnknownColorsError(count, top, "index")
     if count:
-        unknown = values == UNKNOWN
-        if mode != "ignore":  # "nearest" cannot snap index values, nor colours beyond the tolerance
-            raise UnknownColorsError(count, _unknown_summary(mask, unknown, kind), kind)
-        values[unknown] = IGNORE_LABEL
-    return Conversion(values, count)
+        table = table.copy()
+        table[table == UNKNOWN] = IGNORE_LABEL
+    return Conversion(np.take(table, mask), count)
 
 
-def _unknown_summary(mask: np.ndarray, unknown: np.ndarray, kind: str) -> list[tuple[tuple[int, ...], int]]:
-    """The off-palette colours (or index values), most frequent first."""
-    if kind == "index":
-        found, counts = np.unique(mask[unknown], return_counts=True)
-        items = [((int(v),), int(n)) for v, n in zip(found, counts)]
-    else:
-        px = mask[unknown].astype(np.uint32)  # only the unknown pixels: small in any mask worth rescuing
-        keys = (px[:, 0] << 16) | (px[:, 1] << 8) | px[:, 2]
-        found, counts = np.unique(keys, return_counts=True)
-        items = [(key_color(int(k)), int(n)) for k, n in zip(found, counts)]
-    return sorted(items, key=lambda item: -item[1])
+def snap_to_present(mask: np.ndarray, palette: Palette, tolerance: float = DEFAULT_TOLERANCE,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """Restores a lossy copy of a palette mask: (H, W, 3) RGB → (H, W) uint8 class indices.
+
+    1. A palette colour is *present* when at least one 3×3 block of pixels is all within `tolerance` of it (and
+       nearer to it than to any other palette colour). Compression ringing between two colours (VOC's cat
+       (64, 0, 0) lies halfway between background and aeroplane) forms thin lines, never such a block, so it
+       never makes a class appear that the mask does not hold.
+    2. Every pixel takes the class of the nearest *present* colour.
+    A block of `FAR_BLOCK`² pixels all farther than `tolerance` from every palette colour is an area of a colour
+    the palette lacks (a wrong or incomplete palette), not noise: it raises `UnknownColorsError` naming the
+    colours there. Works in bands: memory is the output plus a few band-sized temporaries."""
+    _check_rgb(mask)
+    entries = build_entry_table(palette, tolerance)
+    colors, values = _entries(palette)
+    height, width = mask.shape[:2]
+    out = np.empty((height, width), np.uint8) if out is None else out
+    halo = FAR_BLOCK // 2  # rows of context each side, so bands give what one pass over the whole mask would
+    core = np.zeros(256, np.int64)
+    far_blocks = 0
+    for rows in _bands(height, width):
+        e, inner = _entries_with_halo(mask, entries, rows, halo)
+        uniform = cv2.erode(e, _CORE) == cv2.dilate(e, _CORE)  # outside the image counts as agreeing
+        far_blocks += int(np.count_nonzero(cv2.erode((e == FAR).view(np.uint8), _FAR_BLOCK)[inner]))
+        e, uniform = e[inner], uniform[inner]
+        core += np.bincount(e[uniform], minlength=256)
+        out[rows] = e
+    present = np.flatnonzero(core[:len(colors)])
+    if far_blocks:
+        raise _far_error(mask, entries, tolerance, 2 * halo)  # erode then dilate: twice the context
+    if not present.size:
+        raise UnknownColorsError(out.size, [], what=f"hold no 3×3 block of any palette colour (within {tolerance:g})",
+                                 advice="Pass --palette with this mask's classes.")
+    remap = np.full(256, UNKNOWN, np.uint8)
+    remap[present] = values[present]
+    near_colors, near_values = colors[present], values[present]
+    for rows in _bands(height, width):
+        band = out[rows]
+        np.take(remap, band, out=band, mode="clip")
+        todo = np.flatnonzero(band == UNKNOWN)  # far pixels, and pixels nearest a colour that is not present
+        if todo.size:
+            px = mask[rows].reshape(-1, 3)[todo].astype(np.int32)
+            d2 = ((px[:, None, :] - near_colors[None]) ** 2).sum(-1)
+            band.ravel()[todo] = near_values[d2.argmin(1)]
+    return out
+
+
+def _entries_with_halo(mask: np.ndarray, entries: np.ndarray, rows: slice, halo: int) -> tuple[np.ndarray, slice]:
+    """Entry-table values of `rows` plus `halo` rows each side (where the mask has them); → (values, the rows'
+    slice of them)."""
+    top, bottom = max(0, rows.start - halo), min(mask.shape[0], rows.stop + halo)
+    return np.take(entries, color_keys(mask[top:bottom])), slice(rows.start - top, rows.stop - top)
+
+
+def _far_error(mask: np.ndarray, entries: np.ndarray, tolerance: float, halo: int) -> UnknownColorsError:
+    """The error for a mask with areas of colours off the palette: which colours fill them, and how many pixels."""
+    counter = ColorCounter()
+    pixels = 0
+    for rows in _bands(*mask.shape[:2]):
+        e, inner = _entries_with_halo(mask, entries, rows, halo)
+        far = (e == FAR).view(np.uint8)
+        area = cv2.dilate(cv2.erode(far, _FAR_BLOCK), _FAR_BLOCK)[inner] & far[inner]  # the far blocks, whole
+        keys = color_keys(mask[rows])[area.view(bool)]
+        pixels += keys.size
+        counter.add(keys)
+    top, distinct, _, _ = counter.result()
+    return UnknownColorsError(
+        pixels, top, distinct=distinct,
+        what=f"form areas ({FAR_BLOCK}×{FAR_BLOCK} px or more) of {distinct} colours farther than {tolerance:g} "
+             "from every palette colour",
+        advice="That is not compression noise, which --unknown_colors=nearest restores: pass --palette with "
+               "these classes, or --unknown_colors=ignore (→ 255).")

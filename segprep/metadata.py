@@ -1,14 +1,24 @@
-"""metadata.json: what a prepare run wrote, and the trainer's source of truth.
+"""metadata.json: what a prepare run wrote, and the trainer's source of truth. This module owns its keys: the
+pipeline builds it with `build`, every reader goes through `parse` and the accessors below.
 
 Written last by the pipeline (its presence means the run finished); read by the trainer for shard names, record
 counts (so steps_per_epoch is never guessed), classes, colours and the RGB mean/std of the training crops.
+
+    {"schema_version": 1, "class_names": [...], "class_colors": [[r, g, b], ...], "ignore_colors": [...],
+     "num_classes": 21, "ignore_label": 255, "crop_size": 256, "image_format": "jpeg", "compression": "none",
+     "seed": 0, "random_crop_splits": ["train"], "rgb_mean": [...], "rgb_std": [...],
+     "splits": {"train": {"records": ..., "shards": [names], "shard_records": [...], "bytes": ..., ...}},
+     "flags": {every flag of the run}, "seconds": ...}
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 from segprep import layout
+from segprep.convert import Stats
 from segprep.palette import IGNORE_LABEL, Palette
 
 SCHEMA_VERSION = 1
@@ -16,6 +26,89 @@ SCHEMA_VERSION = 1
 
 class MetadataError(ValueError):
     """metadata.json is missing, unreadable or not one this version understands."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """One shard file of a split as it was finally written."""
+
+    name: str
+    records: int
+    bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitResult:
+    """Everything metadata.json says about one split."""
+
+    shards: list[Shard]
+    stats: Stats
+    random_crops: bool
+    images_listed: int
+    inputs_failed: int
+
+
+def build(*, palette: Palette, crop_size: int, image_format: str, compressed: bool, seed: int,
+          splits: dict[str, SplitResult], flags: dict, seconds: float) -> dict:
+    """The metadata of a finished run. The RGB mean/std are over the random-crop (training) splits' crops, or over
+    every split's when the run has no training split."""
+    training = Stats()
+    for result in splits.values():
+        if result.random_crops:
+            training.add(result.stats)
+    if not training.rgb_pixels:
+        for result in splits.values():
+            training.add(result.stats)
+    mean, std = training.rgb_mean_std()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "class_names": list(palette.names),
+        "class_colors": [list(c) for c in palette.colors],
+        "ignore_colors": [list(c) for c in palette.ignore_colors],
+        "num_classes": palette.num_classes,
+        "ignore_label": IGNORE_LABEL,
+        "crop_size": crop_size,
+        "image_format": image_format,
+        "compression": "gzip" if compressed else "none",
+        "seed": seed,
+        "random_crop_splits": [name for name, r in splits.items() if r.random_crops],
+        # Mean/std over the training crops' source pixels (0..255), for input normalisation.
+        "rgb_mean": mean,
+        "rgb_std": std,
+        "splits": {name: _split_entry(name, r, palette.num_classes) for name, r in splits.items()},
+        "flags": flags,
+        "seconds": round(seconds, 2),
+    }
+
+
+def _split_entry(name: str, result: SplitResult, num_classes: int) -> dict:
+    st = result.stats
+    counts = [int(c) for c in st.class_pixels]
+    mean, std = st.rgb_mean_std()
+    return {
+        "records": sum(s.records for s in result.shards),
+        "shards": [s.name for s in result.shards],
+        "shard_records": [s.records for s in result.shards],
+        "bytes": sum(s.bytes for s in result.shards),
+        "crop_mode": "random" if result.random_crops else "tiles",
+        "images_listed": result.images_listed,
+        "images_used": st.images,
+        "inputs_failed": result.inputs_failed,
+        "errors_file": layout.errors_path("", name).lstrip("/") if result.inputs_failed else None,
+        "class_pixels": counts[:num_classes],
+        "ignore_pixels": counts[IGNORE_LABEL],
+        "source_pixels": st.source_pixels,
+        "unknown_pixels_ignored": st.unknown_pixels_ignored,
+        "unknown_pixels_snapped": st.unknown_pixels_snapped,
+        "rgb_mean": mean,
+        "rgb_std": std,
+    }
+
+
+def dumps(meta: dict) -> str:
+    """Indented JSON with lists of numbers kept on one line (colours, counts)."""
+    text = json.dumps(meta, indent=2)
+    return re.sub(r"\[\s+([-\d.,\s]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text) + "\n"
 
 
 def parse(text: str | bytes, where: str = "metadata.json") -> dict:
@@ -48,6 +141,11 @@ def shard_paths(meta: dict, data_dir: str, name: str) -> list[str]:
     """The split's shard files, by the names the run recorded (never a glob, which would also match stale
     shards of an earlier run)."""
     return [layout.join(data_dir, shard) for shard in split(meta, name)["shards"]]
+
+
+def compression_type(meta: dict) -> str | None:
+    """TFRecordDataset's compression_type for the run's shards: "GZIP" or None."""
+    return "GZIP" if meta.get("compression") == "gzip" else None
 
 
 def class_names_with_ignore(meta: dict) -> dict[int, str]:

@@ -33,6 +33,7 @@ SIZES = [
     (500, 375), (375, 500), (640, 480), (500, 333),
 ]
 NUM_TRAIN = 64
+SPLITS = ("train", "val")
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Smooth colour noise: random base colour, low-frequency blobs, pixel noise."""
@@ -123,7 +124,7 @@ def ensure_sample(root: str) -> str:
             mask = codec.encode_image(colors[classes], "png")
         with open(layout.mask_path(root, image_id), "wb") as f:
             f.write(mask)
-    for split, part in (("train", ids[:NUM_TRAIN]), ("val", ids[NUM_TRAIN:])):
+    for split, part in zip(SPLITS, (ids[:NUM_TRAIN], ids[NUM_TRAIN:])):
         with open(layout.split_path(root, split), "w") as f:
             f.write("\n".join(part) + "\n")
     with open(marker, "w") as f:

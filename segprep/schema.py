@@ -9,6 +9,7 @@ Readers get the key → type table in `FEATURES` and build their parser from it 
 from __future__ import annotations
 
 import dataclasses
+import operator
 
 IMAGE_ENCODED = "image/encoded"
 IMAGE_FORMAT = "image/format"
@@ -80,9 +81,22 @@ class CropRecord:
 # Feature{ oneof { BytesList bytes_list = 1; FloatList float_list = 2; Int64List int64_list = 3 } };
 # BytesList{ repeated bytes value = 1 }; Int64List{ repeated int64 value = 1 [packed] }.
 
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _int64(value) -> int:
+    """`value` as an int64, accepted and rejected as TensorFlow's `Int64List` does: Python and NumPy integers
+    (and bools) only, within int64's range."""
+    n = operator.index(value)  # TypeError for floats and strings, as TF raises
+    if not _INT64_MIN <= n <= _INT64_MAX:
+        raise ValueError(f"Value out of range: {n} (an int64 feature holds -2**63 .. 2**63 - 1)")
+    return n
+
+
 def _varint(n: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int, or of an int64 (negatives as 10-byte two's complement)."""
     if n < 0:
-        n += 1 << 64  # int64 negatives are 10-byte two's complement varints
+        n += 1 << 64
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -99,19 +113,30 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint((number << 3) | 2) + _varint(len(payload)) + payload
 
 
-def _feature(kind: str, values: list) -> bytes:
+def _feature(key: str, kind: str, values: list) -> bytes:
     if kind == "bytes":
+        for v in values:
+            if not isinstance(v, bytes):
+                raise TypeError(f"{key}: expected bytes, {type(v).__name__} found")
         return _field(1, b"".join(_field(1, v) for v in values))
     if kind == "int64":
-        return _field(3, _field(1, b"".join(_varint(int(v)) for v in values)))
+        return _field(3, _field(1, b"".join(_varint(_int64(v)) for v in values)))
     raise ValueError(f"unsupported feature kind {kind!r}")
 
 
 def encode_example(features: dict[str, list]) -> bytes:
-    """A serialised `tf.train.Example`; keys are written in sorted order so equal records are equal bytes."""
+    """A serialised `tf.train.Example`; keys are written in sorted order so equal records are equal bytes.
+
+    Values are checked as TensorFlow checks them (types, int64 range) and against `FEATURES` (known keys, the
+    number of values), so a record this writes always parses with the schema."""
     entries = []
     for key in sorted(features):
-        kind, _ = FEATURES[key]
-        entry = _field(1, key.encode()) + _field(2, _feature(kind, features[key]))
+        if key not in FEATURES:
+            raise KeyError(f"{key!r} is not a record key; the schema has: {', '.join(sorted(FEATURES))}")
+        kind, length = FEATURES[key]
+        values = list(features[key])
+        if len(values) != length:
+            raise ValueError(f"{key} holds {length} value{'s' if length > 1 else ''}. Received: {len(values)}")
+        entry = _field(1, key.encode()) + _field(2, _feature(key, kind, values))
         entries.append(_field(1, entry))
     return _field(1, b"".join(entries))

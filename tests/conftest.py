@@ -121,3 +121,82 @@ def read_records(paths: list[str]) -> list[dict]:
 
 def shard_files(out: str, split: str) -> list[str]:
     return sorted(os.path.join(out, n) for n in os.listdir(out) if layout.is_shard(n) and n.startswith(split + "-"))
+
+
+def grey_png(values: np.ndarray, depth: int) -> bytes:
+    """A grey PNG (colour type 0) of `values` at bit depth 1, 2, 4, 8 or 16, written by hand (Pillow cannot write
+    2- and 4-bit grey). Rows are packed most significant bits first, as the PNG spec says."""
+    import struct
+    import zlib
+
+    height, width = values.shape
+    if depth == 16:
+        raw = values.astype(">u2").tobytes()
+        rows = [raw[i * width * 2:(i + 1) * width * 2] for i in range(height)]
+    else:
+        per_byte = 8 // depth
+        padded = np.zeros((height, -(-width // per_byte) * per_byte), np.uint16)
+        padded[:, :width] = values
+        groups = padded.reshape(height, -1, per_byte)
+        shifts = np.arange(per_byte)[::-1] * depth
+        packed = (groups << shifts).sum(-1).astype(np.uint8)
+        rows = [packed[i].tobytes() for i in range(height)]
+    body = b"".join(b"\x00" + r for r in rows)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(body)) + chunk(b"IEND", b""))
+
+
+def pil_png(array: np.ndarray, mode: str, bits: int | None = None, palette: np.ndarray | None = None) -> bytes:
+    """A PNG written by Pillow: mode "1" (1-bit grey), "P" (palette, `bits` 1/2/4/8), "I;16" (16-bit grey)."""
+    import io
+
+    from PIL import Image
+
+    if mode == "1":
+        image = Image.fromarray(array.astype(bool))
+    elif mode == "I;16":
+        image = Image.fromarray(array.astype(np.int32)).convert("I;16")
+    else:
+        image = Image.fromarray(array.astype(np.uint8), "P")
+        image.putpalette(np.asarray(palette, np.uint8).ravel().tolist())
+    buf = io.BytesIO()
+    image.save(buf, "PNG", **({"bits": bits} if bits else {}))
+    return buf.getvalue()
+
+
+def jpeg_damaged(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """`rgb` after one trip through JPEG at `quality` (4:2:0, libjpeg through OpenCV), as many datasets' colour masks
+    went before they were saved back as PNG."""
+    back = codec.decode_image(codec.encode_image(rgb, "jpeg", quality))
+    return back
+
+
+def voc_like_mask(index: int, h: int = 375, w: int = 500, objects: int | None = None) -> np.ndarray:
+    """A VOC-like class map: 1-4 objects (ellipses, polygons, boxes) of any of the 20 classes on background, with
+    VOC's 5 px ignore border. Many VOC colours lie halfway between two others (cat (64,0,0) between background and
+    aeroplane), which is what makes JPEG-damaged masks hard to restore."""
+    import cv2
+
+    rng = np.random.default_rng([7, index])
+    m = np.zeros((h, w), np.uint8)
+    for _ in range(objects or int(rng.integers(1, 5))):
+        obj = np.zeros((h, w), np.uint8)
+        cy, cx, s = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(20, 200)
+        kind = rng.integers(3)
+        if kind == 0:
+            cv2.ellipse(obj, (int(cx), int(cy)), (int(s / 2), int(s / 3)), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        elif kind == 1:
+            angles = np.sort(rng.uniform(0, 2 * np.pi, 7))
+            radii = s / 2 * rng.uniform(0.4, 1, 7)
+            pts = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1).round().astype(np.int32)
+            cv2.fillPoly(obj, [pts], 1)
+        else:
+            cv2.rectangle(obj, (int(cx), int(cy)), (int(cx + s), int(cy + s * 0.6)), 1, -1)
+        m[obj.astype(bool)] = int(rng.integers(1, 21))
+    kernel = np.ones((5, 5), np.uint8)
+    m[cv2.dilate(m, kernel) != cv2.erode(m, kernel)] = IGNORE_LABEL
+    return m

@@ -2,6 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import grey_png, pil_png
 from segprep import codec
 from segprep.palette import VOC
 
@@ -62,10 +63,58 @@ def test_index_mask_is_written_as_8bit_grey_png():
 def test_truncated_jpeg_is_detected():
     rng = np.random.default_rng(0)
     data = codec.encode_image(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8), "jpeg")
-    cut = data[: len(data) * 6 // 10]
-    # OpenCV 4.x decodes this with only a warning, filling the missing part with grey; 5.x refuses it.
+    # OpenCV 4.x decodes these with only a warning, filling the missing part with grey; 5.x refuses some.
+    for cut in (len(data) * 6 // 10, len(data) - 1, 300, 3):
+        with pytest.raises(codec.DecodeError, match="truncated JPEG"):
+            codec.decode_image(data[:cut])
+
+
+def _random_jpeg(h=96, w=128, **params):
+    rng = np.random.default_rng(1)
+    flags = [cv2.IMWRITE_JPEG_QUALITY, 90] + [v for k, x in params.items() for v in (getattr(cv2, k), x)]
+    ok, data = cv2.imencode(".jpg", rng.integers(0, 255, (h, w, 3), dtype=np.uint8), flags)
+    return data.tobytes()
+
+
+@pytest.mark.parametrize("trailer", ["motion_photo", "maker", "zeros"])
+def test_jpeg_with_a_trailer_after_its_end_marker_is_accepted(trailer):
+    data = _random_jpeg()
+    rng = np.random.default_rng(2)
+    extra = {  # a Motion Photo appends an MP4 (megabytes, FF D9 pairs and all); makers append their own blocks
+        "motion_photo": b"\x00\x00\x00\x18ftypmp42" + rng.integers(0, 256, 2 << 20, dtype=np.uint8).tobytes(),
+        "maker": b"\xff\xd9" * 3 + b"SAMSUNG-TRAILER" * 200,
+        "zeros": b"\x00" * 4096,
+    }[trailer]
+    assert len(extra) > 1024
+    np.testing.assert_array_equal(codec.decode_image(data + extra), codec.decode_image(data))
+
+
+def test_truncation_is_caught_in_progressive_jpegs_with_restart_markers_and_thumbnails():
+    progressive = _random_jpeg(IMWRITE_JPEG_PROGRESSIVE=1)
+    restarts = _random_jpeg(IMWRITE_JPEG_RST_INTERVAL=2)
+    thumb = _random_jpeg(16, 16)
+    app1 = b"Exif\x00\x00" + thumb  # an EXIF block carrying a whole thumbnail JPEG, end marker included
+    base = _random_jpeg()
+    with_thumb = base[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + base[2:]
+    for data in (progressive, restarts, with_thumb):
+        assert codec.decode_image(data).shape == (96, 128, 3)
+        for cut in range(4, len(data), 97):
+            with pytest.raises(codec.DecodeError, match="truncated JPEG"):
+                codec.decode_image(data[:cut])
+    # Cut just after the thumbnail's own end marker: the file ends in FF D9, but not the image's.
+    cut = with_thumb[:2 + 4 + len(app1)]  # SOI, APP1 marker and length, the EXIF block
+    assert cut.endswith(b"\xff\xd9")
     with pytest.raises(codec.DecodeError, match="truncated JPEG"):
         codec.decode_image(cut)
+
+
+def test_png_with_bytes_after_iend_is_accepted_and_a_cut_one_is_not():
+    img = np.random.default_rng(3).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    data = codec.encode_image(img, "png")
+    np.testing.assert_array_equal(codec.decode_image(data + b"trailer" * 300), img)
+    for cut in range(10, len(data), max(1, len(data) // 25)):
+        with pytest.raises(codec.DecodeError, match="truncated PNG"):
+            codec.decode_mask(data[:cut])
 
 
 def test_truncated_png_empty_and_garbage_are_detected():
@@ -96,3 +145,38 @@ def test_exif_orientation_is_ignored():
     rotated = data[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + data[2:]
     assert cv2.imdecode(np.frombuffer(rotated, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (16, 8)  # OpenCV rotates
     assert codec.decode_image(rotated).shape[:2] == (8, 16)  # we keep the pixel grid the mask was drawn on
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4, 8, 16])
+def test_grey_index_masks_keep_their_values_at_every_bit_depth(depth):
+    # libpng widens 1/2/4-bit grey by bit replication (1 → 255, 85 or 17); the values are class ids, kept as stored.
+    top = min(255, (1 << depth) - 1)
+    values = (np.arange(7 * 9).reshape(7, 9) % (top + 1)).astype(np.uint16)
+    m, kind = codec.decode_mask(grey_png(values, depth))
+    assert kind == "index" and m.dtype == np.uint8
+    np.testing.assert_array_equal(m, values)
+
+
+def test_pillow_written_1bit_and_16bit_masks():
+    idx = np.array([[0, 1, 1], [1, 0, 0]], np.uint8)
+    m, kind = codec.decode_mask(pil_png(idx, "1"))
+    assert codec.png_color_type(pil_png(idx, "1")) == (0, 1)
+    assert kind == "index" and m.tolist() == idx.tolist()  # class 1 stays 1, never 255 ("ignore")
+    m, _ = codec.decode_mask(pil_png(np.array([[0, 7, 255]]), "I;16"))
+    assert m.tolist() == [[0, 7, 255]]
+
+
+def test_16bit_index_values_above_255_are_an_error_naming_them():
+    with pytest.raises(codec.DecodeError, match=r"3 pixels with values above 255 \(2 values: 300×2, 4464×1\)"):
+        codec.decode_mask(pil_png(np.array([[0, 300, 1, 300, 4464]]), "I;16"))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_low_bit_palette_masks_expand_to_their_colours(bits):
+    colors = VOC.color_array()[: 1 << bits]
+    idx = (np.arange(24).reshape(4, 6) % (1 << bits)).astype(np.uint8)
+    data = pil_png(idx, "P", bits, colors)
+    assert codec.png_color_type(data) == (3, bits)
+    m, kind = codec.decode_mask(data)
+    assert kind == "palette"
+    np.testing.assert_array_equal(m, colors[idx])
