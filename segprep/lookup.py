@@ -146,8 +146,8 @@ def colors_to_classes(rgb: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 def _bands(height: int, width: int):
-    """Row slices of about `_BAND_PIXELS` pixels each."""
-    step = max(1, _BAND_PIXELS // max(1, width))
+    """Row slices of about `_BAND_PIXELS` pixels each, starting at multiples of 8 rows (JPEG's block size)."""
+    step = max(8, _BAND_PIXELS // max(1, width) // 8 * 8)
     for y in range(0, height, step):
         yield slice(y, min(height, y + step))
 
@@ -251,10 +251,15 @@ def snap_to_present(mask: np.ndarray, palette: Palette, tolerance: float = DEFAU
     """Restores a lossy copy of a palette mask: (H, W, 3) RGB → (H, W) uint8 class indices.
 
     1. A palette colour is *present* when at least one 3×3 block of pixels is all within `tolerance` of it (and
-       nearer to it than to any other palette colour). Compression ringing between two colours (VOC's cat
-       (64, 0, 0) lies halfway between background and aeroplane) forms thin lines, never such a block, so it
+       nearer to it than to any other palette colour): its *core*. Compression ringing between two colours (VOC's
+       cat (64, 0, 0) lies halfway between background and aeroplane) forms thin lines, never such a block, so it
        never makes a class appear that the mask does not hold.
-    2. Every pixel takes the class of the nearest *present* colour.
+    2. Core pixels keep their colour's class. Every other pixel (edges, ringing, colours beyond the tolerance)
+       takes the nearest of the present colours with core pixels near it (in its 8×8 block or the `NEAR_BLOCKS`
+       blocks around: a JPEG macroblock and its neighbours), or its own nearest palette colour when that is
+       present and not a blend of two of those (a small object whose core JPEG destroyed: a yellow car on a grey
+       road keeps its class; cat-coloured ringing between background and aeroplane does not become cat unless a
+       real cat is near). With no core near at all, it takes the nearest present colour.
     A block of `FAR_BLOCK`² pixels all farther than `tolerance` from every palette colour is an area of a colour
     the palette lacks (a wrong or incomplete palette), not noise: it raises `UnknownColorsError` naming the
     colours there. Works in bands: memory is the output plus a few band-sized temporaries."""
@@ -263,34 +268,116 @@ def snap_to_present(mask: np.ndarray, palette: Palette, tolerance: float = DEFAU
     colors, values = _entries(palette)
     height, width = mask.shape[:2]
     out = np.empty((height, width), np.uint8) if out is None else out
-    halo = FAR_BLOCK // 2  # rows of context each side, so bands give what one pass over the whole mask would
     core = np.zeros(256, np.int64)
     far_blocks = 0
     for rows in _bands(height, width):
-        e, inner = _entries_with_halo(mask, entries, rows, halo)
-        uniform = cv2.erode(e, _CORE) == cv2.dilate(e, _CORE)  # outside the image counts as agreeing
+        e, uniform, inner = _cores(mask, entries, rows, FAR_BLOCK // 2)
         far_blocks += int(np.count_nonzero(cv2.erode((e == FAR).view(np.uint8), _FAR_BLOCK)[inner]))
-        e, uniform = e[inner], uniform[inner]
-        core += np.bincount(e[uniform], minlength=256)
-        out[rows] = e
-    present = np.flatnonzero(core[:len(colors)])
+        core += np.bincount(e[inner][uniform[inner]], minlength=256)
     if far_blocks:
-        raise _far_error(mask, entries, tolerance, 2 * halo)  # erode then dilate: twice the context
+        raise _far_error(mask, entries, tolerance, FAR_BLOCK - 1)  # erode then dilate: twice the context
+    present = np.flatnonzero(core[:len(colors)])
     if not present.size:
         raise UnknownColorsError(out.size, [], what=f"hold no 3×3 block of any palette colour (within {tolerance:g})",
                                  advice="Pass --palette with this mask's classes.")
-    remap = np.full(256, UNKNOWN, np.uint8)
-    remap[present] = values[present]
-    near_colors, near_values = colors[present], values[present]
+    choice = _Choice(colors[present], values[present], present, tolerance)
     for rows in _bands(height, width):
+        e, uniform, inner = _cores(mask, entries, rows, _BLOCK * NEAR_BLOCKS)
         band = out[rows]
-        np.take(remap, band, out=band, mode="clip")
-        todo = np.flatnonzero(band == UNKNOWN)  # far pixels, and pixels nearest a colour that is not present
+        np.take(values, e[inner], out=band, mode="clip")  # right for core pixels; FAR ones are all redone below
+        todo = np.flatnonzero(~uniform[inner] | (e[inner] == FAR))
         if todo.size:
-            px = mask[rows].reshape(-1, 3)[todo].astype(np.int32)
-            d2 = ((px[:, None, :] - near_colors[None]) ** 2).sum(-1)
-            band.ravel()[todo] = near_values[d2.argmin(1)]
+            near = choice.nearby_cores(e, uniform)
+            y, x = np.divmod(todo, width)
+            allowed = choice.allowed(near, (y + inner.start) // _BLOCK, x // _BLOCK, e[inner].ravel()[todo])
+            band.ravel()[todo] = choice.nearest(mask[rows].reshape(-1, 3)[todo], allowed)
     return out
+
+
+_BLOCK = 8
+NEAR_BLOCKS = 2
+
+
+class _Choice:
+    """The present colours (at most 64 tracked one bit each; with more, every present colour is allowed
+    everywhere) and which of them a pixel outside every core may take: see `snap_to_present`."""
+
+    def __init__(self, colors: np.ndarray, values: np.ndarray, entries: np.ndarray, tolerance: float):
+        self.colors, self.values = colors.astype(np.int32), values
+        self.count = len(colors)
+        self.bits = None
+        if self.count <= 64:
+            dtype = next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if np.iinfo(t).bits >= self.count)
+            self.bits = np.zeros(256, dtype)  # entry → its bit, 0 for colours not present and FAR
+            self.bits[entries] = np.left_shift(1, np.arange(self.count)).astype(dtype)
+            self.all = dtype(np.iinfo(dtype).max)
+        # blend[c, a, b]: colour c lies within the tolerance of the segment from colour a to colour b
+        c = colors.astype(np.float64)
+        a, ab = c[:, None, :], c[None, :, :] - c[:, None, :]
+        t = np.clip(((c[:, None, None, :] - a[None]) * ab[None]).sum(-1) / np.maximum((ab ** 2).sum(-1), 1e-9), 0, 1)
+        self.blend = np.sqrt(((c[:, None, None, :] - (a[None] + t[..., None] * ab[None])) ** 2).sum(-1)) <= tolerance
+        self._cache: dict[int, int] = {}
+
+    def nearby_cores(self, e: np.ndarray, uniform: np.ndarray) -> np.ndarray | None:
+        """Per 8×8 block of `e` (whose first row is a multiple of 8 in the image), the bits of the colours with
+        core pixels in it or in the `NEAR_BLOCKS` blocks around it."""
+        if self.bits is None:
+            return None
+        core_bits = np.take(self.bits, e) * uniform
+        h, w = core_bits.shape
+        padded = np.zeros((-(-h // _BLOCK) * _BLOCK, -(-w // _BLOCK) * _BLOCK), core_bits.dtype)
+        padded[:h, :w] = core_bits
+        blocks = np.bitwise_or.reduce(padded.reshape(padded.shape[0], -1, _BLOCK), axis=2)
+        blocks = np.bitwise_or.reduce(blocks.reshape(-1, _BLOCK, blocks.shape[1]), axis=1)
+        for axis in (0, 1):
+            spread = blocks.copy()
+            for shift in range(1, NEAR_BLOCKS + 1):
+                ahead, behind = [slice(None)] * 2, [slice(None)] * 2
+                ahead[axis], behind[axis] = slice(shift, None), slice(None, -shift)
+                spread[tuple(behind)] |= blocks[tuple(ahead)]
+                spread[tuple(ahead)] |= blocks[tuple(behind)]
+            blocks = spread
+        return blocks
+
+    def _off_blends(self, local: int) -> int:
+        """Bits of the present colours that are not a blend of two colours in `local`."""
+        if local not in self._cache:
+            mask = np.array([(local >> j) & 1 for j in range(self.count)], bool)
+            suspect = self.blend[:, mask][:, :, mask].any((1, 2))
+            self._cache[local] = sum(1 << j for j in range(self.count) if not suspect[j])
+        return self._cache[local]
+
+    def allowed(self, near: np.ndarray | None, by: np.ndarray, bx: np.ndarray, own: np.ndarray) -> np.ndarray | None:
+        """Per pixel (block row, block column, own nearest entry), the bits of the colours it may take."""
+        if near is None:
+            return None
+        kinds, which = np.unique(near, return_inverse=True)  # few distinct neighbourhoods: decide each once
+        off_blends = np.array([self._off_blends(int(k)) for k in kinds], near.dtype)[which.reshape(near.shape)]
+        local = near[by, bx]
+        allowed = local | (np.take(self.bits, own) & off_blends[by, bx])
+        allowed[local == 0] = self.all  # no core near at all: any present colour
+        return allowed
+
+    def nearest(self, px: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+        """(N, 3) uint8 colours → the value of the nearest allowed present colour of each."""
+        px = px.astype(np.int32)
+        d2 = np.zeros((len(px), self.count), np.int32)
+        for ch in range(3):
+            diff = px[:, ch:ch + 1] - self.colors[None, :, ch]
+            d2 += diff * diff
+        if allowed is not None:
+            for j in range(self.count):
+                d2[:, j] += ((allowed >> j) & 1 == 0).view(np.uint8).astype(np.int32) << 20  # 2^20 > 3·255²
+        return self.values[d2.argmin(1)]
+
+
+def _cores(mask: np.ndarray, entries: np.ndarray, rows: slice, halo: int) -> tuple[np.ndarray, np.ndarray, slice]:
+    """Nearest palette entry of each pixel of `rows` and `halo` rows of context each side, and whether its 3×3
+    neighbourhood agrees (outside the image counts as agreeing); → (entries, agrees, the rows' slice of them)."""
+    e, inner = _entries_with_halo(mask, entries, rows, halo + 1)
+    uniform = cv2.erode(e, _CORE) == cv2.dilate(e, _CORE)
+    start, stop = max(0, inner.start - halo), min(e.shape[0], inner.stop + halo)  # drop the extra context row
+    return e[start:stop], uniform[start:stop], slice(inner.start - start, inner.stop - start)
 
 
 def _entries_with_halo(mask: np.ndarray, entries: np.ndarray, rows: slice, halo: int) -> tuple[np.ndarray, slice]:

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from conftest import jpeg_damaged, mask_colors, voc_like_mask
 from segprep import lookup
-from segprep.palette import VOC, PaletteError, load_palette
+from segprep.palette import VOC, Palette, PaletteError, load_palette
 
 BG, AERO, BOAT, PERSON, BORDER = (0, 0, 0), (128, 0, 0), (0, 0, 128), (192, 128, 128), (224, 224, 192)
 
@@ -50,26 +51,102 @@ def test_unknown_colours_ignored():
     assert conv.unknown_pixels == 2
 
 
-def test_nearest_snaps_lossy_colours_within_tolerance_only():
-    lossy = mask([[(125, 3, 2), (2, 1, 131)], [(186, 133, 125), (3, 3, 3)]])
-    assert lookup.convert_mask(lossy, VOC, "nearest", 10).classes.tolist() == [[1, 4], [15, 0]]
-    with pytest.raises(lookup.UnknownColorsError):
-        lookup.convert_mask(mask([[(100, 100, 30)]]), VOC, "nearest", 10)
-    # Exact palette colours win over neighbours even when another colour is also near.
-    assert lookup.convert_mask(mask([[(64, 0, 0), (128, 0, 0)]]), VOC, "nearest", 80).classes.tolist() == [[8, 1]]
-
-
-def test_nearest_table_agrees_with_brute_force():
+def test_entry_table_agrees_with_brute_force():
     rng = np.random.default_rng(0)
     colors = np.array(VOC.colors + VOC.ignore_colors)
-    values = np.array(list(range(21)) + [255])
     px = np.clip(colors[rng.integers(0, len(colors), 3000)] + rng.integers(-25, 26, (3000, 3)), 0, 255)
-    table = lookup.build_table(VOC, "nearest", 30.0)
+    table = lookup.build_entry_table(VOC, 30.0)
     keys = (px[:, 0] << 16) | (px[:, 1] << 8) | px[:, 2]
     d2 = ((px[:, None, :] - colors[None]) ** 2).sum(-1)
-    best = d2.argmin(1)
-    want = np.where(d2.min(1) <= 900, values[best], lookup.UNKNOWN)
+    want = np.where(d2.min(1) <= 900, d2.argmin(1), lookup.FAR)
     np.testing.assert_array_equal(table[keys], want)
+
+
+CAT = (64, 0, 0)  # halfway between background (0, 0, 0) and aeroplane (128, 0, 0)
+
+
+@pytest.mark.parametrize("quality", [75, 95])
+def test_nearest_restores_jpeg_damaged_masks_without_inventing_classes(quality):
+    agree = total = 0
+    for i in range(24):
+        truth = voc_like_mask(i)
+        damaged = jpeg_damaged(mask_colors()[truth], quality)
+        got = lookup.convert_mask(damaged, VOC, "nearest").classes  # every mask is restored, none rejected
+        agree += int((got == truth).sum())
+        total += truth.size
+        assert set(np.unique(got).tolist()) <= set(np.unique(truth).tolist())  # never a class that is not there
+    assert agree / total >= 0.999, f"{agree / total:.5f} of pixels restored"
+
+
+def test_ringing_between_background_and_aeroplane_does_not_become_cat():
+    truth = np.zeros((64, 96), np.uint8)
+    truth[:, 43:] = 1  # background | aeroplane, one long edge inside a JPEG block
+    damaged = jpeg_damaged(mask_colors()[truth], 75)
+    nearest_any = lookup.build_entry_table(VOC)[lookup.color_keys(damaged)]
+    assert (nearest_any == 8).sum() >= 64  # a whole line of pixels nearest to cat: the old rule made it "cat"
+    got = lookup.convert_mask(damaged, VOC, "nearest").classes
+    assert (got == truth).mean() >= 0.999 and 8 not in got
+
+
+def test_nearest_keeps_a_real_cat_next_to_its_ringing():
+    truth = np.zeros((64, 96), np.uint8)
+    truth[:, 43:] = 1
+    truth[20:40, 5:25] = 8  # a real cat, 20×20
+    got = lookup.convert_mask(jpeg_damaged(mask_colors()[truth], 75), VOC, "nearest").classes
+    assert (got == 8).sum() >= 0.9 * 400 and (got == truth).mean() >= 0.995
+
+
+def test_nearest_on_a_clean_mask_is_exact_even_for_single_pixels():
+    truth = voc_like_mask(3)
+    truth[5, 5] = 8  # one lone cat pixel: no 3×3 block, but the mask is clean, so it stays
+    conv = lookup.convert_mask(mask_colors()[truth], VOC, "nearest")
+    np.testing.assert_array_equal(conv.classes, truth)
+    assert conv.unknown_pixels == 0
+
+
+def test_nearest_rejects_colours_the_palette_lacks_and_names_them():
+    truth = voc_like_mask(5)
+    truth[100:160, 100:200] = 8
+    no_cat = Palette(tuple(n for i, n in enumerate(VOC.names) if i != 8),
+                     tuple(c for i, c in enumerate(VOC.colors) if i != 8), VOC.ignore_colors)
+    with pytest.raises(lookup.UnknownColorsError, match=r"form areas \(9×9 px or more\) of .*\(64, 0, 0\)"):
+        lookup.convert_mask(jpeg_damaged(mask_colors()[truth], 90), no_cat, "nearest")
+    potsdam = Palette(("impervious", "building"), ((255, 255, 255), (0, 0, 255)))  # the wrong palette altogether
+    with pytest.raises(lookup.UnknownColorsError, match="not compression noise"):
+        lookup.convert_mask(jpeg_damaged(mask_colors()[truth], 90), potsdam, "nearest")
+
+
+def test_error_mode_suggests_nearest_only_for_compression_noise():
+    damaged = jpeg_damaged(mask_colors()[voc_like_mask(1)], 90)
+    with pytest.raises(lookup.UnknownColorsError, match="try --unknown_colors=nearest") as e:
+        lookup.convert_mask(damaged, VOC)
+    assert "compression noise" in str(e.value)
+    wrong = np.full((20, 20, 3), (10, 200, 30), np.uint8)
+    with pytest.raises(lookup.UnknownColorsError) as e:
+        lookup.convert_mask(wrong, VOC)
+    assert "try --unknown_colors=nearest" not in str(e.value) and "--palette" in str(e.value)
+
+
+def test_bands_give_what_one_pass_gives(monkeypatch):
+    masks = [jpeg_damaged(mask_colors()[voc_like_mask(i)], 80) for i in range(4)]
+    whole = [lookup.convert_mask(m, VOC, "nearest").classes for m in masks]
+    monkeypatch.setattr(lookup, "_BAND_PIXELS", 500 * 7)  # 7-row bands: the 3×3 and 9×9 tests straddle them
+    for m, want in zip(masks, whole):
+        np.testing.assert_array_equal(lookup.convert_mask(m, VOC, "nearest").classes, want)
+
+
+def test_off_palette_summary_is_exact_across_bands_and_merges(monkeypatch):
+    rng = np.random.default_rng(4)
+    noise = rng.integers(0, 6, (300, 200, 3)).astype(np.uint8) * 40 + 7  # 216 colours, none on the palette
+    keys = (noise[..., 0].astype(int) << 16) | (noise[..., 1].astype(int) << 8) | noise[..., 2]
+    found, counts = np.unique(keys, return_counts=True)
+    monkeypatch.setattr(lookup, "_BAND_PIXELS", 200 * 11)
+    monkeypatch.setattr(lookup.ColorCounter, "_MERGE_AT", 300)
+    with pytest.raises(lookup.UnknownColorsError) as e:
+        lookup.convert_mask(noise, VOC)
+    assert e.value.pixels == noise.shape[0] * noise.shape[1] and e.value.distinct == found.size
+    top = np.lexsort((found, -counts))[:5]
+    assert e.value.colors == [(lookup.key_color(int(found[i])), int(counts[i])) for i in top]
 
 
 def test_index_masks_pass_known_classes_and_flag_the_rest():
