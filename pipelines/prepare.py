@@ -241,9 +241,11 @@ def run(argv: list[str] | None = None) -> int:
     options = _pipeline_options(beam_args)
     out = args.output_dir.rstrip("/")
     _check_output(out, args.overwrite)
-    if args.input_dir is None:
-        if args.splits:  # check against the sample's lists before making it
-            _check_splits("--splits", args.splits, sample.SPLITS, "the bundled sample lists")
+    if args.input_dir is None:  # check the split flags against the sample's lists before making it
+        names = (_check_splits("--splits", args.splits, sample.SPLITS, "the bundled sample lists") if args.splits
+                 else sample.SPLITS)
+        if args.random_crop_splits is not None:
+            _check_splits("--random_crop_splits", args.random_crop_splits, names, "this run has")
         sample.ensure_sample(SAMPLE_DIR)
     root = run_input(args).rstrip("/")
     lists = _list_splits(root, args.splits)

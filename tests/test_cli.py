@@ -26,6 +26,15 @@ def prepare_cli(*args, cwd):
     (["--crop_sise", "64"], "unknown flag --crop_sise"),
     (["--unknown_colors", "guess"], "invalid choice"),
     (["--palette", "/no/palette.json"], "--palette /no/palette.json"),
+    (["--random_crop_splits", "trian"], "Unknown split trian in --random_crop_splits: this run has train, val"),
+    (["--jpeg_quality", "0"], "--jpeg_quality: must be an integer from 1 to 100"),
+    (["--jpeg_quality", "101"], "--jpeg_quality: must be an integer from 1 to 100"),
+    (["--color_tolerance", "-1"], "--color_tolerance: must be a number > 0"),
+    (["--color_tolerance", "nan"], "--color_tolerance: must be a number > 0"),
+    (["--cat_max_ratio", "0"], "--cat_max_ratio: must be a number > 0 and ≤ 1"),
+    (["--cat_max_ratio", "1.5"], "--cat_max_ratio: must be a number > 0 and ≤ 1"),
+    (["--cat_max_ratio", "nan"], "--cat_max_ratio: must be a number > 0 and ≤ 1"),
+    (["--seed", "-1"], "--seed: must be an integer ≥ 0"),
 ])
 def test_user_mistakes_exit_2_with_one_line(tmp_path, voc_tree, args, message):
     if "--input_dir" not in args:
@@ -35,6 +44,19 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, voc_tree, args, message):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--splits", "nope"], "Unknown split nope in --splits: the bundled sample lists train, val"),
+    (["--jpeg_quality", "0"], "--jpeg_quality"),
+    (["--random_crop_splits", "trian"], "Unknown split trian"),
+    (["--bogus_flag"], "unknown flag --bogus_flag"),
+])
+def test_mistakes_with_the_bundled_sample_write_nothing_not_even_the_sample(tmp_path, args, message):
+    proc = prepare_cli(*args, "--runner=DirectRunner", cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, \
+        proc.stderr
+    assert os.listdir(tmp_path) == []
 
 
 def test_failed_inputs_exit_1_and_name_the_errors_file(tmp_path, voc_tree):

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from conftest import mask_colors, read_records, shard_files, write_lists, write_pair
+from conftest import (grey_png, jpeg_damaged, mask_colors, pil_png, read_records, shard_files, voc_like_mask,
+                      write_lists, write_pair)
 from pipelines import prepare
 from segprep import codec, crops, layout
 from segprep.palette import IGNORE_LABEL
@@ -183,20 +184,90 @@ def test_every_bad_input_becomes_an_error_record_and_good_ones_are_written(voc_t
     assert run(voc_tree.root, tmp_path / "out2", "--crop_size", "64", "--max_failed_inputs", "7") == 0
 
 
-def test_unknown_colours_ignore_and_nearest(voc_tree, tmp_path):
-    root = voc_tree.root
-    classes = voc_tree.classes["t1"]
-    colors = mask_colors()[classes].astype(int)
-    lossy = np.clip(colors + np.random.default_rng(0).integers(-6, 7, colors.shape), 0, 255).astype(np.uint8)
-    with open(layout.mask_path(root, "t1"), "wb") as f:
-        f.write(codec.encode_image(lossy, "png"))
-    write_lists(root, {"train": ["t1"]})
+def stitch(records, image_id, shape, crop):
+    """The class map of `image_id` put back together from its tiles."""
+    canvas = np.full((shape[0] + crop, shape[1] + crop), 77, np.uint8)
+    for r in records:
+        if r["image/source_id"].decode() == image_id:
+            y, x = r["image/crop/offset"]
+            canvas[y:y + crop, x:x + crop] = r["mask"]
+    return canvas[:shape[0], :shape[1]]
+
+
+def _tree(root, masks: dict, kinds: dict | None = None):
+    """A val-only VOC tree: id → class map, written with mask bytes from `kinds[id]` (default: colour PNG)."""
+    rng = np.random.default_rng(11)
+    for image_id, classes in masks.items():
+        image = rng.integers(0, 255, classes.shape + (3,), dtype=np.uint8)
+        write_pair(root, image_id, image, classes)
+        if kinds and image_id in kinds:
+            with open(layout.mask_path(root, image_id), "wb") as f:
+                f.write(kinds[image_id])
+    write_lists(root, {"val": list(masks)})
+
+
+def test_jpeg_damaged_colour_masks_error_by_default_and_nearest_restores_them(tmp_path):
+    root = str(tmp_path / "voc")
+    truth = {f"m{i}": voc_like_mask(i, 200, 260) for i in range(6)}
+    damaged = {k: codec.encode_image(jpeg_damaged(mask_colors()[m], q), "png")
+               for (k, m), q in zip(truth.items(), (75, 80, 85, 90, 95, 75))}
+    _tree(root, truth, damaged)
     assert run(root, tmp_path / "err", "--crop_size", "64") == 1
-    assert run(root, tmp_path / "near", "--crop_size", "64", "--crops_per_image", "3",
-               "--unknown_colors", "nearest") == 0
-    for r in read_records(shard_files(str(tmp_path / "near"), "train")):
-        y, x = r["image/crop/offset"]
-        np.testing.assert_array_equal(r["mask"], crops.cut(classes, crops.CropBox(y, x, 64, 64), 255))
+    errors = [json.loads(line) for line in open(tmp_path / "err" / "errors" / "val.jsonl")]
+    assert len(errors) == 6 and all("try --unknown_colors=nearest" in e["error"] for e in errors)
+
+    assert run(root, tmp_path / "near", "--crop_size", "64", "--unknown_colors", "nearest") == 0
+    records = read_records(shard_files(str(tmp_path / "near"), "val"))
+    agree = total = 0
+    for image_id, classes in truth.items():  # every image written, ≥ 99.9 % of pixels as drawn, no new class
+        got = stitch(records, image_id, classes.shape, 64)
+        agree += int((got == classes).sum())
+        total += classes.size
+        assert set(np.unique(got).tolist()) <= set(np.unique(classes).tolist())
+    assert agree / total >= 0.999
+    meta = metadata(tmp_path / "near")["splits"]["val"]
+    assert meta["images_used"] == 6 and meta["unknown_pixels_snapped"] > 0 and meta["unknown_pixels_ignored"] == 0
+
     assert run(root, tmp_path / "ign", "--crop_size", "64", "--unknown_colors", "ignore") == 0
-    meta = metadata(tmp_path / "ign")["splits"]["train"]
-    assert meta["unknown_pixels_ignored"] > 0.5 * classes.size
+    assert metadata(tmp_path / "ign")["splits"]["val"]["unknown_pixels_ignored"] > 0
+
+
+def test_low_bit_and_16bit_masks_keep_their_class_ids(tmp_path):
+    root = str(tmp_path / "voc")
+    rng = np.random.default_rng(5)
+    truth, data = {}, {}
+    for image_id, top, make in (
+            ("grey1", 1, lambda m: pil_png(m, "1")), ("grey2", 3, lambda m: grey_png(m, 2)),
+            ("grey4", 15, lambda m: grey_png(m, 4)), ("grey16", 20, lambda m: pil_png(m, "I;16")),
+            ("pal1", 1, lambda m: pil_png(m, "P", 1, mask_colors()[:2])),
+            ("pal4", 15, lambda m: pil_png(m, "P", 4, mask_colors()[:16]))):
+        blocks = rng.integers(0, top + 1, (6, 7)).astype(np.uint8)
+        truth[image_id] = np.kron(blocks, np.ones((13, 11), np.uint8))
+        data[image_id] = make(truth[image_id])
+    _tree(root, truth, data)
+    assert run(root, tmp_path / "out", "--crop_size", "32") == 0
+    records = read_records(shard_files(str(tmp_path / "out"), "val"))
+    for image_id, classes in truth.items():
+        np.testing.assert_array_equal(stitch(records, image_id, classes.shape, 32), classes, err_msg=image_id)
+
+
+def test_a_phone_jpeg_with_a_trailer_is_written(voc_tree, tmp_path):
+    with open(layout.image_path(voc_tree.root, "t1"), "ab") as f:
+        f.write(b"\x00\x00\x00\x18ftypmp42" + np.random.default_rng(0).bytes(300_000))  # a Motion Photo's video
+    assert run(voc_tree.root, tmp_path / "out", "--crop_size", "64", "--crops_per_image", "2") == 0
+    assert metadata(tmp_path / "out")["splits"]["train"]["images_used"] == 3
+
+
+def test_num_shards_n_writes_exactly_n_files_per_split_empty_ones_included(voc_tree, tmp_path):
+    out = tmp_path / "out"
+    assert run(voc_tree.root, out, "--crop_size", "64", "--crops_per_image", "1", "--num_shards", "7",
+               "--compress") == 0
+    meta = metadata(out)
+    for split, crops_written in (("train", 3), ("val", 5)):
+        names = [layout.shard_name(split, i, 7, compressed=True) for i in range(7)]
+        assert [os.path.basename(f) for f in shard_files(str(out), split)] == names == meta["splits"][split]["shards"]
+        per_shard = [len(read_records([os.path.join(out, n)])) for n in names]
+        assert per_shard == meta["splits"][split]["shard_records"] and sum(per_shard) == crops_written
+        assert 0 in per_shard  # fewer crops than shards: some are empty, and still there
+
+
