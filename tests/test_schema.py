@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from segprep import codec, schema
@@ -41,3 +42,33 @@ def test_large_and_negative_integers_round_trip():
 def test_equal_records_are_equal_bytes():
     a = schema.CropRecord("a", b"1", "jpeg", b"2", 1, 1, (0, 0), 1, 1)
     assert a.serialize() == schema.CropRecord("a", b"1", "jpeg", b"2", 1, 1, (0, 0), 1, 1).serialize()
+
+
+BAD_INTS = [2**63, -2**63 - 1, 2**70, -2**64 - 5, 1.5, 2.0, "5", np.float32(1)]
+
+
+@pytest.mark.parametrize("value", BAD_INTS, ids=repr)
+def test_int64_values_tf_rejects_are_rejected_the_same_way(value):
+    with pytest.raises((TypeError, ValueError)) as tf_error:
+        tf.train.Int64List(value=[value])
+    with pytest.raises(tf_error.type):
+        schema.encode_example({schema.IMAGE_HEIGHT: [value]})
+
+
+@pytest.mark.parametrize("value", [2**63 - 1, -2**63, 0, -1, True, np.int64(7), np.uint8(200)], ids=repr)
+def test_int64_values_tf_accepts_round_trip(value):
+    data = schema.encode_example({schema.IMAGE_HEIGHT: [value]})
+    assert tf.train.Example.FromString(data).features.feature[schema.IMAGE_HEIGHT].int64_list.value == [int(value)]
+
+
+@pytest.mark.parametrize("value", ["text", 5, bytearray(b"x")], ids=repr)
+def test_bytes_features_take_bytes_only(value):
+    with pytest.raises(TypeError, match="expected bytes"):
+        schema.encode_example({schema.IMAGE_ENCODED: [value]})
+
+
+def test_unknown_keys_and_wrong_value_counts_are_refused():
+    with pytest.raises(KeyError, match="not a record key"):
+        schema.encode_example({"image/label": [1]})
+    with pytest.raises(ValueError, match="holds 2 values. Received: 1"):
+        schema.encode_example({schema.CROP_OFFSET: [3]})

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from conftest import read_records, shard_files
 from pipelines import prepare
-from segprep import codec
+from segprep import codec, layout
 from segprep.palette import VOC
 from trainer import data, evaluate, predict, schedules, train
 from trainer.model import build_model
@@ -226,6 +226,18 @@ def test_clear_errors(records, tmp_path):
     with pytest.raises(train.UsageError, match="classes"):
         train.fit(build_model(5, 64, width=8), records, str(tmp_path / "r2"), _cfg(), verbose=0)
     assert train.main(["--data_dir", str(tmp_path / "nothing")]) == 2
+
+
+def test_a_split_whose_inputs_all_failed_is_named_not_trained_on(voc_tree, tmp_path):
+    for image_id in voc_tree.splits["val"]:
+        os.remove(layout.mask_path(voc_tree.root, image_id))
+    out = str(tmp_path / "out")
+    assert prepare.run(["--input_dir", voc_tree.root, "--output_dir", out, "--crop_size", "64",
+                        "--runner=DirectRunner"]) == 1
+    meta = data.load_metadata(out)
+    assert meta["splits"]["val"]["shards"] == ["val-00000-of-00001.tfrecord"]  # one empty shard, as named
+    with pytest.raises(data.DataError, match="Split 'val' .* has no records"):
+        data.make_dataset(out, "val", 2, training=False)
 
 
 def test_short_training_on_the_sample_beats_an_all_background_predictor(tmp_path):

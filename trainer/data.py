@@ -50,6 +50,9 @@ def split_files(meta: dict, data_dir: str, split: str) -> list[str]:
         files = md.shard_paths(meta, data_dir.rstrip("/"), split)
     except md.MetadataError as e:
         raise DataError(str(e)) from None
+    if files and not md.split(meta, split)["records"]:
+        raise DataError(f"Split {split!r} in {data_dir} has no records: every input of it failed or none was listed "
+                        f"(see {data_dir.rstrip('/')}/errors/{split}.jsonl).")
     missing = [f for f in files if not tf.io.gfile.exists(f)]
     if missing or not files:
         pattern = f"{data_dir.rstrip('/')}/{split}-?????-of-?????.tfrecord*"
@@ -153,7 +156,7 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
     inputs = inputs or {"image": 1}
     targets = targets or {"main": 1}
     norm = normalizer(meta, normalization)
-    compression = "GZIP" if meta.get("compression") == "gzip" else None
+    compression = md.compression_type(meta)
 
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training:

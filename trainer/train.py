@@ -138,9 +138,8 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
         history = model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps, validation_data=val_ds,
                             validation_steps=val_steps, callbacks=callbacks, verbose=verbose)
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-        compression = "GZIP" if meta.get("compression") == "gzip" else None
         files = data.split_files(meta, data_dir, cfg.train_split) + data.split_files(meta, data_dir, cfg.val_split)
-        broken = data.find_corrupt(files, compression)
+        broken = data.find_corrupt(files, md.compression_type(meta))
         if broken is None:
             raise
         raise data.DataError(f"Corrupt shard {broken}. Re-run `python -m pipelines.prepare --overwrite`.") from e

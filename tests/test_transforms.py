@@ -1,0 +1,187 @@
+"""Each Beam stage on its own, with TestPipeline and assert_that (as Beam's own examples test theirs), and the
+finishing step's retries. The end-to-end runs are in test_prepare.py."""
+
+import os
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.io.tfrecordio import _TFRecordUtil
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from conftest import mask_colors
+from pipelines import output
+from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodePairs, Finalize, MergeStats, PairBytes, ReadPairs,
+                                  ShardResult, SpreadCrops, WriteShards, auto_shard_count)
+from segprep import codec, layout
+from segprep.convert import ConvertConfig, Stats
+from segprep.palette import VOC
+
+
+def raw_records(path):
+    """The records of one TFRecord file, read by TensorFlow."""
+    import tensorflow as tf
+
+    return [r.numpy() for r in tf.data.TFRecordDataset(path)]
+
+
+def pipeline():
+    return BeamTestPipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
+
+
+def test_read_pairs_reads_bytes_and_reports_missing_files(voc_tree):
+    os.remove(layout.mask_path(voc_tree.root, "t2"))
+    want = [PairBytes("train", i, open(layout.image_path(voc_tree.root, i), "rb").read(),
+                      open(layout.mask_path(voc_tree.root, i), "rb").read()) for i in ("t1", "t3")]
+    with pipeline() as p:
+        result = (p | beam.Create([("train", "t1"), ("train", "t2"), ("train", "t3"), ("train", "nope")])
+                  | ReadPairs(voc_tree.root))
+        assert_that(result.pairs, equal_to(want), label="pairs")
+        assert_that(result[ERRORS] | beam.Map(lambda e: (e.image_id, e.reason)),
+                    equal_to([("t2", "missing_mask"), ("nope", "missing_image")]), label="errors")
+
+
+def test_decode_pairs_converts_masks_and_reports_bad_ones():
+    classes = np.array([[0, 1, 1], [4, 255, 15]], np.uint8)
+    image = codec.encode_image(np.full((2, 3, 3), 90, np.uint8), "png")
+    good = codec.encode_image(mask_colors()[classes], "png")
+    off = codec.encode_image(np.full((2, 3, 3), 33, np.uint8), "png")
+    pairs = [PairBytes("val", "good", image, good), PairBytes("val", "off", image, off),
+             PairBytes("val", "cut", image[:40], good)]
+    with pipeline() as p:
+        result = p | beam.Create(pairs) | DecodePairs("root", ConvertConfig())
+        assert_that(result.decoded | beam.MapTuple(lambda key, d: (key, d[1].tobytes(), d[2].images)),
+                    equal_to([(("val", "good"), classes.tobytes(), 1)]), label="decoded")
+        assert_that(result[ERRORS] | beam.Map(lambda e: (e.image_id, e.reason, e.files)),
+                    equal_to([("off", "unknown_colors", ("root/JPEGImages/off.jpg", "root/SegmentationClass/off.png")),
+                              ("cut", "bad_image", ("root/JPEGImages/cut.jpg", "root/SegmentationClass/cut.png"))]),
+                    label="errors")
+
+
+def test_cut_crops_gives_random_crops_to_training_splits_and_tiles_to_others():
+    image = np.zeros((100, 130, 3), np.uint8)
+    classes = np.zeros((100, 130), np.uint8)
+    source = Stats(images=1, source_pixels=classes.size)
+    config = ConvertConfig(crop_size=64, crops_per_image=5)
+    decoded = [(("train", "a"), (image, classes, source)), (("val", "b"), (image, classes, source))]
+    with pipeline() as p:
+        result = p | beam.Create(decoded) | CutCrops(config, frozenset({"train"}))
+        assert_that(result.crops | beam.MapTuple(lambda split, c: (split, c[0], c[1])),
+                    equal_to([("train", "a", k) for k in range(5)] + [("val", "b", k) for k in range(6)]),
+                    label="crops")
+        assert_that(result[STATS] | beam.MapTuple(lambda split, s: (split, s.images, s.crops, s.source_pixels)),
+                    equal_to([("train", 1, 5, 13000), ("val", 1, 6, 13000)]), label="stats")
+
+
+def _crops(count, size=100):
+    return [("train", (f"img{i % 3}", i, bytes([i]) * size)) for i in range(count)]
+
+
+def test_spread_crops_fixed_count_groups_every_crop_once_with_distinct_orders():
+    def summary(groups):
+        keys = sorted(key for key, _ in groups)
+        crops = sorted(data[0] for _, records in groups for _, data in records)
+        orders = [order for _, records in groups for order, _ in records]
+        return keys, crops, len(set(orders)) == len(orders)
+
+    with pipeline() as p:
+        grouped = p | beam.Create(_crops(30)) | SpreadCrops(seed=0, num_shards=3)
+        assert_that(grouped | beam.MapTuple(lambda key, records: (key, list(records))) | beam.combiners.ToList()
+                    | beam.Map(summary),
+                    equal_to([([("train", 0, 3), ("train", 1, 3), ("train", 2, 3)], list(range(30)), True)]))
+
+
+def test_spread_crops_automatic_count_follows_the_bytes():
+    assert auto_shard_count(0, 250) == 1 and auto_shard_count(1000, 250) == 4 and auto_shard_count(1001, 250) == 5
+    with pipeline() as p:
+        grouped = p | beam.Create(_crops(10)) | SpreadCrops(seed=0, num_shards=0, target_shard_bytes=250)
+        assert_that(grouped | beam.MapTuple(lambda key, records: key[2]) | beam.Distinct(), equal_to([4]))
+
+
+def test_write_shards_writes_records_in_order_key_order(tmp_path):
+    temp = str(tmp_path / "tmp")
+    os.makedirs(temp)
+    groups = [(("train", 1, 2), [(30, b"c"), (10, b"a"), (20, b"b")]), (("val", 0, 1), [(5, b"z")])]
+    with pipeline() as p:
+        results = p | beam.Create(groups) | WriteShards(temp, compressed=False)
+        assert_that(results, equal_to([
+            ShardResult("train", 1, 2, "train-00001-of-00002.tfrecord", f"{temp}/train-00001-of-00002.tfrecord", 3, 3),
+            ShardResult("val", 0, 1, "val-00000-of-00001.tfrecord", f"{temp}/val-00000-of-00001.tfrecord", 1, 1)]))
+    assert raw_records(f"{temp}/train-00001-of-00002.tfrecord") == [b"a", b"b", b"c"]
+
+
+def test_merge_stats_adds_exactly():
+    parts = [("train", Stats(images=1, crops=2, rgb_pixels=5, rgb_sum=np.array([1, 2, 3]))),
+             ("train", Stats(images=1, crops=3, rgb_pixels=7, rgb_sum=np.array([10, 20, 30]))),
+             ("val", Stats(images=1, crops=1))]
+    with pipeline() as p:
+        merged = p | beam.Create(parts) | beam.CombinePerKey(MergeStats())
+        assert_that(merged | beam.MapTuple(lambda s, st: (s, st.images, st.crops, st.rgb_pixels, st.rgb_sum.tolist())),
+                    equal_to([("train", 2, 5, 12, [11, 22, 33]), ("val", 1, 1, 0, [0, 0, 0])]))
+
+
+# --- finishing: Finalize as a stage, and output.finalize run again as a runner's retry would ---------------------
+
+def _run_spec(out, num_shards=3):
+    return output.RunSpec(output_dir=str(out), temp_dir=f"{out}/{layout.TEMP_PREFIX}test", splits=("train", "val"),
+                          random_splits=("train",), listed={"train": 2, "val": 1}, palette=VOC, crop_size=64,
+                          image_format="jpeg", compressed=False, seed=0, num_shards=num_shards, flags={},
+                          started=0.0)
+
+
+def _write_temp_shards(run, layout_by_split):
+    """Real shard files in the run's temp dir; → their ShardResults."""
+    os.makedirs(run.temp_dir, exist_ok=True)
+    results = []
+    for split, shards in layout_by_split.items():
+        for shard, records in shards.items():
+            name = layout.shard_name(split, shard, run.num_shards)
+            with open(f"{run.temp_dir}/{name}", "wb") as f:
+                for r in records:
+                    _TFRecordUtil.write_record(f, r)
+            results.append(ShardResult(split, shard, run.num_shards, name, f"{run.temp_dir}/{name}", len(records),
+                                       sum(map(len, records))))
+    return results
+
+
+def test_finalize_stage_moves_shards_adds_empty_ones_and_writes_metadata_last(tmp_path):
+    run = _run_spec(tmp_path / "out")
+    shards = _write_temp_shards(run, {"train": {0: [b"x", b"y"], 2: [b"z"]}})
+    with pipeline() as p:
+        meta = {"shards": p | "S" >> beam.Create(shards),
+                "stats": p | "T" >> beam.Create([("train", Stats(images=2, crops=3))]),
+                "errors": p | "E" >> beam.Create([])} | Finalize(lambda sh, st, er: output.finalize(run, sh, st, er))
+        assert_that(meta | beam.Map(lambda m: (m["splits"]["train"]["shard_records"],
+                                               m["splits"]["val"]["shard_records"])),
+                    equal_to([([2, 0, 1], [0, 0, 0])]))
+    names = sorted(os.listdir(run.output_dir))
+    assert names == ["metadata.json"] + [layout.shard_name(s, i, 3) for s in ("train", "val") for i in range(3)]
+    assert raw_records(f"{run.output_dir}/train-00001-of-00003.tfrecord") == []  # empty, and a valid shard
+    assert raw_records(f"{run.output_dir}/train-00002-of-00003.tfrecord") == [b"z"]
+
+
+def test_finalize_run_again_after_a_partial_attempt_completes_it(tmp_path):
+    run = _run_spec(tmp_path / "out")
+    shards = _write_temp_shards(run, {"train": {0: [b"a"], 1: [b"b", b"c"]}, "val": {0: [b"d"]}})
+    # A first attempt moved one shard and died.
+    os.rename(f"{run.temp_dir}/train-00000-of-00003.tfrecord", f"{run.output_dir}/train-00000-of-00003.tfrecord")
+    first = output.finalize(run, shards, [], [])
+    again = output.finalize(run, shards, [], [])  # and a retry after a finished attempt changes nothing
+    for meta in (first, again):
+        assert meta["splits"]["train"]["shard_records"] == [1, 2, 0]
+        assert meta["splits"]["val"]["shard_records"] == [1, 0, 0]
+    assert raw_records(f"{run.output_dir}/train-00001-of-00003.tfrecord") == [b"b", b"c"]
+    assert not os.path.exists(run.temp_dir)
+    assert sorted(n for n in os.listdir(run.output_dir) if layout.is_shard(n)) == \
+        [layout.shard_name(s, i, 3) for s in ("train", "val") for i in range(3)]
+
+
+def test_finalize_refuses_to_invent_a_shard_that_was_written_and_lost(tmp_path):
+    run = _run_spec(tmp_path / "out")
+    shards = _write_temp_shards(run, {"train": {0: [b"a"]}})
+    os.remove(f"{run.temp_dir}/train-00000-of-00003.tfrecord")
+    with pytest.raises(RuntimeError, match="train-00000-of-00003.tfrecord is neither in"):
+        output.finalize(run, shards, [], [])
+    assert not os.path.exists(f"{run.output_dir}/metadata.json")
