@@ -6,14 +6,15 @@
     ./dev bench memory          # (c) peak RSS for one 10,000 × 10,000 tile
     ./dev bench input           # (d, e) trainer input pipeline vs the seed recipe's loader and vs training
     ./dev bench train           # (d, e, f) and the val mIoU of the default training run (10 minutes)
+    ./dev bench masks           # (g) restoring JPEG-damaged masks with --unknown_colors=nearest
 """
 
 import sys
 
-from benchmarks import bench_lookup, bench_memory, bench_prepare, bench_train
+from benchmarks import bench_lookup, bench_masks, bench_memory, bench_prepare, bench_train
 
 ALL = {"lookup": bench_lookup.main, "prepare": bench_prepare.main, "memory": bench_memory.main,
-       "input": lambda: bench_train.main(("input",)), "train": bench_train.main}
+       "input": lambda: bench_train.main(("input",)), "train": bench_train.main, "masks": bench_masks.main}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or [n for n in ALL if n != "input"]

@@ -1,8 +1,17 @@
 """(c) Peak resident memory of `python -m pipelines.prepare` on one 10,000 × 10,000 JPEG + colour mask with auto
-crops (~1,526 crops), interpreter and Beam included. Goal: ≤ 2 GB.
+crops (~1,526 crops), interpreter and Beam included, in three cases side by side:
+
+  - a good mask (VOC colours, default --unknown_colors=error);
+  - the same mask under the wrong --palette: every pixel off the palette, so the run takes the error path
+    (counting and naming the off-palette colours) and writes an error record;
+  - the mask after one trip through JPEG (quality 90) with --unknown_colors=nearest: the restoring path.
+
+Goal: ≤ 2 GB in every case.
 """
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,25 +53,49 @@ def make_tile(root):
     cv2.imwrite(layout.mask_path(root, "tile"), bgr)
     with open(layout.split_path(root, "train"), "w") as f:
         f.write("tile\n")
+    return bgr
+
+
+def run_case(root, out, *flags):
+    """→ (seconds, peak RSS in MiB, crops written, exit status) of one prepare run in a fresh process."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _WRAPPER, "--input_dir", root, "--output_dir", out,
+                           "--runner=DirectRunner", *flags], env=env, capture_output=True, text=True)
+    secs = time.perf_counter() - t
+    if proc.returncode not in (0, 1):
+        sys.exit(proc.stderr)
+    peak = int(proc.stderr.split("VmHWM:")[1].split()[0]) / 1024  # kB → MiB
+    crops = proc.stdout.split(" crops in ")[0].rsplit(" ", 1)[-1]
+    return secs, peak, crops, proc.returncode
 
 
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.join(tmp, "voc")
-        make_tile(root)
+        bgr = make_tile(root)
         sizes = [os.path.getsize(layout.image_path(root, "tile")), os.path.getsize(layout.mask_path(root, "tile"))]
-        env = dict(os.environ, PYTHONPATH=REPO)
-        t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", _WRAPPER, "--input_dir", root, "--output_dir",
-                               os.path.join(tmp, "out"), "--runner=DirectRunner"], check=True, env=env,
-                              capture_output=True, text=True)
-        secs = time.perf_counter() - t
-    out = proc.stdout
-    peak = int(proc.stderr.split("VmHWM:")[1].split()[0]) / 1024  # kB → MiB
-    crops = out.split(" crops in ")[0].rsplit(" ", 1)[-1]
-    print(f"(c) one {SIDE:,}² tile (JPEG {sizes[0] >> 20} MiB, mask PNG {sizes[1] >> 20} MiB), auto crops: "
-          f"{crops} crops in {secs:.1f} s, peak RSS {peak:,.0f} MiB (goal ≤ 2,048 MiB; the decoded image alone is "
-          f"{SIDE * SIDE * 3 >> 20} MiB)")
+        palette = os.path.join(tmp, "potsdam.json")
+        with open(palette, "w") as f:  # no VOC colour in it: every mask pixel is off this palette
+            json.dump({"names": ["impervious", "building", "low_vegetation", "tree", "car", "clutter"],
+                       "colors": [[255, 255, 255], [0, 0, 255], [0, 255, 255], [0, 255, 0], [255, 255, 0],
+                                  [255, 0, 0]]}, f)
+        lossy_root = os.path.join(tmp, "lossy")
+        shutil.copytree(root, lossy_root)
+        ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        cv2.imwrite(layout.mask_path(lossy_root, "tile"), cv2.imdecode(jpeg, cv2.IMREAD_COLOR))
+        del bgr, jpeg
+        cases = [("good mask", root, ()),
+                 ("off-palette mask (error path)", root, ("--palette", palette)),
+                 ("JPEG-damaged mask, nearest", lossy_root, ("--unknown_colors", "nearest"))]
+        results = [(name, *run_case(r, os.path.join(tmp, f"out{i}"), *flags))
+                   for i, (name, r, flags) in enumerate(cases)]
+    print(f"(c) one {SIDE:,}² tile (JPEG {sizes[0] >> 20} MiB, mask PNG {sizes[1] >> 20} MiB), auto crops; the "
+          f"decoded image alone is {SIDE * SIDE * 3 >> 20} MiB; goal ≤ 2,048 MiB peak RSS in each case:")
+    for name, secs, peak, crops, status in results:
+        print(f"    {name:32s} peak RSS {peak:6,.0f} MiB  {secs:5.1f} s  {crops:>5s} crops  exit {status}")
+    good = results[0][2]
+    print(f"    error path / good = {results[1][2] / good:.2f}×, nearest / good = {results[2][2] / good:.2f}×")
 
 
 if __name__ == "__main__":

@@ -275,20 +275,30 @@ def report(meta: dict, out: str, seconds: float, max_failed: int) -> int:
     images = sum(s["images_used"] for s in splits.values())
     failed = sum(s["inputs_failed"] for s in splits.values())
     mpx = sum(s["source_pixels"] for s in splits.values()) / 1e6
-    lines = [f"prepare: {images} images → {crops} crops in "
-             f"{sum(len(s['shards']) for s in splits.values())} shards, {failed} failed, {seconds:.1f} s "
-             f"({crops / max(seconds, 1e-9):.1f} crops/s, {mpx / max(seconds, 1e-9):.2f} source Mpx/s) → {out}"]
+    shards = sum(len(s["shards"]) for s in splits.values())
+    lines = [f"prepare: {images} images → {crops} crops in {_plural(shards, 'shard')}, {failed} failed, "
+             f"{seconds:.1f} s ({crops / max(seconds, 1e-9):.1f} crops/s, {mpx / max(seconds, 1e-9):.2f} source "
+             f"Mpx/s) → {out}"]
     for name, s in splits.items():
-        lines.append(f"  {name}: {s['images_used']}/{s['images_listed']} images, {s['records']} crops "
-                     f"({s['crop_mode']}), {len(s['shards'])} shards"
-                     + (f", {s['inputs_failed']} failed → {layout.join(out, s['errors_file'])}"
-                        if s["inputs_failed"] else ""))
+        notes = [f"{s['images_used']}/{s['images_listed']} images", f"{s['records']} crops ({s['crop_mode']})",
+                 _plural(len(s["shards"]), "shard")]
+        for key, what in (("unknown_pixels_snapped", "snapped to a present palette colour"),
+                          ("unknown_pixels_ignored", "ignored (255)")):
+            if s.get(key):
+                notes.append(f"{s[key]:,} off-palette mask pixels {what}")
+        if s["inputs_failed"]:
+            notes.append(f"{s['inputs_failed']} failed → {layout.join(out, s['errors_file'])}")
+        lines.append(f"  {name}: " + ", ".join(notes))
     print("\n".join(lines))
     if failed > max_failed:
         print(f"prepare: {failed} inputs failed (allowed: {max_failed}); every other input was written. "
               "See the errors files above.", file=sys.stderr)
         return 1
     return 0
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def main(argv: list[str] | None = None) -> int:

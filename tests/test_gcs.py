@@ -48,8 +48,9 @@ def test_prepare_reads_and_writes_gcs(gcs, voc_tree, tmp_path):
     upload(voc_tree.root, f"{gcs}/voc")
     out = f"{gcs}/records"
     assert prepare.run(["--input_dir", f"{gcs}/voc", "--output_dir", out, "--crop_size", "64",
-                        "--crops_per_image", "2", "--runner=DirectRunner"]) == 0
+                        "--crops_per_image", "2", "--num_shards", "8", "--runner=DirectRunner"]) == 0
     meta = json.loads(FileSystems.open(f"{out}/metadata.json").read())
+    assert 0 in meta["splits"]["train"]["shard_records"]  # 6 crops in 8 shards: empty ones are written too
     local = tmp_path / "shards"
     local.mkdir()
     for name in meta["splits"]["train"]["shards"]:
