@@ -45,6 +45,14 @@ class ConvertConfig:
         if self.unknown_colors not in lookup.UNKNOWN_MODES:
             raise ValueError(f"unknown_colors must be one of {', '.join(lookup.UNKNOWN_MODES)}. "
                              f"Received: {self.unknown_colors!r}")
+        if self.unknown_colors == "nearest" and len(self.palette.colors) + len(self.palette.ignore_colors) >= lookup.FAR:
+            raise ValueError(f"--unknown_colors=nearest handles palettes of up to {lookup.FAR - 1} colours (classes "
+                             "and ignore colours).")
+        if not 0 < self.color_tolerance <= lookup.MAX_TOLERANCE:
+            raise ValueError(f"color_tolerance must be in (0, {lookup.MAX_TOLERANCE:g}]. Received: "
+                             f"{self.color_tolerance}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100. Received: {self.jpeg_quality}")
         if self.image_format not in ("jpeg", "png"):
             raise ValueError(f"image_format must be 'jpeg' or 'png'. Received: {self.image_format!r}")
         if not 0.0 < self.cat_max_ratio <= 1.0:

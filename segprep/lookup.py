@@ -221,11 +221,13 @@ def convert_mask(mask: np.ndarray, palette: Palette, mode: str = "error",
     if mode == "nearest":
         return Conversion(snap_to_present(mask, palette, tolerance, out=values), count)
     top, distinct, keys, counts = counter.result()
-    near = int(counts[np.take(build_entry_table(palette, DEFAULT_TOLERANCE), keys) != FAR].sum())
+    near = 0
+    if len(palette.colors) + len(palette.ignore_colors) < FAR:  # palettes "nearest" can take
+        near = int(counts[np.take(build_entry_table(palette, tolerance), keys) != FAR].sum())
     if near >= 0.5 * count:
         raise UnknownColorsError(
             count, top, distinct=distinct,
-            advice=f"{100 * near / count:.0f}% of them lie within {DEFAULT_TOLERANCE:g} of a palette colour, as "
+            advice=f"{100 * near / count:.0f}% of them lie within {tolerance:g} of a palette colour, as "
                    "compression noise does (a mask saved as JPEG once): try --unknown_colors=nearest.")
     raise UnknownColorsError(count, top, distinct=distinct)
 

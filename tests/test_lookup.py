@@ -191,3 +191,14 @@ def test_bad_palette_files_say_what_is_wrong(tmp_path, text, message):
 def test_colorize_is_the_inverse_of_the_lookup():
     idx = np.arange(21, dtype=np.uint8).reshape(3, 7)
     np.testing.assert_array_equal(lookup.convert_mask(VOC.colorize(idx), VOC).classes, idx)
+
+
+def test_nearest_refuses_a_palette_too_big_to_index_and_error_mode_still_works():
+    from segprep.convert import ConvertConfig
+
+    colors = tuple((i, 0, 0) for i in range(254))
+    big = Palette(tuple(f"c{i}" for i in range(254)), colors, ((0, 1, 0), (0, 2, 0)))  # 256 colours in all
+    with pytest.raises(ValueError, match="up to 254 colours"):
+        ConvertConfig(palette=big, unknown_colors="nearest")
+    with pytest.raises(lookup.UnknownColorsError, match="off the palette"):
+        lookup.convert_mask(np.full((4, 4, 3), (0, 9, 9), np.uint8), big)
