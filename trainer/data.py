@@ -142,7 +142,8 @@ def normalizer(meta: dict, mode: str = "dataset"):
 def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
                  inputs: dict[str, int] | None = None, targets: dict[str, int] | None = None,
                  aug: Augment = Augment(), normalization: str = "model", seed: int | None = None,
-                 shuffle_buffer: int = 2048, meta: dict | None = None) -> tf.data.Dataset:
+                 shuffle_buffer: int = 2048, meta: dict | None = None,
+                 drop_remainder: bool | None = None) -> tf.data.Dataset:
     """Batches of ({input name: image}, {output name: mask}) for `split`.
 
     `normalization` is "model" (uint8 as decoded, for models that normalise themselves, as trainer.model's
@@ -185,7 +186,7 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
         return feats, labels
 
     ds = ds.map(decode_one, num_parallel_calls=AUTOTUNE, deterministic=not training)
-    ds = ds.batch(batch_size, drop_remainder=training)
+    ds = ds.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)
     ds = ds.map(to_batch, num_parallel_calls=AUTOTUNE, deterministic=not training)
     if not training:
         ds = ds.repeat()

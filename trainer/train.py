@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 
 import keras
@@ -25,12 +26,12 @@ import tensorflow as tf
 from segprep import metadata as md
 from segprep import cli
 from segprep.cli import Parser, UsageError, examples
-from trainer import data, schedules
+from trainer import data, distribute, loop, schedules
 from trainer.model import ARCHS, build_model
 
 DEFAULT_DATA = "data/records"
 RUNS = "runs"
-BEST_METRIC = "val_main_miou"
+BEST_METRIC = loop.BEST_METRIC
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", default=DEFAULT_DATA, help="prepare's --output_dir (default: %(default)s)")
     p.add_argument("--model_dir", help="run dir, local or gs:// (default: runs/<data>-<hash of the flags>)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="(default: %(default)s)")
-    p.add_argument("--batch_size", type=int, default=TrainConfig.batch_size, help="(default: %(default)s)")
-    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--batch_size", type=int, default=TrainConfig.batch_size,
+                   help="crops per step on each replica; the global batch is this × replicas (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=TrainConfig.lr,
+                   help="peak learning rate for one replica; with N replicas it is N × this, as the global batch "
+                        "is N × --batch_size (default: %(default)s)")
     p.add_argument("--warmup_epochs", type=int, default=0,
                    help="the seed recipe's per-epoch warm-up: lr·i/num for epochs i < num (default: off)")
     p.add_argument("--warmup_steps", type=int, default=None,
@@ -71,7 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aug_rotate", type=float, default=15.0,
                    help="max random rotation in degrees, 0 to disable (default: %(default)s)")
     p.add_argument("--no_flip", action="store_true", help="turn off random left-right flips")
-    p.add_argument("--overwrite", action="store_true", help="start over in a --model_dir holding a finished run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a --model_dir holding a run: its model, log, TensorBoard logs, backup and "
+                        "eval-*.json are deleted first")
+    p.add_argument("--distribution_strategy", choices=distribute.STRATEGIES, default="auto",
+                   help="auto = mirrored over this machine's GPUs when there are several, else one device; "
+                        "multi_worker_mirrored reads TF_CONFIG; tpu needs --tpu (default: %(default)s)")
+    p.add_argument("--tpu", help="TPU address for --distribution_strategy tpu: 'local' on a TPU VM, or a name or "
+                                 "grpc:// address")
     return p
 
 
@@ -90,24 +101,21 @@ def _loss_weights(text: str | None, outputs: list[str]) -> dict:
     return weights
 
 
-def compile_model(model: keras.Model, num_classes: int, cfg: TrainConfig, steps_per_epoch: int) -> None:
-    outputs = list(model.output_names)
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, replicas: int = 1):
+    """Adam with the run's schedule; the peak LR is `cfg.lr` × replicas (the global batch grows with them)."""
+    lr = cfg.lr * replicas
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else steps_per_epoch
-    if cfg.warmup_epochs:
-        lr = cfg.lr  # the per-epoch callback sets it
-    else:
-        lr = schedules.WarmupCosine(cfg.lr, warmup, max(1, cfg.epochs * steps_per_epoch - warmup))
-    model.compile(
-        optimizer=keras.optimizers.Adam(lr),
-        loss={n: keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255) for n in outputs},
-        loss_weights=cfg.loss_weights or _loss_weights(None, outputs),
-        metrics={n: [keras.metrics.MeanIoU(num_classes, name="miou", ignore_class=255, sparse_y_pred=False)]
-                 for n in outputs})
+    if not cfg.warmup_epochs:  # else the loop sets the per-epoch rate
+        lr = schedules.WarmupCosine(lr, warmup, max(1, cfg.epochs * steps_per_epoch - warmup))
+    return keras.optimizers.Adam(lr)
 
 
 def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, meta: dict | None = None,
-        verbose: int = 2, extra_callbacks: list | None = None) -> keras.callbacks.History:
-    """Trains `model` (any functional model whose inputs/outputs the pipeline can fill) and saves the run."""
+        verbose: int = 2, extra_callbacks: list | None = None,
+        placement: distribute.Placement | None = None) -> loop.History:
+    """Trains `model` (any functional model whose inputs/outputs the pipeline can fill, built under
+    `placement.strategy.scope()`) and saves the run. `cfg.batch_size` is per replica."""
+    placement = placement or distribute.make("auto")
     meta = meta or data.load_metadata(data_dir)
     num_classes = int(meta["num_classes"])
     channels = {n: t.shape[-1] for n, t in zip(model.output_names, model.outputs)}
@@ -115,50 +123,71 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
         raise UsageError(f"The model's outputs have {channels} classes but {data_dir}/metadata.json has "
                          f"{num_classes}.")
     inputs, targets = data.strides_of(model)
-    steps = data.steps(meta, cfg.train_split, cfg.batch_size)
-    val_steps = data.steps(meta, cfg.val_split, cfg.batch_size)
-    train_ds = data.make_dataset(data_dir, cfg.train_split, cfg.batch_size, training=True, inputs=inputs,
-                                 targets=targets, aug=cfg.augment, normalization=cfg.normalization, seed=cfg.seed,
-                                 meta=meta)
-    val_ds = data.make_dataset(data_dir, cfg.val_split, cfg.batch_size, training=False, inputs=inputs,
-                               targets=targets, normalization=cfg.normalization, meta=meta)
-    compile_model(model, num_classes, cfg, steps)
+    global_batch = cfg.batch_size * placement.replicas
+    steps = data.steps(meta, cfg.train_split, global_batch)
+    val_steps = data.steps(meta, cfg.val_split, global_batch)
+    datasets = []
+    for split, training in ((cfg.train_split, True), (cfg.val_split, False)):
+        ds = data.make_dataset(data_dir, split, global_batch, training=training, inputs=inputs, targets=targets,
+                               aug=cfg.augment, normalization=cfg.normalization, seed=cfg.seed, meta=meta,
+                               drop_remainder=training or placement.is_tpu)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = distribute.shard_policy(
+            len(md.split(meta, split)["shards"]), placement.workers)
+        datasets.append(ds.with_options(options))
+    with placement.strategy.scope():
+        optimizer = make_optimizer(cfg, steps, placement.replicas)
+        model.compile(optimizer=optimizer)  # so best.keras carries the optimizer (the loop computes the losses)
+        optimizer.build(model.trainable_variables)
+    weights = cfg.loss_weights or _loss_weights(None, list(model.output_names))
+    epoch_lr = ((lambda epoch: schedules.epoch_warmup(epoch, cfg.lr * placement.replicas, cfg.warmup_epochs))
+                if cfg.warmup_epochs else None)
     tf.io.gfile.makedirs(model_dir)
-    callbacks = [keras.callbacks.BackupAndRestore(f"{model_dir}/backup")]
-    if cfg.warmup_epochs:
-        callbacks.append(schedules.epoch_warmup_callback(cfg.lr, cfg.warmup_epochs))
-    callbacks += [
-        schedules.LogLearningRate(),
-        keras.callbacks.ModelCheckpoint(f"{model_dir}/best.keras", monitor=BEST_METRIC, mode="max",
-                                        save_best_only=True),
-        keras.callbacks.CSVLogger(f"{model_dir}/log.csv", append=True),
-        keras.callbacks.TensorBoard(f"{model_dir}/tensorboard", write_graph=False),
-    ] + list(extra_callbacks or [])
+    runner = loop.Loop(loop.Steps(model, optimizer, weights, num_classes, placement), placement, model_dir,
+                       save_best=lambda path: save_keras(model, path), epoch_lr=epoch_lr,
+                       callbacks=extra_callbacks, verbose=verbose)
     try:
-        history = model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps, validation_data=val_ds,
-                            validation_steps=val_steps, callbacks=callbacks, verbose=verbose)
+        history = runner.fit(datasets[0], datasets[1], cfg.epochs, steps, val_steps)
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
         files = data.split_files(meta, data_dir, cfg.train_split) + data.split_files(meta, data_dir, cfg.val_split)
         broken = data.find_corrupt(files, md.compression_type(meta))
         if broken is None:
             raise
         raise data.DataError(f"Corrupt shard {broken}. Re-run `python -m pipelines.prepare --overwrite`.") from e
-    save_inference_model(model, f"{model_dir}/model.keras")
-    info = {"class_names": meta["class_names"], "class_colors": meta["class_colors"],
-            "ignore_colors": meta.get("ignore_colors", []), "num_classes": num_classes,
-            "crop_size": meta["crop_size"], "input_normalization": cfg.normalization, "rgb_mean": meta["rgb_mean"],
-            "rgb_std": meta["rgb_std"], "data_dir": data_dir, "config": dataclasses.asdict(cfg)}
-    with tf.io.gfile.GFile(f"{model_dir}/segprep.json", "w") as f:
-        f.write(json.dumps(info, indent=1, default=str))
+    path = placement.write_dir(model_dir, "model.keras")
+    save_inference_model(model, path)
+    placement.cleanup(path)
+    if placement.is_chief:
+        info = {"class_names": meta["class_names"], "class_colors": meta["class_colors"],
+                "ignore_colors": meta.get("ignore_colors", []), "num_classes": num_classes,
+                "crop_size": meta["crop_size"], "input_normalization": cfg.normalization,
+                "rgb_mean": meta["rgb_mean"], "rgb_std": meta["rgb_std"], "data_dir": data_dir,
+                "config": dataclasses.asdict(cfg), "strategy": placement.describe()}
+        with tf.io.gfile.GFile(f"{model_dir}/segprep.json", "w") as f:
+            f.write(json.dumps(info, indent=1, default=str))
+    runner.finish()
     return history
+
+
+def save_keras(model: keras.Model, path: str) -> None:
+    """model.save that also writes to gs:// (Keras writes a local file; TF's filesystem copies it up)."""
+    if "://" not in path:
+        tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+        model.save(path)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, os.path.basename(path))
+        model.save(local)
+        tf.io.gfile.copy(local, path, overwrite=True)
 
 
 def save_inference_model(model: keras.Model, path: str) -> None:
     """The trained weights in an uncompiled copy: standard layers only, so plain `keras.models.load_model` reads
     it in any Python with Keras, without importing segprep. best.keras keeps the optimizer for fine-tuning."""
-    clone = keras.models.clone_model(model)
+    config = json.loads(json.dumps(model.get_config()).replace('"synchronized": true', '"synchronized": false'))
+    clone = model.__class__.from_config(config)  # synchronised BatchNorm only matters while training
     clone.set_weights(model.get_weights())
-    clone.save(path)
+    save_keras(clone, path)
 
 
 def _default_model_dir(args: argparse.Namespace) -> str:
@@ -179,13 +208,15 @@ def _link_latest(model_dir: str) -> None:
         os.replace(tmp, link)
 
 
-def run(argv: list[str] | None = None) -> keras.callbacks.History:
+def run(argv: list[str] | None = None) -> loop.History:
     args = build_parser().parse_args(argv)
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be a positive integer. Received: {getattr(args, name)}")
     if args.warmup_epochs and args.warmup_steps is not None:
         raise UsageError("Choose one of --warmup_epochs (per epoch) and --warmup_steps (per step).")
+    if args.distribution_strategy == "tpu" and not args.tpu:
+        raise UsageError("--distribution_strategy tpu needs --tpu ADDRESS ('local' on a TPU VM).")
     scale = None
     if args.aug_scale and args.aug_scale != "off":
         try:
@@ -204,26 +235,46 @@ def run(argv: list[str] | None = None) -> keras.callbacks.History:
     if finished and not args.overwrite:
         raise UsageError(f"--model_dir {model_dir} holds a finished run (model.keras); pass --overwrite to train "
                          "it again, or choose another --model_dir.")
-    if finished:
-        for name in ("model.keras", "best.keras", "log.csv"):
-            if tf.io.gfile.exists(f"{model_dir}/{name}"):
-                tf.io.gfile.remove(f"{model_dir}/{name}")
+    placement = distribute.make(args.distribution_strategy, args.tpu)
+    if args.overwrite and placement.is_chief:
+        clear_run(model_dir)
     keras.utils.set_random_seed(args.seed)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
                       warmup_steps=args.warmup_steps, seed=args.seed,
                       augment=data.Augment(flip=not args.no_flip, scale=scale, rotate_degrees=args.aug_rotate))
     stats = (meta["rgb_mean"], meta["rgb_std"]) if args.normalization == "dataset" else (None, None)
-    model = build_model(int(meta["num_classes"]), int(meta["crop_size"]), args.width, args.arch, *stats)
+    with placement.strategy.scope():
+        model = build_model(int(meta["num_classes"]), int(meta["crop_size"]), args.width, args.arch, *stats)
     cfg = dataclasses.replace(cfg, loss_weights=_loss_weights(args.loss_weights, list(model.output_names)))
-    print(f"train: {model.name}, {model.count_params():,} parameters, outputs {', '.join(model.output_names)}; "
-          f"{md.split(meta, 'train')['records']} train / {md.split(meta, 'val')['records']} val crops → {model_dir}")
+    print(f"train: {placement.describe()}; global batch {args.batch_size * placement.replicas} "
+          f"({args.batch_size} per replica), peak lr {args.lr * placement.replicas:g}; {model.name}, "
+          f"{model.count_params():,} parameters, outputs {', '.join(model.output_names)}; "
+          f"{md.split(meta, 'train')['records']} train / {md.split(meta, 'val')['records']} val crops → {model_dir}",
+          flush=True)
     started = time.time()
-    history = fit(model, args.data_dir, model_dir, cfg, meta)
-    _link_latest(model_dir)
-    best = max(history.history.get(BEST_METRIC, [float("nan")]))
-    print(f"train: done in {time.time() - started:.0f} s; best val mIoU (main) {best:.3f}; "
-          f"model: {model_dir}/model.keras")
+    history = fit(model, args.data_dir, model_dir, cfg, meta, placement=placement)
+    if placement.is_chief:
+        _link_latest(model_dir)
+    print(f"train: done in {time.time() - started:.0f} s; best val mIoU (main) {history.best:.3f} at epoch "
+          f"{history.best_epoch + 1} of the whole run; model: {model_dir}/model.keras", flush=True)
     return history
+
+
+RUN_FILES = ("model.keras", "best.keras", "log.csv", "segprep.json")
+RUN_DIRS = ("tensorboard", "backup", "serving")
+
+
+def clear_run(model_dir: str) -> None:
+    """--overwrite: everything a run and `evaluate` wrote in `model_dir`, so the new run starts clean."""
+    if not tf.io.gfile.isdir(model_dir):
+        return
+    for name in tf.io.gfile.listdir(model_dir):
+        name = name.rstrip("/")
+        path = f"{model_dir}/{name}"
+        if name in RUN_DIRS:
+            tf.io.gfile.rmtree(path)
+        elif name in RUN_FILES or (name.startswith("eval-") and name.endswith(".json")):
+            tf.io.gfile.remove(path)
 
 
 def main(argv: list[str] | None = None) -> int:

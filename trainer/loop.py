@@ -1,0 +1,286 @@
+"""The training loop: one custom loop for every distribution strategy, doing what Keras's callbacks did.
+
+Why not `model.fit`: under MultiWorkerMirroredStrategy Keras 3's fit fails (keras-team/keras#20585), and its
+callbacks do not survive a GCS run dir or a resume (CSVLogger appends through a GFile it cannot close;
+ModelCheckpoint forgets the best value on resume). One loop — `strategy.run` over a distributed dataset — serves
+the default strategy, one device, mirrored GPUs, several workers and TPUs alike, with one set of duties:
+
+- **loss**: per output, sparse cross-entropy over the labelled pixels (255 ignored) of the *global* batch — each
+  replica divides its sum by the all-reduced pixel count, and the optimizer sums gradients across replicas — so a
+  step is the same on 1 or N replicas for the same global batch; outputs weighted by `loss_weights`;
+- **metrics**: a confusion matrix per output and step, summed across replicas; mIoU as Keras's `MeanIoU` computes
+  it (classes with a non-empty union);
+- **run dir** (the chief only): log.csv rewritten whole each epoch (so it works on gs://), TensorBoard scalars,
+  best.keras when `val_main_miou` beats the best of the *whole* run (kept across resumes), backup/ (a
+  `tf.train.Checkpoint` of model and optimizer plus state.json) after every epoch, removed at the end.
+
+A killed run resumes from its last finished epoch: weights, optimizer state (step count, moments, so the LR
+schedule goes on where it was), the best value and the log all come back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer.distribute import Placement
+
+BEST_METRIC = "val_main_miou"
+
+
+@dataclasses.dataclass
+class History:
+    """What `fit` returns, shaped like Keras's History: the epochs run now and their logs."""
+
+    epoch: list[int] = dataclasses.field(default_factory=list)
+    history: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    best: float = -math.inf  # best val_main_miou of the whole run, resumes included
+    best_epoch: int = -1
+
+
+@dataclasses.dataclass
+class RunState:
+    """What backup/state.json holds: the last finished epoch, the best so far, every row of the log."""
+
+    epoch: int = -1
+    best: float = -math.inf
+    best_epoch: int = -1
+    rows: list[dict] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str) -> RunState | None:
+        if not tf.io.gfile.exists(path):
+            return None
+        with tf.io.gfile.GFile(path) as f:
+            return cls(**json.load(f))
+
+    def save(self, path: str) -> None:
+        with tf.io.gfile.GFile(path, "w") as f:
+            f.write(json.dumps(dataclasses.asdict(self)))
+
+
+def miou(cm: np.ndarray) -> float:
+    """Mean IoU over the classes whose union is not empty, as keras.metrics.MeanIoU computes it."""
+    tp = np.diag(cm).astype(np.float64)
+    union = cm.sum(0) + cm.sum(1) - tp
+    valid = union > 0
+    return float((tp[valid] / union[valid]).mean()) if valid.any() else 0.0
+
+
+class Steps:
+    """The distributed train and eval steps for one model, optimizer and set of outputs."""
+
+    def __init__(self, model: keras.Model, optimizer, loss_weights: dict[str, float], num_classes: int,
+                 placement: Placement):
+        self.model, self.optimizer = model, optimizer
+        self.outputs = list(model.output_names)
+        self.weights = {k: float(loss_weights.get(k, 0.0)) for k in self.outputs}
+        self.num_classes = num_classes
+        self.strategy = placement.strategy
+        self._scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        self.train = tf.function(self._distributed(self._train_step))
+        if placement.workers > 1:  # each worker evaluates the whole split itself: exact, and no collectives
+            self.eval = tf.function(self._eval_step)
+        else:
+            self.eval = tf.function(self._distributed(self._eval_step))
+
+    def _distributed(self, step):
+        def run(x, y):
+            values = self.strategy.run(step, args=(x, y))
+            return tf.nest.map_structure(lambda v: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None),
+                                         values)
+        return run
+
+    def _losses(self, y: dict, out: dict) -> dict:
+        """Per output: this replica's share of the global batch's mean over labelled pixels."""
+        ctx = tf.distribute.get_replica_context()  # None outside strategy.run (multi-worker evaluation)
+        losses = {}
+        for name in self.outputs:
+            labels = tf.cast(y[name][..., 0], tf.int32)
+            valid = tf.not_equal(labels, 255)
+            per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=tf.where(valid, labels, 0), logits=tf.cast(out[name], tf.float32))
+            total = tf.reduce_sum(tf.where(valid, per_pixel, 0.0))
+            count = tf.reduce_sum(tf.cast(valid, tf.float32))
+            if ctx is not None:
+                count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
+            losses[name] = total / tf.maximum(count, 1.0)
+        return losses
+
+    def _confusion(self, y: dict, out: dict) -> dict:
+        cms = {}
+        for name in self.outputs:
+            labels = tf.reshape(tf.cast(y[name], tf.int32), [-1])
+            pred = tf.reshape(tf.argmax(out[name], -1, output_type=tf.int32), [-1])
+            keep = labels < self.num_classes
+            cms[name] = tf.math.confusion_matrix(tf.boolean_mask(labels, keep), tf.boolean_mask(pred, keep),
+                                                 self.num_classes, dtype=tf.int32)
+        return cms
+
+    def _logs(self, losses: dict, total) -> dict:
+        logs = {"loss": total}
+        logs.update({f"{k}_loss": v for k, v in losses.items()})
+        return logs
+
+    def _train_step(self, x, y):
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            out = self.model(x, training=True)
+            losses = self._losses(y, out)
+            total = tf.add_n([self.weights[k] * v for k, v in losses.items()])
+            if self.model.losses:  # regularisers: each replica adds its share
+                total += tf.add_n(self.model.losses) / self.strategy.num_replicas_in_sync
+            scaled = self.optimizer.scale_loss(total) if self._scaled else total
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return self._logs(losses, total), self._confusion(y, out)
+
+    def _eval_step(self, x, y):
+        out = self.model(x, training=False)
+        losses = self._losses(y, out)
+        total = tf.add_n([self.weights[k] * v for k, v in losses.items()])
+        return self._logs(losses, total), self._confusion(y, out)
+
+
+class _Epoch:
+    """Running sums over the steps of one pass: mean losses, summed confusion matrices."""
+
+    def __init__(self, outputs, num_classes):
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+        self.cms = {k: np.zeros((num_classes, num_classes), np.int64) for k in outputs}
+
+    def add(self, logs: dict, cms: dict) -> None:
+        self.steps += 1
+        for k, v in logs.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        for k, v in cms.items():
+            self.cms[k] += v.numpy()
+
+    def logs(self, prefix: str = "") -> dict:
+        out = {prefix + k: v / max(self.steps, 1) for k, v in self.sums.items()}
+        out.update({f"{prefix}{k}_miou": miou(cm) for k, cm in self.cms.items()})
+        return out
+
+
+def current_lr(optimizer) -> float:
+    lr = optimizer.learning_rate
+    return float(keras.ops.convert_to_numpy(lr))
+
+
+class Loop:
+    """Runs epochs of `steps` over distributed datasets and keeps the run dir (see the module docstring)."""
+
+    def __init__(self, steps: Steps, placement: Placement, model_dir: str, *, save_best, epoch_lr=None,
+                 callbacks: list | None = None, verbose: int = 2):
+        self.steps, self.placement, self.model_dir = steps, placement, model_dir
+        self.save_best = save_best  # (path) → writes best.keras
+        self.epoch_lr = epoch_lr  # (epoch) → lr, for per-epoch schedules
+        self.callbacks = keras.callbacks.CallbackList(callbacks or [], model=steps.model)
+        self.verbose = verbose
+        self.backup = placement.write_dir(model_dir, "backup")
+        self.checkpoint = tf.train.Checkpoint(model=steps.model, optimizer=steps.optimizer)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.backup, max_to_keep=1)
+        self._writers = None
+
+    def restore(self) -> RunState:
+        """The state of an interrupted run from the chief's backup/ (every worker reads it; weights and optimizer
+        restored), or a fresh one."""
+        state = RunState.load(f"{self.model_dir}/backup/state.json")
+        latest = tf.train.latest_checkpoint(f"{self.model_dir}/backup")
+        if state is None or latest is None:
+            return RunState()
+        self.checkpoint.restore(latest).expect_partial()
+        return state
+
+    def fit(self, train_ds, val_ds, epochs: int, steps_per_epoch: int, val_steps: int) -> History:
+        strategy = self.steps.strategy
+        train_iter = iter(strategy.experimental_distribute_dataset(train_ds))
+        val_iter = iter(val_ds if self.placement.workers > 1 else strategy.experimental_distribute_dataset(val_ds))
+        state = self.restore()
+        history = History()
+        self.callbacks.on_train_begin()
+        for epoch in range(state.epoch + 1, epochs):
+            started = time.time()
+            self.callbacks.on_epoch_begin(epoch)
+            if self.epoch_lr is not None:
+                self.steps.optimizer.learning_rate.assign(self.epoch_lr(epoch))
+            bar = keras.utils.Progbar(steps_per_epoch, verbose=1) if self.verbose == 1 else None
+            seen = _Epoch(self.steps.outputs, self.steps.num_classes)
+            for i in range(steps_per_epoch):
+                seen.add(*self.steps.train(*next(train_iter)))
+                if bar is not None:
+                    bar.update(i + 1, [("loss", seen.sums["loss"] / seen.steps)])
+            val = _Epoch(self.steps.outputs, self.steps.num_classes)
+            for _ in range(val_steps):
+                val.add(*self.steps.eval(*next(val_iter)))
+            logs = {**seen.logs(), **val.logs("val_"), "lr": current_lr(self.steps.optimizer)}
+            self._end_epoch(epoch, logs, state)
+            for k, v in logs.items():
+                history.history.setdefault(k, []).append(v)
+            history.epoch.append(epoch)
+            if self.verbose:
+                shown = " - ".join(f"{k} {v:.4g}" for k, v in logs.items()
+                                   if k in ("loss", "val_loss", "lr") or k.endswith("main_miou"))
+                print(f"epoch {epoch + 1}/{epochs} - {time.time() - started:.0f} s - {shown}", flush=True)
+            self.callbacks.on_epoch_end(epoch, logs)
+        self.callbacks.on_train_end()
+        history.best, history.best_epoch = state.best, state.best_epoch
+        return history
+
+    def _end_epoch(self, epoch: int, logs: dict, state: RunState) -> None:
+        """The run dir after an epoch: log.csv, TensorBoard, best.keras, then backup/ (last: a kill before it
+        repeats this epoch, never skips it)."""
+        state.rows.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
+        improved = logs.get(BEST_METRIC, -math.inf) > state.best
+        if improved:
+            state.best, state.best_epoch = float(logs[BEST_METRIC]), epoch
+        if self.placement.is_chief:
+            _write_csv(f"{self.model_dir}/log.csv", state.rows)
+            self._tensorboard(epoch, logs)
+        if improved:  # every worker saves (collectives may be involved); only the chief's copy stays
+            path = self.placement.write_dir(self.model_dir, "best.keras")
+            self.save_best(path)
+            self.placement.cleanup(path)
+        state.epoch = epoch
+        self.manager.save(checkpoint_number=epoch)
+        if self.placement.is_chief:
+            state.save(f"{self.backup}/state.json")
+
+    def _tensorboard(self, epoch: int, logs: dict) -> None:
+        if self._writers is None:
+            self._writers = {part: tf.summary.create_file_writer(f"{self.model_dir}/tensorboard/{part}")
+                             for part in ("train", "validation")}
+        for part, writer in self._writers.items():
+            with writer.as_default(step=epoch):
+                for k, v in logs.items():
+                    if (part == "validation") == k.startswith("val_"):
+                        tf.summary.scalar("epoch_" + k.removeprefix("val_"), v)
+            writer.flush()
+
+    def finish(self) -> None:
+        """Removes backup/ (the run is complete)."""
+        if self._writers:
+            for writer in self._writers.values():
+                writer.close()
+        if tf.io.gfile.exists(self.backup):
+            tf.io.gfile.rmtree(self.backup)
+        self.placement.cleanup(self.backup)
+
+
+def _write_csv(path: str, rows: list[dict]) -> None:
+    """The whole log, rewritten: object stores cannot append, and a resumed run must not repeat rows."""
+    keys = ["epoch"] + sorted({k for r in rows for k in r} - {"epoch"})
+    lines = [",".join(keys)] + [",".join(_fmt(r.get(k, "")) for k in keys) for r in rows]
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _fmt(value) -> str:
+    return str(value) if isinstance(value, (int, str)) else repr(float(value))
