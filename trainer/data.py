@@ -142,15 +142,16 @@ def normalizer(meta: dict, mode: str = "dataset"):
 def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
                  inputs: dict[str, int] | None = None, targets: dict[str, int] | None = None,
                  aug: Augment = Augment(), normalization: str = "model", seed: int | None = None,
-                 shuffle_buffer: int = 2048, meta: dict | None = None,
-                 drop_remainder: bool | None = None) -> tf.data.Dataset:
+                 shuffle_buffer: int = 2048, meta: dict | None = None, pad_batches: bool = False
+                 ) -> tf.data.Dataset:
     """Batches of ({input name: image}, {output name: mask}) for `split`.
 
     `normalization` is "model" (uint8 as decoded, for models that normalise themselves, as trainer.model's
     do), "dataset" or "simple" (see `normalizer`). `inputs` and `targets` map each model input / output name to its stride: an input of stride 2 gets the image
     at half resolution, an output of stride 8 gets the mask nearest-downsampled 8×. Training data repeats forever
     (use `steps(meta, split, batch)` per epoch); evaluation data is one deterministic pass per epoch, repeated, so
-    `steps(...)` validation steps read it exactly once."""
+    `steps(...)` validation steps read it exactly once; with `pad_batches`, its last batch is padded to full size
+    with ignored examples (see `_pad_batch`)."""
     meta = meta or load_metadata(data_dir)
     files = split_files(meta, data_dir, split)
     size = int(meta["crop_size"])
@@ -186,11 +187,25 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
         return feats, labels
 
     ds = ds.map(decode_one, num_parallel_calls=AUTOTUNE, deterministic=not training)
-    ds = ds.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)
+    ds = ds.batch(batch_size, drop_remainder=training)
+    if pad_batches and not training:
+        ds = ds.map(lambda images, masks: _pad_batch(images, masks, batch_size))
     ds = ds.map(to_batch, num_parallel_calls=AUTOTUNE, deterministic=not training)
     if not training:
         ds = ds.repeat()
     return ds.prefetch(AUTOTUNE)
+
+
+def _pad_batch(images, masks, batch_size: int):
+    """A short last batch filled up with black images whose masks are all 255 (ignored): every batch then has
+    the same static size (TPUs need it, and no replica of a distributed step gets an empty share), while losses and
+    confusion matrices, which skip 255, are exactly those of the real examples."""
+    def fill(x, value):
+        missing = batch_size - tf.shape(x)[0]
+        pad = tf.fill(tf.concat([[missing], tf.shape(x)[1:]], 0), tf.constant(value, x.dtype))
+        return tf.ensure_shape(tf.concat([x, pad], 0), [batch_size] + x.shape[1:])
+
+    return fill(images, 0), fill(masks, IGNORE_LABEL)
 
 
 def strides_of(model) -> tuple[dict[str, int], dict[str, int]]:

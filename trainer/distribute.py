@@ -13,8 +13,10 @@ write (checkpoints) into a temp dir of their own, which they remove (Keras's doc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 
 import tensorflow as tf
@@ -43,14 +45,24 @@ class Placement:
 
     def write_dir(self, model_dir: str, what: str) -> str:
         """Where this process writes `what` (e.g. "backup"): in the run dir for the chief, in a temp dir of its own
-        for other workers (remove it with `cleanup`)."""
+        for other workers (removed by `cleanup` and `remove_temp`)."""
         if self.is_chief:
             return f"{model_dir}/{what}"
-        return os.path.join(tempfile.gettempdir(), f"segprep-worker{self.worker_index}-{os.getpid()}", what)
+        return os.path.join(self._temp_root(model_dir), what)
+
+    def _temp_root(self, model_dir: str) -> str:
+        # The same for every attempt of this run on this worker, so a restarted worker clears what a killed one left.
+        digest = hashlib.sha1(model_dir.encode()).hexdigest()[:10]
+        return os.path.join(tempfile.gettempdir(), f"segprep-{digest}-worker{self.worker_index}")
 
     def cleanup(self, path: str) -> None:
         if not self.is_chief and tf.io.gfile.exists(path):
-            tf.io.gfile.rmtree(path)
+            tf.io.gfile.rmtree(path) if tf.io.gfile.isdir(path) else tf.io.gfile.remove(path)
+
+    def remove_temp(self, model_dir: str) -> None:
+        """Removes this worker's temp dir (nothing for the chief)."""
+        if not self.is_chief and os.path.exists(self._temp_root(model_dir)):
+            shutil.rmtree(self._temp_root(model_dir), ignore_errors=True)
 
 
 def _task() -> tuple[int, int]:

@@ -130,7 +130,7 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
     for split, training in ((cfg.train_split, True), (cfg.val_split, False)):
         ds = data.make_dataset(data_dir, split, global_batch, training=training, inputs=inputs, targets=targets,
                                aug=cfg.augment, normalization=cfg.normalization, seed=cfg.seed, meta=meta,
-                               drop_remainder=training or placement.is_tpu)
+                               pad_batches=True)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = distribute.shard_policy(
             len(md.split(meta, split)["shards"]), placement.workers)
@@ -147,26 +147,34 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
                        save_best=lambda path: save_keras(model, path), epoch_lr=epoch_lr,
                        callbacks=extra_callbacks, verbose=verbose)
     try:
-        history = runner.fit(datasets[0], datasets[1], cfg.epochs, steps, val_steps)
+        history = _run(runner, datasets, cfg, steps, val_steps, meta, data_dir)
+        path = placement.write_dir(model_dir, "model.keras")
+        save_inference_model(model, path)
+        placement.cleanup(path)
+        if placement.is_chief:
+            info = {"class_names": meta["class_names"], "class_colors": meta["class_colors"],
+                    "ignore_colors": meta.get("ignore_colors", []), "num_classes": num_classes,
+                    "crop_size": meta["crop_size"], "input_normalization": cfg.normalization,
+                    "rgb_mean": meta["rgb_mean"], "rgb_std": meta["rgb_std"], "data_dir": data_dir,
+                    "config": dataclasses.asdict(cfg), "strategy": placement.describe()}
+            with tf.io.gfile.GFile(f"{model_dir}/segprep.json", "w") as f:
+                f.write(json.dumps(info, indent=1, default=str))
+        runner.finish()
+    finally:
+        placement.remove_temp(model_dir)
+    return history
+
+
+def _run(runner: loop.Loop, datasets, cfg: TrainConfig, steps: int, val_steps: int, meta: dict, data_dir: str):
+    """The loop, with a corrupt shard named (TF's own error names an offset, not the file)."""
+    try:
+        return runner.fit(datasets[0], datasets[1], cfg.epochs, steps, val_steps)
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
         files = data.split_files(meta, data_dir, cfg.train_split) + data.split_files(meta, data_dir, cfg.val_split)
         broken = data.find_corrupt(files, md.compression_type(meta))
         if broken is None:
             raise
         raise data.DataError(f"Corrupt shard {broken}. Re-run `python -m pipelines.prepare --overwrite`.") from e
-    path = placement.write_dir(model_dir, "model.keras")
-    save_inference_model(model, path)
-    placement.cleanup(path)
-    if placement.is_chief:
-        info = {"class_names": meta["class_names"], "class_colors": meta["class_colors"],
-                "ignore_colors": meta.get("ignore_colors", []), "num_classes": num_classes,
-                "crop_size": meta["crop_size"], "input_normalization": cfg.normalization,
-                "rgb_mean": meta["rgb_mean"], "rgb_std": meta["rgb_std"], "data_dir": data_dir,
-                "config": dataclasses.asdict(cfg), "strategy": placement.describe()}
-        with tf.io.gfile.GFile(f"{model_dir}/segprep.json", "w") as f:
-            f.write(json.dumps(info, indent=1, default=str))
-    runner.finish()
-    return history
 
 
 def save_keras(model: keras.Model, path: str) -> None:
