@@ -137,21 +137,81 @@ def test_a_two_input_model_trains_through_the_same_pipeline(records, tmp_path):
     assert np.isfinite(history.history["loss"][0]) and "val_coarse_miou" in history.history
 
 
-class _Kill(keras.callbacks.Callback):
+class _Watch(keras.callbacks.Callback):
+    """Keeps the weights and optimizer variables at the start of training and after each epoch; raises after
+    epoch `kill_at`, as a killed process would stop."""
+
+    def __init__(self, kill_at=None):
+        super().__init__()
+        self.kill_at, self.start, self.after = kill_at, None, {}
+
+    def _state(self):
+        return ([w.copy() for w in self.model.get_weights()],
+                [np.array(v.numpy()) for v in self.model.optimizer.variables])
+
+    def on_train_begin(self, logs=None):
+        self.start = self._state()
+
     def on_epoch_end(self, epoch, logs=None):
-        if epoch == 1:
+        self.after[epoch] = self._state()
+        if epoch == self.kill_at:
             raise RuntimeError("killed")
 
 
-def test_a_killed_run_resumes_from_its_last_epoch(records, tmp_path):
+def _same(a, b):
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_a_killed_run_resumes_weights_optimizer_log_and_best_of_the_whole_run(records, tmp_path):
     run = str(tmp_path / "run")
+    first = _Watch(kill_at=1)
     with pytest.raises(RuntimeError, match="killed"):
-        train.fit(build_model(21, 64, width=8), records, run, _cfg(epochs=4), verbose=0, extra_callbacks=[_Kill()])
+        train.fit(build_model(21, 64, width=8), records, run, _cfg(epochs=4), verbose=0, extra_callbacks=[first])
     assert os.path.isdir(f"{run}/backup")
-    history = train.fit(build_model(21, 64, width=8), records, run, _cfg(epochs=4), verbose=0)
+    second = _Watch()
+    history = train.fit(build_model(21, 64, width=8), records, run, _cfg(epochs=4), verbose=0,
+                        extra_callbacks=[second])
     assert history.epoch == [2, 3]
-    assert [int(r["epoch"]) for r in csv.DictReader(open(f"{run}/log.csv"))] == [0, 1, 2, 3]
+    # A fresh model came back to where the killed one stopped: weights, Adam's moments and its step count.
+    weights, optimizer = second.start
+    assert _same(weights, first.after[1][0]) and _same(optimizer, first.after[1][1])
+    assert int(second.model.optimizer.iterations.numpy()) == 4 * data.steps(data.load_metadata(records), "train", 4)
+    rows = list(csv.DictReader(open(f"{run}/log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    scores = [float(r["val_main_miou"]) for r in rows]
+    assert history.best == pytest.approx(max(scores)) and history.best_epoch == int(np.argmax(scores))
+    # best.keras holds the best epoch of the whole run, before or after the resume.
+    snapshots = {**first.after, **second.after}
+    assert _same(keras.models.load_model(f"{run}/best.keras").get_weights(), snapshots[history.best_epoch][0])
     assert not os.path.exists(f"{run}/backup")
+
+
+def test_best_is_saved_only_when_the_whole_run_improves(tmp_path):
+    saved = []
+    placement = train.distribute.make("auto")
+    model = build_model(21, 64, width=8)
+    optimizer = keras.optimizers.Adam()
+    optimizer.build(model.trainable_variables)
+    (tmp_path / "run").mkdir()
+    runner = train.loop.Loop(train.loop.Steps(model, optimizer, {"main": 1.0}, 21, placement), placement,
+                             str(tmp_path / "run"), save_best=saved.append, verbose=0)
+    state = train.loop.RunState(epoch=4, best=0.5, best_epoch=3)  # as restored from backup/ after a resume
+    for epoch, score in ((5, 0.4), (6, 0.55), (7, 0.5)):
+        runner._end_epoch(epoch, {"loss": 1.0, "val_main_miou": score}, state)
+    assert len(saved) == 1 and (state.best, state.best_epoch) == (0.55, 6)
+
+
+def test_overwrite_starts_clean(records, tmp_path):
+    run = tmp_path / "run"
+    args = ["--data_dir", records, "--model_dir", str(run), "--epochs", "1", "--batch_size", "4", "--width", "8"]
+    train.run(args)
+    (run / "eval-val.json").write_text("{}")
+    (run / "tensorboard" / "stale.txt").write_text("from an earlier run")
+    with pytest.raises(train.UsageError, match="--overwrite"):
+        train.run(args)
+    train.run(args + ["--overwrite"])
+    assert not (run / "eval-val.json").exists() and not (run / "tensorboard" / "stale.txt").exists()
+    assert [int(r["epoch"]) for r in csv.DictReader(open(run / "log.csv"))] == [0]
 
 
 @pytest.fixture
