@@ -18,6 +18,7 @@ from segprep import codec, layout
 from segprep.palette import VOC
 from trainer import data, evaluate, predict, schedules, train
 from trainer.model import build_model
+from trainer.normalization import Normalization
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def test_input_pipeline_shapes_dtypes_and_values(records):
         np.testing.assert_array_equal(y["aux"].numpy(), y["main"].numpy()[:, 4::8, 4::8])  # nearest, not blended
     # Normalised with the training crops' statistics from metadata.json, in record order for evaluation.
     x = np.concatenate([b[0]["image"].numpy() for b in data.make_dataset(records, "val", 2, training=False,
-                                                                         normalization="dataset")
+                                                                         normalize=(meta["rgb_mean"], meta["rgb_std"]))
                         .take(data.steps(meta, "val", 2))])
     decoded = np.stack([r["image"] for r in read_records(shard_files(records, "val"))]).astype(np.float32)
     np.testing.assert_allclose(x, (decoded - meta["rgb_mean"]) / np.array(meta["rgb_std"]), rtol=1e-5, atol=1e-5)
@@ -133,7 +134,8 @@ def test_a_two_input_model_trains_through_the_same_pipeline(records, tmp_path):
     model = keras.Model({"image": full, "image_half": half}, {"main": main, "coarse": coarse})
     assert data.strides_of(model) == ({"image": 1, "image_half": 2}, {"coarse": 4, "main": 1})
     # A custom model without a normalisation layer: the pipeline normalises for it.
-    history = train.fit(model, records, str(tmp_path / "run"), _cfg(epochs=1, normalization="dataset"), verbose=0)
+    cfg = _cfg(epochs=1, normalization=Normalization("dataset", in_model=False))
+    history = train.fit(model, records, str(tmp_path / "run"), cfg, verbose=0)
     assert np.isfinite(history.history["loss"][0]) and "val_coarse_miou" in history.history
 
 

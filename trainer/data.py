@@ -125,29 +125,16 @@ def augment(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int) -> tuple
     return image, mask
 
 
-def normalizer(meta: dict, mode: str = "dataset"):
-    """'model': uint8 as decoded (the model normalises; see trainer/model.py); 'dataset': (x - mean) / std with
-    the training crops' statistics from metadata.json; 'simple': the seed recipe's x / 255 - 0.5."""
-    if mode == "model":
-        return lambda x: x
-    if mode == "simple":
-        return lambda x: tf.cast(x, tf.float32) / 255.0 - 0.5
-    if mode != "dataset":
-        raise ValueError(f"normalization must be 'model', 'dataset' or 'simple'. Received: {mode!r}")
-    mean = tf.constant(meta["rgb_mean"], tf.float32)
-    std = tf.maximum(tf.constant(meta["rgb_std"], tf.float32), 1e-3)
-    return lambda x: (tf.cast(x, tf.float32) - mean) / std
-
-
 def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
                  inputs: dict[str, int] | None = None, targets: dict[str, int] | None = None,
-                 aug: Augment = Augment(), normalization: str = "model", seed: int | None = None,
+                 aug: Augment = Augment(), normalize: tuple | None = None, seed: int | None = None,
                  shuffle_buffer: int = 2048, meta: dict | None = None, pad_batches: bool = False
                  ) -> tf.data.Dataset:
     """Batches of ({input name: image}, {output name: mask}) for `split`.
 
-    `normalization` is "model" (uint8 as decoded, for models that normalise themselves, as trainer.model's
-    do), "dataset" or "simple" (see `normalizer`). `inputs` and `targets` map each model input / output name to its stride: an input of stride 2 gets the image
+    Images stay uint8 as decoded (for models that normalise themselves, as trainer.model's do), or with
+    `normalize` = (mean, std) become float32 (x - mean) / std (see trainer/normalization.py). `inputs` and
+    `targets` map each model input / output name to its stride: an input of stride 2 gets the image
     at half resolution, an output of stride 8 gets the mask nearest-downsampled 8×. Training data repeats forever
     (use `steps(meta, split, batch)` per epoch); evaluation data is one deterministic pass per epoch, repeated, so
     `steps(...)` validation steps read it exactly once; with `pad_batches`, its last batch is padded to full size
@@ -157,7 +144,11 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
     size = int(meta["crop_size"])
     inputs = inputs or {"image": 1}
     targets = targets or {"main": 1}
-    norm = normalizer(meta, normalization)
+    if normalize is None:
+        norm = lambda x: x  # noqa: E731
+    else:
+        mean, std = (tf.constant(v, tf.float32) for v in normalize)
+        norm = lambda x: (tf.cast(x, tf.float32) - mean) / std  # noqa: E731
     compression = md.compression_type(meta)
 
     ds = tf.data.Dataset.from_tensor_slices(files)

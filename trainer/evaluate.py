@@ -68,7 +68,7 @@ def run(argv: list[str] | None = None) -> dict:
     model = predictor.model
     inputs, targets = data.strides_of(model)
     ds = data.make_dataset(data_dir, args.split, args.batch_size, training=False, inputs=inputs, targets=targets,
-                           normalization=predictor.info.get("input_normalization", "model"), meta=meta)
+                           normalize=predictor.pipeline_normalization, meta=meta)
     cm = confusion(model, ds, data.steps(meta, args.split, args.batch_size), int(meta["num_classes"]), args.output)
     result = scores(cm, list(meta["class_names"]))
     result.update(split=args.split, data_dir=data_dir, output=args.output)

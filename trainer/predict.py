@@ -25,6 +25,7 @@ from segprep import cli
 from segprep.cli import Parser, UsageError, examples
 from segprep.palette import Palette
 from trainer import schedules  # noqa: F401 - registers WarmupCosine, so best.keras checkpoints load too
+from trainer.normalization import Normalization
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
@@ -46,14 +47,9 @@ class Predictor:
         self.palette = Palette(tuple(self.info["class_names"]), tuple(map(tuple, self.info["class_colors"])),
                                tuple(map(tuple, self.info.get("ignore_colors", []))))
         # What the input pipeline did before the model saw the image (the default model normalises itself).
-        mode = self.info.get("input_normalization", "model")
-        if mode == "simple":
-            self.mean, self.std = np.full(3, 127.5, np.float32), np.full(3, 255.0, np.float32)
-        elif mode == "dataset":
-            self.mean = np.asarray(self.info["rgb_mean"], np.float32)
-            self.std = np.maximum(np.asarray(self.info["rgb_std"], np.float32), 1e-3)
-        else:  # the model takes raw RGB
-            self.mean = self.std = None
+        in_model, mean, std = Normalization.from_json(self.info)
+        self.mean, self.std = (None, None) if in_model else (mean, std)
+        self.pipeline_normalization = None if in_model else (mean.tolist(), std.tolist())
         self.input_name = self.model.inputs[0].name
 
     def probabilities(self, windows: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ from segprep import cli
 from segprep.cli import Parser, UsageError, examples
 from trainer import data, distribute, loop, schedules
 from trainer.model import ARCHS, build_model
+from trainer.normalization import STATS, Normalization
 
 DEFAULT_DATA = "data/records"
 RUNS = "runs"
@@ -43,7 +44,7 @@ class TrainConfig:
     warmup_steps: int | None = None  # None: one epoch of steps
     loss_weights: dict | None = None  # None: 1.0 for "main", 0.2 for the others (the seed recipe's weights)
     seed: int = 0
-    normalization: str = "model"  # the default model normalises inside (see trainer/model.py)
+    normalization: Normalization = Normalization()  # statistics, and whether the model applies them
     augment: data.Augment = data.Augment()
     train_split: str = "train"
     val_split: str = "val"
@@ -67,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--arch", choices=ARCHS, default="multi", help="(default: %(default)s)")
     p.add_argument("--width", type=int, default=32, help="model width (default: %(default)s)")
-    p.add_argument("--normalization", choices=("dataset", "simple"), default="dataset",
-                   help="the model's first layer: dataset = the training crops' RGB mean/std from metadata.json, "
-                        "simple = x/255 - 0.5 (default: %(default)s)")
+    p.add_argument("--normalization", choices=STATS, default="dataset",
+                   help="the statistics of the model's first layer, which normalises raw RGB: dataset = the "
+                        "training crops' RGB mean/std from metadata.json, simple = x/255 - 0.5 (default: %(default)s)")
     p.add_argument("--aug_scale", default="0.75,1.25",
                    help="random scale range, 'off' to disable (default: %(default)s)")
     p.add_argument("--aug_rotate", type=float, default=15.0,
@@ -129,7 +130,8 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
     datasets = []
     for split, training in ((cfg.train_split, True), (cfg.val_split, False)):
         ds = data.make_dataset(data_dir, split, global_batch, training=training, inputs=inputs, targets=targets,
-                               aug=cfg.augment, normalization=cfg.normalization, seed=cfg.seed, meta=meta,
+                               aug=cfg.augment, normalize=cfg.normalization.for_pipeline(meta), seed=cfg.seed,
+                               meta=meta,
                                pad_batches=True)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = distribute.shard_policy(
@@ -154,7 +156,7 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
         if placement.is_chief:
             info = {"class_names": meta["class_names"], "class_colors": meta["class_colors"],
                     "ignore_colors": meta.get("ignore_colors", []), "num_classes": num_classes,
-                    "crop_size": meta["crop_size"], "input_normalization": cfg.normalization,
+                    "crop_size": meta["crop_size"], "normalization": cfg.normalization.to_json(meta),
                     "rgb_mean": meta["rgb_mean"], "rgb_std": meta["rgb_std"], "data_dir": data_dir,
                     "config": dataclasses.asdict(cfg), "strategy": placement.describe()}
             with tf.io.gfile.GFile(f"{model_dir}/segprep.json", "w") as f:
@@ -249,10 +251,11 @@ def run(argv: list[str] | None = None) -> loop.History:
     keras.utils.set_random_seed(args.seed)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
                       warmup_steps=args.warmup_steps, seed=args.seed,
-                      augment=data.Augment(flip=not args.no_flip, scale=scale, rotate_degrees=args.aug_rotate))
-    stats = (meta["rgb_mean"], meta["rgb_std"]) if args.normalization == "dataset" else (None, None)
+                      augment=data.Augment(flip=not args.no_flip, scale=scale, rotate_degrees=args.aug_rotate),
+                      normalization=Normalization(args.normalization))
     with placement.strategy.scope():
-        model = build_model(int(meta["num_classes"]), int(meta["crop_size"]), args.width, args.arch, *stats)
+        model = build_model(int(meta["num_classes"]), int(meta["crop_size"]), args.width, args.arch,
+                            *cfg.normalization.mean_std(meta))
     cfg = dataclasses.replace(cfg, loss_weights=_loss_weights(args.loss_weights, list(model.output_names)))
     print(f"train: {placement.describe()}; global batch {args.batch_size * placement.replicas} "
           f"({args.batch_size} per replica), peak lr {args.lr * placement.replicas:g}; {model.name}, "
