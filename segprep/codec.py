@@ -167,9 +167,16 @@ def _decode_index(buf: np.ndarray, depth: int) -> np.ndarray:
     return arr
 
 
-def encode_image(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 95) -> bytes:
-    """(H, W, 3) uint8 RGB → JPEG or PNG bytes."""
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+def encode_image(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 95, consume: bool = False) -> bytes:
+    """(H, W, 3) uint8 RGB → JPEG or PNG bytes. With `consume`, `rgb` is turned to BGR in place instead of copied
+    (no second image-sized buffer for a large tile; the caller must not use it afterwards)."""
+    if consume and rgb.flags.c_contiguous:
+        bgr = rgb
+        for y in range(0, rgb.shape[0], 256):  # in bands: OpenCV copies its input when converting in place
+            band = bgr[y:y + 256]
+            cv2.cvtColor(band, cv2.COLOR_RGB2BGR, dst=band)
+    else:
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     if fmt == "jpeg":
         ok, out = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     elif fmt == "png":

@@ -256,6 +256,35 @@ def test_predict_stitches_windows_and_writes_palette_pngs(run_dir, tmp_path):
     assert predict.main(["--model_dir", run_dir, "--input", str(tmp_path / "nope.jpg")]) == 2
 
 
+def test_predict_equals_summing_every_window_on_a_full_canvas(run_dir):
+    p = predict.Predictor(run_dir)
+    image = np.random.default_rng(1).integers(0, 255, (301, 157, 3), dtype=np.uint8)  # tall: the ring wraps
+    s, stride = 64, 43  # overlap 1/3
+    canvas = np.zeros((301, 157, 21), np.float32)
+    for y in predict._starts(301, s, stride):
+        for x in predict._starts(157, s, stride):
+            canvas[y:y + s, x:x + s] += p.probabilities(image[None, y:y + s, x:x + s])[0]
+    np.testing.assert_array_equal(p.predict(image, overlap=1 - stride / s), np.argmax(canvas, -1))
+
+
+def test_predict_outputs_and_formats(run_dir, tmp_path, capsys):
+    image = np.random.default_rng(2).integers(0, 255, (90, 130, 3), dtype=np.uint8)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(codec.encode_image(image, "png"))
+    aux = predict.Predictor(run_dir, "aux")  # 1/8 resolution: logits upsampled to the window
+    assert aux.predict(image).shape == (90, 130)
+    out = tmp_path / "idx"
+    assert predict.main(["--model_dir", run_dir, "--input", str(tmp_path / "in"), "--output_dir", str(out),
+                         "--format", "index", "--output", "upsample"]) == 0
+    written, kind = codec.decode_mask((out / "a.png").read_bytes())
+    assert kind == "index" and codec.png_color_type((out / "a.png").read_bytes()) == (0, 8)
+    np.testing.assert_array_equal(written, predict.Predictor(run_dir, "upsample").predict(image))
+    capsys.readouterr()
+    assert predict.main(["--model_dir", run_dir, "--input", str(tmp_path / "in"), "--output", "mian"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["predict: error: --output mian: the model's outputs are aux, main, upsample."]
+
+
 def test_evaluate_prints_per_class_iou_and_writes_json(run_dir, records, capsys):
     result = evaluate.run(["--model_dir", run_dir, "--data_dir", records])
     assert 0.0 <= result["miou"] <= 1.0 and result["pixels"] > 0

@@ -4,10 +4,11 @@
     python -m trainer.predict --model_dir runs/latest --input folder/ --output_dir preds/
     python -m trainer.predict --model_dir runs/latest --input VOC_ROOT --split val --output_dir preds/
 
-For each image, writes ID.png (colour mask in the dataset's palette) and ID_overlay.jpg (mask over the photo).
-Images larger than the training crop are predicted with overlapping sliding windows whose class probabilities
-are averaged; windows are run one row of windows at a time and finished rows are written out, so memory stays
-bounded on a 10,000 × 10,000 tile. Images smaller than the crop are padded as in training and cut back.
+For each image, writes ID.png (colour mask in the dataset's palette, or with --format index 8-bit class indices)
+and ID_overlay.jpg (mask over the photo). Images larger than the training crop are predicted with overlapping
+sliding windows whose class probabilities are summed; windows run one row of windows at a time into a buffer one
+window high, so a 10,000 × 10,000 tile stays within 2 GB with TensorFlow loaded. Images smaller than the crop are
+padded as in training and cut back.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import sys
 
+import cv2
 import keras
 import numpy as np
 import tensorflow as tf
@@ -42,7 +44,11 @@ class Predictor:
         with tf.io.gfile.GFile(f"{model_dir}/segprep.json") as f:
             self.info = json.load(f)
         self.model = keras.models.load_model(_local_copy(f"{model_dir}/model.keras"))
+        outputs = dict(zip(self.model.output_names, self.model.outputs))
+        if output not in outputs:
+            raise UsageError(f"--output {output}: the model's outputs are {', '.join(sorted(outputs))}.")
         self.output = output
+        self.num_classes = int(outputs[output].shape[-1])
         self.crop = int(self.info["crop_size"])
         self.palette = Palette(tuple(self.info["class_names"]), tuple(map(tuple, self.info["class_colors"])),
                                tuple(map(tuple, self.info.get("ignore_colors", []))))
@@ -53,45 +59,83 @@ class Predictor:
         self.input_name = self.model.inputs[0].name
 
     def probabilities(self, windows: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 → (N, S, S, C) float32 softmax of the chosen output."""
+        """(N, S, S, 3) uint8 → (N, S, S, C) float32 softmax of the chosen output; an output at lower resolution
+        (aux, 1/8) has its logits resized bilinearly to the window first, as DeepLab upsamples its logits. Only
+        the chosen output is computed (one traced graph), which saves the other heads' time and memory."""
         x = windows if self.mean is None else (windows.astype(np.float32) - self.mean) / self.std
-        logits = self.model.predict_on_batch({self.input_name: x})[self.output]
-        return keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
+        return self._probabilities(tf.convert_to_tensor(x, tf.float32)).numpy()
+
+    @tf.function(reduce_retracing=True)
+    def _probabilities(self, x):
+        logits = tf.cast(self.model({self.input_name: x}, training=False)[self.output], tf.float32)
+        if logits.shape[1] != x.shape[1] or logits.shape[2] != x.shape[2]:
+            logits = tf.image.resize(logits, tf.shape(x)[1:3], method="bilinear")
+        return tf.nn.softmax(logits, axis=-1)
 
     def predict(self, image: np.ndarray, overlap: float = 0.25, batch: int = 8) -> np.ndarray:
-        """(H, W, 3) uint8 RGB → (H, W) uint8 class indices."""
+        """(H, W, 3) uint8 RGB → (H, W) uint8 class indices.
+
+        Windows of the crop size every `(1 - overlap)` crop, the last one flush with the edge; their
+        probabilities are summed in a ring buffer of one window's height (row r lives in buffer row r mod S), so
+        memory is the class map plus S × W × C floats, whatever the image's height."""
         h, w = image.shape[:2]
         s = self.crop
         stride = max(1, int(round(s * (1 - overlap))))
-        ys = _starts(h, s, stride)
-        xs = _starts(w, s, stride)
         out = np.empty((h, w), np.uint8)
         pad_h, pad_w = max(h, s), max(w, s)
         padded = image if (pad_h, pad_w) == (h, w) else np.pad(image, ((0, pad_h - h), (0, pad_w - w), (0, 0)))
-        # A rolling strip of accumulated probabilities: rows [top, top + s) of the padded image.
-        top = 0
-        acc = np.zeros((s, pad_w, self.model.outputs[0].shape[-1]), np.float32)
-        for i, y in enumerate(ys):
-            if y > top:  # rows above y are final: no later window reaches them
-                shift = y - top
-                out[top:min(y, h)] = np.argmax(acc[:shift], -1)[: min(y, h) - top, :w]
-                acc = np.concatenate([acc[shift:], np.zeros((shift,) + acc.shape[1:], np.float32)])
-                top = y
+        ring = np.zeros((s, pad_w, self.num_classes), np.float32)
+
+        def pieces(start: int, stop: int):
+            """Image rows [start, stop) (at most S of them) as (image rows, ring rows) slices."""
+            a, b = start % s, (stop - 1) % s + 1
+            if stop - start <= s - a:
+                yield slice(start, stop), slice(a, a + stop - start)
+            else:
+                yield slice(start, start + s - a), slice(a, s)
+                yield slice(start + s - a, stop), slice(0, b)
+
+        def flush(start: int, stop: int):  # rows no later window reaches: final
+            for rows, ring_rows in pieces(start, stop):
+                keep = slice(rows.start, min(rows.stop, h))
+                if keep.stop > keep.start:
+                    out[keep] = np.argmax(ring[ring_rows], -1)[: keep.stop - keep.start, :w]
+                ring[ring_rows] = 0
+
+        done = 0
+        xs = _starts(w, s, stride)
+        for y in _starts(h, s, stride):
+            flush(done, y)
+            done = y
             for j in range(0, len(xs), batch):
                 group = xs[j:j + batch]
                 probs = self.probabilities(np.stack([padded[y:y + s, x:x + s] for x in group]))
                 for x, p in zip(group, probs):
-                    acc[:, x:x + s] += p
-        out[top:h] = np.argmax(acc[: h - top], -1)[:, :w]
+                    offset = 0
+                    for rows, ring_rows in pieces(y, y + s):
+                        n = rows.stop - rows.start
+                        ring[ring_rows, x:x + s] += p[offset:offset + n]
+                        offset += n
+        flush(done, done + s)
         return out
 
-    def write(self, image: np.ndarray, classes: np.ndarray, out_dir: str, name: str) -> list[str]:
+    def write(self, image: np.ndarray, classes: np.ndarray, out_dir: str, name: str, fmt: str = "color",
+              overlay: bool = True) -> list[str]:
+        """ID.png (`fmt` "color": the dataset's palette colours; "index": 8-bit class indices, what evaluation
+        tools read) and ID_overlay.jpg (the colours over the photo, half and half). Works in uint8 and in place —
+        `image` is used up — so a 10,000² tile needs one more image-sized buffer, not float64 ones."""
         colors = self.palette.colorize(classes)
-        overlay = (0.5 * image + 0.5 * colors).astype(np.uint8)
-        paths = [f"{out_dir}/{name}.png", f"{out_dir}/{name}_overlay.jpg"]
-        for path, data in zip(paths, (codec.encode_image(colors, "png"), codec.encode_image(overlay, "jpeg", 90))):
+        paths, data = [], []
+        if overlay:
+            cv2.addWeighted(image, 0.5, colors, 0.5, 0.0, dst=image)
+            paths.append(f"{out_dir}/{name}_overlay.jpg")
+            data.append(codec.encode_image(image, "jpeg", 90, consume=True))
+        paths.insert(0, f"{out_dir}/{name}.png")
+        data.insert(0, codec.encode_index_png(classes) if fmt == "index" else
+                    codec.encode_image(colors, "png", consume=True))
+        for path, payload in zip(paths, data):
             with tf.io.gfile.GFile(path, "wb") as f:
-                f.write(data)
+                f.write(payload)
         return paths
 
 
@@ -139,7 +183,12 @@ def run(argv: list[str] | None = None) -> int:
     p.add_argument("--split", help="with a VOC root: which ImageSets/Segmentation list (default: val)")
     p.add_argument("--output_dir", default="preds", help="(default: %(default)s)")
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap, 0..0.9 (default: 0.25)")
-    p.add_argument("--output", default="main", help="which model output to use (default: %(default)s)")
+    p.add_argument("--output", default="main",
+                   help="which model output to use: main, upsample or aux for the default model; a low-resolution "
+                        "output's logits are upsampled bilinearly (default: %(default)s)")
+    p.add_argument("--format", choices=("color", "index"), default="color",
+                   help="ID.png as the dataset's palette colours, or as 8-bit class indices (what evaluation tools "
+                        "read); ID_overlay.jpg is written either way (default: %(default)s)")
     args = p.parse_args(argv)
     if not 0 <= args.overlap <= 0.9:
         raise UsageError(f"--overlap must be in 0..0.9. Received: {args.overlap}")
@@ -156,7 +205,7 @@ def run(argv: list[str] | None = None) -> int:
             failed += 1
             continue
         classes = predictor.predict(image, args.overlap)
-        paths = predictor.write(image, classes, args.output_dir.rstrip("/"), name)
+        paths = predictor.write(image, classes, args.output_dir.rstrip("/"), name, args.format)
         print(f"predict: {path} → {paths[0]}")
     return 1 if failed else 0
 
