@@ -203,6 +203,19 @@ def test_best_is_saved_only_when_the_whole_run_improves(tmp_path):
     assert len(saved) == 1 and (state.best, state.best_epoch) == (0.55, 6)
 
 
+def test_mixed_precision_on_cpu_trains_in_bfloat16_and_saves_a_float32_model(records, tmp_path, capsys):
+    run = tmp_path / "run"
+    history = train.run(["--data_dir", records, "--model_dir", str(run), "--epochs", "1", "--batch_size", "4",
+                         "--width", "8", "--mixed_precision"])
+    assert "mixed_bfloat16" in capsys.readouterr().out.splitlines()[0]
+    assert np.isfinite(history.history["loss"][0])
+    assert keras.mixed_precision.global_policy().name == "float32"  # the run's policy does not leak
+    model = keras.models.load_model(run / "model.keras")
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    probs = model.predict_on_batch({"image": np.zeros((1, 64, 64, 3), np.float32)})
+    assert all(v.dtype == np.float32 for v in probs.values())
+
+
 def test_overwrite_starts_clean(records, tmp_path):
     run = tmp_path / "run"
     args = ["--data_dir", records, "--model_dir", str(run), "--epochs", "1", "--batch_size", "4", "--width", "8"]

@@ -48,9 +48,10 @@ def build_model(num_classes: int, crop_size: int = 256, width: int = 32, arch: s
         raise ValueError(f"crop_size must be a multiple of 8 for this model. Received: {crop_size}")
     image = keras.Input((crop_size, crop_size, 3), name="image")
     if mean is not None and std is not None:
-        x = layers.Normalization(mean=list(mean), variance=[max(s, 1e-3) ** 2 for s in std], name="normalize")(image)
+        x = layers.Normalization(mean=list(mean), variance=[max(s, 1e-3) ** 2 for s in std], name="normalize",
+                                 dtype="float32")(image)
     else:
-        x = layers.Rescaling(1 / 255, offset=-0.5, name="normalize")(image)
+        x = layers.Rescaling(1 / 255, offset=-0.5, name="normalize", dtype="float32")(image)
     x = _conv(x, width, stride=2)  # 1/2
     s2 = _conv(x, width)
     x = _sep(s2, 2 * width, stride=2)  # 1/4
@@ -63,12 +64,14 @@ def build_model(num_classes: int, crop_size: int = 256, width: int = 32, arch: s
     y = _sep(layers.Concatenate()([y, s4]), 2 * width)
     y = layers.Conv2DTranspose(width, 4, strides=2, padding="same")(y)  # 1/2
     y = _conv(layers.Concatenate()([y, s2]), width)
-    main = layers.Conv2DTranspose(num_classes, 4, strides=2, padding="same", name="main")(y)  # 1/1
+    # Outputs in float32 under a mixed-precision policy too: softmax and losses need the range.
+    main = layers.Conv2DTranspose(num_classes, 4, strides=2, padding="same", name="main", dtype="float32")(y)
     outputs = {"main": main}
     if arch == "multi":
         u = layers.UpSampling2D(2, interpolation="bilinear")(ctx)  # 1/4
         u = _sep(layers.Concatenate()([u, s4]), width)
         u = layers.Conv2D(num_classes, 1)(u)  # classify at 1/4, as DeepLab does, then upsample the logits
-        outputs["upsample"] = layers.UpSampling2D(4, interpolation="bilinear", name="upsample")(u)  # 1/1
-        outputs["aux"] = layers.Conv2D(num_classes, 1, name="aux")(ctx)  # 1/8
+        outputs["upsample"] = layers.UpSampling2D(4, interpolation="bilinear", name="upsample",
+                                                  dtype="float32")(u)  # 1/1
+        outputs["aux"] = layers.Conv2D(num_classes, 1, name="aux", dtype="float32")(ctx)  # 1/8
     return keras.Model({"image": image}, outputs, name=f"segprep_{arch}")

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distribution_strategy", choices=distribute.STRATEGIES, default="auto",
                    help="auto = mirrored over this machine's GPUs when there are several, else one device; "
                         "multi_worker_mirrored reads TF_CONFIG; tpu needs --tpu (default: %(default)s)")
+    p.add_argument("--mixed_precision", action="store_true",
+                   help="compute in 16 bits, keep weights and outputs in float32: mixed_float16 on GPUs (with loss "
+                        "scaling), mixed_bfloat16 on TPUs and CPUs; the saved model.keras is float32")
     p.add_argument("--tpu", help="TPU address for --distribution_strategy tpu: 'local' on a TPU VM, or a name or "
                                  "grpc:// address")
     return p
@@ -108,7 +112,16 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, replicas: int = 1):
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else steps_per_epoch
     if not cfg.warmup_epochs:  # else the loop sets the per-epoch rate
         lr = schedules.WarmupCosine(lr, warmup, max(1, cfg.epochs * steps_per_epoch - warmup))
-    return keras.optimizers.Adam(lr)
+    optimizer = keras.optimizers.Adam(lr)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":  # float16 gradients underflow unscaled
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def mixed_precision_policy(placement: distribute.Placement) -> str:
+    """mixed_float16 on GPUs (their fast path), mixed_bfloat16 on TPUs and CPUs (bfloat16 keeps float32's range,
+    so no loss scaling; CPUs with AVX512-BF16 run it faster)."""
+    return "mixed_float16" if tf.config.list_logical_devices("GPU") and not placement.is_tpu else "mixed_bfloat16"
 
 
 def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, meta: dict | None = None,
@@ -194,8 +207,10 @@ def save_keras(model: keras.Model, path: str) -> None:
 def save_inference_model(model: keras.Model, path: str) -> None:
     """The trained weights in an uncompiled copy: standard layers only, so plain `keras.models.load_model` reads
     it in any Python with Keras, without importing segprep. best.keras keeps the optimizer for fine-tuning."""
-    config = json.loads(json.dumps(model.get_config()).replace('"synchronized": true', '"synchronized": false'))
-    clone = model.__class__.from_config(config)  # synchronised BatchNorm only matters while training
+    # Synchronised BatchNorm and mixed precision only matter while training: the saved model is plain float32.
+    text = json.dumps(model.get_config()).replace('"synchronized": true', '"synchronized": false')
+    text = re.sub(r'"name": "mixed_(b?float16)"', '"name": "float32"', text)
+    clone = model.__class__.from_config(json.loads(text))
     clone.set_weights(model.get_weights())
     save_keras(clone, path)
 
@@ -248,6 +263,16 @@ def run(argv: list[str] | None = None) -> loop.History:
     placement = distribute.make(args.distribution_strategy, args.tpu)
     if args.overwrite and placement.is_chief:
         clear_run(model_dir)
+    policy = mixed_precision_policy(placement) if args.mixed_precision else "float32"
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        return _train(args, meta, model_dir, placement, policy, scale)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _train(args, meta: dict, model_dir: str, placement: distribute.Placement, policy: str, scale) -> loop.History:
     keras.utils.set_random_seed(args.seed)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
                       warmup_steps=args.warmup_steps, seed=args.seed,
@@ -257,7 +282,8 @@ def run(argv: list[str] | None = None) -> loop.History:
         model = build_model(int(meta["num_classes"]), int(meta["crop_size"]), args.width, args.arch,
                             *cfg.normalization.mean_std(meta))
     cfg = dataclasses.replace(cfg, loss_weights=_loss_weights(args.loss_weights, list(model.output_names)))
-    print(f"train: {placement.describe()}; global batch {args.batch_size * placement.replicas} "
+    precision = "" if policy == "float32" else f", {policy}"
+    print(f"train: {placement.describe()}{precision}; global batch {args.batch_size * placement.replicas} "
           f"({args.batch_size} per replica), peak lr {args.lr * placement.replicas:g}; {model.name}, "
           f"{model.count_params():,} parameters, outputs {', '.join(model.output_names)}; "
           f"{md.split(meta, 'train')['records']} train / {md.split(meta, 'val')['records']} val crops → {model_dir}",
