@@ -298,6 +298,33 @@ def test_predict_outputs_and_formats(run_dir, tmp_path, capsys):
     assert err == ["predict: error: --output mian: the model's outputs are aux, main, upsample."]
 
 
+SERVE = """
+import json, sys
+import numpy as np, tensorflow as tf
+serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+images = np.load(sys.argv[2])
+out = serve(images=tf.constant(images))
+odd = serve(images=tf.constant(images[:, :50, :77]))
+print(json.dumps({"classes": out["classes"].numpy().tolist(), "dtype": str(out["classes"].dtype.name),
+                  "sums": out["probabilities"].numpy().sum(-1).round(4).ravel()[:50].tolist(),
+                  "odd": list(odd["classes"].shape), "odd_p": list(odd["probabilities"].shape)}))
+"""
+
+
+def test_serving_export_loads_in_a_fresh_process_and_predicts_as_predict_does(run_dir, tmp_path):
+    images = np.random.default_rng(3).integers(0, 255, (2, 128, 192, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    proc = subprocess.run([sys.executable, "-c", SERVE, f"{run_dir}/serving", str(tmp_path / "images.npy")],
+                          capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["dtype"] == "uint8" and out["odd"] == [2, 50, 77] and out["odd_p"] == [2, 50, 77, 21]
+    assert np.allclose(out["sums"], 1.0, atol=1e-3)
+    p = predict.Predictor(run_dir)
+    for image, classes in zip(images, out["classes"]):  # windows of the crop, no overlap: predict's own result
+        np.testing.assert_array_equal(np.array(classes), p.predict(image, overlap=0.0))
+
+
 def test_evaluate_prints_per_class_iou_and_writes_json(run_dir, records, capsys):
     result = evaluate.run(["--model_dir", run_dir, "--data_dir", records])
     assert 0.0 <= result["miou"] <= 1.0 and result["pixels"] > 0

@@ -166,7 +166,8 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
         path = placement.write_dir(model_dir, "model.keras")
         save_inference_model(model, path)
         placement.cleanup(path)
-        if placement.is_chief:
+        if placement.is_chief and len(model.inputs) == 1:  # a model of several inputs has no one image to serve
+            export_serving(model, f"{model_dir}/serving")
             info = {"class_names": meta["class_names"], "class_colors": meta["class_colors"],
                     "ignore_colors": meta.get("ignore_colors", []), "num_classes": num_classes,
                     "crop_size": meta["crop_size"], "normalization": cfg.normalization.to_json(meta),
@@ -204,15 +205,63 @@ def save_keras(model: keras.Model, path: str) -> None:
         tf.io.gfile.copy(local, path, overwrite=True)
 
 
-def save_inference_model(model: keras.Model, path: str) -> None:
-    """The trained weights in an uncompiled copy: standard layers only, so plain `keras.models.load_model` reads
-    it in any Python with Keras, without importing segprep. best.keras keeps the optimizer for fine-tuning."""
-    # Synchronised BatchNorm and mixed precision only matter while training: the saved model is plain float32.
+def inference_model(model: keras.Model) -> keras.Model:
+    """The trained weights in an uncompiled float32 copy with standard layers only, so plain
+    `keras.models.load_model` reads it in any Python with Keras, without importing segprep. Synchronised
+    BatchNorm and mixed precision only matter while training."""
     text = json.dumps(model.get_config()).replace('"synchronized": true', '"synchronized": false')
     text = re.sub(r'"name": "mixed_(b?float16)"', '"name": "float32"', text)
     clone = model.__class__.from_config(json.loads(text))
     clone.set_weights(model.get_weights())
-    save_keras(clone, path)
+    return clone
+
+
+def save_inference_model(model: keras.Model, path: str) -> None:
+    """model.keras: see `inference_model`. best.keras keeps the optimizer for fine-tuning."""
+    save_keras(inference_model(model), path)
+
+
+def export_serving(model: keras.Model, path: str, output: str = "main") -> None:
+    """RUN/serving/: a SavedModel for TF Serving and Vertex AI. Its `serving_default` signature takes `images`, a
+    uint8 RGB batch [N, H, W, 3] of any size, and returns `probabilities` [N, H, W, C] (float32 softmax of the
+    `output`) and `classes` [N, H, W] (uint8). The image is cut into windows of the training crop (padded at the
+    far edges), predicted in one batch and put back: trainer.predict's windows without overlap."""
+    model = inference_model(model)
+    size = int(model.inputs[0].shape[1])
+    name = model.inputs[0].name
+
+    def serve(images):
+        n, h, w = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
+        x = tf.pad(images, [[0, 0], [0, (-h) % size], [0, (-w) % size], [0, 0]])
+        rows, cols = tf.shape(x)[1] // size, tf.shape(x)[2] // size
+        tiles = tf.reshape(tf.transpose(tf.reshape(x, [n, rows, size, cols, size, 3]), [0, 1, 3, 2, 4, 5]),
+                           [-1, size, size, 3])
+        logits = tf.cast(model({name: tf.cast(tiles, tf.float32)}, training=False)[output], tf.float32)
+        if logits.shape[1] != size:  # a low-resolution output: logits upsampled as predict does
+            logits = tf.image.resize(logits, [size, size], method="bilinear")
+        probs = tf.nn.softmax(logits, axis=-1)
+        classes = probs.shape[-1]
+        probs = tf.reshape(tf.transpose(tf.reshape(probs, [n, rows, cols, size, size, classes]), [0, 1, 3, 2, 4, 5]),
+                           [n, rows * size, cols * size, classes])[:, :h, :w]
+        return {"probabilities": probs, "classes": tf.cast(tf.argmax(probs, -1), tf.uint8)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve,
+                         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    with tempfile.TemporaryDirectory() as tmp:  # written whole, then copied: gs:// gets no half-written export
+        archive.write_out(f"{tmp}/serving", verbose=False)
+        if tf.io.gfile.exists(path):
+            tf.io.gfile.rmtree(path)
+        _copy_tree(f"{tmp}/serving", path)
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    for folder, _, files in tf.io.gfile.walk(src):
+        target = dst + folder[len(src):]
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            tf.io.gfile.copy(f"{folder}/{name}", f"{target}/{name}", overwrite=True)
 
 
 def _default_model_dir(args: argparse.Namespace) -> str:
