@@ -1,19 +1,24 @@
-"""gs:// input and output through Beam's GCS filesystem, against a local GCS emulator on 127.0.0.1."""
+"""gs:// end to end against a local GCS emulator on 127.0.0.1: prepare through Beam's GCS filesystem, and the
+trainer, predict and evaluate through TensorFlow's (reached through the TLS proxy of tests/gcs_proxy.py)."""
 
 import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
-from conftest import read_records
+import gcs_proxy
+from conftest import REPO, read_records
 from pipelines import prepare
-from segprep import crops
+from segprep import codec, crops
 
 
 @pytest.fixture
-def gcs(monkeypatch):
+def emulator(monkeypatch):
+    """A GCS emulator on 127.0.0.1 with bucket "bkt", Beam's GCS client pointed at it; → its port."""
     from gcp_storage_emulator.server import create_server
 
     sock = socket.socket()
@@ -28,8 +33,21 @@ def gcs(monkeypatch):
     import apache_beam.internal.gcp.auth as auth
 
     monkeypatch.setattr(auth, "get_service_credentials", lambda options: None)
-    yield "gs://bkt"
+    yield port
     server.stop()
+
+
+@pytest.fixture
+def gcs(emulator):
+    return "gs://bkt"
+
+
+@pytest.fixture
+def tf_env(emulator, tmp_path):
+    """Environment for a TensorFlow process whose gs:// reaches the emulator."""
+    proxy = gcs_proxy.Proxy(emulator, str(tmp_path))
+    yield dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", **proxy.tf_env())
+    proxy.close()
 
 
 def upload(local_root, url):
@@ -66,3 +84,62 @@ def test_prepare_reads_and_writes_gcs(gcs, voc_tree, tmp_path):
     # A second run into the same bucket path refuses, as it does locally.
     with pytest.raises(prepare.UsageError, match="--overwrite"):
         prepare.run(["--input_dir", f"{gcs}/voc", "--output_dir", out, "--runner=DirectRunner"])
+
+
+def _objects(prefix):
+    from apache_beam.io.filesystems import FileSystems
+
+    return sorted(m.path[len(prefix) + 1:] for m in FileSystems.match([f"{prefix}/**"])[0].metadata_list)
+
+
+KILLED_RUN = """
+import sys
+import keras
+from trainer import train
+from trainer.model import build_model
+
+
+class Kill(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise SystemExit(3)
+
+
+train.fit(build_model(21, 64, width=8), sys.argv[1], sys.argv[2], train.TrainConfig(epochs=2, batch_size=4),
+          verbose=0, extra_callbacks=[Kill()])
+"""
+
+
+def test_train_predict_and_evaluate_with_shards_and_run_dir_on_gcs(gcs, tf_env, voc_tree, tmp_path):
+    data, run = f"{gcs}/records", f"{gcs}/runs/a"
+    assert prepare.run(["--input_dir", voc_tree.root, "--output_dir", data, "--crop_size", "64",
+                        "--crops_per_image", "6", "--runner=DirectRunner"]) == 0
+
+    def cli(*args, code=None):
+        argv = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", *args]
+        return subprocess.run(argv, env=tf_env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+    killed = cli(data, run, code=KILLED_RUN)  # dies after its first epoch, leaving backup/ on gs://
+    assert killed.returncode == 3, killed.stderr[-3000:]
+    assert any(name.startswith("backup/") for name in _objects(run))
+    trained = cli("trainer.train", "--data_dir", data, "--model_dir", run, "--epochs", "2", "--batch_size", "4",
+                  "--width", "8")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "best val mIoU (main)" in trained.stdout
+    names = _objects(run)
+    for name in ("model.keras", "best.keras", "log.csv", "segprep.json", "serving/saved_model.pb"):
+        assert name in names, names
+    assert any(n.startswith("tensorboard/train/") for n in names) and not any(n.startswith("backup/") for n in names)
+    from apache_beam.io.filesystems import FileSystems
+
+    log = FileSystems.open(f"{run}/log.csv").read().decode().splitlines()
+    assert [row.split(",")[0] for row in log[1:]] == ["0", "1"]  # epoch 0 before the kill, epoch 1 after
+
+    image = tmp_path / "photo.png"
+    image.write_bytes(codec.encode_image(voc_tree.images["t1"], "png"))
+    predicted = cli("trainer.predict", "--model_dir", run, "--input", str(image), "--output_dir", f"{gcs}/preds")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    mask, _ = codec.decode_mask(FileSystems.open(f"{gcs}/preds/photo.png").read())
+    assert mask.shape == voc_tree.images["t1"].shape
+    evaluated = cli("trainer.evaluate", "--model_dir", run)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "mIoU" in evaluated.stdout and "eval-val.json" in _objects(run)
