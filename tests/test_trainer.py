@@ -96,6 +96,11 @@ def test_step_warmup_cosine_matches_numpy_and_reloads():
     assert float(again(123)) == pytest.approx(float(sched(123)))
 
 
+def test_median_frequency_class_weights():
+    weights = train.median_frequency({"class_pixels": [100, 10, 0, 40]})  # frequencies 2/3, 1/15, -, 4/15
+    assert weights == pytest.approx([0.4, 4.0, 1.0, 1.0])
+
+
 def _cfg(**kw):
     base = dict(epochs=2, batch_size=4, lr=2e-3)
     base.update(kw)
@@ -123,6 +128,25 @@ def test_fit_logs_per_epoch_and_saves_a_loadable_model(records, tmp_path):
     assert isinstance(schedule, schedules.WarmupCosine) and schedule.warmup_steps == 3
 
 
+def test_class_weights_change_the_loss_as_weighted_cross_entropy(records):
+    meta = data.load_metadata(records)
+    placement = train.distribute.make("auto")
+    x, y = next(iter(data.make_dataset(records, "val", 4, training=False)))
+    keras.utils.set_random_seed(0)
+    model = build_model(21, 64, width=8, arch="deconv")
+    losses = []
+    for weights in (None, [2.0] * 21, [1.0] + [0.0] * 20):
+        steps = train.loop.Steps(model, keras.optimizers.Adam(), {"main": 1.0}, 21, placement, weights)
+        losses.append(float(steps.eval(x, y)[0]["loss"]))
+    labels = y["main"].numpy()[..., 0]
+    logits = model.predict_on_batch(x)["main"]
+    ce = -np.log(np.take_along_axis(tf.nn.softmax(logits).numpy(), np.minimum(labels, 20)[..., None], -1)[..., 0])
+    valid = labels != 255
+    assert losses[0] == pytest.approx(ce[valid].mean(), rel=1e-4)
+    assert losses[1] == pytest.approx(2 * losses[0], rel=1e-5)  # weights scale each pixel's term
+    assert losses[2] == pytest.approx(ce[valid & (labels == 0)].sum() / valid.sum(), rel=1e-4)
+
+
 def test_a_two_input_model_trains_through_the_same_pipeline(records, tmp_path):
     full = keras.Input((64, 64, 3), name="image")
     half = keras.Input((32, 32, 3), name="image_half")
@@ -137,6 +161,8 @@ def test_a_two_input_model_trains_through_the_same_pipeline(records, tmp_path):
     cfg = _cfg(epochs=1, normalization=Normalization("dataset", in_model=False))
     history = train.fit(model, records, str(tmp_path / "run"), cfg, verbose=0)
     assert np.isfinite(history.history["loss"][0]) and "val_coarse_miou" in history.history
+    info = json.load(open(tmp_path / "run" / "segprep.json"))  # what predict needs, for any model
+    assert info["normalization"]["in_model"] is False and not (tmp_path / "run" / "serving").exists()
 
 
 class _Watch(keras.callbacks.Callback):

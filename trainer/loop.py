@@ -5,9 +5,10 @@ callbacks do not survive a GCS run dir or a resume (CSVLogger appends through a 
 ModelCheckpoint forgets the best value on resume). One loop — `strategy.run` over a distributed dataset — serves
 the default strategy, one device, mirrored GPUs, several workers and TPUs alike, with one set of duties:
 
-- **loss**: per output, sparse cross-entropy over the labelled pixels (255 ignored) of the *global* batch — each
-  replica divides its sum by the all-reduced pixel count, and the optimizer sums gradients across replicas — so a
-  step is the same on 1 or N replicas for the same global batch; outputs weighted by `loss_weights`;
+- **loss**: per output, sparse cross-entropy (optionally class-weighted) over the labelled pixels (255 ignored) of
+  the *global* batch — each replica divides its sum by the all-reduced pixel count, and the optimizer sums
+  gradients across replicas — so a step is the same on 1 or N replicas for the same global batch; outputs weighted
+  by `loss_weights`;
 - **metrics**: a confusion matrix per output and step, summed across replicas; mIoU as Keras's `MeanIoU` computes
   it (classes with a non-empty union);
 - **run dir** (the chief only): log.csv rewritten whole each epoch (so it works on gs://), TensorBoard scalars,
@@ -77,11 +78,12 @@ class Steps:
     """The distributed train and eval steps for one model, optimizer and set of outputs."""
 
     def __init__(self, model: keras.Model, optimizer, loss_weights: dict[str, float], num_classes: int,
-                 placement: Placement):
+                 placement: Placement, class_weights=None):
         self.model, self.optimizer = model, optimizer
         self.outputs = list(model.output_names)
         self.weights = {k: float(loss_weights.get(k, 0.0)) for k in self.outputs}
         self.num_classes = num_classes
+        self.class_weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
         self.strategy = placement.strategy
         self._scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         self.train = tf.function(self._distributed(self._train_step))
@@ -104,8 +106,11 @@ class Steps:
         for name in self.outputs:
             labels = tf.cast(y[name][..., 0], tf.int32)
             valid = tf.not_equal(labels, 255)
-            per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=tf.where(valid, labels, 0), logits=tf.cast(out[name], tf.float32))
+            labels = tf.where(valid, labels, 0)
+            per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels,
+                                                                       logits=tf.cast(out[name], tf.float32))
+            if self.class_weights is not None:
+                per_pixel *= tf.gather(self.class_weights, labels)
             total = tf.reduce_sum(tf.where(valid, per_pixel, 0.0))
             count = tf.reduce_sum(tf.cast(valid, tf.float32))
             if ctx is not None:

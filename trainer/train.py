@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -38,9 +39,9 @@ BEST_METRIC = loop.BEST_METRIC
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 18
+    epochs: int = 20
     batch_size: int = 8
-    lr: float = 2e-3
+    lr: float = 4e-3  # on the sample: 2e-3 reached 0.71 val mIoU in 18 epochs, 4e-3 0.89 in 20 (6.7 min, 2 cores)
     warmup_epochs: int = 0
     warmup_steps: int | None = None  # None: one epoch of steps
     loss_weights: dict | None = None  # None: 1.0 for "main", 0.2 for the others (the seed recipe's weights)
@@ -49,6 +50,7 @@ class TrainConfig:
     augment: data.Augment = data.Augment()
     train_split: str = "train"
     val_split: str = "val"
+    class_weights: str = "none"  # or "median_frequency" (from metadata.json's pixel counts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the seed recipe's per-epoch warm-up: lr·i/num for epochs i < num (default: off)")
     p.add_argument("--warmup_steps", type=int, default=None,
                    help="per-step linear warm-up, then cosine decay to 0 (default: one epoch of steps)")
+    p.add_argument("--class_weights", choices=("none", "median_frequency"), default=TrainConfig.class_weights,
+                   help="per-class loss weights: median_frequency = median(freq) / freq of each class, from the "
+                        "training split's pixel counts in metadata.json (rare classes weigh more) "
+                        "(default: %(default)s)")
     p.add_argument("--loss_weights", help="e.g. main=1,upsample=0.2,aux=0.2 (default: 1 main, 0.2 others)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--arch", choices=ARCHS, default="multi", help="(default: %(default)s)")
@@ -118,6 +124,18 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, replicas: int = 1):
     return optimizer
 
 
+def median_frequency(split: dict) -> list[float]:
+    """SegNet's median-frequency balancing from a split's pixel counts: weight_c = median(freq) / freq_c over the
+    classes that occur; classes that do not occur get 1 (they never reach the loss)."""
+    counts = [float(c) for c in split["class_pixels"]]
+    total = sum(counts) or 1.0
+    freqs = [c / total for c in counts if c > 0]
+    if not freqs:
+        return [1.0] * len(counts)
+    median = statistics.median(freqs)
+    return [median / (c / total) if c > 0 else 1.0 for c in counts]
+
+
 def mixed_precision_policy(placement: distribute.Placement) -> str:
     """mixed_float16 on GPUs (their fast path), mixed_bfloat16 on TPUs and CPUs (bfloat16 keeps float32's range,
     so no loss scaling; CPUs with AVX512-BF16 run it faster)."""
@@ -144,8 +162,7 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
     for split, training in ((cfg.train_split, True), (cfg.val_split, False)):
         ds = data.make_dataset(data_dir, split, global_batch, training=training, inputs=inputs, targets=targets,
                                aug=cfg.augment, normalize=cfg.normalization.for_pipeline(meta), seed=cfg.seed,
-                               meta=meta,
-                               pad_batches=True)
+                               meta=meta, pad_batches=True)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = distribute.shard_policy(
             len(md.split(meta, split)["shards"]), placement.workers)
@@ -158,8 +175,9 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
     epoch_lr = ((lambda epoch: schedules.epoch_warmup(epoch, cfg.lr * placement.replicas, cfg.warmup_epochs))
                 if cfg.warmup_epochs else None)
     tf.io.gfile.makedirs(model_dir)
-    runner = loop.Loop(loop.Steps(model, optimizer, weights, num_classes, placement), placement, model_dir,
-                       save_best=lambda path: save_keras(model, path), epoch_lr=epoch_lr,
+    class_weights = median_frequency(md.split(meta, cfg.train_split)) if cfg.class_weights != "none" else None
+    runner = loop.Loop(loop.Steps(model, optimizer, weights, num_classes, placement, class_weights), placement,
+                       model_dir, save_best=lambda path: save_keras(model, path), epoch_lr=epoch_lr,
                        callbacks=extra_callbacks, verbose=verbose)
     try:
         history = _run(runner, datasets, cfg, steps, val_steps, meta, data_dir)
@@ -168,6 +186,7 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
         placement.cleanup(path)
         if placement.is_chief and len(model.inputs) == 1:  # a model of several inputs has no one image to serve
             export_serving(model, f"{model_dir}/serving")
+        if placement.is_chief:
             info = {"class_names": meta["class_names"], "class_colors": meta["class_colors"],
                     "ignore_colors": meta.get("ignore_colors", []), "num_classes": num_classes,
                     "crop_size": meta["crop_size"], "normalization": cfg.normalization.to_json(meta),
@@ -326,7 +345,7 @@ def _train(args, meta: dict, model_dir: str, placement: distribute.Placement, po
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
                       warmup_steps=args.warmup_steps, seed=args.seed,
                       augment=data.Augment(flip=not args.no_flip, scale=scale, rotate_degrees=args.aug_rotate),
-                      normalization=Normalization(args.normalization))
+                      normalization=Normalization(args.normalization), class_weights=args.class_weights)
     with placement.strategy.scope():
         model = build_model(int(meta["num_classes"]), int(meta["crop_size"]), args.width, args.arch,
                             *cfg.normalization.mean_std(meta))
