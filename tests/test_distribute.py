@@ -88,7 +88,7 @@ sys.exit(train.main(sys.argv[1:]))
 
 def test_train_with_mirrored_names_the_strategy_and_scales_batch_and_lr(records, tmp_path):
     proc = script(MIRRORED_CLI, "--data_dir", records, "--model_dir", str(tmp_path / "run"), "--epochs", "1",
-                  "--batch_size", "2", "--width", "8", "--distribution_strategy", "mirrored")
+                  "--batch_size", "2", "--lr", "0.002", "--width", "8", "--distribution_strategy", "mirrored")
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = proc.stdout.splitlines()[0]
     assert first.startswith("train: mirrored, 2 replicas; global batch 4 (2 per replica), peak lr 0.004"), first
