@@ -56,7 +56,8 @@ def main():
     rates = json.loads(proc.stdout.strip().splitlines()[-1])
     one, two = rates.values()
     print(f"(i) training steps/s, default model, global batch 8: one device {one:.2f}, mirrored over 2 logical CPU "
-          f"devices {two:.2f} → {two / one:.2f}× (same 2 cores: the cost of distribution, not a speed-up)")
+          f"devices {two:.2f} → {two / one:.2f}× (both on the same 2 cores: what splitting the batch, synchronised "
+          "BatchNorm and the all-reduce cost or gain, not more hardware)")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,16 @@
 
     python -m trainer.train                                       # data/records in, runs/... out, runs/latest
     python -m trainer.train --data_dir gs://B/records --model_dir gs://B/runs/exp1 --epochs 50
+    python -m trainer.train --distribution_strategy mirrored --mixed_precision   # every GPU of this machine
+    python -m trainer.train --distribution_strategy tpu --tpu local --data_dir gs://B/records --model_dir gs://B/r
+    python -m trainer.train --distribution_strategy multi_worker_mirrored ...    # on each worker, with TF_CONFIG
 
-A run dir holds model.keras (loads with plain `keras.models.load_model`), best.keras (best val mIoU of the main
-output), log.csv (epoch, losses, mIoU per output, lr), tensorboard/, segprep.json (palette and normalisation for
-predict) and, while training, backup/: run the same command again after a crash and it resumes from the last
-finished epoch. The default --model_dir is derived from the flags, so "the same command" finds its run.
+A run dir (local or gs://) holds model.keras (loads with plain `keras.models.load_model`), best.keras (best val
+mIoU of the main output over the whole run), log.csv (epoch, losses, mIoU per output, lr), tensorboard/,
+serving/ (a SavedModel for TF Serving), segprep.json (palette and normalisation for predict) and, while
+training, backup/: run the same command again after a crash and it resumes from the last finished epoch. The
+default --model_dir is derived from the flags, so "the same command" finds its run. --batch_size is per replica;
+the global batch and the peak learning rate grow with the number of replicas (see trainer/distribute.py).
 """
 
 from __future__ import annotations
