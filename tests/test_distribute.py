@@ -166,3 +166,13 @@ def test_multi_worker_trains_resumes_and_only_the_chief_writes(records, tmp_path
     rows = open(f"{run}/log.csv").read().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
     assert os.listdir(tmp) == []  # the non-chief's temp copies are gone
+
+
+def test_auto_shard_policy_gives_whole_files_only_when_every_worker_gets_one():
+    from tensorflow.data.experimental import AutoShardPolicy
+
+    from trainer import distribute
+
+    assert distribute.shard_policy(num_files=8, workers=2) == AutoShardPolicy.FILE
+    assert distribute.shard_policy(num_files=1, workers=2) == AutoShardPolicy.DATA
+    assert distribute.shard_policy(num_files=8, workers=1) == AutoShardPolicy.OFF
