@@ -18,7 +18,7 @@ import time
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from segprep import layout, metadata
+from segprep import layout, metadata, storage
 from segprep.convert import Stats
 from segprep.palette import Palette
 
@@ -42,18 +42,11 @@ class RunSpec:
     started: float
 
 
-def _match(pattern: str) -> list[str]:
-    try:
-        return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-    except Exception:  # noqa: BLE001 - an absent folder matches nothing
-        return []
-
-
 def existing_outputs(out: str) -> tuple[list[str], list[str]]:
     """→ (files of a finished or partial run: shards, errors, metadata; leftover temp files of crashed runs)."""
-    done = [p for p in _match(layout.join(out, "*")) if layout.is_shard(p) or p.endswith("/" + layout.METADATA)]
-    done += _match(layout.join(out, layout.ERRORS_DIR, "*.jsonl"))
-    temp = _match(layout.join(out, layout.TEMP_PREFIX + "*", "*"))
+    done = [p for p in storage.match(layout.join(out, "*")) if layout.is_shard(p) or p.endswith("/" + layout.METADATA)]
+    done += storage.match(layout.join(out, layout.ERRORS_DIR, "*.jsonl"))
+    temp = storage.match(layout.join(out, layout.TEMP_PREFIX + "*", "*"))
     return sorted(done), sorted(temp)
 
 
@@ -63,12 +56,7 @@ def clear(paths: list[str]) -> None:
 
 
 def _write_text(path: str, text: str) -> None:
-    with FileSystems.create(path) as f:
-        f.write(text.encode())
-
-
-def _basename(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1]
+    storage.write_bytes(path, text.encode())
 
 
 def write_errors(run: RunSpec, errors: list) -> dict[str, int]:
@@ -85,8 +73,8 @@ def write_errors(run: RunSpec, errors: list) -> dict[str, int]:
 def split_shards(run: RunSpec, shards: list) -> dict[str, list[metadata.Shard]]:
     """Every shard of every split, in order: the written ones and, for shard numbers that got no crops, empty
     files made here, so each split has exactly its `-of-N` count of files. Moves them all into OUT."""
-    present = {_basename(p) for p in _match(layout.join(run.temp_dir, "*"))}
-    final = {_basename(p) for p in _match(layout.join(run.output_dir, "*")) if layout.is_shard(p)}
+    present = {storage.basename(p) for p in storage.match(layout.join(run.temp_dir, "*"))}
+    final = {storage.basename(p) for p in storage.match(layout.join(run.output_dir, "*")) if layout.is_shard(p)}
     compression = CompressionTypes.GZIP if run.compressed else CompressionTypes.UNCOMPRESSED
     result, moves = {}, []
     for split in run.splits:
@@ -115,7 +103,7 @@ def split_shards(run: RunSpec, shards: list) -> dict[str, list[metadata.Shard]]:
 
 
 def remove_temp_dir(run: RunSpec) -> None:
-    leftovers = _match(layout.join(run.temp_dir, "*"))
+    leftovers = storage.match(layout.join(run.temp_dir, "*"))
     if leftovers:
         FileSystems.delete(leftovers)
     try:

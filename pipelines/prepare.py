@@ -21,13 +21,12 @@ import time
 import uuid
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import output
 from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodePairs, Finalize, MergeStats, ReadPairs,
                                   SpreadCrops, WriteShards, read_bytes)
-from segprep import layout, lookup, sample
+from segprep import dataset, layout, lookup, sample
 from segprep import cli
 from segprep.cli import Parser, UsageError
 from segprep.convert import ConvertConfig
@@ -124,33 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compress", action="store_true", help="gzip the shards (.tfrecord.gz)")
     p.add_argument("--max_failed_inputs", type=_int_flag(0), default=0,
                    help="exit 0 even if up to this many inputs failed (default: %(default)s)")
+    p.add_argument("--limit", type=_int_flag(1), default=None, metavar="N",
+                   help="take only the first N ids of each split: a quick trial of a large dataset")
     p.add_argument("--overwrite", action="store_true",
                    help="delete an earlier run's shards, errors and metadata in --output_dir first")
     return p
-
-
-def _list_splits(root: str, wanted: str | None) -> dict[str, list[str]]:
-    """Checks the VOC layout and reads the split lists: → {split: [ids]}."""
-    found = sorted(p.rsplit("/", 1)[-1][:-4] for p in output._match(layout.join(root, layout.SPLIT_DIR, "*.txt")))
-    if not found:
-        if not FileSystems.exists(root):
-            raise UsageError(f"--input_dir {root} does not exist.")
-        raise UsageError(f"--input_dir {root} is not in Pascal VOC layout: expected split lists "
-                         f"{layout.split_path(root, 'SPLIT')} next to {layout.IMAGE_DIR}/ and {layout.MASK_DIR}/.")
-    names = _check_splits("--splits", wanted, found, f"{root} lists") if wanted else found
-    lists = {}
-    for name in names:
-        lists[name] = layout.parse_split_list(read_bytes(layout.split_path(root, name)).decode("utf-8", "replace"))
-    return lists
-
-
-def _check_splits(flag: str, value: str, known, where: str) -> list[str]:
-    """The names of a comma-list flag, each one of `known`; otherwise a usage error naming the stranger."""
-    names = [s.strip() for s in value.split(",") if s.strip()]
-    unknown = [s for s in names if s not in known]
-    if unknown:
-        raise UsageError(f"Unknown split {', '.join(unknown)} in {flag}: {where} {', '.join(known) or 'none'}.")
-    return names
 
 
 def _check_output(out: str, overwrite: bool) -> None:
@@ -241,16 +218,20 @@ def run(argv: list[str] | None = None) -> int:
     options = _pipeline_options(beam_args)
     out = args.output_dir.rstrip("/")
     _check_output(out, args.overwrite)
-    if args.input_dir is None:  # check the split flags against the sample's lists before making it
-        names = (_check_splits("--splits", args.splits, sample.SPLITS, "the bundled sample lists") if args.splits
-                 else sample.SPLITS)
-        if args.random_crop_splits is not None:
-            _check_splits("--random_crop_splits", args.random_crop_splits, names, "this run has")
-        sample.ensure_sample(SAMPLE_DIR)
-    root = run_input(args).rstrip("/")
-    lists = _list_splits(root, args.splits)
-    random_splits = (_check_splits("--random_crop_splits", args.random_crop_splits, list(lists), "this run has")
-                     if args.random_crop_splits is not None else [s for s in lists if s.startswith("train")])
+    try:
+        if args.input_dir is None:  # check the split flags against the sample's lists before making it
+            names = (dataset.check_names("--splits", args.splits, sample.SPLITS, "the bundled sample lists")
+                     if args.splits else sample.SPLITS)
+            if args.random_crop_splits is not None:
+                dataset.check_names("--random_crop_splits", args.random_crop_splits, names, "this run has")
+            sample.ensure_sample(SAMPLE_DIR)
+        root = run_input(args).rstrip("/")
+        lists = dataset.read_splits(root, args.splits, args.limit)
+        random_splits = (dataset.check_names("--random_crop_splits", args.random_crop_splits, list(lists),
+                                             "this run has")
+                         if args.random_crop_splits is not None else [s for s in lists if s.startswith("train")])
+    except dataset.DatasetError as e:
+        raise UsageError(str(e)) from None
     _clear_output(out, args.overwrite)  # the only destructive step: every check is done before it
 
     flags = {k: v for k, v in vars(args).items()}

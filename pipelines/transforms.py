@@ -24,7 +24,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 
-from segprep import layout
+from segprep import layout, storage
+from segprep.storage import read_bytes
 from segprep.convert import ConvertConfig, InputError, Stats, decode_pair, encode_crops
 from segprep.crops import stable_hash
 
@@ -67,11 +68,6 @@ class ShardResult:
     bytes: int
 
 
-def read_bytes(path: str) -> bytes:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return f.read()
-
-
 class _ReadPairFn(beam.DoFn):
     def __init__(self, root: str):
         self._root = root
@@ -84,19 +80,12 @@ class _ReadPairFn(beam.DoFn):
             try:
                 data.append(read_bytes(path))
             except Exception as e:  # noqa: BLE001 - any failure to read is this input's error, not the run's
-                missing = not _exists(path)
+                missing = not storage.exists(path)
                 reason, msg = ((f"missing_{what}", f"no {what} file at {path}") if missing
                                else (f"unreadable_{what}", f"cannot read {what} {path}: {type(e).__name__}: {e}"))
                 yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(split, image_id, reason, msg, paths))
                 return
         yield PairBytes(split, image_id, *data)
-
-
-def _exists(path: str) -> bool:
-    try:
-        return FileSystems.exists(path)
-    except Exception:  # noqa: BLE001
-        return False
 
 
 class ReadPairs(beam.PTransform):

@@ -129,7 +129,6 @@ def test_fit_logs_per_epoch_and_saves_a_loadable_model(records, tmp_path):
 
 
 def test_class_weights_change_the_loss_as_weighted_cross_entropy(records):
-    meta = data.load_metadata(records)
     placement = train.distribute.make("auto")
     x, y = next(iter(data.make_dataset(records, "val", 4, training=False)))
     keras.utils.set_random_seed(0)
