@@ -183,6 +183,10 @@ class ColorCounter:
         self._pending = self._keys[0].size if self._keys else 0
         return (self._keys[0], self._counts[0]) if self._keys else (np.zeros(0, np.uint32), np.zeros(0, np.int64))
 
+    def merged(self) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct keys ascending, their counts)."""
+        return self._merge()
+
     def result(self, top: int = 5) -> tuple[list[tuple[tuple[int, int, int], int]], int, np.ndarray, np.ndarray]:
         """→ (the `top` most frequent colours with counts, most frequent first; distinct count; all keys; counts)."""
         keys, counts = self._merge()

@@ -29,8 +29,8 @@ VOC_NAMES = (
 VOC_BORDER_COLOR = (224, 224, 192)
 
 
-def _voc_colors(n: int) -> list[tuple[int, int, int]]:
-    """The devkit's bit-interleaved colour map (VOCdevkit `labelcolormap.m`)."""
+def colormap(n: int) -> list[tuple[int, int, int]]:
+    """The first `n` colours of the devkit's bit-interleaved colour map (VOCdevkit `labelcolormap.m`)."""
     colors = []
     for i in range(n):
         r = g = b = 0
@@ -108,7 +108,7 @@ class Palette:
             raise PaletteError(f"Palette colours must be lists of three integers: {e}") from None
 
 
-VOC = Palette(names=VOC_NAMES, colors=tuple(_voc_colors(len(VOC_NAMES))), ignore_colors=(VOC_BORDER_COLOR,))
+VOC = Palette(names=VOC_NAMES, colors=tuple(colormap(len(VOC_NAMES))), ignore_colors=(VOC_BORDER_COLOR,))
 
 
 def load_palette(spec: str | None, read_bytes=None) -> Palette:

@@ -1,0 +1,109 @@
+"""segprep.scan on datasets as they come: a non-VOC palette, JPEG-damaged masks, index masks, gs:// (in
+test_gcs.py); and the palette it writes, fed to prepare."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import jpeg_damaged, write_lists, write_pair
+from pipelines import prepare
+from segprep import codec, layout, scan
+
+POTSDAM = {"impervious": (255, 255, 255), "building": (0, 0, 255), "low_vegetation": (0, 255, 255),
+           "tree": (0, 255, 0), "car": (255, 255, 0), "clutter": (255, 0, 0)}
+
+
+def aerial_tree(root, lossy_quality=None, n=6, side=120):
+    """Tiles in the ISPRS Potsdam palette: 20 px blocks of the six classes and a few 6×12 cars."""
+    colors = np.array(list(POTSDAM.values()), np.uint8)
+    rng = np.random.default_rng(3)
+    ids = []
+    for i in range(n):
+        classes = np.kron(rng.integers(0, 6, (side // 20, side // 20)), np.ones((20, 20), np.int64))
+        for _ in range(4):
+            y, x = rng.integers(0, side - 12, 2)
+            classes[y:y + 6, x:x + 12] = 4
+        image = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
+        write_pair(root, f"tile{i}", image, np.zeros((side, side), np.uint8))
+        rgb = colors[classes]
+        if lossy_quality:
+            rgb = jpeg_damaged(rgb, lossy_quality)
+        with open(layout.mask_path(root, f"tile{i}"), "wb") as f:
+            f.write(codec.encode_image(rgb, "png"))
+        ids.append(f"tile{i}")
+    write_lists(root, {"train": ids[:-2], "val": ids[-2:]})
+
+
+def test_scan_finds_a_non_voc_palette_and_prepare_then_writes_every_image(tmp_path, capsys):
+    root = str(tmp_path / "aerial")
+    aerial_tree(root)
+    assert prepare.run(["--input_dir", root, "--output_dir", str(tmp_path / "before"), "--crop_size", "64",
+                        "--runner=DirectRunner"]) == 1  # with VOC's palette every image fails
+    palette_file = str(tmp_path / "palette.json")
+    assert scan.main(["--input_dir", root, "--write_palette", palette_file, "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "mask colours: 6 distinct, 6 look like classes" in out
+    assert out.count("NOT IN PALETTE") == 6 and "6 class colours are not in the Pascal VOC palette" in out
+    assert "train: 4 masks, sizes 120×120 / 120×120 / 120×120" in out and "color 8-bit ×4" in out
+    written = json.load(open(palette_file))
+    assert sorted(map(tuple, written["colors"])) == sorted(POTSDAM.values()) and written["ignore_colors"] == []
+    assert written["names"] == [f"class_{i}" for i in range(6)]  # none of these colours is VOC's
+    assert prepare.run(["--input_dir", root, "--output_dir", str(tmp_path / "after"), "--crop_size", "64",
+                        "--palette", palette_file, "--runner=DirectRunner"]) == 0
+    meta = json.load(open(tmp_path / "after" / "metadata.json"))
+    assert meta["splits"]["train"]["images_used"] == 4 and meta["num_classes"] == 6
+    assert all(n > 0 for n in meta["splits"]["train"]["class_pixels"])  # one class per colour, all used
+
+
+def test_scan_tells_compression_noise_from_classes(tmp_path, capsys):
+    root = str(tmp_path / "aerial")
+    aerial_tree(root, lossy_quality=85)
+    palette_file = str(tmp_path / "palette.json")
+    assert scan.main(["--input_dir", root, "--write_palette", palette_file]) == 0
+    out = capsys.readouterr().out
+    assert "6 look like classes" in out and "compression noise" in out
+    assert sorted(map(tuple, json.load(open(palette_file))["colors"])) == sorted(POTSDAM.values())
+    assert prepare.run(["--input_dir", root, "--output_dir", str(tmp_path / "out"), "--crop_size", "64",
+                        "--palette", palette_file, "--unknown_colors", "nearest", "--runner=DirectRunner"]) == 0
+
+
+def test_scan_of_voc_colours_keeps_voc_ids_and_reads_index_masks(voc_tree, tmp_path, capsys):
+    palette_file = str(tmp_path / "palette.json")
+    assert scan.main(["--input_dir", voc_tree.root, "--splits", "train", "--write_palette", palette_file]) == 0
+    out = capsys.readouterr().out
+    assert "aeroplane" in out and "boat" in out and "person" in out and "NOT IN PALETTE" not in out
+    assert "color 8-bit ×2, palette 8-bit ×1" in out
+    assert json.load(open(palette_file))["names"][15] == "person"  # VOC's palette, VOC's ids
+    assert scan.main(["--input_dir", voc_tree.root, "--splits", "val", "--all"]) == 0  # v1 has an index mask
+    out = capsys.readouterr().out
+    assert "index 8-bit ×1" in out and "mask index values" in out
+
+
+def test_scan_reports_unreadable_masks_and_usage_mistakes(voc_tree, capsys):
+    os.remove(layout.mask_path(voc_tree.root, "t2"))
+    with open(layout.mask_path(voc_tree.root, "t3"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    assert scan.main(["--input_dir", voc_tree.root]) == 0
+    out = capsys.readouterr().out
+    assert "2 unreadable" in out and "t2: no mask at" in out and "t3: " in out
+    assert scan.main(["--input_dir", voc_tree.root, "--splits", "nope"]) == 2
+    assert "Unknown split nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("depth", [1, 4])
+def test_scan_of_low_bit_index_masks_writes_class_n_names(tmp_path, capsys, depth):
+    from conftest import grey_png
+
+    root = str(tmp_path / "voc")
+    values = (np.arange(40 * 40).reshape(40, 40) // 200 % (1 << depth)).astype(np.uint8)
+    write_pair(root, "a", np.zeros((40, 40, 3), np.uint8), values)
+    with open(layout.mask_path(root, "a"), "wb") as f:
+        f.write(grey_png(values, depth))
+    write_lists(root, {"train": ["a"]})
+    palette_file = str(tmp_path / "p.json")
+    assert scan.main(["--input_dir", root, "--write_palette", palette_file]) == 0
+    assert f"index {depth}-bit ×1" in capsys.readouterr().out
+    top = int(values.max())
+    assert json.load(open(palette_file))["names"] == [f"class_{i}" for i in range(top + 1)]
