@@ -140,3 +140,97 @@ def encode_example(features: dict[str, list]) -> bytes:
         entry = _field(1, key.encode()) + _field(2, _feature(key, kind, values))
         entries.append(_field(1, entry))
     return _field(1, b"".join(entries))
+
+
+# --- reading ----------------------------------------------------------------------------------------------------
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fields(data: bytes):
+    """(field number, wire type, value) of a protobuf message: bytes for length-delimited fields, ints else."""
+    pos = 0
+    while pos < len(data):
+        tag, pos = _read_varint(data, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, pos = _read_varint(data, pos)
+        elif wire == 2:
+            length, pos = _read_varint(data, pos)
+            if pos + length > len(data):
+                raise ValueError("a field runs past the end of the message")
+            value, pos = data[pos:pos + length], pos + length
+        elif wire == 5:
+            value, pos = data[pos:pos + 4], pos + 4
+        elif wire == 1:
+            value, pos = data[pos:pos + 8], pos + 8
+        else:
+            raise ValueError(f"unknown wire type {wire}")
+        yield number, wire, value
+
+
+def decode_example(data: bytes) -> dict[str, tuple[str, list]]:
+    """A serialised `tf.train.Example` → {key: (kind, values)}, kind "bytes", "int64" or "float"; raises
+    ValueError for bytes that are not one. The inverse of `encode_example`, without TensorFlow."""
+    out = {}
+    for number, _, features in _fields(data):
+        if number != 1:
+            continue
+        for fnum, _, entry in _fields(features):
+            if fnum != 1:
+                continue
+            key, feature = None, b""
+            for enum, _, value in _fields(entry):
+                if enum == 1:
+                    key = value.decode("utf-8")
+                elif enum == 2:
+                    feature = value
+            if key is None:
+                raise ValueError("a feature without a key")
+            kind, values = "bytes", []
+            for knum, _, payload in _fields(feature):
+                kind = {1: "bytes", 2: "float", 3: "int64"}.get(knum, "unknown")
+                for vnum, wire, value in _fields(payload):
+                    if vnum != 1:
+                        continue
+                    if kind == "bytes":
+                        values.append(value)
+                    elif kind == "int64" and wire == 2:  # packed
+                        pos = 0
+                        while pos < len(value):
+                            v, pos = _read_varint(value, pos)
+                            values.append(v - (1 << 64) if v >= 1 << 63 else v)
+                    elif kind == "int64":
+                        values.append(value - (1 << 64) if value >= 1 << 63 else value)
+                    else:
+                        values.append(value)
+            out[key] = (kind, values)
+    return out
+
+
+def check_example(data: bytes) -> tuple[dict, list[str]]:
+    """Parses a crop record and checks it against `FEATURES`; → (features as {key: values}, problems)."""
+    try:
+        parsed = decode_example(data)
+    except ValueError as e:
+        return {}, [f"not a tf.train.Example ({e})"]
+    problems = []
+    for key, (kind, length) in FEATURES.items():
+        if key not in parsed:
+            problems.append(f"no {key}")
+        elif parsed[key][0] != kind or len(parsed[key][1]) != length:
+            got_kind, values = parsed[key]
+            problems.append(f"{key} holds {len(values)} {got_kind} value(s), not {length} {kind}")
+    return {k: v for k, (_, v) in parsed.items()}, problems

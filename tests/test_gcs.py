@@ -81,6 +81,12 @@ def test_prepare_reads_and_writes_gcs(gcs, voc_tree, tmp_path):
         assert (r["mask"] == crops.cut(voc_tree.classes[sid], crops.CropBox(y, x, 64, 64), 255)).all()
     listed = [m.path for m in FileSystems.match([f"{out}/**"])[0].metadata_list]
     assert not [p for p in listed if ".segprep-tmp-" in p]  # temp files moved or removed
+    # The dataset tools read gs:// too.
+    from segprep import scan, verify
+
+    assert verify.main([out]) == 0 and verify.main([out, "--quick"]) == 0
+    assert scan.main(["--input_dir", f"{gcs}/voc", "--write_palette", f"{gcs}/palette.json"]) == 0
+    assert json.loads(FileSystems.open(f"{gcs}/palette.json").read())["names"][1] == "aeroplane"
     # A second run into the same bucket path refuses, as it does locally.
     with pytest.raises(prepare.UsageError, match="--overwrite"):
         prepare.run(["--input_dir", f"{gcs}/voc", "--output_dir", out, "--runner=DirectRunner"])

@@ -1,0 +1,77 @@
+"""segprep.verify on real prepare output: whole, then broken the ways shards break."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from pipelines import prepare
+from segprep import layout, verify
+
+
+@pytest.fixture
+def out(voc_tree, tmp_path):
+    out = str(tmp_path / "out")
+    assert prepare.run(["--input_dir", voc_tree.root, "--output_dir", out, "--crop_size", "32",
+                        "--crops_per_image", "8", "--num_shards", "3", "--runner=DirectRunner"]) == 0
+    return out
+
+
+def lines(capsys):
+    captured = capsys.readouterr()
+    return [line for line in captured.out.splitlines() if line.startswith("verify:")], captured.err
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_a_whole_output_passes(out, capsys, quick):
+    assert verify.main([out] + (["--quick"] if quick else [])) == 0
+    found, _ = lines(capsys)
+    assert found == [f"verify: {out} is whole: 6 shards, 40 records in 2 splits "
+                     f"({'names and counts' if quick else 'every record decoded'})"]
+
+
+def test_a_truncated_shard_and_a_stray_one_are_named(out, capsys):
+    shard = os.path.join(out, "train-00001-of-00003.tfrecord")
+    data = open(shard, "rb").read()
+    open(shard, "wb").write(data[:len(data) - 300])
+    stray = os.path.join(out, "train-00000-of-00002.tfrecord")  # an earlier run's, with another shard count
+    shutil.copy(os.path.join(out, "train-00000-of-00003.tfrecord"), stray)
+    for flags in ([], ["--quick"]):
+        assert verify.main([out, *flags]) == 1
+        found, err = lines(capsys)
+        assert f"verify: {stray}: a shard metadata.json does not list" in "\n".join(found)
+        cut = [line for line in found if line.startswith(f"verify: {shard}: record ")]
+        assert len(cut) == 1 and "cut short" in cut[0], found
+        assert len(found) == 2 and "2 problems" in err
+
+
+def test_corrupt_bytes_missing_shards_and_wrong_counts(out, capsys):
+    shard = os.path.join(out, "val-00002-of-00003.tfrecord")
+    data = bytearray(open(shard, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(shard, "wb").write(bytes(data))
+    os.remove(os.path.join(out, "train-00002-of-00003.tfrecord"))
+    meta = json.load(open(os.path.join(out, "metadata.json")))
+    meta["splits"]["train"]["shard_records"][0] += 1
+    open(os.path.join(out, "metadata.json"), "w").write(json.dumps(meta))
+    assert verify.main([out]) == 1
+    found = "\n".join(lines(capsys)[0])
+    assert "data checksum mismatch" in found and f"{shard}: record" in found
+    assert "train-00002-of-00003.tfrecord: listed in metadata.json but missing" in found
+    assert "train-00000-of-00003.tfrecord: holds" in found and "metadata.json says" in found
+    assert "split train has 24 records but its shards list 25" in found
+
+
+def test_mask_values_outside_the_classes_and_an_unfinished_run(out, capsys):
+    meta = json.load(open(os.path.join(out, "metadata.json")))
+    meta["num_classes"] = 2  # the records hold aeroplane (1), boat (4) and person (15)
+    open(os.path.join(out, "metadata.json"), "w").write(json.dumps(meta))
+    assert verify.main([out]) == 1
+    found = lines(capsys)[0]
+    assert any("mask holds values 4, 15 outside the 2 classes and 255" in line for line in found), found
+    os.remove(os.path.join(out, "metadata.json"))
+    os.makedirs(os.path.join(out, layout.TEMP_PREFIX + "abc"))
+    assert verify.main([out]) == 1
+    assert lines(capsys)[0] == [f"verify: {out}/metadata.json: missing (it holds shards: the prepare run did not "
+                                "finish)"]
