@@ -21,10 +21,10 @@ import time
 import uuid
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import output
-from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodePairs, Finalize, MergeStats, ReadPairs,
+from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodePairs, Finalize, MergeStats, Progress, ReadPairs,
                                   SpreadCrops, WriteShards, read_bytes)
 from segprep import dataset, layout, lookup, sample
 from segprep import cli
@@ -158,9 +158,11 @@ def build(p: beam.Pipeline, args: argparse.Namespace, lists: dict[str, list[str]
     listed = (p
               | "ListIds" >> beam.Create(ids)  # (split, image_id)
               | "Distribute" >> beam.Reshuffle())  # so reading and decoding fan out over workers
-    read = listed | "ReadPairs" >> ReadPairs(run_input(args))  # PairBytes
-    decoded = read.pairs | "DecodePairs" >> DecodePairs(run_input(args), config)  # ((split, id), arrays)
-    cut = decoded.decoded | "CutCrops" >> CutCrops(config, frozenset(run.random_splits))  # (split, (id, k, bytes))
+    runner = str(p.options.view_as(StandardOptions).runner or "DirectRunner")
+    progress = Progress(len(ids), line=any(name in runner for name in ("Direct", "FnApi", "Prism")))
+    read = listed | "ReadPairs" >> ReadPairs(run_input(args), progress)  # PairBytes
+    decoded = read.pairs | "DecodePairs" >> DecodePairs(run_input(args), config, progress)  # ((split, id), arrays)
+    cut = decoded.decoded | "CutCrops" >> CutCrops(config, frozenset(run.random_splits), progress)
     shards = (cut.crops
               | "SpreadCrops" >> SpreadCrops(args.seed, args.num_shards)  # ((split, shard, n), [(order, bytes)])
               | "WriteShards" >> WriteShards(run.temp_dir, run.compressed))  # ShardResult

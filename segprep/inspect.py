@@ -192,7 +192,8 @@ def run(argv: list[str] | None = None) -> int:
     p = Parser("inspect", prog="python -m segprep.inspect", description=__doc__.split("\n")[0],
                epilog=examples(__doc__))
     p.add_argument("source", help="prepare's --output_dir, or a VOC root (local or gs://)")
-    p.add_argument("--output", default="sheet.png", help="the PNG to write, local or gs:// (default: %(default)s)")
+    p.add_argument("--output", default="sheet.png",
+                   help="the picture to write, local or gs://: PNG, or JPEG for a .jpg name (default: %(default)s)")
     p.add_argument("--split", help="which split (default: the training split)")
     p.add_argument("--count", type=int, default=12, help="how many crops or pairs, 1-200 (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="which random ones (default: %(default)s)")
@@ -215,7 +216,8 @@ def run(argv: list[str] | None = None) -> int:
     if not samples:
         raise UsageError(f"{source}: nothing to show in that split.")
     sheet = render(samples, palette, title, pixels)
-    storage.write_bytes(args.output, codec.encode_image(sheet, "png"))
+    fmt = "jpeg" if args.output.lower().endswith((".jpg", ".jpeg")) else "png"
+    storage.write_bytes(args.output, codec.encode_image(sheet, fmt, 90))
     print(f"inspect: {len(samples)} samples, {len(pixels)} classes in the legend → {args.output} "
           f"({sheet.shape[1]}×{sheet.shape[0]})")
     return 1 if problems else 0

@@ -1,11 +1,13 @@
 """A progress line on stderr for long runs: count of total, rate, ETA.
 
 On a terminal the line is rewritten in place; otherwise (a log file, CI) a new line is printed every `every`
-seconds, so logs stay short. Nothing is printed for runs that end before the first update is due.
+seconds (SEGPREP_PROGRESS_SECONDS, default 5), so logs stay short. Nothing is printed for runs that end before the
+first update is due.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -19,11 +21,13 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, label: str, total: int | None, unit: str, every: float = 5.0, stream=None):
+    def __init__(self, label: str, total: int | None, unit: str, every: float | None = None, stream=None):
         self.label, self.total, self.unit = label, total, unit
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.every = 0.5 if self.tty else every
+        if every is None:
+            every = float(os.environ.get("SEGPREP_PROGRESS_SECONDS", "5"))
+        self.every = min(0.5, every) if self.tty else every
         self.started = time.monotonic()
         self.last = self.started
         self.done = 0

@@ -68,6 +68,19 @@ def test_failed_inputs_exit_1_and_name_the_errors_file(tmp_path, voc_tree):
     assert "Traceback" not in proc.stderr
 
 
+def test_prepare_shows_progress_and_limit_takes_the_first_ids(tmp_path, voc_tree):
+    env_cli = dict(os.environ, PYTHONPATH=REPO, SEGPREP_PROGRESS_SECONDS="0")
+    proc = subprocess.run([sys.executable, "-m", "pipelines.prepare", "--input_dir", voc_tree.root, "--output_dir",
+                           str(tmp_path / "out"), "--crop_size", "64", "--limit", "2", "--runner=DirectRunner"],
+                          cwd=tmp_path, env=env_cli, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("prepare: ")]
+    assert lines and lines[-1].startswith("prepare: 4/4 images, "), proc.stderr  # 2 of train + 2 of val
+    assert "failed" in lines[-1] and "crops" in lines[-1]
+    meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert meta["splits"]["train"]["images_listed"] == 2 and meta["flags"]["limit"] == 2
+
+
 def test_default_command_makes_and_converts_the_bundled_sample(tmp_path):
     proc = prepare_cli("--runner=DirectRunner", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

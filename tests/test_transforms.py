@@ -79,6 +79,24 @@ def _crops(count, size=100):
     return [("train", (f"img{i % 3}", i, bytes([i]) * size)) for i in range(count)]
 
 
+def test_stages_count_their_work_in_beam_metrics(voc_tree):
+    from apache_beam.metrics.metric import MetricsFilter
+
+    os.remove(layout.mask_path(voc_tree.root, "t2"))
+    p = pipeline()
+    ids = p | beam.Create([("train", "t1"), ("train", "t2"), ("train", "t3")])
+    pairs = ids | ReadPairs(voc_tree.root)
+    decoded = pairs.pairs | DecodePairs(voc_tree.root, ConvertConfig(crop_size=64, crops_per_image=3))
+    cut = decoded.decoded | CutCrops(ConvertConfig(crop_size=64, crops_per_image=3), frozenset({"train"}))
+    _ = (cut.crops | SpreadCrops(seed=0, num_shards=1) | WriteShards(str(voc_tree.root), compressed=False))
+    result = p.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in
+                result.metrics().query(MetricsFilter().with_namespace("segprep"))["counters"]}
+    assert counters["images_read"] == 2 and counters["images_failed"] == 1 and counters["images_done"] == 2
+    assert counters["crops_cut"] == counters["crops_written"] == 6 and counters["bytes_written"] > 0
+
+
 def test_spread_crops_fixed_count_groups_every_crop_once_with_distinct_orders():
     def summary(groups):
         keys = sorted(key for key, _ in groups)
