@@ -138,3 +138,10 @@ def test_trainer_user_mistakes_exit_2_with_one_line(tmp_path, module, args, mess
     ours = [line for line in proc.stderr.splitlines() if line.startswith(module.split(".")[1] + ":")]
     assert len(ours) == 1 and message in ours[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("module", ["segprep.scan", "segprep.verify", "segprep.inspect"])
+def test_dataset_tools_have_help_with_examples(module):
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and f"python -m {module}" in proc.stdout.split("examples:")[1]
