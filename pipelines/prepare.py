@@ -16,16 +16,19 @@ import argparse
 import dataclasses
 import logging
 import math
+import os
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import output
+from pipelines import output, spill
 from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodePairs, Finalize, MergeStats, Progress, ReadPairs,
-                                  SpreadCrops, WriteShards, read_bytes)
+                                  ReadSplitLists, SpreadCrops, WriteShards, read_bytes)
 from segprep import dataset, layout, lookup, sample
 from segprep import cli
 from segprep.cli import Parser, UsageError
@@ -125,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 0 even if up to this many inputs failed (default: %(default)s)")
     p.add_argument("--limit", type=_int_flag(1), default=None, metavar="N",
                    help="take only the first N ids of each split: a quick trial of a large dataset")
+    p.add_argument("--shuffle", choices=("auto", "spill", "beam"), default="auto",
+                   help="how crops reach their shards: spill = through local spill files, memory flat in the "
+                        "dataset size, for runners whose workers share this machine's disk; beam = Beam's "
+                        "shuffle (GroupByKey), for Dataflow, Flink and Spark; auto = spill on the DirectRunner, "
+                        "FnApiRunner and PrismRunner, beam elsewhere. Both write the same bytes (default: auto)")
+    p.add_argument("--spill_dir", help="local directory for the spill files, which take about the output's size "
+                                       "on disk until the shards are written (default: inside --output_dir when "
+                                       "it is local, else the system's temp dir)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete an earlier run's shards, errors and metadata in --output_dir first")
     return p
@@ -151,21 +162,35 @@ def _clear_output(out: str, overwrite: bool) -> None:
               file=sys.stderr)
 
 
-def build(p: beam.Pipeline, args: argparse.Namespace, lists: dict[str, list[str]], config: ConvertConfig,
-          run: output.RunSpec):
-    """Adds the prepare stages to `p`; → a PCollection holding the final metadata dict."""
-    ids = [(split, image_id) for split, image_ids in lists.items() for image_id in image_ids]
+def local_runner(options: PipelineOptions) -> bool:
+    """True for the runners whose workers all run on this machine (and share its disk)."""
+    runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
+    return any(name in runner for name in ("Direct", "FnApi", "Prism"))
+
+
+def build(p: beam.Pipeline, args: argparse.Namespace, config: ConvertConfig, run: output.RunSpec,
+          spill_dir: str | None = None):
+    """Adds the prepare stages to `p`; → a PCollection holding the final metadata dict. The ids are read from the
+    split lists inside the pipeline, so the submitted job graph stays small for any dataset. With `spill_dir`,
+    crops reach their shards through local spill files (pipelines/spill.py); without, through Beam's shuffle."""
+    root = run_input(args).rstrip("/")
     listed = (p
-              | "ListIds" >> beam.Create(ids)  # (split, image_id)
+              | "SplitLists" >> beam.Create([(split, layout.split_path(root, split)) for split in run.splits])
+              | "ReadIds" >> ReadSplitLists(args.limit)  # (split, image_id)
               | "Distribute" >> beam.Reshuffle())  # so reading and decoding fan out over workers
-    runner = str(p.options.view_as(StandardOptions).runner or "DirectRunner")
-    progress = Progress(len(ids), line=any(name in runner for name in ("Direct", "FnApi", "Prism")))
-    read = listed | "ReadPairs" >> ReadPairs(run_input(args), progress)  # PairBytes
-    decoded = read.pairs | "DecodePairs" >> DecodePairs(run_input(args), config, progress)  # ((split, id), arrays)
+    progress = Progress(sum(run.listed.values()), line=local_runner(p.options))
+    read = listed | "ReadPairs" >> ReadPairs(root, progress)  # PairBytes
+    decoded = read.pairs | "DecodePairs" >> DecodePairs(root, config, progress)  # ((split, id), arrays)
     cut = decoded.decoded | "CutCrops" >> CutCrops(config, frozenset(run.random_splits), progress)
-    shards = (cut.crops
-              | "SpreadCrops" >> SpreadCrops(args.seed, args.num_shards)  # ((split, shard, n), [(order, bytes)])
-              | "WriteShards" >> WriteShards(run.temp_dir, run.compressed))  # ShardResult
+    if spill_dir:
+        shards = (cut.crops
+                  | "SpillCrops" >> spill.SpillCrops(spill_dir, args.seed)  # (split, SpillRef) per spill file
+                  | "PlanShards" >> spill.PlanShards(args.num_shards)  # ShardTask
+                  | "WriteShards" >> spill.WriteSpilled(run.temp_dir, run.compressed))  # ShardResult
+    else:
+        shards = (cut.crops
+                  | "SpreadCrops" >> SpreadCrops(args.seed, args.num_shards)  # ((split, shard, n), [(order, bytes)])
+                  | "WriteShards" >> WriteShards(run.temp_dir, run.compressed))  # ShardResult
     stats = cut[STATS] | "MergeStats" >> beam.CombinePerKey(MergeStats())  # (split, Stats)
     errors = (read[ERRORS], decoded[ERRORS]) | "AllErrors" >> beam.Flatten()  # ErrorRecord
     return {"shards": shards, "stats": stats, "errors": errors} | "Finalize" >> Finalize(
@@ -196,14 +221,34 @@ def _pipeline_options(beam_args: list[str]) -> PipelineOptions:
     return options
 
 
+def _direct_to_fnapi(options: PipelineOptions) -> None:
+    """--runner=DirectRunner (or none) runs on Beam's FnApiRunner, the runner DirectRunner itself uses offline.
+    Online, Beam's DirectRunner would first download the Prism runner binary and run there, ignoring
+    --direct_num_workers and --direct_running_mode; a data tool should not fetch binaries at run time, and the same
+    flags should do the same thing on every machine. --runner=PrismRunner still picks Prism."""
+    standard = options.view_as(StandardOptions)
+    if standard.runner in (None, "DirectRunner", "direct", "Direct"):
+        standard.runner = "FnApiRunner"
+
+
 def run_input(args: argparse.Namespace) -> str:
     return args.input_dir or SAMPLE_DIR
 
 
-def run(argv: list[str] | None = None) -> int:
-    """Runs the pipeline; → exit status (0 ok, 1 some inputs failed). Raises UsageError for user mistakes, before
-    anything is written: every flag is checked first, then the sample is made (when no --input_dir is given),
-    then an earlier run is deleted (--overwrite), and only then does the pipeline run."""
+@dataclasses.dataclass
+class Job:
+    """A checked prepare run, not yet started."""
+
+    args: argparse.Namespace
+    options: PipelineOptions
+    config: ConvertConfig
+    spec: output.RunSpec
+    spill: bool  # crops reach their shards through local spill files (else Beam's shuffle)
+
+
+def plan(argv: list[str] | None = None) -> Job:
+    """Checks every flag and the input, raising UsageError for user mistakes before anything is written; then
+    makes the sample (when no --input_dir is given) and deletes an earlier run (--overwrite), in that order."""
     args, beam_args = build_parser().parse_known_args(argv)
     started = time.time()
     try:
@@ -217,7 +262,11 @@ def run(argv: list[str] | None = None) -> int:
                                jpeg_quality=args.jpeg_quality, cat_max_ratio=args.cat_max_ratio)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if args.spill_dir and "://" in args.spill_dir:
+        raise UsageError(f"--spill_dir {args.spill_dir}: must be a local directory (the spill files are read back "
+                         "by offset); for a run on a cluster use --shuffle beam.")
     options = _pipeline_options(beam_args)
+    _direct_to_fnapi(options)
     out = args.output_dir.rstrip("/")
     _check_output(out, args.overwrite)
     try:
@@ -228,10 +277,10 @@ def run(argv: list[str] | None = None) -> int:
                 dataset.check_names("--random_crop_splits", args.random_crop_splits, names, "this run has")
             sample.ensure_sample(SAMPLE_DIR)
         root = run_input(args).rstrip("/")
-        lists = dataset.read_splits(root, args.splits, args.limit)
-        random_splits = (dataset.check_names("--random_crop_splits", args.random_crop_splits, list(lists),
+        listed = dataset.count_ids(root, args.splits, args.limit)  # the ids themselves are read in the pipeline
+        random_splits = (dataset.check_names("--random_crop_splits", args.random_crop_splits, list(listed),
                                              "this run has")
-                         if args.random_crop_splits is not None else [s for s in lists if s.startswith("train")])
+                         if args.random_crop_splits is not None else [s for s in listed if s.startswith("train")])
     except dataset.DatasetError as e:
         raise UsageError(str(e)) from None
     _clear_output(out, args.overwrite)  # the only destructive step: every check is done before it
@@ -241,14 +290,39 @@ def run(argv: list[str] | None = None) -> int:
     flags["beam_args"] = beam_args
     spec = output.RunSpec(
         output_dir=out, temp_dir=layout.join(out, layout.TEMP_PREFIX + uuid.uuid4().hex[:12]),
-        splits=tuple(lists), random_splits=tuple(random_splits), listed={s: len(v) for s, v in lists.items()},
+        splits=tuple(listed), random_splits=tuple(random_splits), listed=listed,
         palette=palette, crop_size=args.crop_size, image_format=args.image_format, compressed=args.compress,
         seed=args.seed, num_shards=args.num_shards, flags=flags, started=started)
+    spill_ = args.shuffle == "spill" or (args.shuffle == "auto" and local_runner(options))
+    return Job(args, options, config, spec, spill_)
 
-    with beam.Pipeline(options=options) as p:
-        build(p, args, lists, config, spec)
+
+def pipeline(job: Job, spill_dir: str | None = None) -> beam.Pipeline:
+    """The job's pipeline, built and not run; `spill_dir` is where spill files go when `job.spill`."""
+    p = beam.Pipeline(options=job.options)
+    build(p, job.args, job.config, job.spec, spill_dir if job.spill else None)
+    return p
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Runs the pipeline; → exit status (0 ok, 1 some inputs failed). Raises UsageError for user mistakes, before
+    anything is written (see `plan`)."""
+    job = plan(argv)
+    out = job.spec.output_dir
+    spill_dir = None
+    if job.spill:  # next to the output when it is local: the disk that must hold the output anyway
+        spill_dir = job.args.spill_dir or (layout.join(job.spec.temp_dir, "spill") if "://" not in out
+                                           else tempfile.mkdtemp(prefix="segprep-spill-"))
+        spill_dir = os.path.abspath(spill_dir)
+        os.makedirs(spill_dir, exist_ok=True)
+    try:
+        with pipeline(job, spill_dir):
+            pass  # runs on leaving the block
+    finally:
+        if spill_dir:
+            shutil.rmtree(spill_dir, ignore_errors=True)
     meta = parse_metadata(read_bytes(layout.metadata_path(out)), layout.metadata_path(out))
-    return report(meta, out, time.time() - started, args.max_failed_inputs)
+    return report(meta, out, time.time() - job.spec.started, job.args.max_failed_inputs)
 
 
 def report(meta: dict, out: str, seconds: float, max_failed: int) -> int:

@@ -98,6 +98,26 @@ class Progress:
 _PROGRESS: dict = {}  # per process
 
 
+class ReadSplitLists(beam.PTransform):
+    """Reads the ids of each split list inside the pipeline (the job graph carries only the lists' paths), the
+    first `limit` of each when given."""
+
+    def __init__(self, limit: int | None = None):
+        super().__init__()
+        self._limit = limit
+
+    def expand(self, lists):
+        """(split, list path) → (split, image_id)."""
+        limit = self._limit
+
+        def read(element):
+            split, path = element
+            ids = layout.parse_split_list(read_bytes(path).decode("utf-8", "replace"))
+            return [(split, image_id) for image_id in (ids[:limit] if limit else ids)]
+
+        return lists | beam.FlatMap(read)
+
+
 class _ReadPairFn(beam.DoFn):
     def __init__(self, root: str, progress_: Progress):
         self._root = root
@@ -224,9 +244,8 @@ class SpreadCrops(beam.PTransform):
         def assign(element, totals=None):
             split, (image_id, k, data) = element
             n = fixed or auto_shard_count(totals[split], target)
-            shard = stable_hash(seed, "shard", split, image_id, k) % n
-            order = stable_hash(seed, "order", split, image_id, k)
-            return (split, shard, n), (order, data)
+            shard_hash, order = crop_hashes(seed, split, image_id, k)
+            return (split, shard_of(shard_hash, n), n), ((order, shard_hash), data)
 
         if fixed:  # no side input: assigning fuses into the stage that cuts the crops
             keyed = crops | "Assign" >> beam.Map(assign)
@@ -236,6 +255,17 @@ class SpreadCrops(beam.PTransform):
                      | "TotalBytes" >> beam.CombinePerKey(sum))
             keyed = crops | "Assign" >> beam.Map(assign, totals=beam.pvalue.AsDict(sizes))
         return keyed | "GroupByShard" >> beam.GroupByKey()
+
+
+def crop_hashes(seed: int, split: str, image_id: str, k: int) -> tuple[int, int]:
+    """(shard hash, order hash) of crop `k` of `image_id`: 64-bit, the same on every machine."""
+    return stable_hash(seed, "shard", split, image_id, k), stable_hash(seed, "order", split, image_id, k)
+
+
+def shard_of(shard_hash: int, num_shards: int) -> int:
+    """The shard of a crop: shard i of n holds the hashes in [i/n, (i+1)/n) of the 64-bit range: a contiguous
+    slice, so the spill path (pipelines/spill.py) finds all of a shard in a few buckets."""
+    return (shard_hash * num_shards) >> 64
 
 
 def auto_shard_count(total_bytes: int, target_bytes: int = TARGET_SHARD_BYTES) -> int:
@@ -255,7 +285,7 @@ class _WriteShardFn(beam.DoFn):
         compression = CompressionTypes.GZIP if self._compressed else CompressionTypes.UNCOMPRESSED
         count = size = 0
         with FileSystems.create(path, compression_type=compression) as f:
-            for _, data in sorted(records, key=lambda r: r[0]):
+            for _, data in sorted(records, key=lambda r: r[0]):  # (order, shard hash): as the spill path
                 _TFRecordUtil.write_record(f, data)
                 count += 1
                 size += len(data)

@@ -29,6 +29,11 @@ def check_names(flag: str, value: str, known, where: str) -> list[str]:
     return names
 
 
+def count_ids(root: str, wanted: str | None = None, limit: int | None = None) -> dict[str, int]:
+    """{split: number of ids} as `read_splits` would list them (the first `limit`), without keeping the ids."""
+    return {name: len(ids) for name, ids in read_splits(root, wanted, limit).items()}
+
+
 def read_splits(root: str, wanted: str | None = None, limit: int | None = None) -> dict[str, list[str]]:
     """{split: [ids]} for the comma list `wanted` (default: every list), the first `limit` ids of each."""
     found = find_splits(root)

@@ -1,0 +1,213 @@
+"""Shuffling crops into shards through local spill files: memory flat in the dataset size on one machine.
+
+The DirectRunner keeps every PCollection that crosses a stage boundary, and every GroupByKey, in Python lists: a
+dataset's crops would all sit in memory before the first shard is written. Here the crops never cross a stage
+boundary. The stage that cuts them appends each one to a local file picked by the top bits of its shard hash
+(a *bucket*, one file per bucket per bundle) and passes on only a small `SpillRef` per file. A writer then
+makes one shard at a time: it reads the frame headers of the buckets that overlap the shard's hash range, keeps
+(order, where) of the shard's records — 32 bytes each — sorts them and copies the records into the shard. Memory
+is one bundle's open files plus one shard's index, whatever the dataset size; disk use is the records once more.
+
+Shard and order come from the same hashes as `SpreadCrops` (the Beam-shuffle path), and a shard's hash range is
+the same contiguous slice (`shard_of`), so both paths write byte-identical shards for a seed, on any worker count.
+
+The spill files must be readable by the process that writes the shards: this path is for runners whose workers
+share one machine's disk (DirectRunner, FnApiRunner, PrismRunner with local workers). On Dataflow, Flink or Spark
+the Beam shuffle path is used; prepare's --shuffle flag picks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+import uuid
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+
+from pipelines.transforms import TARGET_SHARD_BYTES, ShardResult, auto_shard_count, crop_hashes, shard_of
+from segprep import layout
+
+BUCKET_BITS = 6  # 64 buckets: a shard reads about 64 / num_shards files per bundle, each once
+_FRAME = struct.Struct("<QQI")  # shard hash, order hash, record length; then the record
+
+
+def bucket_of(shard_hash: int) -> int:
+    return shard_hash >> (64 - BUCKET_BITS)
+
+
+def shard_buckets(shard: int, num_shards: int) -> range:
+    """The buckets that hold any hash of `shard`'s slice."""
+    lo = -(-(shard << 64) // num_shards)  # the smallest hash h with shard_of(h) == shard
+    hi = -(-((shard + 1) << 64) // num_shards) - 1  # the largest
+    return range(bucket_of(lo), bucket_of(hi) + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpillRef:
+    """One spill file: the records of one split whose shard hash falls in `bucket`, from one bundle."""
+
+    split: str
+    bucket: int
+    path: str
+    records: int
+    bytes: int  # record bytes, frames excluded: what the shards will hold
+
+
+class _SpillFn(beam.DoFn):
+    def __init__(self, spill_dir: str, seed: int):
+        self._dir = spill_dir
+        self._seed = seed
+
+    def start_bundle(self):
+        self._bundle = uuid.uuid4().hex[:16]
+        self._files = {}  # (split, bucket) → [file, path, records, bytes]
+
+    def process(self, element):
+        split, (image_id, k, data) = element
+        shard_hash, order = crop_hashes(self._seed, split, image_id, k)
+        key = split, bucket_of(shard_hash)
+        entry = self._files.get(key)
+        if entry is None:
+            path = os.path.join(self._dir, f"{self._bundle}-{len(self._files):04d}.spill")
+            entry = self._files[key] = [open(path, "wb", buffering=1 << 20), path, 0, 0]
+        f = entry[0]
+        f.write(_FRAME.pack(shard_hash, order, len(data)))
+        f.write(data)
+        entry[2] += 1
+        entry[3] += len(data)
+
+    def finish_bundle(self):
+        files, self._files = self._files, {}
+        for (split, bucket), (f, path, records, size) in sorted(files.items()):
+            f.close()
+            yield GlobalWindows.windowed_value((split, SpillRef(split, bucket, path, records, size)))
+
+    def teardown(self):
+        for f, *_ in getattr(self, "_files", {}).values():  # a failed bundle: its files are never referenced
+            f.close()
+
+
+class SpillCrops(beam.PTransform):
+    """Appends each crop to a local spill file of its split and bucket; → (split, SpillRef) per file. Fuses into
+    the stage that cuts the crops, so no crop crosses a stage boundary."""
+
+    def __init__(self, spill_dir: str, seed: int):
+        super().__init__()
+        self._dir = spill_dir
+        self._seed = seed
+
+    def expand(self, crops):
+        """(split, (image_id, k, bytes)) → (split, SpillRef)."""
+        return crops | beam.ParDo(_SpillFn(self._dir, self._seed))
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+    split: str
+    shard: int
+    num_shards: int
+    refs: tuple[SpillRef, ...]  # the spill files that may hold records of this shard
+
+
+def plan_shards(split: str, refs, num_shards: int, target_bytes: int = TARGET_SHARD_BYTES) -> list[ShardTask]:
+    """One task per shard that may get records: `num_shards`, or ceil(total bytes / target) when 0."""
+    refs = sorted(refs, key=lambda r: r.path)
+    n = num_shards or auto_shard_count(sum(r.bytes for r in refs), target_bytes)
+    by_bucket: dict[int, list[SpillRef]] = {}
+    for ref in refs:
+        by_bucket.setdefault(ref.bucket, []).append(ref)
+    tasks = []
+    for shard in range(n):
+        overlapping = tuple(r for b in shard_buckets(shard, n) for r in by_bucket.get(b, ()))
+        if overlapping:
+            tasks.append(ShardTask(split, shard, n, overlapping))
+    return tasks
+
+
+class PlanShards(beam.PTransform):
+    """Groups the spill files by split and plans its shards: --num_shards, or one per ~128 MiB of records."""
+
+    def __init__(self, num_shards: int, target_bytes: int = TARGET_SHARD_BYTES):
+        super().__init__()
+        self._num_shards = num_shards
+        self._target = target_bytes
+
+    def expand(self, refs):
+        """(split, SpillRef) → ShardTask, spread over workers."""
+        n, target = self._num_shards, self._target
+        return (refs
+                | "RefsBySplit" >> beam.GroupByKey()
+                | "Plan" >> beam.FlatMapTuple(lambda split, rs: plan_shards(split, rs, n, target))
+                | "SpreadTasks" >> beam.Reshuffle())
+
+
+def read_shard(task: ShardTask):
+    """→ the records of `task`'s shard in order, read from its spill files one at a time (an index, then the
+    records by offset)."""
+    index = []  # (order, shard hash, file number, offset, length)
+    for i, ref in enumerate(task.refs):
+        with open(ref.path, "rb") as f:
+            offset, head = 0, _FRAME.size
+            while True:
+                frame = f.read(head)
+                if not frame:
+                    break
+                if len(frame) < head:
+                    raise OSError(f"spill file {ref.path} is cut short at byte {offset}")
+                shard_hash, order, length = _FRAME.unpack(frame)
+                if shard_of(shard_hash, task.num_shards) == task.shard:
+                    index.append((order, shard_hash, i, offset + head, length))
+                offset += head + length
+                f.seek(offset)
+    index.sort()
+    files = {}
+    try:
+        for _, _, i, offset, length in index:
+            f = files.get(i) or files.setdefault(i, open(task.refs[i].path, "rb"))
+            f.seek(offset)
+            data = f.read(length)
+            if len(data) != length:
+                raise OSError(f"spill file {task.refs[i].path} is cut short at byte {offset + len(data)}")
+            yield data
+    finally:
+        for f in files.values():
+            f.close()
+
+
+class _WriteSpilledFn(beam.DoFn):
+    def __init__(self, temp_dir: str, compressed: bool):
+        self._temp_dir = temp_dir
+        self._compressed = compressed
+
+    def process(self, task: ShardTask):
+        name = layout.shard_name(task.split, task.shard, task.num_shards, self._compressed)
+        path = layout.join(self._temp_dir, name)
+        compression = CompressionTypes.GZIP if self._compressed else CompressionTypes.UNCOMPRESSED
+        count = size = 0
+        with FileSystems.create(path, compression_type=compression) as f:
+            for data in read_shard(task):
+                _TFRecordUtil.write_record(f, data)
+                count += 1
+                size += len(data)
+        Metrics.counter("segprep", "crops_written").inc(count)
+        Metrics.counter("segprep", "bytes_written").inc(size)
+        yield ShardResult(task.split, task.shard, task.num_shards, name, path, count, size)
+
+
+class WriteSpilled(beam.PTransform):
+    """Writes each planned shard under the run's temp dir, its records in hash order; → ShardResult."""
+
+    def __init__(self, temp_dir: str, compressed: bool):
+        super().__init__()
+        self._temp_dir = temp_dir
+        self._compressed = compressed
+
+    def expand(self, tasks):
+        """ShardTask → ShardResult."""
+        return tasks | beam.ParDo(_WriteSpilledFn(self._temp_dir, self._compressed))

@@ -1,0 +1,139 @@
+"""The spill path (pipelines/spill.py): shard slices and buckets, spill files read back in order, the same bytes as
+Beam's shuffle on 1 and 2 workers, nothing left behind, and a job graph that does not carry the ids."""
+
+import os
+import random
+import struct
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from conftest import read_records, shard_files
+from pipelines import prepare, spill
+from pipelines.transforms import crop_hashes, shard_of
+from segprep import layout
+
+BEAM = ["--runner=DirectRunner"]
+
+
+def run(tree_root, out, *flags):
+    return prepare.run(["--input_dir", tree_root, "--output_dir", str(out), *flags, *BEAM])
+
+
+def shard_bytes(out, split):
+    return [(os.path.basename(f), open(f, "rb").read()) for f in shard_files(str(out), split)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 65, 100, 1000])
+def test_a_shards_hashes_lie_in_its_buckets_and_shards_are_contiguous_slices(n):
+    rng = random.Random(n)
+    edges = [0, 2**64 - 1] + [((s << 64) + n - 1) // n + d for s in range(1, min(n, 50)) for d in (-1, 0, 1)]
+    hashes = edges + [rng.getrandbits(64) for _ in range(3000)]
+    for h in hashes:
+        s = shard_of(h, n)
+        assert 0 <= s < n
+        assert spill.bucket_of(h) in spill.shard_buckets(s, n)
+    ordered = sorted(hashes)
+    assert [shard_of(h, n) for h in ordered] == sorted(shard_of(h, n) for h in ordered)  # monotone: slices
+    assert set(spill.shard_buckets(0, n)) | set(spill.shard_buckets(n - 1, n)) >= {0, 2**spill.BUCKET_BITS - 1}
+
+
+def _spill_file(path, records):
+    with open(path, "wb") as f:
+        for shard_hash, order, data in records:
+            f.write(struct.pack("<QQI", shard_hash, order, len(data)) + data)
+
+
+def test_read_shard_takes_its_records_from_every_file_in_order_and_reports_a_cut_file(tmp_path):
+    rng = random.Random(0)
+    records = [(rng.getrandbits(64), rng.getrandbits(64), os.urandom(rng.randrange(0, 50))) for _ in range(400)]
+    paths = []
+    for i in range(3):  # three bundles' files
+        paths.append(str(tmp_path / f"{i}.spill"))
+        _spill_file(paths[-1], records[i::3])
+    refs = tuple(spill.SpillRef("train", 0, p, 0, 0) for p in paths)
+    for shard in range(4):
+        got = list(spill.read_shard(spill.ShardTask("train", shard, 4, refs)))
+        want = [d for _, _, d in sorted((o, h, d) for h, o, d in records if shard_of(h, 4) == shard)]
+        assert got == want
+    with open(paths[1], "r+b") as f:
+        f.truncate(os.path.getsize(paths[1]) - 3)
+    with pytest.raises(OSError, match="cut short"):
+        for shard in range(4):
+            list(spill.read_shard(spill.ShardTask("train", shard, 4, refs)))
+
+
+def test_spill_stages_under_test_pipeline_write_every_crop_once(tmp_path):
+    crops = [("train", (f"im{i % 7}", i, f"record-{i}".encode())) for i in range(200)]
+    crops += [("val", ("v", i, f"v-{i}".encode())) for i in range(5)]
+    spill_dir, temp = tmp_path / "spill", tmp_path / "temp"
+    spill_dir.mkdir()
+    with BeamTestPipeline(runner="FnApiRunner") as p:
+        results = (p
+                   | beam.Create(crops)
+                   | spill.SpillCrops(str(spill_dir), seed=3)
+                   | spill.PlanShards(num_shards=5)
+                   | spill.WriteSpilled(str(temp), compressed=False))
+        assert_that(results | beam.Filter(lambda r: r.records > 0) | beam.Map(lambda r: (r.split, r.shard, r.num_shards)),
+                    equal_to(sorted({(split, shard_of(crop_hashes(3, split, image_id, k)[0], 5), 5)
+                                     for split, (image_id, k, _) in crops})))
+    for split, n_crops in (("train", 200), ("val", 5)):
+        names = sorted(n for n in os.listdir(temp) if n.startswith(split + "-"))
+        got = []
+        for name in names:
+            shard = int(name.split("-")[1])
+            data = [d for _, d in _read_frames(temp / name)]
+            keys = [crop_hashes(3, split, *_id_k(split, d)) for d in data]
+            assert all(shard_of(h, 5) == shard for h, _ in keys)
+            assert [o for _, o in keys] == sorted(o for _, o in keys)
+            got += data
+        assert len(got) == n_crops == len(set(got))
+
+
+def _id_k(split, data):
+    k = int(data.decode().rsplit("-", 1)[1])
+    return (f"im{k % 7}", k) if split == "train" else ("v", k)
+
+
+def _read_frames(path):
+    from segprep import records
+    return list(records.read(str(path)))
+
+
+def test_spill_and_beam_shuffle_write_the_same_bytes_on_1_and_2_workers(voc_tree, tmp_path):
+    flags = ["--crop_size", "40", "--crops_per_image", "9", "--num_shards", "3", "--compress"]
+    two = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    assert run(voc_tree.root, tmp_path / "spill1", *flags, "--shuffle", "spill") == 0
+    assert run(voc_tree.root, tmp_path / "spill2", *flags, "--shuffle", "spill", *two) == 0
+    assert run(voc_tree.root, tmp_path / "beam1", *flags, "--shuffle", "beam") == 0
+    for split in ("train", "val"):
+        want = shard_bytes(tmp_path / "spill1", split)
+        assert len(want) == 3 and sum(len(read_records([str(tmp_path / "spill1" / n)])) for n, _ in want) > 0
+        assert shard_bytes(tmp_path / "spill2", split) == want
+        assert shard_bytes(tmp_path / "beam1", split) == want
+    for out in ("spill1", "spill2", "beam1"):  # the spill files went with the temp dir
+        assert not [n for n in os.listdir(tmp_path / out) if n.startswith(layout.TEMP_PREFIX)]
+
+
+def test_spill_dir_flag_is_used_and_emptied(voc_tree, tmp_path):
+    spill_dir = tmp_path / "scratch"
+    assert run(voc_tree.root, tmp_path / "out", "--crop_size", "64", "--spill_dir", str(spill_dir)) == 0
+    assert not spill_dir.exists()
+    assert len(read_records(shard_files(str(tmp_path / "out"), "train"))) > 0
+
+
+def test_the_job_graph_does_not_carry_the_ids_of_a_million_id_list(tmp_path):
+    root = tmp_path / "voc"
+    (root / layout.SPLIT_DIR).mkdir(parents=True)
+    ids = [f"aerial_{i:07d}" for i in range(1_000_000)]
+    (root / layout.SPLIT_DIR / "train.txt").write_text("\n".join(ids) + "\n")
+    (root / layout.SPLIT_DIR / "val.txt").write_text("\n".join(ids[:1000]) + "\n")
+    for shuffle in ("spill", "beam"):
+        job = prepare.plan(["--input_dir", str(root), "--output_dir", str(tmp_path / "out"), "--shuffle", shuffle,
+                            *BEAM])
+        assert job.spec.listed == {"train": 1_000_000, "val": 1000}
+        proto = prepare.pipeline(job, spill_dir=str(tmp_path / "spill")).to_runner_api().SerializeToString()
+        assert len(proto) < 300_000, f"{len(proto):,} bytes"  # the ids alone are 14 MB
+        assert b"aerial_0999999" not in proto
