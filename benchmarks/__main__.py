@@ -3,7 +3,7 @@
     ./dev bench                 # all of them (a few minutes on 2 cores)
     ./dev bench lookup          # (a) mask lookup vs the seed recipe
     ./dev bench prepare         # (b) prepare throughput: DirectRunner 1 and 2 workers vs a plain loop
-    ./dev bench memory          # (c) peak RSS for one 10,000 × 10,000 tile
+    ./dev bench memory          # (c) peak RSS for one 10,000 × 10,000 tile; (k) for 2 and 64 tiles of 3000×4000
     ./dev bench input           # (d, e) trainer input pipeline vs the seed recipe's loader and vs training
     ./dev bench train           # (d, e, f) and the val mIoU of the default training run (10 minutes)
     ./dev bench masks           # (g) restoring JPEG-damaged masks with --unknown_colors=nearest

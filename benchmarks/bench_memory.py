@@ -7,6 +7,11 @@ crops (~1,526 crops), interpreter and Beam included, in three cases side by side
   - the mask after one trip through JPEG (quality 90) with --unknown_colors=nearest: the restoring path.
 
 Goal: ≤ 2 GB in every case.
+
+(k) Peak resident memory against the dataset's size: 2, 16 and 64 tiles of 3000 × 4000 (auto crops, ~350 MB of shards
+for 64), on the default path (crops spilled to local files, one shard written at a time) and with --shuffle beam
+(Beam's GroupByKey, which the DirectRunner holds in memory), 1 worker. Goal: from 2 to 64 tiles peak RSS grows by
+at most a quarter of the output's growth; flat is the aim.
 """
 
 import json
@@ -76,6 +81,64 @@ def run_case(root, out, *flags):
 
 
 def main():
+    main_tile()
+    main_scale()
+
+
+SCALE_H, SCALE_W, SCALE_DISTINCT = 3000, 4000, 4
+
+
+def make_scale_tree(root, count):
+    """`count` ids over SCALE_DISTINCT generated tiles (crops differ per id: their windows are drawn per id)."""
+    for sub in (layout.IMAGE_DIR, layout.MASK_DIR, layout.SPLIT_DIR):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    rng = np.random.default_rng(1)
+    colors = np.asarray(VOC.colors, np.uint8)[:, ::-1]
+    tiles = []
+    for _ in range(SCALE_DISTINCT):
+        image = cv2.resize(rng.uniform(0, 255, (30, 40, 3)).astype(np.float32), (SCALE_W, SCALE_H))
+        image = np.clip(image + rng.normal(0, 8, (SCALE_H, SCALE_W, 3)), 0, 255).astype(np.uint8)
+        blocks = rng.integers(0, 6, (SCALE_H // 40, SCALE_W // 40)).astype(np.uint8)
+        classes = cv2.resize(blocks, (SCALE_W, SCALE_H), interpolation=cv2.INTER_NEAREST)
+        tiles.append((cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes(),
+                      cv2.imencode(".png", colors[classes])[1].tobytes()))
+    ids = [f"tile{i:03d}" for i in range(count)]
+    for i, image_id in enumerate(ids):
+        with open(layout.image_path(root, image_id), "wb") as f:
+            f.write(tiles[i % SCALE_DISTINCT][0])
+        with open(layout.mask_path(root, image_id), "wb") as f:
+            f.write(tiles[i % SCALE_DISTINCT][1])
+    with open(layout.split_path(root, "train"), "w") as f:
+        f.write("\n".join(ids) + "\n")
+
+
+def output_bytes(out):
+    return sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out) if layout.is_shard(n))
+
+
+def main_scale():
+    counts = (2, 16, 64)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for count in counts:
+            root = os.path.join(tmp, f"voc{count}")
+            make_scale_tree(root, count)
+            for path, flags in (("spill (default)", ()), ("--shuffle beam", ("--shuffle", "beam"))):
+                out = os.path.join(tmp, f"out{count}{len(flags)}")
+                secs, peak, crops = run_case(root, out, *flags)
+                rows[path, count] = secs, peak, crops, output_bytes(out) / 2**20
+    print(f"(k) prepare on 2, 16 and 64 tiles of {SCALE_H}×{SCALE_W}, auto crops, 1 worker; goal: peak RSS grows by ≤ ¼ "
+          "of the output's growth:")
+    for (path, count), (secs, peak, crops, size) in sorted(rows.items()):
+        print(f"    {path:16s} {count:3d} tiles  peak RSS {peak:6,.0f} MiB  output {size:6,.0f} MiB  {crops:>6s} crops  "
+              f"{secs:5.1f} s")
+    for path in ("spill (default)", "--shuffle beam"):
+        (_, small, _, out_small), (_, big, _, out_big) = rows[path, counts[0]], rows[path, counts[-1]]
+        print(f"    {path}: peak RSS +{big - small:,.0f} MiB for +{out_big - out_small:,.0f} MiB of output "
+              f"({(big - small) / (out_big - out_small):.2f} MiB per MiB; goal ≤ 0.25)")
+
+
+def main_tile():
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.join(tmp, "voc")
         bgr = make_tile(root)

@@ -75,10 +75,9 @@ class _SpillFn(beam.DoFn):
         entry = self._files.get(key)
         if entry is None:
             path = os.path.join(self._dir, f"{self._bundle}-{len(self._files):04d}.spill")
-            entry = self._files[key] = [open(path, "wb", buffering=1 << 20), path, 0, 0]
-        f = entry[0]
-        f.write(_FRAME.pack(shard_hash, order, len(data)))
-        f.write(data)
+            # Unbuffered: a crop is tens of KB, and 64 buckets' buffers would be 64 × the buffer size of memory.
+            entry = self._files[key] = [open(path, "wb", buffering=0), path, 0, 0]
+        entry[0].write(_FRAME.pack(shard_hash, order, len(data)) + data)
         entry[2] += 1
         entry[3] += len(data)
 

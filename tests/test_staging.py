@@ -34,3 +34,23 @@ def test_setup_file_stages_an_installable_sdist(tmp_path, setup_file):
                           text=True, env={"PYTHONPATH": f"{target}:{site}", "PATH": os.environ["PATH"]})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().startswith(str(target))  # imported from the installed sdist, not the checkout
+
+
+def test_worker_dockerfile_matches_the_pinned_beam_and_copies_every_package():
+    """Docker cannot run here; what can drift without it is checked: the SDK image's Beam is the Beam that submits
+    the job, and the image gets every package the project installs, and the files `pip install .` needs."""
+    import re
+
+    text = open(os.path.join(REPO, "Dockerfile")).read()
+    pinned = re.search(r"^apache-beam==(\S+)$", open(os.path.join(REPO, "constraints.txt")).read(), re.M).group(1)
+    assert re.search(r"^ARG BEAM_VERSION=(\S+)$", text, re.M).group(1) == pinned
+    assert "FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION}" in text
+    assert re.search(r"^ARG PYTHON_VERSION=(\S+)$", text, re.M).group(1) == "3.11"
+    copied = {p for line in re.findall(r"^COPY (.+) \S+$", text, re.M) for p in line.split()}
+    assert all(os.path.exists(os.path.join(REPO, p)) for p in copied), copied
+    include = re.search(r'include = \[(.*)\]', open(os.path.join(REPO, "pyproject.toml")).read()).group(1)
+    packages = {p.strip(' "*') for p in include.split(",")}
+    assert packages <= copied
+    assert {"pyproject.toml", "setup.py", "README.md", "constraints.txt"} <= copied  # readme: pyproject names it
+    ignored = open(os.path.join(REPO, ".dockerignore")).read().split()
+    assert ".venv" in ignored and "data" in ignored
