@@ -13,10 +13,8 @@ retry finishes what an attempt started, and a shard already moved into place is 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
-
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
 from segprep import layout, metadata, storage
 from segprep.convert import Stats
@@ -47,12 +45,34 @@ def existing_outputs(out: str) -> tuple[list[str], list[str]]:
     done = [p for p in storage.match(layout.join(out, "*")) if layout.is_shard(p) or p.endswith("/" + layout.METADATA)]
     done += storage.match(layout.join(out, layout.ERRORS_DIR, "*.jsonl"))
     temp = storage.match(layout.join(out, layout.TEMP_PREFIX + "*", "*"))
+    temp += storage.match(layout.join(out, layout.TEMP_PREFIX + "*", SPILL_DIR, "*"))  # a crashed local run's
     return sorted(done), sorted(temp)
 
 
+SPILL_DIR = "spill"  # a local run's spill files: OUT/.segprep-tmp-RUN/spill/
+
+
 def clear(paths: list[str]) -> None:
+    """Deletes `paths`, then the temp dirs they leave empty (local ones; an object store has no folders)."""
     if paths:
+        from apache_beam.io.filesystems import FileSystems
+
         FileSystems.delete(paths)
+    folders = set()
+    for p in paths:
+        if storage.is_remote(p):
+            continue
+        folder = os.path.dirname(p)
+        while os.path.basename(folder).startswith(layout.TEMP_PREFIX) or (
+                os.path.basename(folder) == SPILL_DIR
+                and os.path.basename(os.path.dirname(folder)).startswith(layout.TEMP_PREFIX)):
+            folders.add(folder)
+            folder = os.path.dirname(folder)
+    for folder in sorted(folders, key=len, reverse=True):  # deepest first
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty, or gone
+            pass
 
 
 def _write_text(path: str, text: str) -> None:
@@ -73,6 +93,9 @@ def write_errors(run: RunSpec, errors: list) -> dict[str, int]:
 def split_shards(run: RunSpec, shards: list) -> dict[str, list[metadata.Shard]]:
     """Every shard of every split, in order: the written ones and, for shard numbers that got no crops, empty
     files made here, so each split has exactly its `-of-N` count of files. Moves them all into OUT."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
     present = {storage.basename(p) for p in storage.match(layout.join(run.temp_dir, "*"))}
     final = {storage.basename(p) for p in storage.match(layout.join(run.output_dir, "*")) if layout.is_shard(p)}
     compression = CompressionTypes.GZIP if run.compressed else CompressionTypes.UNCOMPRESSED
@@ -103,6 +126,8 @@ def split_shards(run: RunSpec, shards: list) -> dict[str, list[metadata.Shard]]:
 
 
 def remove_temp_dir(run: RunSpec) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
     leftovers = storage.match(layout.join(run.temp_dir, "*"))
     if leftovers:
         FileSystems.delete(leftovers)

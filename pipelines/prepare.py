@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import os
 import shutil
 import sys
@@ -23,18 +22,16 @@ import tempfile
 import time
 import uuid
 
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-
-from pipelines import output, spill
-from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodePairs, Finalize, MergeStats, Progress, ReadPairs,
-                                  ReadSplitLists, SpreadCrops, WriteShards, read_bytes)
+from pipelines import beam_flags, output
 from segprep import dataset, layout, lookup, sample
 from segprep import cli
 from segprep.cli import Parser, UsageError
 from segprep.convert import ConvertConfig
 from segprep.metadata import parse as parse_metadata
 from segprep.palette import PaletteError, load_palette
+from segprep.storage import read_bytes
+
+# Beam is imported only once every flag and input has been checked: --help and usage mistakes answer at once.
 
 DEFAULT_OUTPUT = "data/records"
 SAMPLE_DIR = "data/sample_voc"
@@ -49,45 +46,6 @@ EXAMPLES = """examples:
 Any other flag is passed to Beam as a pipeline option (--runner, --direct_num_workers, --project, ...)."""
 
 
-def _int_flag(minimum: int, auto: bool = False, maximum: int | None = None):
-    """An argparse type: an integer in [`minimum`, `maximum`] (or 'auto' → None when `auto`), with a one-line
-    complaint."""
-    if maximum is not None:
-        what = f"an integer from {minimum} to {maximum}"
-    else:
-        what = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
-    what += " or 'auto'" if auto else ""
-
-    def parse(value: str) -> int | None:
-        if auto and value == "auto":
-            return None
-        try:
-            n = int(value)
-        except ValueError:
-            n = None
-        if n is None or n < minimum or (maximum is not None and n > maximum):
-            raise argparse.ArgumentTypeError(f"must be {what} (received {value!r})")
-        return n
-
-    return parse
-
-
-def _float_flag(low: float, high: float, low_open: bool = False):
-    """An argparse type: a finite number in [low, high] (or (low, high] when `low_open`)."""
-    what = f"a number {'>' if low_open else '≥'} {low:g} and ≤ {high:g}"
-
-    def parse(value: str) -> float:
-        try:
-            x = float(value)
-        except ValueError:
-            x = math.nan
-        if not (low < x <= high if low_open else low <= x <= high):  # NaN fails both
-            raise argparse.ArgumentTypeError(f"must be {what} (received {value!r})")
-        return x
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = Parser("prepare", prog="python -m pipelines.prepare", description=__doc__.split("\n")[0], epilog=EXAMPLES)
     p.add_argument("--input_dir", help=f"Pascal VOC root, local or gs:// (default: the bundled sample, made in "
@@ -98,15 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random_crop_splits",
                    help="splits that get random crops; the others get tiles covering each image exactly once "
                         "(default: the splits whose name starts with 'train')")
-    p.add_argument("--crop_size", type=_int_flag(1), default=256, help="crop side in pixels (default: %(default)s)")
-    p.add_argument("--crops_per_image", type=_int_flag(1, auto=True), default=None, metavar="N|auto",
+    p.add_argument("--crop_size", type=cli.integer(1), default=256, help="crop side in pixels (default: %(default)s)")
+    p.add_argument("--crops_per_image", type=cli.integer(1, auto=True), default=None, metavar="N|auto",
                    help="random crops per training image; 'auto' is about one pass over its area (default: auto)")
-    p.add_argument("--cat_max_ratio", type=_float_flag(0.0, 1.0, low_open=True), default=1.0,
+    p.add_argument("--cat_max_ratio", type=cli.number(0.0, 1.0, low_open=True), default=1.0,
                    help="re-draw a crop (up to 10 draws) while one class covers this share of it or more, as "
                         "MMSegmentation does; 1.0 turns it off (default: %(default)s)")
-    p.add_argument("--num_shards", type=_int_flag(0), default=0,
+    p.add_argument("--num_shards", type=cli.integer(0), default=0,
                    help="shards per split; 0 = automatic, about 128 MiB each (default: %(default)s)")
-    p.add_argument("--seed", type=_int_flag(0), default=0,
+    p.add_argument("--seed", type=cli.integer(0), default=0,
                    help="seed for the random crops and the order of records in shards (default: %(default)s)")
     p.add_argument("--palette", help="palette JSON file {names, colors, ignore_colors} (default: Pascal VOC)")
     p.add_argument("--unknown_colors", choices=lookup.UNKNOWN_MODES, default="error",
@@ -114,19 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "nearest = the mask is a lossy (JPEG-damaged) palette mask: each pixel takes the nearest "
                         "palette colour that the mask really holds, never a class it does not hold "
                         "(default: error)")
-    p.add_argument("--color_tolerance", type=_float_flag(0.0, lookup.MAX_TOLERANCE, low_open=True),
+    p.add_argument("--color_tolerance", type=cli.number(0.0, lookup.MAX_TOLERANCE, low_open=True),
                    default=lookup.DEFAULT_TOLERANCE,
                    help="for nearest: RGB distance (0-442) within which a colour counts as near a palette colour; "
                         f"an area of {lookup.FAR_BLOCK}×{lookup.FAR_BLOCK} px or more beyond it is an error, not "
                         "noise (default: %(default)s)")
     p.add_argument("--image_format", choices=("jpeg", "png"), default="jpeg",
                    help="how crops' images are encoded (default: %(default)s)")
-    p.add_argument("--jpeg_quality", type=_int_flag(1, maximum=100), default=95,
+    p.add_argument("--jpeg_quality", type=cli.integer(1, maximum=100), default=95,
                    help="JPEG quality of the crops' images, 1-100 (default: %(default)s)")
     p.add_argument("--compress", action="store_true", help="gzip the shards (.tfrecord.gz)")
-    p.add_argument("--max_failed_inputs", type=_int_flag(0), default=0,
+    p.add_argument("--max_failed_inputs", type=cli.integer(0), default=0,
                    help="exit 0 even if up to this many inputs failed (default: %(default)s)")
-    p.add_argument("--limit", type=_int_flag(1), default=None, metavar="N",
+    p.add_argument("--limit", type=cli.integer(1), default=None, metavar="N",
                    help="take only the first N ids of each split: a quick trial of a large dataset")
     p.add_argument("--shuffle", choices=("auto", "spill", "beam"), default="auto",
                    help="how crops reach their shards: spill = through local spill files, memory flat in the "
@@ -162,17 +120,25 @@ def _clear_output(out: str, overwrite: bool) -> None:
               file=sys.stderr)
 
 
-def local_runner(options: PipelineOptions) -> bool:
+def local_runner(options) -> bool:
     """True for the runners whose workers all run on this machine (and share its disk)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
     runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
     return any(name in runner for name in ("Direct", "FnApi", "Prism"))
 
 
-def build(p: beam.Pipeline, args: argparse.Namespace, config: ConvertConfig, run: output.RunSpec,
-          spill_dir: str | None = None):
-    """Adds the prepare stages to `p`; → a PCollection holding the final metadata dict. The ids are read from the
-    split lists inside the pipeline, so the submitted job graph stays small for any dataset. With `spill_dir`,
-    crops reach their shards through local spill files (pipelines/spill.py); without, through Beam's shuffle."""
+def build(p, args: argparse.Namespace, config: ConvertConfig, run: output.RunSpec, spill_dir: str | None = None):
+    """Adds the prepare stages to the Beam pipeline `p`; → a PCollection holding the final metadata dict. The ids
+    are read from the split lists inside the pipeline, so the submitted job graph stays small for any dataset. With
+    `spill_dir`, crops reach their shards through local spill files (pipelines/spill.py); without, through Beam's
+    shuffle."""
+    import apache_beam as beam
+
+    from pipelines import spill
+    from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodePairs, Finalize, MergeStats, Progress,
+                                      ReadPairs, ReadSplitLists, SpreadCrops, WriteShards)
+
     root = run_input(args).rstrip("/")
     listed = (p
               | "SplitLists" >> beam.Create([(split, layout.split_path(root, split)) for split in run.splits])
@@ -205,8 +171,10 @@ class _Finalizer:
         return output.finalize(self.run, shards, stats, errors)
 
 
-def _pipeline_options(beam_args: list[str]) -> PipelineOptions:
+def _pipeline_options(beam_args: list[str]):
     """Beam drops flags it does not know with only a log line; a mistyped flag is a usage error here."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     options = PipelineOptions(beam_args)
     beam_log = logging.getLogger("apache_beam.options.pipeline_options")
     level = beam_log.level
@@ -221,11 +189,13 @@ def _pipeline_options(beam_args: list[str]) -> PipelineOptions:
     return options
 
 
-def _direct_to_fnapi(options: PipelineOptions) -> None:
+def _direct_to_fnapi(options) -> None:
     """--runner=DirectRunner (or none) runs on Beam's FnApiRunner, the runner DirectRunner itself uses offline.
     Online, Beam's DirectRunner would first download the Prism runner binary and run there, ignoring
     --direct_num_workers and --direct_running_mode; a data tool should not fetch binaries at run time, and the same
     flags should do the same thing on every machine. --runner=PrismRunner still picks Prism."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
     standard = options.view_as(StandardOptions)
     if standard.runner in (None, "DirectRunner", "direct", "Direct"):
         standard.runner = "FnApiRunner"
@@ -240,7 +210,7 @@ class Job:
     """A checked prepare run, not yet started."""
 
     args: argparse.Namespace
-    options: PipelineOptions
+    options: object  # Beam's PipelineOptions
     config: ConvertConfig
     spec: output.RunSpec
     spill: bool  # crops reach their shards through local spill files (else Beam's shuffle)
@@ -265,8 +235,10 @@ def plan(argv: list[str] | None = None) -> Job:
     if args.spill_dir and "://" in args.spill_dir:
         raise UsageError(f"--spill_dir {args.spill_dir}: must be a local directory (the spill files are read back "
                          "by offset); for a run on a cluster use --shuffle beam.")
-    options = _pipeline_options(beam_args)
-    _direct_to_fnapi(options)
+    unknown = beam_flags.unknown(beam_args)
+    if unknown:
+        raise UsageError(f"unknown flag {unknown[0]}: neither a prepare flag (see --help) nor a Beam pipeline "
+                         "option.")
     out = args.output_dir.rstrip("/")
     _check_output(out, args.overwrite)
     try:
@@ -275,9 +247,16 @@ def plan(argv: list[str] | None = None) -> Job:
                      if args.splits else sample.SPLITS)
             if args.random_crop_splits is not None:
                 dataset.check_names("--random_crop_splits", args.random_crop_splits, names, "this run has")
-            sample.ensure_sample(SAMPLE_DIR)
         root = run_input(args).rstrip("/")
-        listed = dataset.count_ids(root, args.splits, args.limit)  # the ids themselves are read in the pipeline
+        listed = dataset.count_ids(root, args.splits, args.limit) if args.input_dir else None
+    except dataset.DatasetError as e:
+        raise UsageError(str(e)) from None
+    options = _pipeline_options(beam_args)  # imports Beam: every cheap check is done
+    _direct_to_fnapi(options)
+    try:
+        if listed is None:
+            sample.ensure_sample(SAMPLE_DIR)
+            listed = dataset.count_ids(root, args.splits, args.limit)  # the ids themselves are read in the pipeline
         random_splits = (dataset.check_names("--random_crop_splits", args.random_crop_splits, list(listed),
                                              "this run has")
                          if args.random_crop_splits is not None else [s for s in listed if s.startswith("train")])
@@ -297,8 +276,10 @@ def plan(argv: list[str] | None = None) -> Job:
     return Job(args, options, config, spec, spill_)
 
 
-def pipeline(job: Job, spill_dir: str | None = None) -> beam.Pipeline:
-    """The job's pipeline, built and not run; `spill_dir` is where spill files go when `job.spill`."""
+def pipeline(job: Job, spill_dir: str | None = None):
+    """The job's Beam pipeline, built and not run; `spill_dir` is where spill files go when `job.spill`."""
+    import apache_beam as beam
+
     p = beam.Pipeline(options=job.options)
     build(p, job.args, job.config, job.spec, spill_dir if job.spill else None)
     return p
@@ -311,7 +292,7 @@ def run(argv: list[str] | None = None) -> int:
     out = job.spec.output_dir
     spill_dir = None
     if job.spill:  # next to the output when it is local: the disk that must hold the output anyway
-        spill_dir = job.args.spill_dir or (layout.join(job.spec.temp_dir, "spill") if "://" not in out
+        spill_dir = job.args.spill_dir or (layout.join(job.spec.temp_dir, output.SPILL_DIR) if "://" not in out
                                            else tempfile.mkdtemp(prefix="segprep-spill-"))
         spill_dir = os.path.abspath(spill_dir)
         os.makedirs(spill_dir, exist_ok=True)
@@ -359,7 +340,7 @@ def _plural(n: int, noun: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger().setLevel(logging.INFO if cli.verbose() else logging.WARNING)
     return cli.main("prepare", run, argv)
 
 

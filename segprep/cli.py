@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+
+
+ENTRY_POINT = ""  # "segprep" when run as `segprep COMMAND`: help then names that form
 
 
 class Parser(argparse.ArgumentParser):
@@ -11,19 +15,101 @@ class Parser(argparse.ArgumentParser):
     matching of flags, so `--over` is never taken for `--overwrite`."""
 
     def __init__(self, name: str, **kwargs):
+        if ENTRY_POINT:
+            prog = kwargs.get("prog", "")
+            kwargs["prog"] = f"{ENTRY_POINT} {name}"
+            if prog and kwargs.get("epilog"):
+                kwargs["epilog"] = kwargs["epilog"].replace(prog, kwargs["prog"])
         kwargs.setdefault("allow_abbrev", False)
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(**kwargs)
         self.short_name = name
+        self.add_argument("-v", "--verbose", action="store_true",
+                          help="show everything: TensorFlow's import banner and INFO logs, Beam's INFO logs")
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, rest = super().parse_known_args(args, namespace)
+        if getattr(parsed, "verbose", False):
+            set_verbose()
+        return parsed, rest
 
     def error(self, message):
         print(f"{self.short_name}: error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
 
 
+def integer(minimum: int, auto: bool = False, maximum: int | None = None):
+    """An argparse type: an integer in [`minimum`, `maximum`] (or 'auto' → None when `auto`), with a one-line
+    complaint."""
+    if maximum is not None:
+        what = f"an integer from {minimum} to {maximum}"
+    else:
+        what = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
+    what += " or 'auto'" if auto else ""
+
+    def parse(value: str) -> int | None:
+        if auto and value == "auto":
+            return None
+        try:
+            n = int(value)
+        except ValueError:
+            n = None
+        if n is None or n < minimum or (maximum is not None and n > maximum):
+            raise argparse.ArgumentTypeError(f"must be {what} (received {value!r})")
+        return n
+
+    return parse
+
+
+def number(low: float, high: float, low_open: bool = False):
+    """An argparse type: a finite number in [low, high] (or (low, high] when `low_open`)."""
+    what = f"a number {'>' if low_open else '≥'} {low:g} and ≤ {high:g}"
+
+    def parse(value: str) -> float:
+        try:
+            x = float(value)
+        except ValueError:
+            x = math.nan
+        if not (low < x <= high if low_open else low <= x <= high):  # NaN fails both
+            raise argparse.ArgumentTypeError(f"must be {what} (received {value!r})")
+        return x
+
+    return parse
+
+
+def jobs(value: str) -> int:
+    """An argparse type for --jobs: -1 (one per core) or a positive integer."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < -1 or n == 0:
+        raise argparse.ArgumentTypeError(f"must be -1 (one per core) or a positive integer (received {value!r})")
+    return n
+
+
 def examples(doc: str) -> str:
     """The "    python -m ..." lines of a module docstring, as an argparse epilog."""
     return "examples:\n" + "\n".join(line for line in doc.splitlines() if line.startswith("    python"))
+
+
+VERBOSE_ENV = "SEGPREP_VERBOSE"  # set by -v; worker processes inherit it
+
+
+def set_verbose() -> None:
+    """-v/--verbose: Python's INFO logs (Beam's among them) and TensorFlow's own lines (see trainer/lazy.py)."""
+    import logging
+    import os
+
+    os.environ[VERBOSE_ENV] = "1"
+    logging.basicConfig(level=logging.INFO)
+    logging.getLogger().setLevel(logging.INFO)
+
+
+def verbose() -> bool:
+    import os
+
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
 class UsageError(Exception):

@@ -188,19 +188,24 @@ def from_voc(root: str, split: str | None, count: int, seed: int, palette: Palet
     return samples, title, _class_pixels(palette, counts), problems
 
 
-def run(argv: list[str] | None = None) -> int:
+def build_parser() -> Parser:
     p = Parser("inspect", prog="python -m segprep.inspect", description=__doc__.split("\n")[0],
                epilog=examples(__doc__))
     p.add_argument("source", help="prepare's --output_dir, or a VOC root (local or gs://)")
     p.add_argument("--output", default="sheet.png",
                    help="the picture to write, local or gs://: PNG, or JPEG for a .jpg name (default: %(default)s)")
-    p.add_argument("--split", help="which split (default: the training split)")
-    p.add_argument("--count", type=int, default=12, help="how many crops or pairs, 1-200 (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="which random ones (default: %(default)s)")
-    p.add_argument("--palette", help="for a VOC root: palette JSON (default: Pascal VOC)")
-    args = p.parse_args(argv)
-    if not 1 <= args.count <= 200:
-        raise UsageError(f"--count must be 1..200. Received: {args.count}")
+    p.add_argument("--split", help="which split to draw from (default: the training split)")
+    p.add_argument("--count", type=cli.integer(1, maximum=200), default=12,
+                   help="how many crops or image–mask pairs to draw, 1-200 (default: %(default)s)")
+    p.add_argument("--seed", type=cli.integer(0), default=0,
+                   help="which random crops or pairs: another seed, another draw (default: %(default)s)")
+    p.add_argument("--palette", help="for a VOC root: palette JSON to colour and read the masks with "
+                                     "(default: Pascal VOC)")
+    return p
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     source = args.source.rstrip("/")
     problems = 0
     if storage.exists(layout.join(source, layout.SPLIT_DIR)) or storage.match(

@@ -284,19 +284,21 @@ def build_parser() -> Parser:
     p.add_argument("--palette", help="palette JSON to compare against (default: Pascal VOC)")
     p.add_argument("--write_palette", metavar="FILE",
                    help="write the class colours found as a palette JSON for prepare --palette (local or gs://)")
-    p.add_argument("--tolerance", type=float, default=lookup.DEFAULT_TOLERANCE,
-                   help="RGB distance within which a rarer colour counts as noise around a class colour "
+    p.add_argument("--tolerance", type=cli.number(0.0, lookup.MAX_TOLERANCE, low_open=True),
+                   default=lookup.DEFAULT_TOLERANCE,
+                   help=f"RGB distance (0-{lookup.MAX_TOLERANCE:g}] within which a rarer colour counts as noise "
+                        "around a class colour (default: %(default)s)")
+    p.add_argument("--limit", type=cli.integer(1), default=None, metavar="N",
+                   help="scan only the first N ids of each split: a quick look at a large dataset")
+    p.add_argument("--jobs", type=cli.jobs, default=-1,
+                   help="masks read in parallel (processes for local files, threads for gs://); -1 = one per core "
                         "(default: %(default)s)")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="scan only the first N ids of each split")
-    p.add_argument("--jobs", type=int, default=-1, help="parallel workers; -1 = one per core (default: -1)")
     p.add_argument("--all", action="store_true", help="list every colour, noise included")
     return p
 
 
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.tolerance <= 0 or args.tolerance > lookup.MAX_TOLERANCE:
-        raise UsageError(f"--tolerance must be in (0, {lookup.MAX_TOLERANCE:g}]. Received: {args.tolerance}")
     try:
         palette = load_palette(args.palette, storage.read_bytes if args.palette and storage.is_remote(args.palette)
                                else None)

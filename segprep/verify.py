@@ -89,8 +89,10 @@ def verify(out: str, quick: bool = False, jobs: int = -1) -> tuple[list[str], st
         if layout.is_shard(name) and name not in listed:
             problems.append(f"{layout.join(out, name)}: a shard metadata.json does not list (an earlier run's? "
                             "prepare --overwrite removes them; readers that glob would read it twice)")
-        elif name.startswith(layout.TEMP_PREFIX):
-            problems.append(f"{layout.join(out, name)}: temp dir of an unfinished run")
+    temp_dirs = {p[len(out) + 1:].split("/", 1)[0]
+                 for p in storage.match(layout.join(out, layout.TEMP_PREFIX + "*", "*"))}
+    for name in sorted(temp_dirs):
+        problems.append(f"{layout.join(out, name)}: temp dir of an unfinished run (prepare --overwrite removes it)")
     tasks = []
     for name, (split, i) in listed.items():
         if name not in present:
@@ -119,13 +121,20 @@ def _check_all(tasks, num_classes, quick, jobs, remote, problems) -> None:
     progress.close()
 
 
-def run(argv: list[str] | None = None) -> int:
+def build_parser() -> Parser:
     p = Parser("verify", prog="python -m segprep.verify", description=__doc__.split("\n")[0],
                epilog=examples(__doc__))
     p.add_argument("output_dir", help="prepare's --output_dir, local or gs://")
-    p.add_argument("--quick", action="store_true", help="check file names and record counts only")
-    p.add_argument("--jobs", type=int, default=-1, help="shards checked in parallel; -1 = one per core")
-    args = p.parse_args(argv)
+    p.add_argument("--quick", action="store_true",
+                   help="check file names and record counts only, not every record's checksums and contents")
+    p.add_argument("--jobs", type=cli.jobs, default=-1,
+                   help="shards checked in parallel (processes for local shards, threads for gs://); -1 = one "
+                        "per core (default: %(default)s)")
+    return p
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     problems, summary = verify(args.output_dir, args.quick, args.jobs)
     for line in problems:
         print(f"verify: {line}")

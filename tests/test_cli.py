@@ -124,7 +124,7 @@ def test_help_shows_examples():
 
 @pytest.mark.parametrize("module, args, message", [
     ("trainer.train", ["--data_dir", "nowhere"], "No nowhere/metadata.json"),
-    ("trainer.train", ["--epochs", "0", "--data_dir", "nowhere"], "--epochs must be a positive integer"),
+    ("trainer.train", ["--epochs", "0", "--data_dir", "nowhere"], "--epochs: must be a positive integer"),
     ("trainer.predict", ["--model_dir", "nowhere", "--input", "."], "No nowhere/model.keras"),
     ("trainer.predict", ["--input", "photo.jpg"], "No runs/latest/model.keras"),  # never trained here
     ("trainer.evaluate", ["--model_dir", "nowhere"], "No nowhere/model.keras"),

@@ -6,7 +6,6 @@ steps per epoch are exact. Records are parsed with the same schema module the wr
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import tensorflow as tf
@@ -14,35 +13,9 @@ import tensorflow as tf
 from segprep import metadata as md
 from segprep import schema
 from segprep.palette import IGNORE_LABEL
+from trainer.common import Augment, DataError, load_metadata  # noqa: F401 - re-exported
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-class DataError(ValueError):
-    """The data dir cannot be read as prepare's output."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Augment:
-    """Paired augmentation: one random draw, applied to image and mask alike (masks nearest-neighbour only)."""
-
-    flip: bool = True
-    scale: tuple[float, float] | None = None  # e.g. (0.75, 1.25)
-    rotate_degrees: float = 0.0
-
-
-def load_metadata(data_dir: str) -> dict:
-    path = f"{data_dir.rstrip('/')}/metadata.json"
-    if not tf.io.gfile.exists(path):
-        shards = tf.io.gfile.glob(f"{data_dir.rstrip('/')}/*.tfrecord*") if tf.io.gfile.isdir(data_dir) else []
-        why = ("it holds shards but no metadata.json: the prepare run did not finish; re-run it with --overwrite"
-               if shards else "it holds no prepare output")
-        raise DataError(f"No {path}: {why}. Make it with `python -m pipelines.prepare --output_dir {data_dir}`.")
-    with tf.io.gfile.GFile(path, "rb") as f:
-        try:
-            return md.parse(f.read(), path)
-        except md.MetadataError as e:
-            raise DataError(str(e)) from None
 
 
 def split_files(meta: dict, data_dir: str, split: str) -> list[str]:

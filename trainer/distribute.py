@@ -21,7 +21,7 @@ import tempfile
 
 import tensorflow as tf
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+from trainer.common import STRATEGIES  # noqa: E402,F401 - re-exported
 
 
 @dataclasses.dataclass

@@ -11,21 +11,28 @@ from __future__ import annotations
 import json
 import sys
 
-import keras
+import time
+
 import numpy as np
-import tensorflow as tf
 
 from segprep import metadata as md
 from segprep import cli
 from segprep.cli import Parser, UsageError, examples
-from trainer import data
-from trainer.predict import Predictor
+from segprep.progress import Progress
+from trainer.common import DataError, load_metadata
+from trainer.lazy import Lazy, tf
+from trainer.predict import Predictor, read_run_info
+
+data = Lazy("trainer.data")
 
 
-def confusion(model: keras.Model, ds: tf.data.Dataset, steps: int, num_classes: int, output: str = "main"):
-    """(C, C) int64 confusion matrix, rows = truth, over pixels whose truth is not 255."""
+def confusion(model, ds, steps: int, num_classes: int, output: str = "main", progress: Progress | None = None):
+    """(C, C) int64 confusion matrix of a Keras `model` over a tf.data `ds`, rows = truth, over pixels whose truth
+    is not 255."""
     cm = np.zeros((num_classes, num_classes), np.int64)
     for inputs, targets in ds.take(steps):
+        if progress:
+            progress.update(1)
         pred = np.argmax(model.predict_on_batch(inputs)[output], -1).ravel()
         true = targets[output].numpy().ravel()
         keep = true < num_classes
@@ -46,30 +53,43 @@ def scores(cm: np.ndarray, names: list[str]) -> dict:
                           for n, v, p in zip(names, iou, cm.sum(1)) if p > 0 or cm[:, names.index(n)].sum() > 0}}
 
 
-def run(argv: list[str] | None = None) -> dict:
+def build_parser() -> Parser:
     p = Parser("evaluate", prog="python -m trainer.evaluate", description=__doc__.split("\n")[0],
                epilog=examples(__doc__))
-    p.add_argument("--model_dir", default="runs/latest", help="a trained run (default: %(default)s)")
-    p.add_argument("--data_dir", help="prepare's output (default: the run's training data)")
-    p.add_argument("--split", default="val", help="(default: %(default)s)")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--output", default="main", help="which model output (default: %(default)s)")
-    args = p.parse_args(argv)
-    predictor = Predictor(args.model_dir, args.output)
-    data_dir = args.data_dir or predictor.info["data_dir"]
+    p.add_argument("--model_dir", default="runs/latest",
+                   help="a finished training run, local or gs:// (default: %(default)s)")
+    p.add_argument("--data_dir", help="prepare's output dir, local or gs:// (default: the one the run trained on)")
+    p.add_argument("--split", default="val", help="which split of --data_dir to score (default: %(default)s)")
+    p.add_argument("--batch_size", type=cli.integer(1), default=8,
+                   help="crops per prediction step; only speed and memory depend on it (default: %(default)s)")
+    p.add_argument("--output", default="main",
+                   help="which model output to score: main, upsample or aux for the default model "
+                        "(default: %(default)s)")
+    return p
+
+
+def run(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    info = read_run_info(args.model_dir.rstrip("/"))  # wrong dirs are answered before TensorFlow loads
+    data_dir = args.data_dir or info["data_dir"]
     try:
-        meta = data.load_metadata(data_dir)
+        meta = load_metadata(data_dir)
         md.split(meta, args.split)
-    except (data.DataError, md.MetadataError) as e:
+    except (DataError, md.MetadataError) as e:
         raise UsageError(str(e)) from None
-    if int(meta["num_classes"]) != int(predictor.info["num_classes"]):
-        raise UsageError(f"The model predicts {predictor.info['num_classes']} classes but {data_dir} has "
+    if int(meta["num_classes"]) != int(info["num_classes"]):
+        raise UsageError(f"The model predicts {info['num_classes']} classes but {data_dir} has "
                          f"{meta['num_classes']}.")
+    started = time.time()
+    predictor = Predictor(args.model_dir, args.output)
     model = predictor.model
     inputs, targets = data.strides_of(model)
     ds = data.make_dataset(data_dir, args.split, args.batch_size, training=False, inputs=inputs, targets=targets,
                            normalize=predictor.pipeline_normalization, meta=meta)
-    cm = confusion(model, ds, data.steps(meta, args.split, args.batch_size), int(meta["num_classes"]), args.output)
+    steps = data.steps(meta, args.split, args.batch_size)
+    bar = Progress("evaluate", steps, "batches")
+    cm = confusion(model, ds, steps, int(meta["num_classes"]), args.output, bar)
+    bar.close()
     result = scores(cm, list(meta["class_names"]))
     result.update(split=args.split, data_dir=data_dir, output=args.output)
     print(f"{'class':16s} {'IoU':>7s} {'pixels':>12s}")
@@ -77,13 +97,18 @@ def run(argv: list[str] | None = None) -> dict:
         iou = "—" if row["iou"] is None else f"{row['iou']:.4f}"
         print(f"{name:16s} {iou:>7s} {row['pixels']:12,d}")
     print(f"{'mIoU':16s} {result['miou']:7.4f}\n{'pixel accuracy':16s} {result['pixel_accuracy']:7.4f}")
-    with tf.io.gfile.GFile(f"{args.model_dir.rstrip('/')}/eval-{args.split}.json", "w") as f:
+    path = f"{args.model_dir.rstrip('/')}/eval-{args.split}.json"
+    with tf.io.gfile.GFile(path, "w") as f:
         f.write(json.dumps(result, indent=1))
+    crops = md.split(meta, args.split)["records"]
+    seconds = time.time() - started
+    print(f"evaluate: {crops:,} {args.split} crops ({result['pixels']:,} labelled pixels) in {seconds:.1f} s → "
+          f"{path}")
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.main("evaluate", run, argv, (data.DataError,))
+    return cli.main("evaluate", run, argv, (DataError,))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from trainer.distribute import Placement
 
-BEST_METRIC = "val_main_miou"
+from trainer.common import BEST_METRIC  # noqa: E402,F401 - re-exported
 
 
 @dataclasses.dataclass

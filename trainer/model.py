@@ -18,7 +18,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-ARCHS = ("multi", "deconv")
+from trainer.common import ARCHS  # noqa: E402,F401 - re-exported
 
 
 # momentum 0.9: with 0.99 the statistics lag for hundreds of steps on small datasets. synchronized: replicas share

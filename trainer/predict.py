@@ -13,20 +13,22 @@ padded as in training and cut back.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
+import time
 
 import cv2
-import keras
 import numpy as np
-import tensorflow as tf
 
 from segprep import codec, layout
 from segprep import cli
 from segprep.cli import Parser, UsageError, examples
 from segprep.palette import Palette
-from trainer import schedules  # noqa: F401 - registers WarmupCosine, so best.keras checkpoints load too
+from segprep.progress import Progress
+from trainer import common
+from trainer.lazy import keras, tf
 from trainer.normalization import Normalization
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -37,12 +39,8 @@ class Predictor:
 
     def __init__(self, model_dir: str, output: str = "main"):
         model_dir = model_dir.rstrip("/")
-        for name in ("model.keras", "segprep.json"):
-            if not tf.io.gfile.exists(f"{model_dir}/{name}"):
-                raise UsageError(f"No {model_dir}/{name}: --model_dir must be a finished `python -m trainer.train` "
-                                 "run.")
-        with tf.io.gfile.GFile(f"{model_dir}/segprep.json") as f:
-            self.info = json.load(f)
+        self.info = read_run_info(model_dir)
+        importlib.import_module("trainer.schedules")  # registers WarmupCosine, so best.keras checkpoints load too
         self.model = keras.models.load_model(_local_copy(f"{model_dir}/model.keras"))
         outputs = dict(zip(self.model.output_names, self.model.outputs))
         if output not in outputs:
@@ -57,6 +55,7 @@ class Predictor:
         self.mean, self.std = (None, None) if in_model else (mean, std)
         self.pipeline_normalization = None if in_model else (mean.tolist(), std.tolist())
         self.input_name = self.model.inputs[0].name
+        self._probabilities = tf.function(self._probabilities_fn, reduce_retracing=True)
 
     def probabilities(self, windows: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 → (N, S, S, C) float32 softmax of the chosen output; an output at lower resolution
@@ -65,8 +64,7 @@ class Predictor:
         x = windows if self.mean is None else (windows.astype(np.float32) - self.mean) / self.std
         return self._probabilities(tf.convert_to_tensor(x, tf.float32)).numpy()
 
-    @tf.function(reduce_retracing=True)
-    def _probabilities(self, x):
+    def _probabilities_fn(self, x):
         logits = tf.cast(self.model({self.input_name: x}, training=False)[self.output], tf.float32)
         if logits.shape[1] != x.shape[1] or logits.shape[2] != x.shape[2]:
             logits = tf.image.resize(logits, tf.shape(x)[1:3], method="bilinear")
@@ -139,6 +137,15 @@ class Predictor:
         return paths
 
 
+def read_run_info(model_dir: str) -> dict:
+    """segprep.json of a finished run; a UsageError when `model_dir` is not one (checked without TensorFlow for
+    local dirs)."""
+    for name in ("model.keras", "segprep.json"):
+        if not common.exists(f"{model_dir}/{name}"):
+            raise UsageError(f"No {model_dir}/{name}: --model_dir must be a finished `python -m trainer.train` run.")
+    return json.loads(common.read_bytes(f"{model_dir}/segprep.json"))
+
+
 def _starts(size: int, crop: int, stride: int) -> list[int]:
     """Window starts covering [0, size): every `stride`, the last one flush with the end."""
     if size <= crop:
@@ -158,55 +165,76 @@ def _local_copy(path: str) -> str:
 
 def list_inputs(spec: str, split: str | None) -> list[tuple[str, str]]:
     """→ [(name, path)] for an image file, a folder of images, or a VOC root with --split."""
-    if tf.io.gfile.isdir(spec):
+    if common.isdir(spec):
         split_file = layout.split_path(spec, split or "val")
-        if split or tf.io.gfile.exists(split_file):
-            if not tf.io.gfile.exists(split_file):
+        if split or common.exists(split_file):
+            if not common.exists(split_file):
                 raise UsageError(f"--split {split}: no {split_file}.")
-            with tf.io.gfile.GFile(split_file) as f:
-                ids = layout.parse_split_list(f.read())
+            ids = layout.parse_split_list(common.read_bytes(split_file).decode("utf-8", "replace"))
             return [(i, layout.image_path(spec, i)) for i in ids]
-        names = sorted(n for n in tf.io.gfile.listdir(spec) if n.lower().endswith(IMAGE_EXTS))
+        names = sorted(n for n in common.listdir(spec) if n.lower().endswith(IMAGE_EXTS))
         if not names:
             raise UsageError(f"--input {spec} holds no .jpg/.jpeg/.png images.")
         return [(os.path.splitext(n)[0], f"{spec.rstrip('/')}/{n}") for n in names]
-    if tf.io.gfile.exists(spec):
+    if common.exists(spec):
         return [(os.path.splitext(os.path.basename(spec))[0], spec)]
     raise UsageError(f"--input {spec} does not exist.")
 
 
-def run(argv: list[str] | None = None) -> int:
+def build_parser() -> Parser:
     p = Parser("predict", prog="python -m trainer.predict", description=__doc__.split("\n")[0],
                epilog=examples(__doc__))
-    p.add_argument("--model_dir", default="runs/latest", help="a trained run (default: %(default)s)")
-    p.add_argument("--input", required=True, help="an image, a folder of images, or a VOC root (with --split)")
+    p.add_argument("--model_dir", default="runs/latest",
+                   help="a finished training run, local or gs:// (default: %(default)s)")
+    p.add_argument("--input", required=True,
+                   help="an image (.jpg/.jpeg/.png), a folder of images, or a VOC root (with --split); local or "
+                        "gs://")
     p.add_argument("--split", help="with a VOC root: which ImageSets/Segmentation list (default: val)")
-    p.add_argument("--output_dir", default="preds", help="(default: %(default)s)")
-    p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap, 0..0.9 (default: 0.25)")
+    p.add_argument("--output_dir", default="preds", help="where ID.png and ID_overlay.jpg go, local or gs:// "
+                                                         "(default: %(default)s)")
+    p.add_argument("--overlap", type=cli.number(0.0, 0.9), default=0.25,
+                   help="share of a window that the next window overlaps, 0 to 0.9: more overlap is smoother at "
+                        "window edges and slower (default: %(default)s)")
     p.add_argument("--output", default="main",
                    help="which model output to use: main, upsample or aux for the default model; a low-resolution "
                         "output's logits are upsampled bilinearly (default: %(default)s)")
     p.add_argument("--format", choices=("color", "index"), default="color",
                    help="ID.png as the dataset's palette colours, or as 8-bit class indices (what evaluation tools "
                         "read); ID_overlay.jpg is written either way (default: %(default)s)")
-    args = p.parse_args(argv)
-    if not 0 <= args.overlap <= 0.9:
-        raise UsageError(f"--overlap must be in 0..0.9. Received: {args.overlap}")
-    predictor = Predictor(args.model_dir, args.output)
+    return p
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    model_dir = args.model_dir.rstrip("/")
+    read_run_info(model_dir)  # a wrong --model_dir or --input is answered before TensorFlow loads
     inputs = list_inputs(args.input, args.split)
-    tf.io.gfile.makedirs(args.output_dir)
-    failed = 0
+    out_dir = args.output_dir.rstrip("/")
+    predictor = Predictor(model_dir, args.output)
+    tf.io.gfile.makedirs(out_dir)
+    started = time.time()
+    bar = Progress("predict", len(inputs), "images")
+    failed = pixels = 0
+    last = None
     for name, path in inputs:
         try:
-            with tf.io.gfile.GFile(path, "rb") as f:
-                image = codec.decode_image(f.read())
+            image = codec.decode_image(common.read_bytes(path))
         except (codec.DecodeError, OSError, tf.errors.OpError) as e:
+            bar.close()
             print(f"predict: {path}: {e}", file=sys.stderr)
             failed += 1
+            bar.update(1, f"{failed} failed")
             continue
+        pixels += image.shape[0] * image.shape[1]
         classes = predictor.predict(image, args.overlap)
-        paths = predictor.write(image, classes, args.output_dir.rstrip("/"), name, args.format)
-        print(f"predict: {path} → {paths[0]}")
+        last = predictor.write(image, classes, out_dir, name, args.format)
+        bar.update(1, f"{pixels / 1e6:,.1f} Mpx" + (f", {failed} failed" if failed else ""))
+    bar.close()
+    seconds = time.time() - started
+    done = len(inputs) - failed
+    where = last[0] if done == 1 and last else f"{out_dir}/"
+    print(f"predict: {done} of {len(inputs)} images ({pixels / 1e6:,.1f} Mpx) in {seconds:.1f} s "
+          f"({pixels / 1e6 / max(seconds, 1e-9):.2f} Mpx/s), {failed} failed → {where}")
     return 1 if failed else 0
 
 

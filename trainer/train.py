@@ -27,19 +27,21 @@ import sys
 import tempfile
 import time
 
-import keras
-import tensorflow as tf
-
 from segprep import metadata as md
 from segprep import cli
 from segprep.cli import Parser, UsageError, examples
-from trainer import data, distribute, loop, schedules
-from trainer.model import ARCHS, build_model
+from trainer.lazy import Lazy, keras, tf
+from trainer.common import (ARCH_OUTPUTS, ARCHS, STRATEGIES, Augment, DataError, exists,
+                            load_metadata)
 from trainer.normalization import STATS, Normalization
+
+# Imported at first use (TensorFlow, quietly): --help and usage mistakes answer without them.
+data, distribute, loop, schedules, model_lib = (Lazy("trainer.data"), Lazy("trainer.distribute"),
+                                                Lazy("trainer.loop"), Lazy("trainer.schedules"),
+                                                Lazy("trainer.model"))
 
 DEFAULT_DATA = "data/records"
 RUNS = "runs"
-BEST_METRIC = loop.BEST_METRIC
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +54,7 @@ class TrainConfig:
     loss_weights: dict | None = None  # None: 1.0 for "main", 0.2 for the others (the seed recipe's weights)
     seed: int = 0
     normalization: Normalization = Normalization()  # statistics, and whether the model applies them
-    augment: data.Augment = data.Augment()
+    augment: Augment = Augment()
     train_split: str = "train"
     val_split: str = "val"
     class_weights: str = "none"  # or "median_frequency" (from metadata.json's pixel counts)
@@ -60,38 +62,51 @@ class TrainConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser("train", prog="python -m trainer.train", description=__doc__.split("\n")[0], epilog=examples(__doc__))
-    p.add_argument("--data_dir", default=DEFAULT_DATA, help="prepare's --output_dir (default: %(default)s)")
+    p.add_argument("--data_dir", default=DEFAULT_DATA,
+                   help="prepare's --output_dir, local or gs://: its metadata.json names the shards to read "
+                        "(default: %(default)s)")
     p.add_argument("--model_dir", help="run dir, local or gs:// (default: runs/<data>-<hash of the flags>)")
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="(default: %(default)s)")
-    p.add_argument("--batch_size", type=int, default=TrainConfig.batch_size,
+    p.add_argument("--epochs", type=cli.integer(1), default=TrainConfig.epochs,
+                   help="passes over the training split, each of exactly records / global batch steps "
+                        "(default: %(default)s)")
+    p.add_argument("--batch_size", type=cli.integer(1), default=TrainConfig.batch_size,
                    help="crops per step on each replica; the global batch is this × replicas (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=TrainConfig.lr,
+    p.add_argument("--lr", type=cli.number(0.0, 10.0, low_open=True), default=TrainConfig.lr,
                    help="peak learning rate for one replica; with N replicas it is N × this, as the global batch "
                         "is N × --batch_size (default: %(default)s)")
-    p.add_argument("--warmup_epochs", type=int, default=0,
+    p.add_argument("--warmup_epochs", type=cli.integer(0), default=0,
                    help="the seed recipe's per-epoch warm-up: lr·i/num for epochs i < num (default: off)")
-    p.add_argument("--warmup_steps", type=int, default=None,
+    p.add_argument("--warmup_steps", type=cli.integer(0), default=None,
                    help="per-step linear warm-up, then cosine decay to 0 (default: one epoch of steps)")
     p.add_argument("--class_weights", choices=("none", "median_frequency"), default=TrainConfig.class_weights,
                    help="per-class loss weights: median_frequency = median(freq) / freq of each class, from the "
                         "training split's pixel counts in metadata.json (rare classes weigh more) "
                         "(default: %(default)s)")
-    p.add_argument("--loss_weights", help="e.g. main=1,upsample=0.2,aux=0.2 (default: 1 main, 0.2 others)")
-    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    p.add_argument("--arch", choices=ARCHS, default="multi", help="(default: %(default)s)")
-    p.add_argument("--width", type=int, default=32, help="model width (default: %(default)s)")
+    p.add_argument("--loss_weights", metavar="NAME=W,...",
+                   help="each output's weight in the total loss, e.g. main=1,upsample=0.5,aux=0.2 "
+                        "(default: 1 for main, 0.2 for the others)")
+    p.add_argument("--seed", type=cli.integer(0), default=0,
+                   help="seed of the weights' initialisation, the shuffling and the augmentation, ≥ 0 "
+                        "(default: %(default)s)")
+    p.add_argument("--arch", choices=ARCHS, default="multi",
+                   help="multi = transposed-convolution decoder (main) plus the upsample and aux heads; deconv = "
+                        "the main output alone (default: %(default)s)")
+    p.add_argument("--width", type=cli.integer(1), default=32,
+                   help="channels of the first convolution, doubled at each stage: wider is slower and can be more "
+                        "accurate (default: %(default)s)")
     p.add_argument("--normalization", choices=STATS, default="dataset",
                    help="the statistics of the model's first layer, which normalises raw RGB: dataset = the "
                         "training crops' RGB mean/std from metadata.json, simple = x/255 - 0.5 (default: %(default)s)")
     p.add_argument("--aug_scale", default="0.75,1.25",
-                   help="random scale range, 'off' to disable (default: %(default)s)")
-    p.add_argument("--aug_rotate", type=float, default=15.0,
+                   help="random scale range MIN,MAX (e.g. 0.5,2), image and mask alike; 'off' to disable "
+                        "(default: %(default)s)")
+    p.add_argument("--aug_rotate", type=cli.number(0.0, 180.0), default=15.0,
                    help="max random rotation in degrees, 0 to disable (default: %(default)s)")
     p.add_argument("--no_flip", action="store_true", help="turn off random left-right flips")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in a --model_dir holding a run: its model, log, TensorBoard logs, backup and "
                         "eval-*.json are deleted first")
-    p.add_argument("--distribution_strategy", choices=distribute.STRATEGIES, default="auto",
+    p.add_argument("--distribution_strategy", choices=STRATEGIES, default="auto",
                    help="auto = mirrored over this machine's GPUs when there are several, else one device; "
                         "multi_worker_mirrored reads TF_CONFIG; tpu needs --tpu (default: %(default)s)")
     p.add_argument("--mixed_precision", action="store_true",
@@ -153,7 +168,7 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
     """Trains `model` (any functional model whose inputs/outputs the pipeline can fill, built under
     `placement.strategy.scope()`) and saves the run. `cfg.batch_size` is per replica."""
     placement = placement or distribute.make("auto")
-    meta = meta or data.load_metadata(data_dir)
+    meta = meta or load_metadata(data_dir)
     num_classes = int(meta["num_classes"])
     channels = {n: t.shape[-1] for n, t in zip(model.output_names, model.outputs)}
     if any(c != num_classes for c in channels.values()):
@@ -214,7 +229,7 @@ def _run(runner: loop.Loop, datasets, cfg: TrainConfig, steps: int, val_steps: i
         broken = data.find_corrupt(files, md.compression_type(meta))
         if broken is None:
             raise
-        raise data.DataError(f"Corrupt shard {broken}. Re-run `python -m pipelines.prepare --overwrite`.") from e
+        raise DataError(f"Corrupt shard {broken}. Re-run `python -m pipelines.prepare --overwrite`.") from e
 
 
 def save_keras(model: keras.Model, path: str) -> None:
@@ -289,7 +304,7 @@ def _copy_tree(src: str, dst: str) -> None:
 
 
 def _default_model_dir(args: argparse.Namespace) -> str:
-    keys = {k: v for k, v in vars(args).items() if k not in ("model_dir", "overwrite")}
+    keys = {k: v for k, v in vars(args).items() if k not in ("model_dir", "overwrite", "verbose")}
     digest = hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
     name = os.path.basename(args.data_dir.rstrip("/")) or "data"
     return os.path.join(RUNS, f"{name}-{digest}")
@@ -308,9 +323,6 @@ def _link_latest(model_dir: str) -> None:
 
 def run(argv: list[str] | None = None) -> loop.History:
     args = build_parser().parse_args(argv)
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name} must be a positive integer. Received: {getattr(args, name)}")
     if args.warmup_epochs and args.warmup_steps is not None:
         raise UsageError("Choose one of --warmup_epochs (per epoch) and --warmup_steps (per step).")
     if args.distribution_strategy == "tpu" and not args.tpu:
@@ -323,13 +335,14 @@ def run(argv: list[str] | None = None) -> loop.History:
             raise UsageError(f"--aug_scale must be two numbers like 0.75,1.25. Received: {args.aug_scale}") from None
         scale = (lo, hi)
     try:
-        meta = data.load_metadata(args.data_dir)
+        meta = load_metadata(args.data_dir)
         md.split(meta, "train")
         md.split(meta, "val")
-    except (data.DataError, md.MetadataError) as e:
+    except (DataError, md.MetadataError) as e:
         raise UsageError(str(e)) from None
+    _loss_weights(args.loss_weights, list(ARCH_OUTPUTS[args.arch]))  # checked before TensorFlow is imported
     model_dir = (args.model_dir or _default_model_dir(args)).rstrip("/")
-    finished = tf.io.gfile.exists(f"{model_dir}/model.keras") and not tf.io.gfile.exists(f"{model_dir}/backup")
+    finished = exists(f"{model_dir}/model.keras") and not exists(f"{model_dir}/backup")
     if finished and not args.overwrite:
         raise UsageError(f"--model_dir {model_dir} holds a finished run (model.keras); pass --overwrite to train "
                          "it again, or choose another --model_dir.")
@@ -349,11 +362,11 @@ def _train(args, meta: dict, model_dir: str, placement: distribute.Placement, po
     keras.utils.set_random_seed(args.seed)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
                       warmup_steps=args.warmup_steps, seed=args.seed,
-                      augment=data.Augment(flip=not args.no_flip, scale=scale, rotate_degrees=args.aug_rotate),
+                      augment=Augment(flip=not args.no_flip, scale=scale, rotate_degrees=args.aug_rotate),
                       normalization=Normalization(args.normalization), class_weights=args.class_weights)
     with placement.strategy.scope():
-        model = build_model(int(meta["num_classes"]), int(meta["crop_size"]), args.width, args.arch,
-                            *cfg.normalization.mean_std(meta))
+        model = model_lib.build_model(int(meta["num_classes"]), int(meta["crop_size"]), args.width, args.arch,
+                                      *cfg.normalization.mean_std(meta))
     cfg = dataclasses.replace(cfg, loss_weights=_loss_weights(args.loss_weights, list(model.output_names)))
     precision = "" if policy == "float32" else f", {policy}"
     print(f"train: {placement.describe()}{precision}; global batch {args.batch_size * placement.replicas} "
@@ -388,7 +401,7 @@ def clear_run(model_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.main("train", run, argv, (data.DataError,))
+    return cli.main("train", run, argv, (DataError,))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,153 @@
+"""A newcomer's first hour: help and usage mistakes answer without importing TensorFlow or Beam, TensorFlow's
+import banner stays off stderr (and -v brings it back), the `segprep` command, and docs that resolve inside the
+repository."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+# Runs a module as `python -m` does, then reports which heavy packages it imported, as its last stderr line.
+_WRAPPER = """
+import atexit, json, runpy, sys
+def report():
+    heavy = sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "apache_beam")})
+    sys.stderr.write("IMPORTED " + json.dumps(heavy) + "\\n")
+atexit.register(report)
+module = sys.argv.pop(1)
+sys.argv[0] = module
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "SEGPREP_VERBOSE")}
+    env.update(PYTHONPATH=REPO, **extra)
+    return env
+
+
+def run_module(module, *args, cwd):
+    proc = subprocess.run([sys.executable, "-c", _WRAPPER, module, *args], cwd=cwd, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.splitlines()
+    assert lines and lines[-1].startswith("IMPORTED "), proc.stderr
+    return proc.returncode, proc.stdout, lines[:-1], json.loads(lines[-1][len("IMPORTED "):])
+
+
+MODULES = ["pipelines.prepare", "trainer.train", "trainer.predict", "trainer.evaluate", "segprep.scan",
+           "segprep.verify", "segprep.inspect", "segprep.commands"]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_help_imports_neither_tensorflow_nor_beam_and_ends_with_examples(module, tmp_path):
+    status, out, err, heavy = run_module(module, "--help", cwd=tmp_path)
+    assert status == 0 and err == [] and heavy == []
+    tail = out.split("examples:")[-1]
+    assert "examples:" in out and re.search(r"^\s+(python -m|segprep) ", tail, re.M), out
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("pipelines.prepare", ["--jpeg_quality", "0"], "--jpeg_quality: must be an integer from 1 to 100"),
+    ("pipelines.prepare", ["--crop_sise", "64"], "unknown flag --crop_sise"),
+    ("pipelines.prepare", ["--input_dir", "/no/such/dir"], "--input_dir /no/such/dir does not exist"),
+    ("pipelines.prepare", ["--splits", "nope"], "Unknown split nope"),
+    ("pipelines.prepare", ["--spill_dir", "gs://b/x"], "--spill_dir gs://b/x: must be a local directory"),
+    ("trainer.train", ["--epochs", "0"], "--epochs: must be a positive integer"),
+    ("trainer.train", ["--data_dir", "nowhere"], "No nowhere/metadata.json"),
+    ("trainer.train", ["--lr", "-1"], "--lr: must be a number > 0"),
+    ("trainer.predict", ["--model_dir", "nowhere", "--input", "."], "No nowhere/model.keras"),
+    ("trainer.predict", ["--input", "x.jpg", "--overlap", "0.95"], "--overlap: must be a number ≥ 0 and ≤ 0.9"),
+    ("trainer.evaluate", ["--model_dir", "nowhere"], "No nowhere/model.keras"),
+    ("trainer.evaluate", ["--batch_size", "0"], "--batch_size: must be a positive integer"),
+    ("segprep.scan", ["--input_dir", "/no/such/dir"], "--input_dir /no/such/dir does not exist"),
+    ("segprep.scan", ["--input_dir", ".", "--jobs", "0"], "--jobs: must be -1 (one per core) or a positive"),
+    ("segprep.inspect", [".", "--count", "0"], "--count: must be an integer from 1 to 200"),
+    ("segprep.commands", ["trian"], "unknown command 'trian'"),
+])
+def test_usage_mistakes_answer_in_one_line_without_tensorflow_or_beam(module, args, message, tmp_path):
+    status, out, err, heavy = run_module(module, *args, cwd=tmp_path)
+    assert status == 2 and len(err) == 1 and message in err[0], err
+    assert heavy == []
+    assert os.listdir(tmp_path) == []  # nothing written, not even the sample
+
+
+def test_the_segprep_command_runs_each_command_with_its_flags(tmp_path, voc_tree):
+    script = os.path.join(os.path.dirname(sys.executable), "segprep")
+    assert os.path.exists(script), "pip install -e . makes the console script"
+    proc = subprocess.run([script, "--help"], capture_output=True, text=True, env=_env(), timeout=60)
+    assert proc.returncode == 0 and all(f"  {c} " in proc.stdout for c in
+                                        ("scan", "prepare", "verify", "inspect", "train", "predict", "evaluate"))
+    proc = subprocess.run([script, "train", "--help"], capture_output=True, text=True, env=_env(), timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: segprep train")
+    assert "segprep train --data_dir gs://B/records" in proc.stdout  # the examples speak the same form
+    out = tmp_path / "records"
+    proc = subprocess.run([script, "prepare", "--input_dir", voc_tree.root, "--output_dir", str(out),
+                           "--crop_size", "64", "--runner=DirectRunner"], capture_output=True, text=True,
+                          env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "metadata.json").exists()
+    proc = subprocess.run([script, "verify", str(out)], capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0 and "is whole" in proc.stdout
+
+
+def test_tensorflow_import_banner_stays_off_stderr_and_verbose_brings_it_back():
+    code = "from trainer.lazy import import_tensorflow; tf = import_tensorflow(); print(tf.constant(2).numpy())"
+    quiet = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "2"
+    assert quiet.stderr == "", quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(SEGPREP_VERBOSE="1"),
+                          capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 0 and re.search(r"oneDNN|absl::InitializeLog|cpu_feature_guard", loud.stderr), \
+        "TensorFlow printed no banner at all: then this test proves nothing about hiding it"
+
+
+def test_a_real_warning_during_the_import_still_reaches_stderr():
+    # A line written to file descriptor 2 while TensorFlow imports, as its C++ code writes: not a banner line.
+    code = ("import importlib, os, trainer.lazy as lazy\n"
+            "real = importlib.import_module\n"
+            "def noisy(name, *a, **k):\n"
+            "    if name == 'keras':\n"
+            "        os.write(2, b'UserWarning: a real problem\\n')\n"
+            "    return real(name, *a, **k)\n"
+            "importlib.import_module = noisy\n"
+            "lazy.import_tensorflow()\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "UserWarning: a real problem\n", proc.stderr
+
+
+def test_beam_option_list_is_beams_own():
+    from pipelines import beam_flags
+
+    version, listed = beam_flags._listed()
+    if version != beam_flags.installed_version():
+        pytest.skip(f"beam_options.txt is for Beam {version}; run `python -m pipelines.beam_flags`")
+    assert listed == beam_flags.from_beam()
+    assert {"--runner", "--direct_num_workers", "--project", "--sdk_container_image"} <= listed
+
+
+def test_readme_and_docs_links_resolve_inside_the_repository():
+    for doc in ["README.md", *[os.path.join("docs", n) for n in os.listdir(os.path.join(REPO, "docs"))
+                               if n.endswith(".md")]]:
+        text = open(os.path.join(REPO, doc)).read()
+        assert "../shared" not in text and "CONTRACT.md" not in text
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            file = os.path.normpath(os.path.join(REPO, os.path.dirname(doc), path)) if path else \
+                os.path.join(REPO, doc)
+            assert file.startswith(REPO + os.sep) and os.path.exists(file), f"{doc}: {target}"
+            if anchor and file.endswith(".md"):
+                headings = [re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                            for h in re.findall(r"^#+ (.+)$", open(file).read(), re.M)]
+                assert anchor in headings, f"{doc}: #{anchor} is not a heading of {path or doc}"
+    dev = open(os.path.join(REPO, "dev")).read()
+    for path in re.findall(r"\b(benchmarks/[\w./]+|docs/[\w./]+)", dev):
+        assert os.path.exists(os.path.join(REPO, path)), f"./dev points to {path}"

@@ -1,0 +1,86 @@
+"""Names and settings the command lines offer, kept apart from the modules that need TensorFlow so that parsing
+flags is quick."""
+
+import dataclasses
+import os
+
+from segprep import metadata as md
+from segprep import storage
+
+ARCHS = ("multi", "deconv")  # trainer.model
+ARCH_OUTPUTS = {"multi": ("main", "upsample", "aux"), "deconv": ("main",)}  # trainer.model's output names
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker_mirrored", "tpu")  # trainer.distribute
+BEST_METRIC = "val_main_miou"  # trainer.loop: what best.keras is the best of
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """Paired augmentation: one random draw, applied to image and mask alike (masks nearest-neighbour only)."""
+
+    flip: bool = True
+    scale: tuple[float, float] | None = None  # e.g. (0.75, 1.25)
+    rotate_degrees: float = 0.0
+
+
+class DataError(ValueError):
+    """The data dir cannot be read as prepare's output."""
+
+
+def load_metadata(data_dir: str) -> dict:
+    """metadata.json of prepare's output dir; `DataError` saying what is wrong when it cannot be read. Local dirs
+    are read without TensorFlow (so a wrong --data_dir is answered at once), gs:// ones through tf.io.gfile."""
+    path = f"{data_dir.rstrip('/')}/metadata.json"
+    if storage.is_remote(data_dir):
+        from trainer.lazy import tf
+
+        def read(p):
+            with tf.io.gfile.GFile(p, "rb") as f:
+                return f.read()
+
+        exists = tf.io.gfile.exists
+        has_shards = lambda: bool(tf.io.gfile.glob(f"{data_dir.rstrip('/')}/*.tfrecord*"))  # noqa: E731
+    else:
+        exists, read = storage.exists, storage.read_bytes
+        has_shards = lambda: bool(storage.match(f"{data_dir.rstrip('/')}/*.tfrecord*"))  # noqa: E731
+    if not exists(path):
+        why = ("it holds shards but no metadata.json: the prepare run did not finish; re-run it with --overwrite"
+               if has_shards() else "it holds no prepare output")
+        raise DataError(f"No {path}: {why}. Make it with `python -m pipelines.prepare --output_dir {data_dir}`.")
+    try:
+        return md.parse(read(path), path)
+    except md.MetadataError as e:
+        raise DataError(str(e)) from None
+
+
+def exists(path: str) -> bool:
+    """A file or folder, local (without TensorFlow) or gs:// (through tf.io.gfile)."""
+    if storage.is_remote(path):
+        from trainer.lazy import tf
+
+        return tf.io.gfile.exists(path)
+    return storage.exists(path)
+
+
+def isdir(path: str) -> bool:
+    if storage.is_remote(path):
+        from trainer.lazy import tf
+
+        return tf.io.gfile.isdir(path)
+    return os.path.isdir(path)
+
+
+def listdir(path: str) -> list[str]:
+    if storage.is_remote(path):
+        from trainer.lazy import tf
+
+        return [name.rstrip("/") for name in tf.io.gfile.listdir(path)]
+    return os.listdir(path)
+
+
+def read_bytes(path: str) -> bytes:
+    if storage.is_remote(path):
+        from trainer.lazy import tf
+
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    return storage.read_bytes(path)
