@@ -124,4 +124,6 @@ def main(name: str, run, argv: list[str] | None = None, errors: tuple = ()) -> i
     except (UsageError, *errors) as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:  # argparse: --help (0) or a bad flag (2, its line already printed)
+        return e.code if isinstance(e.code, int) else 2
     return status if isinstance(status, int) else 0
