@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import read_records, shard_files
+from conftest import REPO, read_records, shard_files
 from pipelines import prepare
 from segprep import codec, layout
 from segprep.palette import VOC
@@ -418,3 +419,33 @@ def test_short_training_on_the_sample_beats_an_all_background_predictor(tmp_path
     # (benchmarks/bench_train.py).
     assert result["miou"] > baseline + 0.08, (result["miou"], baseline)
     assert max(result["per_class"][n]["iou"] for n in ("aeroplane", "boat", "person")) > 0.25, result["per_class"]
+
+
+BANNER = re.compile(r"absl::InitializeLog|oneDNN custom operations|cpu_feature_guard|rebuild TensorFlow|I0000")
+
+
+def test_predict_and_evaluate_commands_are_quiet_show_progress_and_summarise(run_dir, voc_tree, tmp_path):
+    """Fresh processes, as a user runs them, with no TF_CPP_MIN_LOG_LEVEL: stderr holds only our progress lines."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "SEGPREP_VERBOSE")}
+    env.update(PYTHONPATH=REPO, SEGPREP_PROGRESS_SECONDS="0")
+    out = tmp_path / "preds"
+    proc = subprocess.run([sys.executable, "-m", "trainer.predict", "--model_dir", run_dir, "--input", voc_tree.root,
+                           "--split", "train", "--output_dir", str(out)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not BANNER.search(proc.stderr), proc.stderr
+    progress = proc.stderr.splitlines()
+    assert progress and all(line.startswith("predict: ") and " images, " in line for line in progress), progress
+    assert "predict: 3/3 images" in progress[-1]
+    assert re.fullmatch(r"predict: 3 of 3 images \([\d.]+ Mpx\) in [\d.]+ s \([\d.]+ Mpx/s\), 0 failed → "
+                        + re.escape(str(out)) + "/\n", proc.stdout), proc.stdout
+    assert sorted(os.listdir(out)) == sorted(f"{i}{s}" for i in ("t1", "t2", "t3") for s in (".png", "_overlay.jpg"))
+    proc = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--model_dir", run_dir, "--batch_size", "2"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and not BANNER.search(proc.stderr), proc.stderr
+    assert all(line.startswith("evaluate: ") and " batches, " in line for line in proc.stderr.splitlines())
+    assert re.search(r"^evaluate: \d+ val crops \([\d,]+ labelled pixels\) in [\d.]+ s → .*eval-val.json$",
+                     proc.stdout, re.M), proc.stdout
+    loud = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--model_dir", run_dir, "-v"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 0 and BANNER.search(loud.stderr), "-v shows TensorFlow's own lines again"

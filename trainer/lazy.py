@@ -65,6 +65,12 @@ def import_tensorflow():
     return tf
 
 
+def load(name: str):
+    """`importlib.import_module(name)` for a module that imports TensorFlow: TensorFlow first, quietly."""
+    import_tensorflow()
+    return importlib.import_module(name)
+
+
 class Lazy:
     """A module imported at its first attribute access; TensorFlow first, quietly (see `import_tensorflow`)."""
 

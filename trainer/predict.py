@@ -13,7 +13,6 @@ padded as in training and cut back.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
@@ -28,6 +27,7 @@ from segprep.cli import Parser, UsageError, examples
 from segprep.palette import Palette
 from segprep.progress import Progress
 from trainer import common
+from trainer import lazy
 from trainer.lazy import keras, tf
 from trainer.normalization import Normalization
 
@@ -40,7 +40,7 @@ class Predictor:
     def __init__(self, model_dir: str, output: str = "main"):
         model_dir = model_dir.rstrip("/")
         self.info = read_run_info(model_dir)
-        importlib.import_module("trainer.schedules")  # registers WarmupCosine, so best.keras checkpoints load too
+        lazy.load("trainer.schedules")  # registers WarmupCosine, so best.keras checkpoints load too
         self.model = keras.models.load_model(_local_copy(f"{model_dir}/model.keras"))
         outputs = dict(zip(self.model.output_names, self.model.outputs))
         if output not in outputs:
