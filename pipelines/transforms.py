@@ -2,7 +2,7 @@
 
     (split, image_id)
       → ReadPairs      → PairBytes                               + errors
-      → DecodePairs    → (PairKey, DecodedPair)                  + errors
+      → DecodePairs    → DecodedPair                             + errors
       → CutCrops       → (split, (image_id, k, record bytes))    + per-image Stats
       → SpreadCrops    → ((split, shard), [(order, bytes)])
       → WriteShards    → ShardResult (temp files)
@@ -18,10 +18,12 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import traceback
 import uuid
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
@@ -56,6 +58,42 @@ class PairBytes:
     image_id: str
     image: bytes
     mask: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedPair:
+    """An image (RGB) and its class map, decoded and checked, with the source statistics."""
+
+    split: str
+    image_id: str
+    image: np.ndarray
+    classes: np.ndarray
+    stats: Stats
+
+
+class _LargeElementCoder(beam.coders.Coder):
+    """Pickles, for the rare case such an element crosses a stage boundary (they fuse with the stage that makes
+    them), and estimates size from the arrays' and bytes' lengths. Beam samples element sizes for its counters by
+    encoding them with the PCollection's coder: with the default coder that pickles a decoded 10,000² tile
+    (400 MB) just to measure it, which costs time and memory."""
+
+    def encode(self, value):
+        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+
+    def decode(self, encoded):
+        return pickle.loads(encoded)
+
+    def is_deterministic(self):
+        return False
+
+    def estimate_size(self, value):
+        if isinstance(value, PairBytes):
+            return len(value.image) + len(value.mask) + 64
+        return value.image.nbytes + value.classes.nbytes + 2200
+
+
+beam.coders.registry.register_coder(PairBytes, _LargeElementCoder)
+beam.coders.registry.register_coder(DecodedPair, _LargeElementCoder)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +189,9 @@ class ReadPairs(beam.PTransform):
 
     def expand(self, ids):
         """(split, image_id) → PairBytes; ErrorRecord on "errors" (missing or unreadable files)."""
-        return ids | beam.ParDo(_ReadPairFn(self._root, self._progress)).with_outputs(ERRORS, main="pairs")
+        out = ids | beam.ParDo(_ReadPairFn(self._root, self._progress)).with_outputs(ERRORS, main="pairs")
+        out.pairs.element_type = PairBytes  # its coder estimates sizes cheaply (see _LargeElementCoder)
+        return out
 
 
 class _DecodeFn(beam.DoFn):
@@ -173,7 +213,7 @@ class _DecodeFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(
                 pair.split, pair.image_id, "internal", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", files))
             return
-        yield (pair.split, pair.image_id), (image, classes, stats)
+        yield DecodedPair(pair.split, pair.image_id, image, classes, stats)
 
 
 class DecodePairs(beam.PTransform):
@@ -186,9 +226,11 @@ class DecodePairs(beam.PTransform):
         self._progress = progress_ or Progress()
 
     def expand(self, pairs):
-        """PairBytes → ((split, image_id), (RGB image, class map, source Stats)); ErrorRecord on "errors"."""
-        return pairs | beam.ParDo(_DecodeFn(self._root, self._config, self._progress)).with_outputs(
+        """PairBytes → DecodedPair (RGB image, class map, source Stats); ErrorRecord on "errors"."""
+        out = pairs | beam.ParDo(_DecodeFn(self._root, self._config, self._progress)).with_outputs(
             ERRORS, main="decoded")
+        out.decoded.element_type = DecodedPair  # its coder estimates sizes cheaply (see _LargeElementCoder)
+        return out
 
 
 class _CutFn(beam.DoFn):
@@ -198,7 +240,8 @@ class _CutFn(beam.DoFn):
         self._progress = progress_
 
     def process(self, element):
-        (split, image_id), (image, classes, source) = element
+        split, image_id, image, classes, source = (element.split, element.image_id, element.image,
+                                                   element.classes, element.stats)
         total = Stats().add(source)
         for k, record, stats in encode_crops(image_id, image, classes, self._config, split in self._random_splits):
             total.add(stats)
@@ -218,7 +261,7 @@ class CutCrops(beam.PTransform):
         self._progress = progress_ or Progress()
 
     def expand(self, decoded):
-        """((split, id), decoded pair) → (split, (image_id, k, serialized Example)); (split, Stats) on "stats"."""
+        """DecodedPair → (split, (image_id, k, serialized Example)); (split, Stats) on "stats"."""
         return decoded | beam.ParDo(_CutFn(self._config, self._random_splits, self._progress)).with_outputs(
             STATS, main="crops")
 

@@ -13,8 +13,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import mask_colors
 from pipelines import output
-from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodePairs, Finalize, MergeStats, PairBytes, ReadPairs,
-                                  ShardResult, SpreadCrops, WriteShards, auto_shard_count)
+from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodedPair, DecodePairs, Finalize, MergeStats, PairBytes,
+                                  ReadPairs, ShardResult, SpreadCrops, WriteShards, auto_shard_count)
 from segprep import codec, layout
 from segprep.convert import ConvertConfig, Stats
 from segprep.palette import VOC
@@ -52,7 +52,7 @@ def test_decode_pairs_converts_masks_and_reports_bad_ones():
              PairBytes("val", "cut", image[:40], good)]
     with pipeline() as p:
         result = p | beam.Create(pairs) | DecodePairs("root", ConvertConfig())
-        assert_that(result.decoded | beam.MapTuple(lambda key, d: (key, d[1].tobytes(), d[2].images)),
+        assert_that(result.decoded | beam.Map(lambda d: ((d.split, d.image_id), d.classes.tobytes(), d.stats.images)),
                     equal_to([(("val", "good"), classes.tobytes(), 1)]), label="decoded")
         assert_that(result[ERRORS] | beam.Map(lambda e: (e.image_id, e.reason, e.files)),
                     equal_to([("off", "unknown_colors", ("root/JPEGImages/off.jpg", "root/SegmentationClass/off.png")),
@@ -65,7 +65,7 @@ def test_cut_crops_gives_random_crops_to_training_splits_and_tiles_to_others():
     classes = np.zeros((100, 130), np.uint8)
     source = Stats(images=1, source_pixels=classes.size)
     config = ConvertConfig(crop_size=64, crops_per_image=5)
-    decoded = [(("train", "a"), (image, classes, source)), (("val", "b"), (image, classes, source))]
+    decoded = [DecodedPair("train", "a", image, classes, source), DecodedPair("val", "b", image, classes, source)]
     with pipeline() as p:
         result = p | beam.Create(decoded) | CutCrops(config, frozenset({"train"}))
         assert_that(result.crops | beam.MapTuple(lambda split, c: (split, c[0], c[1])),
