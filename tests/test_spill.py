@@ -137,3 +137,20 @@ def test_the_job_graph_does_not_carry_the_ids_of_a_million_id_list(tmp_path):
         proto = prepare.pipeline(job, spill_dir=str(tmp_path / "spill")).to_runner_api().SerializeToString()
         assert len(proto) < 300_000, f"{len(proto):,} bytes"  # the ids alone are 14 MB
         assert b"aerial_0999999" not in proto
+
+
+def test_a_crashed_runs_temp_dir_and_spill_files_are_named_by_verify_and_removed_by_overwrite(voc_tree, tmp_path):
+    from segprep import verify
+
+    out = tmp_path / "out"
+    assert run(voc_tree.root, out, "--crop_size", "64") == 0
+    crashed = out / (layout.TEMP_PREFIX + "abc123") / "spill"  # as a killed run leaves it
+    crashed.mkdir(parents=True)
+    (crashed / "0001.spill").write_bytes(b"x" * 100)
+    (crashed.parent / "train-00000-of-00001.tfrecord").write_bytes(b"")
+    problems, _ = verify.verify(str(out), quick=True)
+    assert problems == [f"{out}/{layout.TEMP_PREFIX}abc123: temp dir of an unfinished run (prepare --overwrite "
+                        "removes it)"]
+    assert run(voc_tree.root, out, "--crop_size", "64", "--overwrite") == 0
+    assert not [n for n in os.listdir(out) if n.startswith(layout.TEMP_PREFIX)]
+    assert verify.verify(str(out), quick=True)[0] == []
