@@ -77,7 +77,12 @@ class _SpillFn(beam.DoFn):
             path = os.path.join(self._dir, f"{self._bundle}-{len(self._files):04d}.spill")
             # Unbuffered: a crop is tens of KB, and 64 buckets' buffers would be 64 × the buffer size of memory.
             entry = self._files[key] = [open(path, "wb", buffering=0), path, 0, 0]
-        entry[0].write(_FRAME.pack(shard_hash, order, len(data)) + data)
+        try:
+            entry[0].write(_FRAME.pack(shard_hash, order, len(data)) + data)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write the spill file {entry[1]} ({e.strerror}): spill files need about "
+                                   "the output's size of free disk until the shards are written; free some, or "
+                                   "pass --spill_dir on a larger disk") from e
         entry[2] += 1
         entry[3] += len(data)
 
