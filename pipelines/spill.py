@@ -5,7 +5,7 @@ dataset's crops would all sit in memory before the first shard is written. Here 
 boundary. The stage that cuts them appends each one to a local file picked by the top bits of its shard hash
 (a *bucket*, one file per bucket per bundle) and passes on only a small `SpillRef` per file. A writer then
 makes one shard at a time: it reads the frame headers of the buckets that overlap the shard's hash range, keeps
-(order, where) of the shard's records — 32 bytes each — sorts them and copies the records into the shard. Memory
+(order, where) of the shard's records — 30 bytes each — sorts them and copies the records into the shard. Memory
 is one bundle's open files plus one shard's index, whatever the dataset size; disk use is the records once more.
 
 Shard and order come from the same hashes as `SpreadCrops` (the Beam-shuffle path), and a shard's hash range is
@@ -18,12 +18,14 @@ the Beam shuffle path is used; prepare's --shuffle flag picks.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import os
 import struct
 import uuid
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
@@ -152,11 +154,13 @@ class PlanShards(beam.PTransform):
 
 
 def read_shard(task: ShardTask):
-    """→ the records of `task`'s shard in order, read from its spill files one at a time (an index, then the
-    records by offset)."""
-    index = []  # (order, shard hash, file number, offset, length)
+    """→ the records of `task`'s shard in order, read from its spill files: first an index of the shard's records
+    (order, hash, file, offset, length: 30 bytes each in typed arrays, so even a shard of millions of crops indexes
+    in tens of MB), then the records by offset."""
+    orders, hashes, offsets = array.array("Q"), array.array("Q"), array.array("Q")
+    lengths, files_of = array.array("I"), array.array("H")
     for i, ref in enumerate(task.refs):
-        with open(ref.path, "rb") as f:
+        with open(ref.path, "rb", buffering=0) as f:  # unbuffered: a seek would throw a read buffer away
             offset, head = 0, _FRAME.size
             while True:
                 frame = f.read(head)
@@ -166,14 +170,20 @@ def read_shard(task: ShardTask):
                     raise OSError(f"spill file {ref.path} is cut short at byte {offset}")
                 shard_hash, order, length = _FRAME.unpack(frame)
                 if shard_of(shard_hash, task.num_shards) == task.shard:
-                    index.append((order, shard_hash, i, offset + head, length))
+                    orders.append(order)
+                    hashes.append(shard_hash)
+                    offsets.append(offset + head)
+                    lengths.append(length)
+                    files_of.append(i)
                 offset += head + length
                 f.seek(offset)
-    index.sort()
+    # By order hash, then shard hash: as SpreadCrops sorts on the Beam path.
+    ranking = np.lexsort((np.frombuffer(hashes, np.uint64), np.frombuffer(orders, np.uint64))) if orders else []
     files = {}
     try:
-        for _, _, i, offset, length in index:
-            f = files.get(i) or files.setdefault(i, open(task.refs[i].path, "rb"))
+        for k in ranking:
+            i, offset, length = files_of[k], offsets[k], lengths[k]
+            f = files.get(i) or files.setdefault(i, open(task.refs[i].path, "rb", buffering=0))
             f.seek(offset)
             data = f.read(length)
             if len(data) != length:
