@@ -26,14 +26,9 @@ import uuid
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.tfrecordio import _TFRecordUtil
-from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines.transforms import TARGET_SHARD_BYTES, ShardResult, auto_shard_count, crop_hashes, shard_of
-from segprep import layout
+from pipelines.transforms import TARGET_SHARD_BYTES, auto_shard_count, crop_hashes, shard_of, write_shard
 
 BUCKET_BITS = 6  # 64 buckets: a shard reads about 64 / num_shards files per bundle, each once
 _FRAME = struct.Struct("<QQI")  # shard hash, order hash, record length; then the record
@@ -200,18 +195,8 @@ class _WriteSpilledFn(beam.DoFn):
         self._compressed = compressed
 
     def process(self, task: ShardTask):
-        name = layout.shard_name(task.split, task.shard, task.num_shards, self._compressed)
-        path = layout.join(self._temp_dir, name)
-        compression = CompressionTypes.GZIP if self._compressed else CompressionTypes.UNCOMPRESSED
-        count = size = 0
-        with FileSystems.create(path, compression_type=compression) as f:
-            for data in read_shard(task):
-                _TFRecordUtil.write_record(f, data)
-                count += 1
-                size += len(data)
-        Metrics.counter("segprep", "crops_written").inc(count)
-        Metrics.counter("segprep", "bytes_written").inc(size)
-        yield ShardResult(task.split, task.shard, task.num_shards, name, path, count, size)
+        yield write_shard(self._temp_dir, self._compressed, task.split, task.shard, task.num_shards,
+                          read_shard(task))
 
 
 class WriteSpilled(beam.PTransform):

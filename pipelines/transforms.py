@@ -323,18 +323,25 @@ class _WriteShardFn(beam.DoFn):
 
     def process(self, element):
         (split, shard, num_shards), records = element
-        name = layout.shard_name(split, shard, num_shards, self._compressed)
-        path = layout.join(self._temp_dir, name)
-        compression = CompressionTypes.GZIP if self._compressed else CompressionTypes.UNCOMPRESSED
-        count = size = 0
-        with FileSystems.create(path, compression_type=compression) as f:
-            for _, data in sorted(records, key=lambda r: r[0]):  # (order, shard hash): as the spill path
-                _TFRecordUtil.write_record(f, data)
-                count += 1
-                size += len(data)
-        Metrics.counter("segprep", "crops_written").inc(count)
-        Metrics.counter("segprep", "bytes_written").inc(size)
-        yield ShardResult(split, shard, num_shards, name, path, count, size)
+        ordered = (data for _, data in sorted(records, key=lambda r: r[0]))  # (order, shard hash): as the spill path
+        yield write_shard(self._temp_dir, self._compressed, split, shard, num_shards, ordered)
+
+
+def write_shard(temp_dir: str, compressed: bool, split: str, shard: int, num_shards: int, records) -> ShardResult:
+    """Writes the serialised `records`, in the order given, as one TFRecord shard under the run's temp dir; counts
+    them in the Beam metrics. Both shuffle paths end here."""
+    name = layout.shard_name(split, shard, num_shards, compressed)
+    path = layout.join(temp_dir, name)
+    compression = CompressionTypes.GZIP if compressed else CompressionTypes.UNCOMPRESSED
+    count = size = 0
+    with FileSystems.create(path, compression_type=compression) as f:
+        for data in records:
+            _TFRecordUtil.write_record(f, data)
+            count += 1
+            size += len(data)
+    Metrics.counter("segprep", "crops_written").inc(count)
+    Metrics.counter("segprep", "bytes_written").inc(size)
+    return ShardResult(split, shard, num_shards, name, path, count, size)
 
 
 class WriteShards(beam.PTransform):
