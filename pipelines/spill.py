@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import errno
 import os
 import struct
 import uuid
@@ -74,8 +75,10 @@ class _SpillFn(beam.DoFn):
             path = os.path.join(self._dir, f"{self._bundle}-{len(self._files):04d}.spill")
             # Unbuffered: a crop is tens of KB, and 64 buckets' buffers would be 64 × the buffer size of memory.
             entry = self._files[key] = [open(path, "wb", buffering=0), path, 0, 0]
-        try:
-            entry[0].write(_FRAME.pack(shard_hash, order, len(data)) + data)
+        try:  # header and record in one system call, without copying the record into a new buffer
+            written = os.writev(entry[0].fileno(), (_FRAME.pack(shard_hash, order, len(data)), data))
+            if written != _FRAME.size + len(data):
+                raise OSError(errno.EIO, f"short write ({written} of {_FRAME.size + len(data)} bytes)")
         except OSError as e:
             raise OSError(e.errno, f"cannot write the spill file {entry[1]} ({e.strerror}): spill files need about "
                                    "the output's size of free disk until the shards are written; free some, or "
