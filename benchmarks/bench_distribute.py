@@ -12,34 +12,43 @@ import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-CODE = """
-import json, sys, time
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import keras
-from trainer import data, distribute, loop
-from trainer.model import build_model
+# Steps/s of the default model at global batch 8 under a trainer Placement; shared with bench_onednn. Imports
+# happen inside, so a caller can configure TensorFlow's devices first.
+STEP_RATE = """
+def steps_per_second(records, placement, warmup=3, measured=15):
+    import time
+    import keras
+    from trainer import data, loop
+    from trainer.model import build_model
 
-records = sys.argv[1]
-result = {}
-for name, strategy in (("one device", tf.distribute.OneDeviceStrategy("/cpu:0")),
-                       ("mirrored, 2 logical CPUs", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
-    placement = distribute.Placement(strategy, name, strategy.num_replicas_in_sync)
-    with strategy.scope():
+    with placement.strategy.scope():
         model = build_model(21, 256)
         optimizer = keras.optimizers.Adam(1e-3)
         optimizer.build(model.trainable_variables)
     steps = loop.Steps(model, optimizer, {"main": 1.0, "upsample": 0.2, "aux": 0.2}, 21, placement)
     ds = data.make_dataset(records, "train", 8, training=True, targets={"main": 1, "upsample": 1, "aux": 8})
-    batches = iter(strategy.experimental_distribute_dataset(ds.take(1).cache().repeat()))
-    for _ in range(3):
+    batches = iter(placement.strategy.experimental_distribute_dataset(ds.take(1).cache().repeat()))
+    for _ in range(warmup):
         steps.train(*next(batches))
     t = time.perf_counter()
-    for _ in range(15):
+    for _ in range(measured):
         logs, _ = steps.train(*next(batches))
     float(logs["loss"])
-    result[name] = 15 / (time.perf_counter() - t)
+    return measured / (time.perf_counter() - t)
+"""
+
+CODE = STEP_RATE + """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from trainer import distribute
+
+result = {}
+for name, strategy in (("one device", tf.distribute.OneDeviceStrategy("/cpu:0")),
+                       ("mirrored, 2 logical CPUs", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+    placement = distribute.Placement(strategy, name, strategy.num_replicas_in_sync)
+    result[name] = steps_per_second(sys.argv[1], placement)
 print(json.dumps(result))
 """
 

@@ -25,6 +25,7 @@ import time
 import cv2
 import numpy as np
 
+from benchmarks.bench_prepare import write_tree
 from segprep import layout
 from segprep.palette import VOC
 
@@ -90,8 +91,6 @@ SCALE_H, SCALE_W, SCALE_DISTINCT = 3000, 4000, 4
 
 def make_scale_tree(root, count):
     """`count` ids over SCALE_DISTINCT generated tiles (crops differ per id: their windows are drawn per id)."""
-    for sub in (layout.IMAGE_DIR, layout.MASK_DIR, layout.SPLIT_DIR):
-        os.makedirs(os.path.join(root, sub), exist_ok=True)
     rng = np.random.default_rng(1)
     colors = np.asarray(VOC.colors, np.uint8)[:, ::-1]
     tiles = []
@@ -102,14 +101,7 @@ def make_scale_tree(root, count):
         classes = cv2.resize(blocks, (SCALE_W, SCALE_H), interpolation=cv2.INTER_NEAREST)
         tiles.append((cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes(),
                       cv2.imencode(".png", colors[classes])[1].tobytes()))
-    ids = [f"tile{i:03d}" for i in range(count)]
-    for i, image_id in enumerate(ids):
-        with open(layout.image_path(root, image_id), "wb") as f:
-            f.write(tiles[i % SCALE_DISTINCT][0])
-        with open(layout.mask_path(root, image_id), "wb") as f:
-            f.write(tiles[i % SCALE_DISTINCT][1])
-    with open(layout.split_path(root, "train"), "w") as f:
-        f.write("\n".join(ids) + "\n")
+    write_tree(root, tiles, [f"tile{i:03d}" for i in range(count)])
 
 
 def output_bytes(out):

@@ -10,32 +10,17 @@ import subprocess
 import sys
 import tempfile
 
+from benchmarks.bench_distribute import STEP_RATE
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-CODE = """
-import json, sys, time
+CODE = STEP_RATE + """
+import json, sys
 from trainer.lazy import import_tensorflow
-tf = import_tensorflow()
-import keras
-from trainer import data, distribute, loop
-from trainer.model import build_model
+import_tensorflow()
+from trainer import distribute
 
-records = sys.argv[1]
-placement = distribute.make("one_device")
-with placement.strategy.scope():
-    model = build_model(21, 256)
-    optimizer = keras.optimizers.Adam(1e-3)
-    optimizer.build(model.trainable_variables)
-steps = loop.Steps(model, optimizer, {"main": 1.0, "upsample": 0.2, "aux": 0.2}, 21, placement)
-ds = data.make_dataset(records, "train", 8, training=True, targets={"main": 1, "upsample": 1, "aux": 8})
-batches = iter(placement.strategy.experimental_distribute_dataset(ds.take(1).cache().repeat()))
-for _ in range(3):
-    steps.train(*next(batches))
-t = time.perf_counter()
-for _ in range(15):
-    logs, _ = steps.train(*next(batches))
-float(logs["loss"])
-print(json.dumps(15 / (time.perf_counter() - t)))
+print(json.dumps(steps_per_second(sys.argv[1], distribute.make("one_device"))))
 """
 
 

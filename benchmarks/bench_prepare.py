@@ -26,27 +26,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_IMAGES, SIDE, DISTINCT = 128, 2000, 8  # VOC-sized: ~8k crops; 8 generated pairs reused under 128 ids
 
 
+def write_tree(root, pairs, ids):
+    """A VOC tree whose ids take the (image bytes, mask bytes) of `pairs` in turn; the split list is train."""
+    for sub in (layout.IMAGE_DIR, layout.MASK_DIR, layout.SPLIT_DIR):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for i, image_id in enumerate(ids):
+        with open(layout.image_path(root, image_id), "wb") as f:
+            f.write(pairs[i % len(pairs)][0])
+        with open(layout.mask_path(root, image_id), "wb") as f:
+            f.write(pairs[i % len(pairs)][1])
+    with open(layout.split_path(root, "train"), "w") as f:
+        f.write("\n".join(ids) + "\n")
+    return ids
+
+
 def make_tree(root):
-    os.makedirs(os.path.join(root, layout.IMAGE_DIR), exist_ok=True)
-    os.makedirs(os.path.join(root, layout.MASK_DIR), exist_ok=True)
-    os.makedirs(os.path.join(root, layout.SPLIT_DIR), exist_ok=True)
     colors = sample.VOC.color_array()
     colors[255] = sample.VOC_BORDER_COLOR
     pairs = []
     for i in range(DISTINCT):
         image, classes = sample.make_pair(1000 + i, SIDE, SIDE)
         pairs.append((codec.encode_image(image, "jpeg", 90), codec.encode_image(colors[classes], "png")))
-    ids = []
-    for i in range(NUM_IMAGES):
-        image_id = f"b{i:04d}"
-        ids.append(image_id)
-        with open(layout.image_path(root, image_id), "wb") as f:
-            f.write(pairs[i % DISTINCT][0])
-        with open(layout.mask_path(root, image_id), "wb") as f:
-            f.write(pairs[i % DISTINCT][1])
-    with open(layout.split_path(root, "train"), "w") as f:
-        f.write("\n".join(ids) + "\n")
-    return ids
+    return write_tree(root, pairs, [f"b{i:04d}" for i in range(NUM_IMAGES)])
 
 
 def _masked_crc(data):
