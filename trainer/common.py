@@ -30,24 +30,12 @@ def load_metadata(data_dir: str) -> dict:
     """metadata.json of prepare's output dir; `DataError` saying what is wrong when it cannot be read. Local dirs
     are read without TensorFlow (so a wrong --data_dir is answered at once), gs:// ones through tf.io.gfile."""
     path = f"{data_dir.rstrip('/')}/metadata.json"
-    if storage.is_remote(data_dir):
-        from trainer.lazy import tf
-
-        def read(p):
-            with tf.io.gfile.GFile(p, "rb") as f:
-                return f.read()
-
-        exists = tf.io.gfile.exists
-        has_shards = lambda: bool(tf.io.gfile.glob(f"{data_dir.rstrip('/')}/*.tfrecord*"))  # noqa: E731
-    else:
-        exists, read = storage.exists, storage.read_bytes
-        has_shards = lambda: bool(storage.match(f"{data_dir.rstrip('/')}/*.tfrecord*"))  # noqa: E731
     if not exists(path):
         why = ("it holds shards but no metadata.json: the prepare run did not finish; re-run it with --overwrite"
-               if has_shards() else "it holds no prepare output")
+               if glob(f"{data_dir.rstrip('/')}/*.tfrecord*") else "it holds no prepare output")
         raise DataError(f"No {path}: {why}. Make it with `python -m pipelines.prepare --output_dir {data_dir}`.")
     try:
-        return md.parse(read(path), path)
+        return md.parse(read_bytes(path), path)
     except md.MetadataError as e:
         raise DataError(str(e)) from None
 
@@ -84,3 +72,11 @@ def read_bytes(path: str) -> bytes:
         with tf.io.gfile.GFile(path, "rb") as f:
             return f.read()
     return storage.read_bytes(path)
+
+
+def glob(pattern: str) -> list[str]:
+    if storage.is_remote(pattern):
+        from trainer.lazy import tf
+
+        return tf.io.gfile.glob(pattern)
+    return storage.match(pattern)
