@@ -292,8 +292,13 @@ def run(argv: list[str] | None = None) -> int:
     out = job.spec.output_dir
     spill_dir = None
     if job.spill:  # next to the output when it is local: the disk that must hold the output anyway
-        spill_dir = job.args.spill_dir or (layout.join(job.spec.temp_dir, output.SPILL_DIR) if "://" not in out
-                                           else tempfile.mkdtemp(prefix="segprep-spill-"))
+        if job.args.spill_dir:  # a folder of its own inside the user's: only that one is removed afterwards
+            os.makedirs(job.args.spill_dir, exist_ok=True)
+            spill_dir = tempfile.mkdtemp(prefix="segprep-spill-", dir=job.args.spill_dir)
+        elif "://" not in out:
+            spill_dir = layout.join(job.spec.temp_dir, output.SPILL_DIR)
+        else:
+            spill_dir = tempfile.mkdtemp(prefix="segprep-spill-")
         spill_dir = os.path.abspath(spill_dir)
         os.makedirs(spill_dir, exist_ok=True)
     try:

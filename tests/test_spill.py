@@ -117,10 +117,20 @@ def test_spill_and_beam_shuffle_write_the_same_bytes_on_1_and_2_workers(voc_tree
         assert not [n for n in os.listdir(tmp_path / out) if n.startswith(layout.TEMP_PREFIX)]
 
 
-def test_spill_dir_flag_is_used_and_emptied(voc_tree, tmp_path):
+def test_spill_dir_flag_is_used_and_only_our_files_are_removed(voc_tree, tmp_path):
     spill_dir = tmp_path / "scratch"
-    assert run(voc_tree.root, tmp_path / "out", "--crop_size", "64", "--spill_dir", str(spill_dir)) == 0
-    assert not spill_dir.exists()
+    spill_dir.mkdir()
+    (spill_dir / "users-file.txt").write_text("not ours")
+    seen = []
+    real_rmtree = prepare.shutil.rmtree
+    prepare.shutil.rmtree = lambda path, **kw: (seen.append(path), real_rmtree(path, **kw))
+    try:
+        assert run(voc_tree.root, tmp_path / "out", "--crop_size", "64", "--spill_dir", str(spill_dir)) == 0
+    finally:
+        prepare.shutil.rmtree = real_rmtree
+    assert os.listdir(spill_dir) == ["users-file.txt"]  # the run's own folder inside it is gone, nothing else
+    ours = [p for p in seen if "segprep-spill-" in str(p)]
+    assert len(ours) == 1 and os.path.dirname(ours[0]) == str(spill_dir)  # the spill files went there
     assert len(read_records(shard_files(str(tmp_path / "out"), "train"))) > 0
 
 
