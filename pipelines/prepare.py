@@ -1,10 +1,12 @@
-"""Pascal VOC images + colour masks → shuffled, sharded TFRecords of 256×256 crops, on Apache Beam.
+"""Segmentation datasets (images + masks, any layout) → shuffled, sharded TFRecords of 256×256 crops, on Apache Beam.
 
     python -m pipelines.prepare --runner=DirectRunner                       # bundled sample → data/records
     python -m pipelines.prepare --input_dir VOC_ROOT --output_dir OUT --runner=DirectRunner \
         --direct_num_workers=2 --direct_running_mode=multi_processing
     python -m pipelines.prepare --input_dir gs://B/VOC2012 --output_dir gs://B/records \
         --runner=DataflowRunner --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py
+
+Any layout is read by pattern (--images, --masks; see segprep/pairs.py and the README's Datasets section).
 
 Exit status: 0 when every listed input was written, 1 when some inputs failed (everything else is still written;
 see OUT/errors/SPLIT.jsonl), 2 for a usage mistake (one line on stderr, nothing written).
@@ -23,12 +25,12 @@ import time
 import uuid
 
 from pipelines import beam_flags, output
-from segprep import dataset, layout, lookup, sample
+from segprep import layout, lookup, pairs, sample, storage
 from segprep import cli
 from segprep.cli import Parser, UsageError
 from segprep.convert import ConvertConfig
 from segprep.metadata import parse as parse_metadata
-from segprep.palette import PaletteError, load_palette
+from segprep.palette import PALETTES, PaletteError, load_palette
 from segprep.storage import read_bytes
 
 # Beam is imported only once every flag and input has been checked: --help and usage mistakes answer at once.
@@ -42,20 +44,35 @@ EXAMPLES = """examples:
       --crops_per_image auto --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing
   python -m pipelines.prepare --input_dir gs://B/VOC2012 --output_dir gs://B/records --runner=DataflowRunner \\
       --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py
+  python -m pipelines.prepare --input_dir ~/cityscapes --output_dir data/cityscapes --palette cityscapes \\
+      --images 'leftImg8bit/{split}/*/{id}_leftImg8bit.png' --masks 'gtFine/{split}/*/{id}_gtFine_labelIds.png' \\
+      --splits train,val --runner=DirectRunner
+  python -m pipelines.prepare --input_dir ~/potsdam --output_dir data/potsdam --palette potsdam \\
+      --images '4_Ortho_RGBIR/top_potsdam_{id}_RGBIR.tif' --masks '5_Labels_all/top_potsdam_{id}_label.tif' \\
+      --bands 4,1,2 --val_fraction 0.2 --runner=DirectRunner
 
 Any other flag is passed to Beam as a pipeline option (--runner, --direct_num_workers, --project, ...)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser("prepare", prog="python -m pipelines.prepare", description=__doc__.split("\n")[0], epilog=EXAMPLES)
-    p.add_argument("--input_dir", help=f"Pascal VOC root, local or gs:// (default: the bundled sample, made in "
+    p.add_argument("--input_dir", help=f"dataset root, local or gs:// (default: the bundled sample, made in "
                                        f"{SAMPLE_DIR})")
     p.add_argument("--output_dir", default=DEFAULT_OUTPUT, help="where shards, errors/ and metadata.json go "
                                                                 "(default: %(default)s)")
-    p.add_argument("--splits", help="comma list of ImageSets/Segmentation lists (default: every list there)")
+    pairs.add_flags(p, "pairs")
+    p.add_argument("--splits", help="comma list of the splits to read, as the layout names them (default: every "
+                                    "split found that has masks)")
     p.add_argument("--random_crop_splits",
                    help="splits that get random crops; the others get tiles covering each image exactly once "
-                        "(default: the splits whose name starts with 'train')")
+                        "(default: the splits whose name starts with 'train', in any case: train, training, Train)")
+    p.add_argument("--bands", type=_bands, metavar="B,B,B",
+                   help="for images with more than 3 bands (or to reorder them): the 1-based bands to keep, in "
+                        "order, 3 (or 1 for grey), e.g. 4,1,2 makes IR-R-G of R-G-B-IR (default: 1 or 3 bands "
+                        "as stored; an alpha band is dropped)")
+    p.add_argument("--image_range", type=_range, metavar="LO,HI",
+                   help="for 16-bit (or float) images: map LO..HI linearly onto 0..255, clipped, e.g. 0,4095 for "
+                        "12-bit data (default: 8-bit images only; others are error records naming their range)")
     p.add_argument("--crop_size", type=cli.integer(1), default=256, help="crop side in pixels (default: %(default)s)")
     p.add_argument("--crops_per_image", type=cli.integer(1, auto=True), default=None, metavar="N|auto",
                    help="random crops per training image; 'auto' is about one pass over its area (default: auto)")
@@ -66,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shards per split; 0 = automatic, about 128 MiB each (default: %(default)s)")
     p.add_argument("--seed", type=cli.integer(0), default=0,
                    help="seed for the random crops and the order of records in shards (default: %(default)s)")
-    p.add_argument("--palette", help="palette JSON file {names, colors, ignore_colors} (default: Pascal VOC)")
+    p.add_argument("--palette", help="a shipped palette by name — " + "; ".join(f"{k}: {v}" for k, v in PALETTES.items())
+                   + " — or a palette JSON file {names, colors, ignore_colors, index_map} (default: voc)")
     p.add_argument("--unknown_colors", choices=lookup.UNKNOWN_MODES, default="error",
                    help="mask colours off the palette: error = the image becomes an error record, ignore = 255, "
                         "nearest = the mask is a lossy (JPEG-damaged) palette mask: each pixel takes the nearest "
@@ -99,6 +117,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _bands(value: str) -> tuple[int, ...]:
+    try:
+        bands = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        bands = ()
+    if len(bands) not in (1, 3) or min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"must be 3 band numbers from 1 (or 1 for grey), e.g. 4,1,2 (received "
+                                         f"{value!r})")
+    return bands
+
+
+def _range(value: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        lo = hi = float("nan")
+    if not lo < hi:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be LO,HI with LO < HI, e.g. 0,4095 (received {value!r})")
+    return lo, hi
+
+
 def _check_output(out: str, overwrite: bool) -> None:
     """An output dir holding an earlier run is refused without --overwrite."""
     done, _ = output.existing_outputs(out)
@@ -128,25 +167,29 @@ def local_runner(options) -> bool:
     return any(name in runner for name in ("Direct", "FnApi", "Prism"))
 
 
-def build(p, args: argparse.Namespace, config: ConvertConfig, run: output.RunSpec, spill_dir: str | None = None):
-    """Adds the prepare stages to the Beam pipeline `p`; → a PCollection holding the final metadata dict. The ids
-    are read from the split lists inside the pipeline, so the submitted job graph stays small for any dataset. With
-    `spill_dir`, crops reach their shards through local spill files (pipelines/spill.py); without, through Beam's
-    shuffle."""
+def build(p, args: argparse.Namespace, config: ConvertConfig, run: output.RunSpec, listing: pairs.Listing,
+          spill_dir: str | None = None, manifest: str | None = None):
+    """Adds the prepare stages to the Beam pipeline `p`; → a PCollection holding the final metadata dict. The
+    pairs come from the split lists, read inside the pipeline, or from the `manifest` file the driver wrote from
+    its listing: the submitted job graph stays small for any dataset. With `spill_dir`, crops reach their shards
+    through local spill files (pipelines/spill.py); without, through Beam's shuffle."""
     import apache_beam as beam
 
     from pipelines import spill
     from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodePairs, Finalize, MergeStats, Progress,
-                                      ReadPairs, ReadSplitLists, SpreadCrops, WriteShards)
+                                      ReadManifest, ReadPairs, ReadSplitLists, SpreadCrops, WriteShards)
 
-    root = run_input(args).rstrip("/")
-    listed = (p
-              | "SplitLists" >> beam.Create([(split, layout.split_path(root, split)) for split in run.splits])
-              | "ReadIds" >> ReadSplitLists(args.limit)  # (split, image_id)
-              | "Distribute" >> beam.Reshuffle())  # so reading and decoding fan out over workers
+    root = listing.root
+    if listing.lists is not None:
+        listed = (p
+                  | "SplitLists" >> beam.Create(list(listing.lists.items()))
+                  | "ReadIds" >> ReadSplitLists(listing.images, listing.masks, args.limit))  # Pair
+    else:
+        listed = p | "Manifest" >> beam.Create([manifest]) | "ReadManifest" >> ReadManifest()  # Pair
+    listed = listed | "Distribute" >> beam.Reshuffle()  # so reading and decoding fan out over workers
     progress = Progress(sum(run.listed.values()), line=local_runner(p.options))
     read = listed | "ReadPairs" >> ReadPairs(root, progress)  # PairBytes
-    decoded = read.pairs | "DecodePairs" >> DecodePairs(root, config, progress)  # ((split, id), arrays)
+    decoded = read.pairs | "DecodePairs" >> DecodePairs(config, progress)  # DecodedPair
     cut = decoded.decoded | "CutCrops" >> CutCrops(config, frozenset(run.random_splits), progress)
     if spill_dir:
         shards = (cut.crops
@@ -214,6 +257,15 @@ class Job:
     config: ConvertConfig
     spec: output.RunSpec
     spill: bool  # crops reach their shards through local spill files (else Beam's shuffle)
+    listing: pairs.Listing
+
+    @property
+    def manifest(self) -> str:
+        """Where the driver's listing is written for the pipeline to read (when there are no split lists)."""
+        return layout.join(self.spec.temp_dir, MANIFEST)
+
+
+MANIFEST = "pairs.jsonl"
 
 
 def plan(argv: list[str] | None = None) -> Job:
@@ -222,66 +274,91 @@ def plan(argv: list[str] | None = None) -> Job:
     args, beam_args = build_parser().parse_known_args(argv)
     started = time.time()
     try:
-        palette = load_palette(args.palette, read_bytes if args.palette and "://" in args.palette else None)
+        palette = load_palette(args.palette, read_bytes if args.palette and storage.is_remote(args.palette) else None)
     except (OSError, PaletteError) as e:
         raise UsageError(f"--palette {args.palette}: {e}") from None
     try:
         config = ConvertConfig(crop_size=args.crop_size, crops_per_image=args.crops_per_image, seed=args.seed,
                                palette=palette, unknown_colors=args.unknown_colors,
                                color_tolerance=args.color_tolerance, image_format=args.image_format,
-                               jpeg_quality=args.jpeg_quality, cat_max_ratio=args.cat_max_ratio)
+                               jpeg_quality=args.jpeg_quality, cat_max_ratio=args.cat_max_ratio, bands=args.bands,
+                               image_range=args.image_range)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if args.spill_dir and "://" in args.spill_dir:
+    if args.spill_dir and storage.is_remote(args.spill_dir):
         raise UsageError(f"--spill_dir {args.spill_dir}: must be a local directory (the spill files are read back "
                          "by offset); for a run on a cluster use --shuffle beam.")
     unknown = beam_flags.unknown(beam_args)
     if unknown:
         raise UsageError(f"unknown flag {unknown[0]}: neither a prepare flag (see --help) nor a Beam pipeline "
                          "option.")
+    spec = pairs.spec_from_args(args)
     out = args.output_dir.rstrip("/")
     _check_output(out, args.overwrite)
+    root = run_input(args).rstrip("/")
     try:
+        for flag, text in (("--images", spec.images), ("--masks", spec.masks)):
+            pairs.Pattern.parse(flag, text)
         if args.input_dir is None:  # check the split flags against the sample's lists before making it
-            names = (dataset.check_names("--splits", args.splits, sample.SPLITS, "the bundled sample lists")
+            names = (pairs.check_names("--splits", args.splits, sample.SPLITS, "the bundled sample lists")
                      if args.splits else sample.SPLITS)
             if args.random_crop_splits is not None:
-                dataset.check_names("--random_crop_splits", args.random_crop_splits, names, "this run has")
-        root = run_input(args).rstrip("/")
-        listed = dataset.count_ids(root, args.splits, args.limit) if args.input_dir else None
-    except dataset.DatasetError as e:
+                pairs.check_names("--random_crop_splits", args.random_crop_splits, names, "this run has")
+        listing = _find(root, spec, args) if args.input_dir else None
+    except pairs.LayoutError as e:
         raise UsageError(str(e)) from None
     options = _pipeline_options(beam_args)  # imports Beam: every cheap check is done
     _direct_to_fnapi(options)
     try:
-        if listed is None:
+        if listing is None:
             sample.ensure_sample(SAMPLE_DIR)
-            listed = dataset.count_ids(root, args.splits, args.limit)  # the ids themselves are read in the pipeline
-        random_splits = (dataset.check_names("--random_crop_splits", args.random_crop_splits, list(listed),
-                                             "this run has")
-                         if args.random_crop_splits is not None else [s for s in listed if s.startswith("train")])
-    except dataset.DatasetError as e:
+            listing = _find(root, spec, args)
+        found = listing.splits
+        random_splits = (pairs.check_names("--random_crop_splits", args.random_crop_splits, found, "this run has")
+                         if args.random_crop_splits is not None else [s for s in found if is_training(s)])
+    except pairs.LayoutError as e:
         raise UsageError(str(e)) from None
+    for split, why in listing.skipped.items():
+        print(f"prepare: split {split} left out: {why}", file=sys.stderr)
     _clear_output(out, args.overwrite)  # the only destructive step: every check is done before it
 
     flags = {k: v for k, v in vars(args).items()}
     flags["input_dir"] = root
     flags["beam_args"] = beam_args
-    spec = output.RunSpec(
+    run_spec = output.RunSpec(
         output_dir=out, temp_dir=layout.join(out, layout.TEMP_PREFIX + uuid.uuid4().hex[:12]),
-        splits=tuple(listed), random_splits=tuple(random_splits), listed=listed,
+        splits=tuple(found), random_splits=tuple(random_splits), listed=listing.counts,
         palette=palette, crop_size=args.crop_size, image_format=args.image_format, compressed=args.compress,
         seed=args.seed, num_shards=args.num_shards, flags=flags, started=started)
     spill_ = args.shuffle == "spill" or (args.shuffle == "auto" and local_runner(options))
-    return Job(args, options, config, spec, spill_)
+    return Job(args, options, config, run_spec, spill_, listing)
+
+
+def is_training(split: str) -> bool:
+    """Splits that get random crops unless --random_crop_splits says otherwise: train, training, Train, ..."""
+    return split.lower().startswith("train")
+
+
+def _find(root: str, spec: pairs.LayoutSpec, args: argparse.Namespace) -> pairs.Listing:
+    listing = pairs.find(root, spec, args.splits, args.limit, args.seed)
+    if not listing.splits:
+        raise pairs.LayoutError(f"--input_dir {root}: no split has masks to read"
+                                + "".join(f"; {s}: {why}" for s, why in listing.skipped.items()) + ".")
+    return listing
 
 
 def pipeline(job: Job, spill_dir: str | None = None):
-    """The job's Beam pipeline, built and not run; `spill_dir` is where spill files go when `job.spill`."""
+    """The job's Beam pipeline, built and not run; `spill_dir` is where spill files go when `job.spill`. The
+    driver's listing (when the layout has no split lists) is written to the run's temp dir here."""
     import apache_beam as beam
 
+    manifest = None
+    if job.listing.listed is not None:
+        manifest = job.manifest
+        lines = (pair.to_json() + "\n" for split in job.listing.splits for pair in job.listing.pairs(split))
+        storage.write_bytes(manifest, "".join(lines).encode("utf-8"))
     p = beam.Pipeline(options=job.options)
-    build(p, job.args, job.config, job.spec, spill_dir if job.spill else None)
+    build(p, job.args, job.config, job.spec, job.listing, spill_dir if job.spill else None, manifest)
     return p
 
 
@@ -295,7 +372,7 @@ def run(argv: list[str] | None = None) -> int:
         if job.args.spill_dir:  # a folder of its own inside the user's: only that one is removed afterwards
             os.makedirs(job.args.spill_dir, exist_ok=True)
             spill_dir = tempfile.mkdtemp(prefix="segprep-spill-", dir=job.args.spill_dir)
-        elif "://" not in out:
+        elif not storage.is_remote(out):
             spill_dir = layout.join(job.spec.temp_dir, output.SPILL_DIR)
         else:
             spill_dir = tempfile.mkdtemp(prefix="segprep-spill-")
@@ -333,6 +410,13 @@ def report(meta: dict, out: str, seconds: float, max_failed: int) -> int:
             notes.append(f"{s['inputs_failed']} failed → {layout.join(out, s['errors_file'])}")
         lines.append(f"  {name}: " + ", ".join(notes))
     print("\n".join(lines))
+    for name, s in splits.items():
+        if s.get("binary_masks"):
+            print(f"prepare: warning: {name}: {s['binary_masks']} of {s['images_used']} masks hold only the values 0 "
+                  f"and 255, and 255 is the ignore label: {100 * s['source_ignore_share']:.1f}% of the split's mask "
+                  "pixels are ignored, so a model never learns the class they mark. If 255 marks a class (a "
+                  "building, a road), re-run with --palette inria or a palette whose index_map says so, e.g. "
+                  '{"index_map": {"0": 0, "255": 1}}.', file=sys.stderr)
     if failed > max_failed:
         print(f"prepare: {failed} inputs failed (allowed: {max_failed}); every other input was written. "
               "See the errors files above.", file=sys.stderr)

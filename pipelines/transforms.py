@@ -1,6 +1,6 @@
 """The prepare pipeline's stages, one named PTransform each. DoFns are thin wrappers around `segprep`.
 
-    (split, image_id)
+    Pair (split, id, image path, mask path: from split lists or the driver's listing)
       → ReadPairs      → PairBytes                               + errors
       → DecodePairs    → DecodedPair                             + errors
       → CutCrops       → (split, (image_id, k, record bytes))    + per-image Stats
@@ -29,7 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
-from segprep import layout, progress, storage
+from segprep import layout, pairs as pairs_, progress, storage
 from segprep.storage import read_bytes
 from segprep.convert import ConvertConfig, InputError, Stats, decode_pair, encode_crops
 from segprep.crops import stable_hash
@@ -58,6 +58,7 @@ class PairBytes:
     image_id: str
     image: bytes
     mask: bytes
+    files: tuple[str, ...] = ()  # (image path, mask path), for error records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,22 +139,37 @@ _PROGRESS: dict = {}  # per process
 
 class ReadSplitLists(beam.PTransform):
     """Reads the ids of each split list inside the pipeline (the job graph carries only the lists' paths), the
-    first `limit` of each when given."""
+    first `limit` of each when given, and makes their pairs with the layout's patterns."""
 
-    def __init__(self, limit: int | None = None):
+    def __init__(self, images: pairs_.Pattern, masks: pairs_.Pattern, limit: int | None = None):
         super().__init__()
-        self._limit = limit
+        self._images, self._masks, self._limit = images, masks, limit
 
     def expand(self, lists):
-        """(split, list path) → (split, image_id)."""
-        limit = self._limit
+        """(split, list path) → Pair."""
+        images, masks, limit = self._images, self._masks, self._limit
 
         def read(element):
             split, path = element
-            ids = layout.parse_split_list(read_bytes(path).decode("utf-8", "replace"))
-            return [(split, image_id) for image_id in (ids[:limit] if limit else ids)]
+            return pairs_.pairs_from_ids(split, pairs_.read_list(path, limit), images, masks)
 
         return lists | beam.FlatMap(read)
+
+
+class ReadManifest(beam.PTransform):
+    """Reads the pairs the driver listed (one JSON line each, in a file under the run's temp dir), so that the
+    job graph never carries them."""
+
+    def expand(self, paths):
+        """manifest path → Pair."""
+
+        def read(path):
+            with storage.open_read(path) as f:
+                for line in f:
+                    if line.strip():
+                        yield pairs_.Pair.from_json(line.decode("utf-8"))
+
+        return paths | beam.FlatMap(read)
 
 
 class _ReadPairFn(beam.DoFn):
@@ -161,9 +177,14 @@ class _ReadPairFn(beam.DoFn):
         self._root = root
         self._progress = progress_
 
-    def process(self, element):
-        split, image_id = element
-        paths = layout.image_path(self._root, image_id), layout.mask_path(self._root, image_id)
+    def process(self, pair: pairs_.Pair):
+        split, image_id = pair.split, pair.image_id
+        paths = tuple(layout.join(self._root, p) if p else "" for p in (pair.image, pair.mask))
+        if pair.reason:  # known before reading: no partner, a bad id
+            self._progress.count("images_failed")
+            yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(split, image_id, pair.reason, pair.error,
+                                                               tuple(p for p in paths if p)))
+            return
         data = []
         for what, path in zip(("image", "mask"), paths):
             try:
@@ -176,11 +197,11 @@ class _ReadPairFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(split, image_id, reason, msg, paths))
                 return
         self._progress.count("images_read")
-        yield PairBytes(split, image_id, *data)
+        yield PairBytes(split, image_id, *data, files=paths)
 
 
 class ReadPairs(beam.PTransform):
-    """Reads each listed pair's image and mask bytes through Beam FileSystems (local or gs://)."""
+    """Reads each listed pair's image and mask bytes (local or gs://)."""
 
     def __init__(self, root: str, progress_: Progress | None = None):
         super().__init__()
@@ -188,20 +209,19 @@ class ReadPairs(beam.PTransform):
         self._progress = progress_ or Progress()
 
     def expand(self, ids):
-        """(split, image_id) → PairBytes; ErrorRecord on "errors" (missing or unreadable files)."""
+        """Pair → PairBytes; ErrorRecord on "errors" (missing, unreadable or unpaired files, bad ids)."""
         out = ids | beam.ParDo(_ReadPairFn(self._root, self._progress)).with_outputs(ERRORS, main="pairs")
         out.pairs.element_type = PairBytes  # its coder estimates sizes cheaply (see _LargeElementCoder)
         return out
 
 
 class _DecodeFn(beam.DoFn):
-    def __init__(self, root: str, config: ConvertConfig, progress_: Progress):
-        self._root = root
+    def __init__(self, config: ConvertConfig, progress_: Progress):
         self._config = config
         self._progress = progress_
 
     def process(self, pair: PairBytes):
-        files = layout.image_path(self._root, pair.image_id), layout.mask_path(self._root, pair.image_id)
+        files = pair.files
         try:
             image, classes, stats = decode_pair(pair.image, pair.mask, self._config)
         except InputError as e:
@@ -219,15 +239,14 @@ class _DecodeFn(beam.DoFn):
 class DecodePairs(beam.PTransform):
     """Decodes image (RGB) and mask, checks they match, converts the mask to class indices."""
 
-    def __init__(self, root: str, config: ConvertConfig, progress_: Progress | None = None):
+    def __init__(self, config: ConvertConfig, progress_: Progress | None = None):
         super().__init__()
-        self._root = root
         self._config = config
         self._progress = progress_ or Progress()
 
     def expand(self, pairs):
         """PairBytes → DecodedPair (RGB image, class map, source Stats); ErrorRecord on "errors"."""
-        out = pairs | beam.ParDo(_DecodeFn(self._root, self._config, self._progress)).with_outputs(
+        out = pairs | beam.ParDo(_DecodeFn(self._config, self._progress)).with_outputs(
             ERRORS, main="decoded")
         out.decoded.element_type = DecodedPair  # its coder estimates sizes cheaply (see _LargeElementCoder)
         return out

@@ -1,6 +1,13 @@
-"""Image and mask codecs over OpenCV, with everything in RGB order at the boundary.
+"""Image and mask codecs over OpenCV (JPEG, PNG) and tifffile (TIFF), with everything in RGB order at the boundary.
 
 OpenCV decodes and encodes BGR; every function here converts at the edge, so callers only ever see RGB.
+TIFFs (GeoTIFFs included: stripped or tiled, uncompressed, deflate, LZW or JPEG-compressed, chunky or planar) are
+read by tifffile with imagecodecs' codecs; only the first page (the full-resolution image; overviews follow it) is
+read. Images leave here as (H, W, 3) uint8 RGB, whatever they were stored as:
+- 1 band → grey replicated to RGB; 3 bands → RGB; an alpha band (PNG RGBA, a TIFF extra sample marked alpha) is
+  dropped; more bands need `bands` (1-based band numbers, in the order to keep: (4, 1, 2) turns RGBIR into IRRG);
+- 8-bit values pass; 16-bit, 32-bit and floating-point ones need `value_range` (lo, hi), mapped linearly onto
+  0..255 and clipped. Without it the image is refused with its value range, never squeezed silently.
 Decoders reject what OpenCV would silently accept: empty files, truncated JPEGs (libjpeg fills the missing part
 with grey and only warns) and truncated PNGs, found by walking the file's segments or chunks to its end marker;
 bytes after the end marker (a phone's Motion Photo video, a maker's trailer) are allowed. JPEG EXIF orientation
@@ -17,6 +24,8 @@ Mask PNGs come in three kinds, told apart by the PNG header's colour type:
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import re
 import struct
 import zlib
@@ -26,30 +35,39 @@ import numpy as np
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOI = b"\xff\xd8"
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 _IMREAD_IMAGE = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 MASK_KINDS = {0: "index", 2: "color", 3: "palette", 4: "index", 6: "color"}
 
 
 class DecodeError(ValueError):
-    """A file that is not a usable image or mask."""
+    """A file that is not a usable image or mask; `reason` is a short code for the error record when it is not
+    simply a bad file (e.g. "needs_bands", "needs_image_range")."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason
 
 
 def sniff(data: bytes) -> str:
-    """'jpeg', 'png' or raise: which codec `data` is in."""
+    """'jpeg', 'png', 'tiff' or raise: which codec `data` is in."""
     if not data:
         raise DecodeError("empty file (0 bytes)")
     if data.startswith(_PNG_SIGNATURE):
         return "png"
     if data.startswith(_JPEG_SOI):
         return "jpeg"
-    raise DecodeError(f"not a JPEG or PNG file (starts with {data[:8]!r})")
+    if data[:4] in _TIFF_MAGIC:
+        return "tiff"
+    raise DecodeError(f"not a JPEG, PNG or TIFF file (starts with {data[:8]!r})")
 
 
 def _check_complete(data: bytes, fmt: str) -> None:
     if fmt == "jpeg":
         _jpeg_end(data)
-    else:
+    elif fmt == "png":
         _png_end(data)
+    # TIFF: checked where its segments are known (_tiff_read)
 
 
 # A marker inside entropy-coded data: FF then anything but stuffing (00) or a restart marker (D0-D7); FF FF is fill
@@ -105,14 +123,161 @@ def _png_end(data: bytes) -> int:
     raise DecodeError(f"truncated PNG: the data ends before the IEND chunk ({size} bytes)")
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """JPEG or PNG bytes → (H, W, 3) uint8 RGB. Grey and RGBA images are converted to RGB."""
+@dataclasses.dataclass(frozen=True)
+class Tiff:
+    """The first page of a TIFF, decoded: (H, W) or (H, W, S) samples, and what the header says of them."""
+
+    array: np.ndarray
+    photometric: int  # 0/1 grey, 2 RGB, 3 palette, 6 YCbCr (decoded to RGB by the JPEG codec)
+    alpha: int | None  # the sample that is alpha, if an extra sample is marked so
+    colormap: np.ndarray | None  # (3, 2**bits) for palette TIFFs
+
+
+def _tiff_read(data: bytes) -> Tiff:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages[0]
+            ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+            if ends and max(ends) > len(data):
+                raise DecodeError(f"truncated TIFF: its image data runs to byte {max(ends)} but the file has "
+                                  f"{len(data)} bytes")
+            array = page.asarray()
+            axes = page.axes
+            photometric = int(page.photometric)
+            extras = [int(e) for e in (page.extrasamples or ())]
+            colormap = page.colormap
+    except DecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tifffile and its codecs raise many kinds for a bad file
+        raise DecodeError(f"corrupt TIFF: {type(e).__name__}: {e}") from None
+    keep = [a for a in axes if a in "YXS"]
+    if len(keep) != len(axes):  # singleton axes tifffile names (e.g. a 1-frame 'IYX')
+        extra = tuple(i for i, a in enumerate(axes) if a not in "YXS")
+        if any(array.shape[i] != 1 for i in extra):
+            raise DecodeError(f"TIFF page of shape {array.shape} ({axes}) is not one image")
+        array = array.reshape([n for n, a in zip(array.shape, axes) if a in "YXS"])
+        axes = "".join(keep)
+    if axes == "SYX":  # planar configuration: one plane a band
+        array = np.moveaxis(array, 0, -1)
+    elif axes not in ("YX", "YXS"):
+        raise DecodeError(f"TIFF page with axes {axes} is not an image")
+    samples = array.shape[2] if array.ndim == 3 else 1
+    alpha = None
+    first_extra = samples - len(extras)
+    for i, kind in enumerate(extras):
+        if kind in (1, 2):  # associated or unassociated alpha
+            alpha = first_extra + i
+            break
+    return Tiff(array, photometric, alpha, colormap)
+
+
+def decode_image(data: bytes, bands: tuple[int, ...] | None = None,
+                 value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """JPEG, PNG or TIFF bytes → (H, W, 3) uint8 RGB (see the module docstring for bands and value ranges)."""
     fmt = sniff(data)
     _check_complete(data, fmt)
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD_IMAGE)
-    if bgr is None:
+    if fmt == "tiff":
+        tiff = _tiff_read(data)
+        array = tiff.array
+        if tiff.photometric == 3 and tiff.colormap is not None and array.ndim == 2:  # palette image: its colours
+            array = _colormap_rgb(tiff.colormap)[array]
+        return to_rgb8(array, bands, value_range, tiff.alpha)
+    wide = fmt == "png" and png_color_type(data)[1] == 16
+    if not wide and bands is None and value_range is None:  # the common case, in one decode
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD_IMAGE)
+        if bgr is None:
+            raise DecodeError(f"corrupt {fmt.upper()}: the decoder could not read it")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: no second copy of a large tile
+    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if raw is None:
         raise DecodeError(f"corrupt {fmt.upper()}: the decoder could not read it")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: no second copy of a large tile
+    alpha = None
+    if raw.ndim == 3:
+        raw = raw[..., [2, 1, 0, 3][:raw.shape[2]]] if raw.shape[2] >= 3 else raw  # BGR(A) → RGB(A)
+        alpha = 3 if raw.shape[2] == 4 else (1 if raw.shape[2] == 2 else None)
+    return to_rgb8(raw, bands, value_range, alpha)
+
+
+def _colormap_rgb(colormap: np.ndarray) -> np.ndarray:
+    """A TIFF colour map (3, N) of 16-bit values → (N, 3) uint8 RGB (writers that store 8-bit values are kept)."""
+    cmap = np.asarray(colormap)
+    if cmap.max(initial=0) > 255:
+        cmap = cmap >> 8
+    return np.ascontiguousarray(cmap.T.astype(np.uint8))
+
+
+BITS = {np.dtype(np.uint8): 8, np.dtype(np.int8): 8, np.dtype(np.uint16): 16, np.dtype(np.int16): 16,
+        np.dtype(np.uint32): 32, np.dtype(np.int32): 32, np.dtype(np.float32): 32, np.dtype(np.float64): 64}
+
+
+def describe_dtype(dtype: np.dtype) -> str:
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return "1-bit"
+    kind = "floating-point" if dtype.kind == "f" else ("signed " if dtype.kind == "i" else "")
+    return f"{dtype.itemsize * 8}-bit {kind}".strip()
+
+
+def to_rgb8(array: np.ndarray, bands: tuple[int, ...] | None = None,
+            value_range: tuple[float, float] | None = None, alpha: int | None = None) -> np.ndarray:
+    """(H, W) or (H, W, C) samples of any numeric type → (H, W, 3) uint8 RGB: bands picked (1-based) or the
+    alpha band dropped, grey replicated, values mapped from `value_range` onto 0..255 when they are not 8-bit."""
+    if array.ndim == 2:
+        array = array[..., None]
+    count = array.shape[2]
+    if bands:
+        over = [b for b in bands if not 1 <= b <= count]
+        if over:
+            raise DecodeError(f"image has {count} band{'s' if count != 1 else ''}; --bands asks for band "
+                              f"{over[0]}", "bad_bands")
+        array = array[..., [b - 1 for b in bands]] if list(bands) != list(range(1, count + 1)) else array
+    else:
+        if alpha is not None and count in (2, 4):
+            array = array[..., [i for i in range(count) if i != alpha]]
+        if array.shape[2] not in (1, 3):
+            n = array.shape[2]
+            raise DecodeError(f"image has {n} bands ({describe_dtype(array.dtype)}); records hold RGB: pass --bands "
+                              f"with the 3 to keep, in order (e.g. --bands 1,2,3, or --bands 4,1,2 for IR-R-G from "
+                              "R-G-B-IR)", "needs_bands")
+    if array.shape[2] == 2:
+        raise DecodeError("--bands picks 2 bands; records hold 1 (grey, shown as RGB) or 3", "bad_bands")
+    array = _to_uint8(array, value_range)
+    if array.shape[2] == 1:
+        return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
+    return np.ascontiguousarray(array)
+
+
+def _to_uint8(array: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if array.dtype == np.uint8 and value_range is None:
+        return array
+    if value_range is None:
+        lo, hi = (float(np.nanmin(array)), float(np.nanmax(array))) if array.size else (0.0, 0.0)
+        shown = f"{lo:g}..{hi:g}"
+        raise DecodeError(f"{describe_dtype(array.dtype)} image with values {shown}: records hold 8 bits; pass "
+                          f"--image_range LO,HI to map LO..HI linearly onto 0..255 (e.g. --image_range "
+                          f"{_round_down(lo):g},{_round_up(hi):g})", "needs_image_range")
+    lo, hi = value_range
+    scale = 255.0 / (hi - lo)
+    out = np.empty(array.shape, np.uint8)
+    step = max(1, (1 << 20) // max(1, array.shape[1] * array.shape[2]))  # ~1 M samples a band: no full-size floats
+    for y in range(0, array.shape[0], step):
+        band = (array[y:y + step].astype(np.float32) - np.float32(lo)) * np.float32(scale)
+        np.clip(band, 0, 255, out=band)
+        np.rint(band, out=band)
+        out[y:y + step] = band
+    return out
+
+
+def _round_down(x: float) -> float:
+    return float(np.floor(x)) if x == x else 0.0
+
+
+def _round_up(x: float) -> float:
+    return float(np.ceil(x)) if x == x else 0.0
 
 
 def png_color_type(data: bytes) -> tuple[int, int]:
@@ -122,11 +287,14 @@ def png_color_type(data: bytes) -> tuple[int, int]:
     return data[25], data[24]
 
 
-def decode_mask(data: bytes) -> tuple[np.ndarray, str]:
+def decode_mask(data: bytes, max_value: int = 255) -> tuple[np.ndarray, str]:
     """Mask bytes → (array, kind): (H, W, 3) RGB for "color"/"palette" (and lossy JPEG colour masks, kind
-    "color"), (H, W) uint8 for "index"."""
+    "color"), (H, W) uint8 for "index" — uint16 when `max_value` > 255 (a palette's index map reads 16-bit values)
+    and the mask is 16-bit."""
     fmt = sniff(data)
     _check_complete(data, fmt)
+    if fmt == "tiff":
+        return _tiff_mask(data, max_value)
     buf = np.frombuffer(data, np.uint8)
     if fmt == "jpeg":
         kind = "color"
@@ -136,14 +304,54 @@ def decode_mask(data: bytes) -> tuple[np.ndarray, str]:
             raise DecodeError(f"corrupt PNG: unknown colour type {color_type}")
         kind = MASK_KINDS[color_type]
         if kind == "index":
-            return _decode_index(buf, depth), kind
+            return _decode_index(buf, depth, max_value), kind
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # palette PNGs expand to their colours here
     if bgr is None:
         raise DecodeError(f"corrupt {fmt.upper()} mask: the decoder could not read it")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr), kind
 
 
-def _decode_index(buf: np.ndarray, depth: int) -> np.ndarray:
+def _tiff_mask(data: bytes, max_value: int) -> tuple[np.ndarray, str]:
+    tiff = _tiff_read(data)
+    array = tiff.array
+    if array.ndim == 2 and tiff.photometric == 3 and tiff.colormap is not None:  # palette TIFF: its colours
+        return _colormap_rgb(tiff.colormap)[array], "palette"
+    if array.ndim == 3:
+        if tiff.alpha is not None and array.shape[2] in (2, 4):
+            array = array[..., [i for i in range(array.shape[2]) if i != tiff.alpha]]
+        if array.shape[2] == 1:
+            array = array[..., 0]
+    if array.ndim == 3:
+        if array.shape[2] != 3 or array.dtype != np.uint8:
+            raise DecodeError(f"{describe_dtype(array.dtype)} mask with {array.shape[2]} bands: masks are class "
+                              "indices (1 band) or 8-bit RGB colours (3 bands)")
+        return np.ascontiguousarray(array), "color"
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8), "index"
+    if array.dtype.kind not in "ui":
+        raise DecodeError(f"{describe_dtype(array.dtype)} mask: class indices must be integers")
+    if array.dtype.kind == "i" and array.size and array.min() < 0:
+        raise DecodeError(f"{describe_dtype(array.dtype)} mask holds negative values (down to {array.min()}); class "
+                          "ids must be 0..255")
+    return _narrow(array, max_value, describe_dtype(array.dtype)), "index"
+
+
+def _narrow(arr: np.ndarray, max_value: int, what: str) -> np.ndarray:
+    """Integer class values → uint8, or uint16 when `max_value` > 255; values above `max_value` are an error."""
+    if arr.dtype == np.uint8:
+        return arr
+    counts = np.bincount(arr.ravel(), minlength=256) if arr.size else np.zeros(256, np.int64)
+    big = np.flatnonzero(counts[max_value + 1:]) + max_value + 1
+    if big.size:
+        shown = ", ".join(f"{v}×{counts[v]}" for v in big[np.argsort(-counts[big], kind="stable")][:5])
+        raise DecodeError(f"{what} index mask holds {int(counts[big].sum())} pixels with values above {max_value} "
+                          f"({big.size} values: {shown}{' ...' if big.size > 5 else ''}); class ids must be "
+                          f"0..{max_value}" + (" (a palette's index_map can map wider values)"
+                                               if max_value == 255 else ""))
+    return arr.astype(np.uint8 if max_value <= 255 else np.uint16)
+
+
+def _decode_index(buf: np.ndarray, depth: int, max_value: int = 255) -> np.ndarray:
     """A grey PNG of class indices at any bit depth → (H, W) uint8, values exactly as stored.
 
     libpng widens 1-, 2- and 4-bit grey to 8 bits by bit replication (a 1-bit 1 becomes 255, a 2-bit 1 becomes
@@ -155,15 +363,8 @@ def _decode_index(buf: np.ndarray, depth: int) -> np.ndarray:
         arr = np.ascontiguousarray(arr[..., 0])
     if depth < 8:
         np.floor_divide(arr, 255 // ((1 << depth) - 1), out=arr)
-    elif arr.dtype != np.uint8:  # 16-bit: values must still be class ids
-        counts = np.bincount(arr.ravel(), minlength=1 << 16)
-        big = np.flatnonzero(counts[256:]) + 256
-        if big.size:
-            shown = ", ".join(f"{v}×{counts[v]}" for v in big[np.argsort(-counts[big], kind="stable")][:5])
-            raise DecodeError(f"{depth}-bit index mask holds {int(counts[big].sum())} pixels with values above 255 "
-                              f"({big.size} values: {shown}{' ...' if big.size > 5 else ''}); class ids must be "
-                              "0..255")
-        arr = arr.astype(np.uint8)
+    elif arr.dtype != np.uint8:  # 16-bit: values must still be class ids (or keys of the palette's index map)
+        arr = _narrow(arr, max_value, f"{depth}-bit")
     return arr
 
 

@@ -37,6 +37,8 @@ class ConvertConfig:
     image_format: str = "jpeg"
     jpeg_quality: int = 95
     cat_max_ratio: float = 1.0
+    bands: tuple[int, ...] | None = None  # 1-based bands to keep, in order (None: 1 or 3 bands as stored)
+    image_range: tuple[float, float] | None = None  # values mapped onto 0..255 (None: 8-bit images only)
 
     def __post_init__(self) -> None:
         if self.crop_size < 1:
@@ -58,6 +60,11 @@ class ConvertConfig:
             raise ValueError(f"image_format must be 'jpeg' or 'png'. Received: {self.image_format!r}")
         if not 0.0 < self.cat_max_ratio <= 1.0:
             raise ValueError(f"cat_max_ratio must be in (0, 1]. Received: {self.cat_max_ratio}")
+        if self.bands is not None and (len(self.bands) not in (1, 3) or min(self.bands) < 1):
+            raise ValueError(f"bands must be 1 or 3 band numbers from 1 (records hold grey or RGB). Received: "
+                             f"{','.join(map(str, self.bands))}")
+        if self.image_range is not None and not self.image_range[0] < self.image_range[1]:
+            raise ValueError(f"image_range must be LO,HI with LO < HI. Received: {self.image_range}")
 
 
 @dataclasses.dataclass
@@ -74,6 +81,8 @@ class Stats:
     unknown_pixels_ignored: int = 0  # off-palette mask pixels made 255 (--unknown_colors=ignore)
     unknown_pixels_snapped: int = 0  # off-palette mask pixels snapped to a present colour (nearest)
     source_pixels: int = 0
+    source_ignore_pixels: int = 0  # source mask pixels that are the ignore label
+    binary_masks: int = 0  # index masks holding only 0 and 255 (255 = ignore) with no index map: likely 0/255 labels
 
     def add(self, other: Stats) -> Stats:
         self.images += other.images
@@ -85,6 +94,8 @@ class Stats:
         self.unknown_pixels_ignored += other.unknown_pixels_ignored
         self.unknown_pixels_snapped += other.unknown_pixels_snapped
         self.source_pixels += other.source_pixels
+        self.source_ignore_pixels += other.source_ignore_pixels
+        self.binary_masks += other.binary_masks
         return self
 
     def rgb_mean_std(self) -> tuple[list[float], list[float]]:
@@ -99,26 +110,44 @@ def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig) ->
     """→ (RGB image, class-index mask, the source's stats: one image, its pixels, off-palette pixels ignored or
     snapped); raises `InputError` naming what is wrong."""
     try:
-        image = codec.decode_image(image_bytes)
+        image = codec.decode_image(image_bytes, config.bands, config.image_range)
     except codec.DecodeError as e:
-        raise InputError("bad_image", f"image: {e}") from None
+        raise InputError(e.reason or "bad_image", f"image: {e}") from None
     try:
-        mask, _ = codec.decode_mask(mask_bytes)
+        mask, _ = codec.decode_mask(mask_bytes, config.palette.max_index)
     except codec.DecodeError as e:
-        raise InputError("bad_mask", f"mask: {e}") from None
+        raise InputError(e.reason or "bad_mask", f"mask: {e}") from None
     if mask.shape[:2] != image.shape[:2]:
         raise InputError("size_mismatch", f"mask is {mask.shape[1]}×{mask.shape[0]} (w×h) but its image is "
                                           f"{image.shape[1]}×{image.shape[0]}; they must be the same size")
+    shared = config.palette.shared_color
+    if mask.ndim == 3 and shared:
+        raise InputError("unknown_colors", f"mask: a colour mask, but the palette gives {shared[0]} to both "
+                                           f"{shared[1]!r} and {shared[2]!r}: it reads index masks only (through "
+                                           "its index_map); pass a palette with one colour a class")
+    binary = mask.ndim == 2 and not config.palette.index_map and _only_0_and_255(mask)
     try:
         conversion = lookup.convert_mask(mask, config.palette, config.unknown_colors, config.color_tolerance)
     except lookup.UnknownColorsError as e:
         raise InputError("unknown_colors", f"mask: {e}") from None
-    stats = Stats(images=1, source_pixels=int(conversion.classes.size))
+    stats = Stats(images=1, source_pixels=int(conversion.classes.size), binary_masks=int(binary),
+                  source_ignore_pixels=_count_value(conversion.classes, IGNORE_LABEL))
     if config.unknown_colors == "nearest":
         stats.unknown_pixels_snapped = conversion.unknown_pixels
     else:
         stats.unknown_pixels_ignored = conversion.unknown_pixels
     return image, conversion.classes, stats
+
+
+def _only_0_and_255(mask: np.ndarray) -> bool:
+    """True for an index mask whose values are 0 and 255 and nothing else: a binary 0/255 label map, in which
+    255 (the ignore label unless a palette maps it) would hide every foreground pixel."""
+    hist = np.bincount(mask.ravel(), minlength=256)
+    return bool(hist[255]) and bool(hist[0]) and int(hist[0] + hist[255]) == mask.size
+
+
+def _count_value(classes: np.ndarray, value: int) -> int:
+    return int(np.bincount(classes.ravel(), minlength=256)[value])
 
 
 def crop_boxes(classes: np.ndarray, image_id: str, config: ConvertConfig, training: bool) -> list[crops.CropBox]:

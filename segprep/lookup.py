@@ -109,11 +109,20 @@ def build_entry_table(palette: Palette, tolerance: float = DEFAULT_TOLERANCE) ->
     return table
 
 
-def build_index_table(num_classes: int) -> np.ndarray:
-    """The 256-entry table for 1-channel class-index masks: 0..num_classes-1 and 255 pass, the rest are UNKNOWN."""
-    table = np.full(256, UNKNOWN, np.uint8)
-    table[:num_classes] = np.arange(num_classes, dtype=np.uint8)
-    table[IGNORE_LABEL] = IGNORE_LABEL
+@functools.lru_cache(maxsize=8)
+def build_index_table(palette: Palette) -> np.ndarray:
+    """The table for 1-channel index masks: without an index map, 0..num_classes-1 and 255 pass and the rest are
+    UNKNOWN (256 entries); with one, each mapped value gives its class or 255 and the rest are UNKNOWN (up to 65,536
+    entries, for 16-bit label maps). Cached."""
+    if not palette.index_map:
+        table = np.full(256, UNKNOWN, np.uint8)
+        table[:palette.num_classes] = np.arange(palette.num_classes, dtype=np.uint8)
+        table[IGNORE_LABEL] = IGNORE_LABEL
+    else:
+        table = np.full(max(256, palette.max_index + 1), UNKNOWN, np.uint8)
+        for value, target in palette.index_map:
+            table[value] = target
+    table.setflags(write=False)
     return table
 
 
@@ -237,15 +246,21 @@ def convert_mask(mask: np.ndarray, palette: Palette, mode: str = "error",
 
 
 def _convert_index(mask: np.ndarray, palette: Palette, mode: str) -> Conversion:
-    table = build_index_table(palette.num_classes)
-    hist = np.bincount(mask.ravel(), minlength=256)  # O(pixels), no full-size temporaries
+    table = build_index_table(palette)
+    hist = np.bincount(mask.ravel(), minlength=table.size)  # O(pixels), no full-size temporaries
+    if hist.size > table.size:  # values beyond the table (a 16-bit mask, a palette without such keys)
+        table = np.concatenate([table, np.full(hist.size - table.size, UNKNOWN, np.uint8)])
     off = hist * (table == UNKNOWN)
     count = int(off.sum())
     if count and mode != "ignore":  # "nearest" has no colours to snap
         found = np.flatnonzero(off)
         top = sorted(((int(v),), int(off[v])) for v in found)
         top.sort(key=lambda item: -item[1])
-        raise UnknownColorsError(count, top, "index")
+        advice = ""
+        if palette.index_map:
+            advice = ("The palette's index_map has no entry for them: add them to it (a class id, or 255 to "
+                      "ignore), or pass --unknown_colors=ignore (→ 255).")
+        raise UnknownColorsError(count, top, "index", advice=advice)
     if count:
         table = table.copy()
         table[table == UNKNOWN] = IGNORE_LABEL

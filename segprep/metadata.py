@@ -98,6 +98,10 @@ def _split_entry(name: str, result: SplitResult, num_classes: int) -> dict:
         "class_pixels": counts[:num_classes],
         "ignore_pixels": counts[IGNORE_LABEL],
         "source_pixels": st.source_pixels,
+        # share of the source masks' pixels that are the ignore label, and how many masks held only 0 and 255
+        # (binary labels whose 255 would be ignored: see prepare's warning)
+        "source_ignore_share": round(st.source_ignore_pixels / st.source_pixels, 6) if st.source_pixels else 0.0,
+        "binary_masks": st.binary_masks,
         "unknown_pixels_ignored": st.unknown_pixels_ignored,
         "unknown_pixels_snapped": st.unknown_pixels_snapped,
         "rgb_mean": mean,

@@ -1,12 +1,19 @@
-"""Class palettes: names, RGB colours, ignore colours, and index → colour rendering.
+"""Class palettes: names, RGB colours, ignore colours, index maps, and index → colour rendering.
 
 The default is Pascal VOC's 21 classes with the devkit's names and colours. VOC draws a border of colour
 (224, 224, 192) around objects; it maps to the ignore label 255. A user's palette is a JSON file:
 
     {"names": ["background", "building", "road"],
      "colors": [[0, 0, 0], [255, 0, 0], [0, 0, 255]],
-     "ignore_colors": [[255, 255, 255]]}          # optional; VOC's border colour is NOT added implicitly
+     "ignore_colors": [[255, 255, 255]],          # optional; VOC's border colour is NOT added implicitly
+     "index_map": {"0": 255, "1": 0, "2": 1}}     # optional: index-mask value → class id, or 255 (ignore)
 
+Colour masks map through "colors" and "ignore_colors". Index masks (1-band values) are class ids as stored, or —
+with "index_map" — go through it: a value the map lacks is off the palette (`--unknown_colors` decides). Keys may
+be 0..65535, so 16-bit label maps read too. With an index map the colours only draw the classes, so two classes
+may share one (ADE20K's own colour map does); such a palette reads index masks only.
+
+Palettes shipped with segprep are selected by name (`PALETTES`): the datasets' own names, colours and maps.
 Colours are always RGB, never BGR.
 """
 
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 
@@ -55,6 +63,7 @@ class Palette:
     names: tuple[str, ...]
     colors: tuple[tuple[int, int, int], ...]
     ignore_colors: tuple[tuple[int, int, int], ...] = ()
+    index_map: tuple[tuple[int, int], ...] = ()  # (stored value, class id or 255), sorted by value
 
     def __post_init__(self) -> None:
         if not self.names:
@@ -70,9 +79,31 @@ class Palette:
                                self.colors + self.ignore_colors):
             if len(color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in color):
                 raise PaletteError(f"Colours must be three integers in 0..255. Received: {color!r} for {name!r}.")
-            if tuple(color) in seen:
+            if tuple(color) in seen and not self.index_map:
                 raise PaletteError(f"Colour {tuple(color)} is used by both {seen[tuple(color)]!r} and {name!r}.")
+            seen.setdefault(tuple(color), name)
+        for value, target in self.index_map:
+            if not (isinstance(value, int) and 0 <= value <= 65535):
+                raise PaletteError(f"index_map keys must be mask values 0..65535. Received: {value!r}.")
+            if not (isinstance(target, int) and (0 <= target < len(self.names) or target == IGNORE_LABEL)):
+                raise PaletteError(f"index_map maps {value} to {target!r}: a value must be a class id "
+                                   f"0..{len(self.names) - 1} or {IGNORE_LABEL} (ignore).")
+
+    @property
+    def shared_color(self) -> tuple[tuple[int, int, int], str, str] | None:
+        """(colour, first name, second name) when two entries share a colour (allowed with an index map only)."""
+        seen: dict[tuple[int, int, int], str] = {}
+        for name, color in zip(self.names + ("<ignore>",) * len(self.ignore_colors),
+                               self.colors + self.ignore_colors):
+            if tuple(color) in seen:
+                return tuple(color), seen[tuple(color)], name
             seen[tuple(color)] = name
+        return None
+
+    @property
+    def max_index(self) -> int:
+        """The largest index-mask value this palette reads (wider than 255 only through an index map)."""
+        return max([IGNORE_LABEL] + [v for v, _ in self.index_map])
 
     @property
     def num_classes(self) -> int:
@@ -92,18 +123,32 @@ class Palette:
         return self.color_array()[classes]
 
     def to_json(self) -> dict:
-        return {"names": list(self.names), "colors": [list(c) for c in self.colors],
-                "ignore_colors": [list(c) for c in self.ignore_colors]}
+        out = {"names": list(self.names), "colors": [list(c) for c in self.colors],
+               "ignore_colors": [list(c) for c in self.ignore_colors]}
+        if self.index_map:
+            out["index_map"] = {str(v): t for v, t in self.index_map}
+        return out
 
     @classmethod
     def from_json(cls, obj: dict) -> Palette:
         if not isinstance(obj, dict) or "names" not in obj or "colors" not in obj:
             raise PaletteError('A palette is a JSON object with "names" and "colors" lists '
-                               '(and optional "ignore_colors").')
+                               '(and optional "ignore_colors" and "index_map").')
+        raw_map = obj.get("index_map") or {}
+        if not isinstance(raw_map, dict):
+            raise PaletteError('"index_map" must be an object {"mask value": class id or 255, ...}.')
+        index_map = []
+        for key, target in raw_map.items():
+            try:
+                value = int(key)
+            except ValueError:
+                raise PaletteError(f'index_map keys must be mask values such as "7". Received: {key!r}.') from None
+            index_map.append((value, target))
         try:
             return cls(names=tuple(str(n) for n in obj["names"]),
                        colors=tuple(tuple(c) for c in obj["colors"]),
-                       ignore_colors=tuple(tuple(c) for c in obj.get("ignore_colors", ())))
+                       ignore_colors=tuple(tuple(c) for c in obj.get("ignore_colors", ())),
+                       index_map=tuple(sorted(index_map)))
         except TypeError as e:
             raise PaletteError(f"Palette colours must be lists of three integers: {e}") from None
 
@@ -111,11 +156,37 @@ class Palette:
 VOC = Palette(names=VOC_NAMES, colors=tuple(colormap(len(VOC_NAMES))), ignore_colors=(VOC_BORDER_COLOR,))
 
 
-def load_palette(spec: str | None, read_bytes=None) -> Palette:
-    """`None` or "voc" → the VOC palette; otherwise a JSON file path (read with `read_bytes`, so gs:// works)."""
-    if spec in (None, "", "voc"):
+_SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "palettes")
+# name → the dataset it is for; the files are segprep/palettes/NAME.json ("voc" is built in).
+PALETTES = {
+    "voc": "Pascal VOC 2012: 21 classes, colour or palette PNGs, border (224, 224, 192) ignored",
+    "cityscapes": "Cityscapes gtFine_labelIds: label ids 0-33 → the 19 train ids, the rest ignored",
+    "ade20k": "ADE20K SceneParsing: values 1-150 → classes 0-149, 0 ('other') ignored",
+    "loveda": "LoveDA: values 1-7 → 7 classes, 0 (no-data) ignored",
+    "potsdam": "ISPRS Potsdam/Vaihingen: RGB-coded labels, 6 classes",
+    "inria": "Inria Aerial: 0 = background, 255 = building",
+    "deepglobe": "DeepGlobe land cover: RGB-coded, 7 classes",
+}
+
+
+def shipped(name: str) -> Palette:
+    """A palette shipped with segprep, by name."""
+    if name == "voc":
         return VOC
+    with open(os.path.join(_SHIPPED, f"{name}.json"), "rb") as f:
+        return Palette.from_json(json.loads(f.read()))
+
+
+def load_palette(spec: str | None, read_bytes=None) -> Palette:
+    """`None` → the VOC palette; a name of `PALETTES` → that shipped palette; otherwise a JSON file path (read with
+    `read_bytes`, so gs:// works)."""
+    if spec in (None, ""):
+        return VOC
+    if spec in PALETTES:
+        return shipped(spec)
     if read_bytes is None:
+        if not os.path.exists(spec) and "/" not in spec and not spec.endswith(".json"):
+            raise PaletteError(f"no palette named {spec!r} (shipped: {', '.join(PALETTES)}) and no such file.")
         with open(spec, "rb") as f:
             data = f.read()
     else:

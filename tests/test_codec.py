@@ -123,7 +123,7 @@ def test_truncated_png_empty_and_garbage_are_detected():
         codec.decode_mask(data[:-20])
     with pytest.raises(codec.DecodeError, match="empty file"):
         codec.decode_image(b"")
-    with pytest.raises(codec.DecodeError, match="not a JPEG or PNG"):
+    with pytest.raises(codec.DecodeError, match="not a JPEG, PNG or TIFF"):
         codec.decode_image(b"GIF89a....")
 
 

@@ -17,6 +17,7 @@ from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodedPair, DecodePa
                                   ReadPairs, ShardResult, SpreadCrops, WriteShards, auto_shard_count)
 from segprep import codec, layout
 from segprep.convert import ConvertConfig, Stats
+from segprep.pairs import Pair
 from segprep.palette import VOC
 
 
@@ -31,16 +32,27 @@ def pipeline():
     return BeamTestPipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
 
 
+def voc_pair(split, image_id):
+    return Pair(split, image_id, f"JPEGImages/{image_id}.jpg", f"SegmentationClass/{image_id}.png")
+
+
 def test_read_pairs_reads_bytes_and_reports_missing_files(voc_tree):
     os.remove(layout.mask_path(voc_tree.root, "t2"))
     want = [PairBytes("train", i, open(layout.image_path(voc_tree.root, i), "rb").read(),
-                      open(layout.mask_path(voc_tree.root, i), "rb").read()) for i in ("t1", "t3")]
+                      open(layout.mask_path(voc_tree.root, i), "rb").read(),
+                      (layout.image_path(voc_tree.root, i), layout.mask_path(voc_tree.root, i))) for i in ("t1", "t3")]
+    listed = [voc_pair("train", i) for i in ("t1", "t2", "t3", "nope")]
+    listed.append(Pair("train", "lonely", None, "SegmentationClass/lonely.png", "missing_image", "no image for it"))
     with pipeline() as p:
-        result = (p | beam.Create([("train", "t1"), ("train", "t2"), ("train", "t3"), ("train", "nope")])
-                  | ReadPairs(voc_tree.root))
+        result = p | beam.Create(listed) | ReadPairs(voc_tree.root)
         assert_that(result.pairs, equal_to(want), label="pairs")
-        assert_that(result[ERRORS] | beam.Map(lambda e: (e.image_id, e.reason)),
-                    equal_to([("t2", "missing_mask"), ("nope", "missing_image")]), label="errors")
+        assert_that(result[ERRORS] | beam.Map(lambda e: (e.image_id, e.reason, e.files)),
+                    equal_to([("t2", "missing_mask", (layout.image_path(voc_tree.root, "t2"),
+                                                      layout.mask_path(voc_tree.root, "t2"))),
+                              ("nope", "missing_image", (layout.image_path(voc_tree.root, "nope"),
+                                                         layout.mask_path(voc_tree.root, "nope"))),
+                              ("lonely", "missing_image", (f"{voc_tree.root}/SegmentationClass/lonely.png",))]),
+                    label="errors")
 
 
 def test_decode_pairs_converts_masks_and_reports_bad_ones():
@@ -48,10 +60,11 @@ def test_decode_pairs_converts_masks_and_reports_bad_ones():
     image = codec.encode_image(np.full((2, 3, 3), 90, np.uint8), "png")
     good = codec.encode_image(mask_colors()[classes], "png")
     off = codec.encode_image(np.full((2, 3, 3), 33, np.uint8), "png")
-    pairs = [PairBytes("val", "good", image, good), PairBytes("val", "off", image, off),
-             PairBytes("val", "cut", image[:40], good)]
+    files = {i: (f"root/JPEGImages/{i}.jpg", f"root/SegmentationClass/{i}.png") for i in ("good", "off", "cut")}
+    pairs = [PairBytes("val", "good", image, good, files["good"]), PairBytes("val", "off", image, off, files["off"]),
+             PairBytes("val", "cut", image[:40], good, files["cut"])]
     with pipeline() as p:
-        result = p | beam.Create(pairs) | DecodePairs("root", ConvertConfig())
+        result = p | beam.Create(pairs) | DecodePairs(ConvertConfig())
         assert_that(result.decoded | beam.Map(lambda d: ((d.split, d.image_id), d.classes.tobytes(), d.stats.images)),
                     equal_to([(("val", "good"), classes.tobytes(), 1)]), label="decoded")
         assert_that(result[ERRORS] | beam.Map(lambda e: (e.image_id, e.reason, e.files)),
@@ -84,9 +97,9 @@ def test_stages_count_their_work_in_beam_metrics(voc_tree):
 
     os.remove(layout.mask_path(voc_tree.root, "t2"))
     p = pipeline()
-    ids = p | beam.Create([("train", "t1"), ("train", "t2"), ("train", "t3")])
+    ids = p | beam.Create([voc_pair("train", i) for i in ("t1", "t2", "t3")])
     pairs = ids | ReadPairs(voc_tree.root)
-    decoded = pairs.pairs | DecodePairs(voc_tree.root, ConvertConfig(crop_size=64, crops_per_image=3))
+    decoded = pairs.pairs | DecodePairs(ConvertConfig(crop_size=64, crops_per_image=3))
     cut = decoded.decoded | CutCrops(ConvertConfig(crop_size=64, crops_per_image=3), frozenset({"train"}))
     _ = (cut.crops | SpreadCrops(seed=0, num_shards=1) | WriteShards(str(voc_tree.root), compressed=False))
     result = p.run()
