@@ -66,11 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random_crop_splits",
                    help="splits that get random crops; the others get tiles covering each image exactly once "
                         "(default: the splits whose name starts with 'train', in any case: train, training, Train)")
-    p.add_argument("--bands", type=_bands, metavar="B,B,B",
+    p.add_argument("--bands", type=cli.bands, metavar="B,B,B",
                    help="for images with more than 3 bands (or to reorder them): the 1-based bands to keep, in "
                         "order, 3 (or 1 for grey), e.g. 4,1,2 makes IR-R-G of R-G-B-IR (default: 1 or 3 bands "
                         "as stored; an alpha band is dropped)")
-    p.add_argument("--image_range", type=_range, metavar="LO,HI",
+    p.add_argument("--image_range", type=cli.value_range, metavar="LO,HI",
                    help="for 16-bit (or float) images: map LO..HI linearly onto 0..255, clipped, e.g. 0,4095 for "
                         "12-bit data (default: 8-bit images only; others are error records naming their range)")
     p.add_argument("--crop_size", type=cli.integer(1), default=256, help="crop side in pixels (default: %(default)s)")
@@ -115,27 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="delete an earlier run's shards, errors and metadata in --output_dir first")
     return p
-
-
-def _bands(value: str) -> tuple[int, ...]:
-    try:
-        bands = tuple(int(v) for v in value.split(","))
-    except ValueError:
-        bands = ()
-    if len(bands) not in (1, 3) or min(bands) < 1:
-        raise argparse.ArgumentTypeError(f"must be 3 band numbers from 1 (or 1 for grey), e.g. 4,1,2 (received "
-                                         f"{value!r})")
-    return bands
-
-
-def _range(value: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value.split(","))
-    except ValueError:
-        lo = hi = float("nan")
-    if not lo < hi:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"must be LO,HI with LO < HI, e.g. 0,4095 (received {value!r})")
-    return lo, hi
 
 
 def _check_output(out: str, overwrite: bool) -> None:

@@ -88,6 +88,29 @@ def jobs(value: str) -> int:
     return n
 
 
+def bands(value: str) -> tuple[int, ...]:
+    """An argparse type for --bands: 1 or 3 band numbers from 1."""
+    try:
+        bands = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        bands = ()
+    if len(bands) not in (1, 3) or min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"must be 3 band numbers from 1 (or 1 for grey), e.g. 4,1,2 (received "
+                                         f"{value!r})")
+    return bands
+
+
+def value_range(value: str) -> tuple[float, float]:
+    """An argparse type for --image_range: LO,HI with LO < HI."""
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        lo = hi = float("nan")
+    if not lo < hi:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be LO,HI with LO < HI, e.g. 0,4095 (received {value!r})")
+    return lo, hi
+
+
 def examples(doc: str) -> str:
     """The "    python -m ..." lines of a module docstring, as an argparse epilog."""
     return "examples:\n" + "\n".join(line for line in doc.splitlines() if line.startswith("    python"))

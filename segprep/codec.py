@@ -280,6 +280,91 @@ def _round_up(x: float) -> float:
     return float(np.ceil(x)) if x == x else 0.0
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+    """What a file's header says, read without decoding its pixels."""
+
+    format: str  # "jpeg", "png", "tiff"
+    width: int
+    height: int
+    bands: int
+    bits: str  # "8-bit", "16-bit", "1-bit", "32-bit floating-point", ...
+    kind: str = ""  # PNG/TIFF: "palette" for palette-mode files
+    tiling: str = ""  # TIFF: "tiled" or "stripped"
+    compression: str = ""  # TIFF: "none", "deflate", "lzw", "jpeg", ...
+
+    @property
+    def label(self) -> str:
+        parts = [self.format.upper(), f"{self.bands}-band" if not self.kind else self.kind, self.bits]
+        if self.format == "tiff":
+            parts += [self.tiling, self.compression]
+        return " ".join(p for p in parts if p)
+
+
+_PNG_BANDS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def probe(f) -> ImageInfo:
+    """The header of the image in the binary file object `f` (seekable for TIFF), without decoding pixels."""
+    head = f.read(1 << 16)
+    fmt = sniff(head)
+    if fmt == "png":
+        color_type, depth = png_color_type(head)
+        width, height = struct.unpack(">II", head[16:24])
+        return ImageInfo("png", width, height, _PNG_BANDS.get(color_type, 0), f"{depth}-bit",
+                         "palette" if color_type == 3 else "")
+    if fmt == "jpeg":
+        sof = _jpeg_sof(head)
+        if sof is None:
+            sof = _jpeg_sof(head + f.read())
+        if sof is None:
+            raise DecodeError("corrupt JPEG: no frame header (SOF)")
+        bits, height, width, bands = sof
+        return ImageInfo("jpeg", width, height, bands, f"{bits}-bit")
+    import tifffile
+
+    f.seek(0)
+    try:
+        with tifffile.TiffFile(f) as tif:
+            page = tif.pages[0]
+            compression = getattr(page.compression, "name", str(page.compression)).lower()
+            compression = {"adobe_deflate": "deflate", "none": "uncompressed"}.get(compression, compression)
+            dtype = page.dtype if page.dtype is not None else np.dtype(np.uint8)
+            return ImageInfo("tiff", int(page.imagewidth), int(page.imagelength), int(page.samplesperpixel),
+                             describe_dtype(dtype) if page.bitspersample != 1 else "1-bit",
+                             "palette" if int(page.photometric) == 3 else "",
+                             "tiled" if page.is_tiled else "stripped", compression)
+    except Exception as e:  # noqa: BLE001
+        raise DecodeError(f"corrupt TIFF: {type(e).__name__}: {e}") from None
+
+
+def _jpeg_sof(data: bytes) -> tuple[int, int, int, int] | None:
+    """(bits, height, width, components) from a JPEG's frame header, or None when `data` ends before it."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            pos += 1
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if pos + 10 > len(data):
+                return None
+            bits = data[pos + 4]
+            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+            return bits, height, width, data[pos + 9]
+        if marker in (0xDA, 0xD9):  # a scan or the end before any frame header
+            return None
+        pos += 2 + length
+    return None
+
+
 def png_color_type(data: bytes) -> tuple[int, int]:
     """(colour type, bit depth) from a PNG's IHDR chunk."""
     if len(data) < 33 or data[12:16] != b"IHDR":

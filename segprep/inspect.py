@@ -3,12 +3,15 @@
     python -m segprep.inspect data/records --output sheet.png
     python -m segprep.inspect gs://B/records --split val --count 24 --seed 3 --output gs://B/sheet.png
     python -m segprep.inspect data/sample_voc --output pairs.png      # a VOC root: image–mask alignment
+    python -m segprep.inspect ~/cityscapes --palette cityscapes --output pairs.png \
+        --images 'leftImg8bit/{split}/*/{id}_leftImg8bit.png' --masks 'gtFine/{split}/*/{id}_gtFine_labelIds.png'
 
 For prepare's output: `--count` crops of `--split` drawn at random (`--seed`) from its shards, each as image,
 mask in the palette's colours, and the two overlaid, with the source id and the crop's offset under it; a legend
-of class names and colours; and a bar chart of pixels per class from metadata.json. For a VOC root (a folder
-with ImageSets/Segmentation): whole image–mask pairs of the split, scaled to fit, to check that masks line up
-with their images before a long run; off-palette mask colours are drawn in the ignore colour.
+of class names and colours; and a bar chart of pixels per class from metadata.json. For a dataset root (any folder
+without a metadata.json, read with prepare's layout flags --images, --masks, ...; VOC's by default): whole
+image–mask pairs of the split, scaled to fit, to check that masks line up with their images before a long run;
+off-palette mask colours are drawn in the ignore colour.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import sys
 import cv2
 import numpy as np
 
-from segprep import cli, codec, dataset, layout, lookup, records, schema, storage
+from segprep import cli, codec, layout, lookup, pairs, records, schema, storage
 from segprep import metadata as md
 from segprep.cli import Parser, UsageError, examples
 from segprep.palette import IGNORE_LABEL, Palette, PaletteError, load_palette
@@ -157,41 +160,45 @@ def from_records(out: str, split: str | None, count: int, seed: int):
     return samples, palette, title, _class_pixels(palette, counts)
 
 
-def from_voc(root: str, split: str | None, count: int, seed: int, palette: Palette):
-    """Samples, title and pixel counts for a VOC root: whole pairs, masks through the palette."""
+def from_dataset(root: str, spec: pairs.LayoutSpec, split: str | None, count: int, seed: int, palette: Palette,
+                 bands=None, value_range=None):
+    """Samples, title and pixel counts for a dataset root: whole pairs, masks through the palette."""
     try:
-        lists = dataset.read_splits(root, split)
-    except dataset.DatasetError as e:
-        raise UsageError(str(e)) from None
-    split = split or ("train" if "train" in lists else next(iter(lists)))
-    ids = lists[split]
+        listing = pairs.find(root, spec, split, seed=seed)
+    except pairs.LayoutError as e:
+        raise UsageError(f"{root} holds no metadata.json (prepare's output), and as a dataset root: {e}") from None
+    names = listing.splits
+    split = split or next((s for s in names if s.lower().startswith("train")), names[0] if names else None)
+    if split is None:
+        raise UsageError(f"{root}: no split with masks to show.")
+    listed = [p for p in listing.pairs(split) if not p.reason]
     rng = np.random.default_rng(seed)
-    chosen = [ids[i] for i in sorted(rng.choice(len(ids), min(count, len(ids)), replace=False))]
-    samples, counts, problems = [], np.zeros(256, np.int64), 0
-    for image_id in chosen:
+    chosen = [listed[i] for i in sorted(rng.choice(len(listed), min(count, len(listed)), replace=False))]
+    samples, counts, problems = [], np.zeros(256, np.int64), len(listing.pairs(split)) - len(listed)
+    for pair in chosen:
         try:
-            image = codec.decode_image(storage.read_bytes(layout.image_path(root, image_id)))
-            mask, _ = codec.decode_mask(storage.read_bytes(layout.mask_path(root, image_id)))
+            image = codec.decode_image(storage.read_bytes(layout.join(root, pair.image)), bands, value_range)
+            mask, _ = codec.decode_mask(storage.read_bytes(layout.join(root, pair.mask)), palette.max_index)
             classes = lookup.convert_mask(mask, palette, "ignore").classes
         except (codec.DecodeError, OSError) as e:
-            print(f"inspect: {image_id}: {e}", file=sys.stderr)
+            print(f"inspect: {pair.image_id}: {e}", file=sys.stderr)
             problems += 1
             continue
         if classes.shape != image.shape[:2]:
-            print(f"inspect: {image_id}: mask {classes.shape[::-1]} and image {image.shape[1::-1]} differ in size "
-                  "(w×h)", file=sys.stderr)
+            print(f"inspect: {pair.image_id}: mask {classes.shape[::-1]} and image {image.shape[1::-1]} differ in "
+                  "size (w×h)", file=sys.stderr)
             problems += 1
             continue
         counts += np.bincount(classes.ravel(), minlength=256)
-        samples.append(Sample(image, classes, f"{image_id} ({image.shape[1]}×{image.shape[0]})"))
-    title = f"{root}  split {split}: {len(ids):,} pairs; {len(samples)} at random (seed {seed})"
+        samples.append(Sample(image, classes, f"{pair.image_id} ({image.shape[1]}×{image.shape[0]})"))
+    title = f"{root}  split {split}: {len(listed):,} pairs; {len(samples)} at random (seed {seed})"
     return samples, title, _class_pixels(palette, counts), problems
 
 
 def build_parser() -> Parser:
     p = Parser("inspect", prog="python -m segprep.inspect", description=__doc__.split("\n")[0],
                epilog=examples(__doc__))
-    p.add_argument("source", help="prepare's --output_dir, or a VOC root (local or gs://)")
+    p.add_argument("source", help="prepare's --output_dir, or a dataset root (local or gs://)")
     p.add_argument("--output", default="sheet.png",
                    help="the picture to write, local or gs://: PNG, or JPEG for a .jpg name (default: %(default)s)")
     p.add_argument("--split", help="which split to draw from (default: the training split)")
@@ -199,8 +206,12 @@ def build_parser() -> Parser:
                    help="how many crops or image–mask pairs to draw, 1-200 (default: %(default)s)")
     p.add_argument("--seed", type=cli.integer(0), default=0,
                    help="which random crops or pairs: another seed, another draw (default: %(default)s)")
-    p.add_argument("--palette", help="for a VOC root: palette JSON to colour and read the masks with "
-                                     "(default: Pascal VOC)")
+    p.add_argument("--palette", help="for a dataset root: the palette to read and colour the masks with, a shipped "
+                                     "name or a JSON file (default: voc)")
+    pairs.add_flags(p, "pairs")
+    p.add_argument("--bands", type=cli.bands, metavar="B,B,B", help="for a dataset root: as prepare's --bands")
+    p.add_argument("--image_range", type=cli.value_range, metavar="LO,HI", help="for a dataset root: as prepare's "
+                                                                       "--image_range")
     return p
 
 
@@ -208,14 +219,14 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     source = args.source.rstrip("/")
     problems = 0
-    if storage.exists(layout.join(source, layout.SPLIT_DIR)) or storage.match(
-            layout.join(source, layout.SPLIT_DIR, "*.txt")):
+    if not storage.exists(layout.metadata_path(source)):
         try:
             palette = load_palette(args.palette, storage.read_bytes if args.palette and
                                    storage.is_remote(args.palette) else None)
         except (OSError, PaletteError) as e:
             raise UsageError(f"--palette {args.palette}: {e}") from None
-        samples, title, pixels, problems = from_voc(source, args.split, args.count, args.seed, palette)
+        samples, title, pixels, problems = from_dataset(source, pairs.spec_from_args(args), args.split, args.count,
+                                                        args.seed, palette, args.bands, args.image_range)
     else:
         samples, palette, title, pixels = from_records(source, args.split, args.count, args.seed)
     if not samples:

@@ -1,12 +1,18 @@
-"""What is in a Pascal VOC-layout dataset, before prepare: sizes, mask kinds, and every mask colour or value.
+"""What is in a dataset, before prepare: image formats, mask sizes and kinds, and every mask colour or value.
 
     python -m segprep.scan --input_dir VOC_ROOT
     python -m segprep.scan --input_dir gs://B/aerial --splits train --write_palette palette.json
     python -m pipelines.prepare --input_dir gs://B/aerial --palette palette.json   # one class per colour
+    python -m segprep.scan --input_dir ~/cityscapes --palette cityscapes \
+        --images 'leftImg8bit/{split}/*/{id}_leftImg8bit.png' --masks 'gtFine/{split}/*/{id}_gtFine_labelIds.png'
 
-Reads the masks only (in parallel with joblib: processes for local files, threads for gs://). Per split: how many
-masks, their sizes (min / median / max) and kinds (colour, palette, index, with bit depth). Then every colour (or
-index value) with its pixel and image counts and what the active --palette (default Pascal VOC) makes of it.
+Takes prepare's layout flags (--images, --masks, --split_lists, --val_fraction, --group_by, --splits). Reads the
+masks whole and the images' headers only (in parallel with joblib: processes for local files, threads for gs://).
+Per split: how many pairs, the image formats (JPEG / PNG / TIFF, bands, bit depth, tiled or stripped, compression),
+the mask sizes (min / median / max) and kinds (colour, palette, index, with bit depth). Then every colour (or index
+value) with its pixel and image counts and what the active --palette (default Pascal VOC) makes of it. Index masks
+holding only 0 and 255 are named: with a palette that has no index_map, their 255 is the ignore label. Last, the
+prepare command that reads this tree.
 
 Which colours are classes: a colour that fills at least one 3×3 block somewhere ("solid" pixels) is a class
 candidate, unless it lies within --tolerance of a more frequent class colour — then it is compression noise
@@ -26,9 +32,10 @@ import time
 
 import numpy as np
 
-from segprep import cli, codec, dataset, layout, lookup, storage
+from segprep import cli, codec, layout, lookup, pairs, storage
 from segprep.cli import Parser, UsageError, examples
-from segprep.palette import IGNORE_LABEL, VOC, VOC_BORDER_COLOR, Palette, PaletteError, colormap, load_palette
+from segprep.palette import (IGNORE_LABEL, PALETTES, VOC, VOC_BORDER_COLOR, Palette, PaletteError, colormap,
+                             load_palette)
 from segprep.progress import Progress
 
 MIN_SOLID = 9  # solid pixels (centres of 3×3 blocks of one colour) a colour needs, dataset-wide, to be a class
@@ -50,10 +57,13 @@ class MaskScan:
     counts: np.ndarray | None = None
     solid: np.ndarray | None = None
     error: str | None = None
+    image: codec.ImageInfo | None = None  # the image's header
+    image_error: str | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.kind} {'JPEG' if self.fmt == 'jpeg' else f'{self.depth}-bit'}"
+        return f"{self.kind} {'JPEG' if self.fmt == 'jpeg' else f'{self.depth}-bit'}" + (
+            " TIFF" if self.fmt == "tiff" else "")
 
 
 def _solid(keys: np.ndarray) -> np.ndarray:
@@ -86,16 +96,31 @@ def _count(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return found, counts, solid_per_key
 
 
-def scan_mask(root: str, split: str, image_id: str) -> MaskScan:
-    """Reads and decodes one mask; a mask that cannot be read comes back with `error` set."""
-    result = MaskScan(split, image_id)
-    path = layout.mask_path(root, image_id)
+def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255) -> MaskScan:
+    """Reads and decodes one mask and the header of its image; a file that cannot be read is reported in
+    `error` / `image_error`, and the scan goes on."""
+    result = MaskScan(pair.split, pair.image_id)
+    if pair.reason:
+        result.error = pair.error
+        return result
+    image_path = layout.join(root, pair.image)
+    try:
+        with storage.open_read(image_path) as f:
+            result.image = codec.probe(f)
+    except codec.DecodeError as e:
+        result.image_error = str(e)
+    except Exception as e:  # noqa: BLE001 - missing or unreadable: reported, the scan goes on
+        result.image_error = f"no image at {image_path}" if not storage.exists(image_path) else \
+            f"{type(e).__name__}: {e}"
+    path = layout.join(root, pair.mask)
     try:
         data = storage.read_bytes(path)
-        mask, result.kind = codec.decode_mask(data)
+        mask, result.kind = codec.decode_mask(data, max_value)
         result.fmt = codec.sniff(data)
         if result.fmt == "png":
             result.depth = codec.png_color_type(data)[1]
+        elif result.fmt == "tiff":
+            result.depth = int(codec.BITS.get(mask.dtype, 8)) if mask.ndim == 2 else 8
     except codec.DecodeError as e:
         result.error = str(e)
         return result
@@ -170,8 +195,16 @@ def _snap(color: tuple[int, int, int], slack: int = 2) -> tuple[int, int, int]:
     return tuple(0 if c <= slack else 255 if c >= 255 - slack else c for c in color)
 
 
+def is_binary(indices: list[Value]) -> bool:
+    """Index values exactly 0 and 255: a 0/255 label map, whose 255 is the ignore label without an index map."""
+    return sorted(v.key for v in indices) == [0, IGNORE_LABEL]
+
+
 def palette_for(colors: list[Value], indices: list[Value]) -> dict:
     """The palette file --write_palette writes (see the module docstring)."""
+    if indices and not colors and is_binary(indices):  # 0/255 labels: 255 is a class, not "ignore"
+        return {"names": ["class_0", "class_1"], "colors": [[0, 0, 0], [255, 255, 255]], "ignore_colors": [],
+                "index_map": {"0": 0, "255": 1}}
     if indices and not colors:  # index masks: one class per value, drawn in VOC's colour map
         top = max((v.key for v in indices if v.key != IGNORE_LABEL), default=0)
         return {"names": [f"class_{i}" for i in range(top + 1)],
@@ -190,9 +223,13 @@ def palette_for(colors: list[Value], indices: list[Value]) -> dict:
 
 def _in_palette(v: Value, palette: Palette, index: bool) -> str:
     if index:
-        if v.key == IGNORE_LABEL:
+        target = dict(palette.index_map).get(v.key) if palette.index_map else (
+            v.key if v.key < palette.num_classes or v.key == IGNORE_LABEL else None)
+        if target is None:
+            return "NOT IN PALETTE"
+        if target == IGNORE_LABEL:
             return "ignore (255)"
-        return palette.names[v.key] if v.key < palette.num_classes else "NOT IN PALETTE"
+        return palette.names[target]
     color = v.color()
     if color in palette.colors:
         return palette.names[palette.colors.index(color)]
@@ -201,12 +238,21 @@ def _in_palette(v: Value, palette: Palette, index: bool) -> str:
     return "NOT IN PALETTE"
 
 
-def report(scans: list[MaskScan], lists: dict, palette: Palette, palette_name: str, tolerance: float,
+def report(scans: list[MaskScan], lists, palette: Palette, palette_name: str, tolerance: float,
            seconds: float, show_all: bool) -> list[str]:
     lines = [f"scan: {len(scans)} masks in {len(lists)} split{'s' if len(lists) != 1 else ''}, {seconds:.1f} s"]
     for split in lists:
         ok = [s for s in scans if s.split == split and s.error is None]
         failed = [s for s in scans if s.split == split and s.error is not None]
+        images: dict[str, int] = {}
+        for s in scans:
+            if s.split == split and s.image is not None:
+                images[s.image.label] = images.get(s.image.label, 0) + 1
+        bad_images = [s for s in scans if s.split == split and s.image_error is not None and s.error is None]
+        if images or bad_images:
+            lines.append(f"  {split}: images " + ", ".join(f"{k} ×{n}" for k, n in sorted(images.items()))
+                         + (f"; {len(bad_images)} unreadable" if bad_images else ""))
+            lines += [f"    {s.image_id}: image: {s.image_error}" for s in bad_images[:5]]
         line = f"  {split}: {len(ok)} masks"
         if ok:
             by_area = sorted(ok, key=lambda s: (s.height * s.width, s.width))
@@ -259,29 +305,80 @@ def report(scans: list[MaskScan], lists: dict, palette: Palette, palette_name: s
             if missing:
                 lines.append(f"  {len(missing)} class colours are not in the {palette_name} palette: write a "
                              "palette with --write_palette FILE and pass prepare --palette FILE")
+        elif is_binary(values) and not palette.index_map:
+            masks = sum(1 for s in scans if s.kind == "index" and s.keys is not None)
+            lines.append(f"  the index masks ({masks}) hold only 0 / 255: with the {palette_name} palette 255 is the "
+                         "ignore label, so every 255 pixel would be ignored and a model never learns what it "
+                         "marks. If 255 is a class (a building, a road): prepare --palette inria, or a palette with "
+                         '"index_map": {"0": 0, "255": 1} (--write_palette FILE writes one)')
+        elif index:
+            missing = [v for v in values if _in_palette(v, palette, True) == "NOT IN PALETTE"]
+            if missing:
+                lines.append(f"  {len(missing)} index values are not classes of the {palette_name} palette: pass "
+                             "a palette whose index_map maps them (or --write_palette FILE)")
     return lines
 
 
-def _scan_all(root: str, lists: dict[str, list[str]], jobs: int) -> list[MaskScan]:
+def _scan_all(root: str, listing: pairs.Listing, jobs: int, max_value: int) -> list[MaskScan]:
     from joblib import Parallel, delayed
 
-    tasks = [(split, image_id) for split, ids in lists.items() for image_id in ids]
+    tasks = [pair for split in listing.splits for pair in listing.pairs(split)]
     progress = Progress("scan", len(tasks), "masks")
     backend = "threading" if storage.is_remote(root) else "loky"  # gs:// is I/O-bound; decoding is not
     results = []
     run = Parallel(n_jobs=jobs, backend=backend, return_as="generator", batch_size="auto")
-    for scan in run(delayed(scan_mask)(root, split, image_id) for split, image_id in tasks):
+    for scan in run(delayed(scan_pair)(root, pair, max_value) for pair in tasks):
         results.append(scan)
         progress.update()
     progress.close()
     return results
 
 
+def prepare_command(root: str, spec: pairs.LayoutSpec, listing: pairs.Listing, palette_arg: str | None,
+                    scans: list[MaskScan], tolerance: float, splits: str | None = None) -> tuple[str, list[str]]:
+    """The prepare command that reads this tree, and notes on the flags it chose."""
+    args = ["python -m pipelines.prepare", "--input_dir", root, "--output_dir", "OUT", *spec.flags()]
+    notes = []
+    if splits or listing.skipped:
+        args += ["--splits", ",".join(listing.splits)]
+    colors, indices = aggregate(scans, False), aggregate(scans, True)
+    palette_flag = palette_arg
+    if indices and not colors and is_binary(indices) and palette_arg is None:
+        palette_flag = "inria"
+        notes.append("--palette inria reads 0 as background and 255 as building; for another class, write your own "
+                     "with scan --write_palette FILE")
+    if palette_flag:
+        args += ["--palette", palette_flag]
+    if colors:
+        classify(colors, tolerance)
+        if any(v.role == "noise" for v in colors):
+            args += ["--unknown_colors", "nearest"]
+            notes.append("--unknown_colors nearest: the masks hold compression noise around their class colours")
+    infos = [s.image for s in scans if s.image is not None]
+    bands = max((i.bands for i in infos if not i.kind), default=3)
+    if bands > 3:
+        args += ["--bands", "1,2,3"]
+        notes.append(f"--bands: the images have {bands} bands; pick the 3 to keep, in order (e.g. 4,1,2 for IR-R-G)")
+    wide = sorted({i.bits for i in infos if i.bits not in ("8-bit", "1-bit")})
+    if wide:
+        args += ["--image_range", "0,65535"]
+        notes.append(f"--image_range: the images are {', '.join(wide)}; narrow the range to your data's (12-bit "
+                     "sensors: 0,4095)")
+    args.append("--runner=DirectRunner")
+    return " ".join(_quote(a) for a in args), notes
+
+
+def _quote(arg: str) -> str:
+    return f"'{arg}'" if any(c in arg for c in "{}*?[]$ ") and not arg.startswith("python -m") else arg
+
+
 def build_parser() -> Parser:
     p = Parser("scan", prog="python -m segprep.scan", description=__doc__.split("\n")[0], epilog=examples(__doc__))
-    p.add_argument("--input_dir", required=True, help="Pascal VOC root, local or gs://")
-    p.add_argument("--splits", help="comma list of ImageSets/Segmentation lists (default: every list there)")
-    p.add_argument("--palette", help="palette JSON to compare against (default: Pascal VOC)")
+    p.add_argument("--input_dir", required=True, help="dataset root, local or gs://")
+    pairs.add_flags(p, "pairs")
+    p.add_argument("--splits", help="comma list of the splits to scan (default: every split found that has masks)")
+    p.add_argument("--palette", help=f"palette to compare against: a shipped name ({', '.join(PALETTES)}) or a "
+                                     "palette JSON file (default: voc)")
     p.add_argument("--write_palette", metavar="FILE",
                    help="write the class colours found as a palette JSON for prepare --palette (local or gs://)")
     p.add_argument("--tolerance", type=cli.number(0.0, lookup.MAX_TOLERANCE, low_open=True),
@@ -305,14 +402,18 @@ def run(argv: list[str] | None = None) -> int:
     except (OSError, PaletteError) as e:
         raise UsageError(f"--palette {args.palette}: {e}") from None
     root = args.input_dir.rstrip("/")
+    spec = pairs.spec_from_args(args)
     try:
-        lists = dataset.read_splits(root, args.splits, args.limit)
-    except dataset.DatasetError as e:
+        listing = pairs.find(root, spec, args.splits, args.limit)
+    except pairs.LayoutError as e:
         raise UsageError(str(e)) from None
+    for split, why in listing.skipped.items():
+        print(f"scan: split {split} left out: {why}", file=sys.stderr)
     started = time.time()
-    scans = _scan_all(root, lists, args.jobs)
+    scans = _scan_all(root, listing, args.jobs, palette.max_index)
     name = args.palette or "Pascal VOC"
-    print("\n".join(report(scans, lists, palette, name, args.tolerance, time.time() - started, args.all)))
+    print("\n".join(report(scans, listing.splits, palette, name, args.tolerance, time.time() - started, args.all)))
+    command, notes = prepare_command(root, spec, listing, args.palette, scans, args.tolerance, args.splits)
     if args.write_palette:
         colors, indices = aggregate(scans, False), aggregate(scans, True)
         classify(colors, args.tolerance)
@@ -320,7 +421,14 @@ def run(argv: list[str] | None = None) -> int:
         storage.write_bytes(args.write_palette, (json.dumps(written, indent=1) + "\n").encode())
         print(f"scan: wrote {args.write_palette}: {len(written['names'])} classes"
               + (f", {len(written['ignore_colors'])} ignore colour" if written["ignore_colors"] else "")
-              + f"; use it with: python -m pipelines.prepare --input_dir {root} --palette {args.write_palette}")
+              + f"; use it with --palette {args.write_palette}")
+        command = command.replace(f"--palette {args.palette}", "").replace("--palette inria", "").rstrip()
+        command = command.replace(" --runner=DirectRunner", f" --palette {args.write_palette} --runner=DirectRunner")
+        command = " ".join(command.split())
+        notes = [n for n in notes if not n.startswith("--palette")]
+    print("prepare this tree with:\n  " + command)
+    for note in notes:
+        print(f"  ({note})")
     return 0
 
 

@@ -175,6 +175,7 @@ def inria(root: str) -> Archive:
         tiff(f"{root}/train/gt/{image_id}.tif", building, photometric="minisblack", compression="deflate")
         with open(path, "rb") as f:
             a.images[image_id] = codec.decode_image(f.read())
+        assert np.abs(a.images[image_id].astype(int) - rgb).mean() < 3  # JPEG-in-TIFF decodes to RGB, not BGR
         a.classes[image_id] = (building == 255).astype(np.uint8)
     tiff(f"{root}/test/images/bellingham1.tif", smooth_image(rng, 320, 320), photometric="rgb")
     return a
