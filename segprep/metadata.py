@@ -141,6 +141,31 @@ def split(meta: dict, name: str, where: str = "metadata.json") -> dict:
     return meta["splits"][name]
 
 
+def training_split(meta: dict, where: str = "metadata.json") -> str:
+    """The split to train on: "train" when there is one, else the one random-crop split (ADE20K's "training",
+    LoveDA's "Train")."""
+    if "train" in meta["splits"]:
+        return "train"
+    random = [s for s in meta.get("random_crop_splits", []) if s in meta["splits"]]
+    if len(random) == 1:
+        return random[0]
+    raise MetadataError(f"{where}: which split to train on? It has {', '.join(meta['splits']) or 'none'}; pass "
+                        "--train_split NAME.")
+
+
+def validation_split(meta: dict, where: str = "metadata.json") -> str:
+    """The split to validate on: "val" or "validation" when there is one, else the one split that is not a
+    random-crop split (LoveDA's "Val")."""
+    for name in ("val", "validation"):
+        if name in meta["splits"]:
+            return name
+    tiles = [s for s in meta["splits"] if s not in meta.get("random_crop_splits", [])]
+    if len(tiles) == 1:
+        return tiles[0]
+    raise MetadataError(f"{where}: which split to validate on? It has {', '.join(meta['splits']) or 'none'}; pass "
+                        "--val_split NAME (prepare --val_fraction holds one out of a tree without splits).")
+
+
 def shard_paths(meta: dict, data_dir: str, name: str) -> list[str]:
     """The split's shard files, by the names the run recorded (never a glob, which would also match stale
     shards of an earlier run)."""

@@ -215,3 +215,34 @@ def test_every_readme_command_parses_as_prepare_flags(heading):
     args, beam_args = prepare.build_parser().parse_known_args(readme_command(heading))
     assert beam_args == ["--runner=DirectRunner"]
     assert args.palette in (None, "cityscapes", "ade20k", "loveda", "potsdam", "inria", "deepglobe")
+
+
+def test_the_chain_follows_the_archives_split_names_and_bands(tmp_path, capsys):
+    """train, evaluate and predict on prepare's output of a tree whose splits are 'Train'/'Val' and whose images
+    are 4-band TIFFs: the trainer picks the splits from metadata.json, and predict reads new 4-band tiles with the
+    bands the run was prepared with."""
+    from trainer import evaluate, predict, train
+
+    root, out = str(tmp_path / "LoveDA"), str(tmp_path / "records")
+    archives.loveda(root)
+    assert prepare.run(with_dirs(readme_command("LoveDA"), root, out) + ["--crop_size", "64"]) == 0
+    run_dir = str(tmp_path / "run")
+    train.run(["--data_dir", out, "--model_dir", run_dir, "--epochs", "1", "--batch_size", "4", "--width", "8"])
+    printed = capsys.readouterr().out
+    assert " Train / " in printed and " Val crops" in printed
+    assert evaluate.main(["--model_dir", run_dir]) == 0
+    assert os.path.exists(os.path.join(run_dir, "eval-Val.json"))
+
+    p = archives.potsdam(str(tmp_path / "potsdam"))
+    out = str(tmp_path / "irrg")
+    assert prepare.run(with_dirs(readme_command("ISPRS Potsdam"), p.root, out)
+                       + ["--images", "4_Ortho_RGBIR/top_potsdam_{id}_RGBIR.tif", "--bands", "4,1,2",
+                          "--crop_size", "64"]) == 0
+    run_dir = str(tmp_path / "run4")
+    train.run(["--data_dir", out, "--model_dir", run_dir, "--epochs", "1", "--batch_size", "4", "--width", "8"])
+    with open(os.path.join(run_dir, "segprep.json")) as f:
+        assert json.load(f)["bands"] == [4, 1, 2]
+    tile = os.path.join(p.root, "4_Ortho_RGBIR", "top_potsdam_2_10_RGBIR.tif")
+    preds = str(tmp_path / "preds")
+    assert predict.main(["--model_dir", run_dir, "--input", tile, "--output_dir", preds]) == 0
+    assert sorted(os.listdir(preds)) == ["top_potsdam_2_10_RGBIR.png", "top_potsdam_2_10_RGBIR_overlay.jpg"]

@@ -59,7 +59,8 @@ def build_parser() -> Parser:
     p.add_argument("--model_dir", default="runs/latest",
                    help="a finished training run, local or gs:// (default: %(default)s)")
     p.add_argument("--data_dir", help="prepare's output dir, local or gs:// (default: the one the run trained on)")
-    p.add_argument("--split", default="val", help="which split of --data_dir to score (default: %(default)s)")
+    p.add_argument("--split", help="which split of --data_dir to score (default: val or validation, else the one "
+                                   "split of tiles)")
     p.add_argument("--batch_size", type=cli.integer(1), default=8,
                    help="crops per prediction step; only speed and memory depend on it (default: %(default)s)")
     p.add_argument("--output", default="main",
@@ -74,6 +75,7 @@ def run(argv: list[str] | None = None) -> dict:
     data_dir = args.data_dir or info["data_dir"]
     try:
         meta = load_metadata(data_dir)
+        args.split = args.split or md.validation_split(meta)
         md.split(meta, args.split)
     except (DataError, md.MetadataError) as e:
         raise UsageError(str(e)) from None

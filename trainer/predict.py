@@ -31,7 +31,7 @@ from trainer import lazy
 from trainer.lazy import keras, tf
 from trainer.normalization import Normalization
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
 
 class Predictor:
@@ -174,7 +174,7 @@ def list_inputs(spec: str, split: str | None) -> list[tuple[str, str]]:
             return [(i, layout.image_path(spec, i)) for i in ids]
         names = sorted(n for n in common.listdir(spec) if n.lower().endswith(IMAGE_EXTS))
         if not names:
-            raise UsageError(f"--input {spec} holds no .jpg/.jpeg/.png images.")
+            raise UsageError(f"--input {spec} holds no .jpg/.jpeg/.png/.tif images.")
         return [(os.path.splitext(n)[0], f"{spec.rstrip('/')}/{n}") for n in names]
     if common.exists(spec):
         return [(os.path.splitext(os.path.basename(spec))[0], spec)]
@@ -216,9 +216,12 @@ def run(argv: list[str] | None = None) -> int:
     bar = Progress("predict", len(inputs), "images")
     failed = pixels = 0
     last = None
+    info = predictor.info  # the run's prepare made 8-bit RGB this way: new images are read the same way
+    bands = tuple(info["bands"]) if info.get("bands") else None
+    value_range = tuple(info["image_range"]) if info.get("image_range") else None
     for name, path in inputs:
         try:
-            image = codec.decode_image(common.read_bytes(path))
+            image = codec.decode_image(common.read_bytes(path), bands, value_range)
         except (codec.DecodeError, OSError, tf.errors.OpError) as e:
             bar.close()
             print(f"predict: {path}: {e}", file=sys.stderr)

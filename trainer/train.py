@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aug_rotate", type=cli.number(0.0, 180.0), default=15.0,
                    help="max random rotation in degrees, 0 to disable (default: %(default)s)")
     p.add_argument("--no_flip", action="store_true", help="turn off random left-right flips")
+    p.add_argument("--train_split", help="the split of --data_dir to train on (default: train, else the one split "
+                                         "prepare cut random crops from: training, Train, ...)")
+    p.add_argument("--val_split", help="the split to validate on (default: val or validation, else the one split "
+                                       "of tiles)")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in a --model_dir holding a run: its model, log, TensorBoard logs, backup and "
                         "eval-*.json are deleted first")
@@ -211,6 +215,9 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
                     "ignore_colors": meta.get("ignore_colors", []), "num_classes": num_classes,
                     "crop_size": meta["crop_size"], "normalization": cfg.normalization.to_json(meta),
                     "rgb_mean": meta["rgb_mean"], "rgb_std": meta["rgb_std"], "data_dir": data_dir,
+                    # how prepare made 8-bit RGB of the source images: predict reads new images the same way
+                    "bands": meta.get("flags", {}).get("bands"),
+                    "image_range": meta.get("flags", {}).get("image_range"),
                     "config": dataclasses.asdict(cfg), "strategy": placement.describe()}
             with tf.io.gfile.GFile(f"{model_dir}/segprep.json", "w") as f:
                 f.write(json.dumps(info, indent=1, default=str))
@@ -305,6 +312,9 @@ def _copy_tree(src: str, dst: str) -> None:
 
 def _default_model_dir(args: argparse.Namespace) -> str:
     keys = {k: v for k, v in vars(args).items() if k not in ("model_dir", "overwrite", "verbose")}
+    for name, default in (("train_split", "train"), ("val_split", "val")):  # added later: old names keep their hash
+        if keys.get(name) in (None, default):
+            keys.pop(name, None)
     digest = hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
     name = os.path.basename(args.data_dir.rstrip("/")) or "data"
     return os.path.join(RUNS, f"{name}-{digest}")
@@ -336,8 +346,10 @@ def run(argv: list[str] | None = None) -> loop.History:
         scale = (lo, hi)
     try:
         meta = load_metadata(args.data_dir)
-        md.split(meta, "train")
-        md.split(meta, "val")
+        args.train_split = args.train_split or md.training_split(meta)
+        args.val_split = args.val_split or md.validation_split(meta)
+        md.split(meta, args.train_split)
+        md.split(meta, args.val_split)
     except (DataError, md.MetadataError) as e:
         raise UsageError(str(e)) from None
     _loss_weights(args.loss_weights, list(ARCH_OUTPUTS[args.arch]))  # checked before TensorFlow is imported
@@ -363,7 +375,8 @@ def _train(args, meta: dict, model_dir: str, placement: distribute.Placement, po
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
                       warmup_steps=args.warmup_steps, seed=args.seed,
                       augment=Augment(flip=not args.no_flip, scale=scale, rotate_degrees=args.aug_rotate),
-                      normalization=Normalization(args.normalization), class_weights=args.class_weights)
+                      normalization=Normalization(args.normalization), class_weights=args.class_weights,
+                      train_split=args.train_split, val_split=args.val_split)
     with placement.strategy.scope():
         model = model_lib.build_model(int(meta["num_classes"]), int(meta["crop_size"]), args.width, args.arch,
                                       *cfg.normalization.mean_std(meta))
@@ -372,7 +385,8 @@ def _train(args, meta: dict, model_dir: str, placement: distribute.Placement, po
     print(f"train: {placement.describe()}{precision}; global batch {args.batch_size * placement.replicas} "
           f"({args.batch_size} per replica), peak lr {args.lr * placement.replicas:g}; {model.name}, "
           f"{model.count_params():,} parameters, outputs {', '.join(model.output_names)}; "
-          f"{md.split(meta, 'train')['records']} train / {md.split(meta, 'val')['records']} val crops → {model_dir}",
+          f"{md.split(meta, cfg.train_split)['records']} {cfg.train_split} / "
+          f"{md.split(meta, cfg.val_split)['records']} {cfg.val_split} crops → {model_dir}",
           flush=True)
     started = time.time()
     history = fit(model, args.data_dir, model_dir, cfg, meta, placement=placement)
