@@ -506,7 +506,9 @@ def _pair_listed(root: str, images: Pattern, masks: Pattern) -> list[tuple[str |
     for (split, stars, image_id), rel in mask_files.items():
         if (split, stars, image_id) not in used:
             want = images.format(image_id, split, stars)
-            qualified = "/".join(stars + (image_id,)) if stars else image_id
+            clash = seen.get((split, image_id), 0) if mask_split else sum(
+                n for (_, i), n in seen.items() if i == image_id)
+            qualified = "/".join(stars + (image_id,)) if stars and clash else image_id
             out.append((split, Pair(split or "", qualified, None, rel, "missing_image",
                                     f"no image for mask {rel}: looked for {want}")))
     return out

@@ -180,3 +180,124 @@ def test_low_bit_palette_masks_expand_to_their_colours(bits):
     m, kind = codec.decode_mask(data)
     assert kind == "palette"
     np.testing.assert_array_equal(m, colors[idx])
+
+
+# TIFF (tifffile + imagecodecs), multi-band and wide images
+
+
+def _tiff(array, **kwargs) -> bytes:
+    import io
+
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, array, **kwargs)
+    return buf.getvalue()
+
+
+def _rgb(h=70, w=90):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([yy * 3 % 256, xx * 2 % 256, (yy + xx) % 256], -1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("compression", [None, "deflate", "lzw", "zstd"])
+@pytest.mark.parametrize("tile", [None, (32, 32)])
+@pytest.mark.parametrize("planar", ["contig", "separate"])
+def test_tiff_images_decode_exactly_in_every_storage(compression, tile, planar):
+    rgb = _rgb()
+    data = _tiff(rgb if planar == "contig" else np.moveaxis(rgb, -1, 0), photometric="rgb", compression=compression,
+                 tile=tile, planarconfig=planar)
+    assert codec.sniff(data) == "tiff"
+    np.testing.assert_array_equal(codec.decode_image(data), rgb)
+
+
+def test_jpeg_compressed_tiff_decodes_to_rgb_not_bgr():
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    out = codec.decode_image(_tiff(rgb, photometric="rgb", compression="jpeg", tile=(32, 32)))
+    assert np.abs(out.astype(int) - rgb).max() <= 3
+
+
+def test_tiff_bands_alpha_grey_and_the_errors_that_name_them():
+    rgb = _rgb()
+    ir = np.full(rgb.shape[:2], 77, np.uint8)
+    rgbir = np.dstack([rgb, ir])
+    four = _tiff(rgbir, photometric="rgb", extrasamples=["unspecified"])
+    with pytest.raises(codec.DecodeError, match="image has 4 bands .*--bands") as e:
+        codec.decode_image(four)
+    assert e.value.reason == "needs_bands"
+    np.testing.assert_array_equal(codec.decode_image(four, bands=(4, 1, 2)), rgbir[..., [3, 0, 1]])
+    with pytest.raises(codec.DecodeError, match="image has 4 bands; --bands asks for band 5"):
+        codec.decode_image(four, bands=(5, 1, 2))
+    rgba = _tiff(rgbir, photometric="rgb", extrasamples=["unassalpha"])
+    np.testing.assert_array_equal(codec.decode_image(rgba), rgb)  # an alpha band is dropped, never a colour
+    grey = _tiff(ir, photometric="minisblack")
+    np.testing.assert_array_equal(codec.decode_image(grey), np.dstack([ir] * 3))
+    np.testing.assert_array_equal(codec.decode_image(four, bands=(4,)), np.dstack([ir] * 3))
+
+
+def test_16_bit_and_float_images_need_a_range_and_map_linearly():
+    values = (np.arange(60 * 80).reshape(60, 80, 1) % 4096).astype(np.uint16) * np.ones(3, np.uint16)
+    data = _tiff(values, photometric="rgb", compression="deflate")
+    with pytest.raises(codec.DecodeError, match=r"16-bit image with values 0\.\.4095: .*--image_range 0,4095") as e:
+        codec.decode_image(data)
+    assert e.value.reason == "needs_image_range"
+    out = codec.decode_image(data, value_range=(0, 4095))
+    np.testing.assert_array_equal(out, np.rint(values / 4095 * 255).astype(np.uint8))
+    clipped = codec.decode_image(data, value_range=(1000, 2000))
+    assert clipped[values == 0].max() == 0 and clipped[values == 4095].min() == 255
+    floats = _tiff(np.linspace(-1, 1, 50 * 40, dtype=np.float32).reshape(50, 40), photometric="minisblack")
+    with pytest.raises(codec.DecodeError, match="32-bit floating-point image with values -1..1"):
+        codec.decode_image(floats)
+    assert codec.decode_image(floats, value_range=(-1, 1))[-1, -1, 0] == 255
+    png16 = cv2.imencode(".png", values[..., ::-1].copy())[1].tobytes()  # a 16-bit PNG photo: the same rules
+    with pytest.raises(codec.DecodeError, match="16-bit image"):
+        codec.decode_image(png16)
+    np.testing.assert_array_equal(codec.decode_image(png16, value_range=(0, 4095)), out)
+
+
+def test_truncated_and_garbage_tiffs_are_errors():
+    data = _tiff(_rgb(), photometric="rgb", compression="deflate", tile=(32, 32))
+    with pytest.raises(codec.DecodeError, match="truncated TIFF"):
+        codec.decode_image(data[:-200])
+    with pytest.raises(codec.DecodeError, match="corrupt TIFF"):
+        codec.decode_image(b"II*\x00" + b"\xff" * 40)
+
+
+def test_tiff_masks_colour_index_palette_bilevel_and_wide():
+    classes = (np.arange(40 * 30).reshape(30, 40) % 5).astype(np.uint8)
+    m, kind = codec.decode_mask(_tiff(classes, photometric="minisblack", compression="lzw"))
+    assert kind == "index" and m.dtype == np.uint8
+    np.testing.assert_array_equal(m, classes)
+    colors = VOC.color_array()
+    m, kind = codec.decode_mask(_tiff(colors[classes], photometric="rgb", compression="deflate"))
+    assert kind == "color"
+    np.testing.assert_array_equal(m, colors[classes])
+    cmap = np.zeros((3, 256), np.uint16)
+    cmap[:, :21] = VOC.color_array()[:21].T.astype(np.uint16) * 257
+    m, kind = codec.decode_mask(_tiff(classes, photometric="palette", colormap=cmap))
+    assert kind == "palette"  # a palette TIFF expands to its colours, never read as grey values
+    np.testing.assert_array_equal(m, colors[classes])
+    m, kind = codec.decode_mask(_tiff(classes.astype(bool), photometric="minisblack"))
+    assert kind == "index" and set(np.unique(m)) == {0, 1}
+    wide = classes.astype(np.uint16) * 1000
+    with pytest.raises(codec.DecodeError, match="values above 255"):
+        codec.decode_mask(_tiff(wide, photometric="minisblack"))
+    m, _ = codec.decode_mask(_tiff(wide, photometric="minisblack"), max_value=65535)
+    assert m.dtype == np.uint16 and m.max() == 4000
+    with pytest.raises(codec.DecodeError, match="floating-point mask"):
+        codec.decode_mask(_tiff(classes.astype(np.float32), photometric="minisblack"))
+
+
+def test_probe_reads_headers_only():
+    import io
+
+    tif = _tiff(np.zeros((4, 50, 60), np.uint16), photometric="minisblack", planarconfig="separate", tile=(16, 16),
+                compression="lzw")
+    info = codec.probe(io.BytesIO(tif))
+    assert (info.width, info.height, info.bands, info.bits) == (60, 50, 4, "16-bit")
+    assert info.label == "TIFF 4-band 16-bit tiled lzw"
+    jpeg = codec.encode_image(_rgb(33, 44), "jpeg")
+    assert codec.probe(io.BytesIO(jpeg)).label == "JPEG 3-band 8-bit"
+    info = codec.probe(io.BytesIO(codec.encode_palette_png(np.zeros((5, 7), np.uint8), VOC.color_array()[:2])))
+    assert (info.width, info.height, info.label) == (7, 5, "PNG palette 8-bit")

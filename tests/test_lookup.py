@@ -202,3 +202,36 @@ def test_nearest_refuses_a_palette_too_big_to_index_and_error_mode_still_works()
         ConvertConfig(palette=big, unknown_colors="nearest")
     with pytest.raises(lookup.UnknownColorsError, match="off the palette"):
         lookup.convert_mask(np.full((4, 4, 3), (0, 9, 9), np.uint8), big)
+
+
+def test_index_map_maps_label_ids_and_names_values_it_lacks():
+    from segprep.palette import Palette, shipped
+
+    city = shipped("cityscapes")
+    ids = np.array([[7, 8, 26], [0, 33, 18]], np.uint8)  # road, sidewalk, car / unlabeled, bicycle, polegroup
+    np.testing.assert_array_equal(lookup.convert_mask(ids, city).classes, [[0, 1, 13], [255, 18, 255]])
+    with pytest.raises(lookup.UnknownColorsError, match=r"2 mask pixels .*\(40,\)×2.*index_map has no entry"):
+        lookup.convert_mask(np.array([[40, 40, 7]], np.uint8), city)
+    assert lookup.convert_mask(np.array([[40, 7]], np.uint8), city, "ignore").classes.tolist() == [[255, 0]]
+    wide = Palette(("a", "b"), ((0, 0, 0), (9, 9, 9)), index_map=((1000, 0), (40000, 1), (0, 255)))
+    mask = np.array([[1000, 40000, 0]], np.uint16)
+    assert lookup.convert_mask(mask, wide).classes.tolist() == [[0, 1, 255]]
+
+
+def test_palette_files_with_index_maps_and_shared_colours():
+    from segprep.palette import PALETTES, Palette, PaletteError, shipped
+
+    for name in PALETTES:  # every shipped palette loads, and its map only names its classes
+        p = shipped(name)
+        assert all(t < p.num_classes or t == 255 for _, t in p.index_map)
+    ade = shipped("ade20k")
+    assert ade.num_classes == 150 and dict(ade.index_map)[0] == 255 and dict(ade.index_map)[150] == 149
+    assert ade.shared_color is not None  # road and skyscraper share a colour in ADE20K's own map
+    p = Palette.from_json({"names": ["x", "y"], "colors": [[0, 0, 0], [1, 1, 1]], "index_map": {"0": 0, "255": 1}})
+    assert Palette.from_json(p.to_json()) == p
+    with pytest.raises(PaletteError, match="maps 3 to 7"):
+        Palette.from_json({"names": ["x"], "colors": [[0, 0, 0]], "index_map": {"3": 7}})
+    with pytest.raises(PaletteError, match='keys must be mask values such as "7"'):
+        Palette.from_json({"names": ["x"], "colors": [[0, 0, 0]], "index_map": {"road": 0}})
+    with pytest.raises(PaletteError, match="used by both"):  # without a map, colours must be unique
+        Palette.from_json({"names": ["x", "y"], "colors": [[0, 0, 0], [0, 0, 0]]})
