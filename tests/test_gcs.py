@@ -149,3 +149,28 @@ def test_train_predict_and_evaluate_with_shards_and_run_dir_on_gcs(gcs, tf_env, 
     evaluated = cli("trainer.evaluate", "--model_dir", run)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "mIoU" in evaluated.stdout and "eval-val.json" in _objects(run)
+
+
+def test_a_pattern_layout_on_gcs_is_listed_once_a_pattern_and_prepared(gcs, tmp_path, monkeypatch):
+    import archives
+    from apache_beam.io.filesystems import FileSystems
+
+    from segprep import pairs
+
+    a = archives.cityscapes(str(tmp_path / "cityscapes"))
+    upload(a.root, f"{gcs}/cityscapes")
+    listings = []
+    real = pairs.storage.match
+    monkeypatch.setattr(pairs.storage, "match", lambda pattern: (listings.append(pattern), real(pattern))[1])
+    out = f"{gcs}/records"
+    assert prepare.run(["--input_dir", f"{gcs}/cityscapes", "--output_dir", out, "--palette", "cityscapes",
+                        "--images", "leftImg8bit/{split}/*/{id}_leftImg8bit.png",
+                        "--masks", "gtFine/{split}/*/{id}_gtFine_labelIds.png", "--splits", "train,val",
+                        "--crop_size", "64", "--crops_per_image", "2", "--runner=DirectRunner"]) == 0
+    inputs = [p for p in listings if p.startswith(f"{gcs}/cityscapes/")]
+    assert inputs == [f"{gcs}/cityscapes/gtFine/*/*/*_gtFine_labelIds.png",
+                      f"{gcs}/cityscapes/leftImg8bit/*/*/*_leftImg8bit.png"]  # one listing of each prefix
+    meta = json.loads(FileSystems.open(f"{out}/metadata.json").read())
+    assert meta["splits"]["train"]["images_used"] == 4 and meta["splits"]["val"]["images_used"] == 2
+    assert meta["splits"]["train"]["records"] == 8
+    assert not [p for p in _objects(out) if ".segprep-tmp-" in p]  # the pairs file went with the temp dir
