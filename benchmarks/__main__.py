@@ -11,17 +11,18 @@
     ./dev bench distribute      # (i) training steps/s: one device vs mirrored over 2 logical devices
     ./dev bench scan            # (j) segprep.scan on 1,000 masks, 1 worker vs every core
     ./dev bench onednn          # (l) training steps/s with TensorFlow's oneDNN operations on and off
+    ./dev bench formats         # (m) prepare on 5000² tiles: JPEG vs TIFF storages; listing 10,000 files by pattern
 """
 
 import sys
 
-from benchmarks import (bench_distribute, bench_lookup, bench_masks, bench_memory, bench_onednn, bench_predict,
-                        bench_prepare, bench_scan, bench_train)
+from benchmarks import (bench_distribute, bench_formats, bench_lookup, bench_masks, bench_memory, bench_onednn,
+                        bench_predict, bench_prepare, bench_scan, bench_train)
 
 ALL = {"lookup": bench_lookup.main, "prepare": bench_prepare.main, "memory": bench_memory.main,
        "input": lambda: bench_train.main(("input",)), "train": bench_train.main, "masks": bench_masks.main,
        "predict": bench_predict.main, "distribute": bench_distribute.main,
-       "scan": bench_scan.main, "onednn": bench_onednn.main}
+       "scan": bench_scan.main, "onednn": bench_onednn.main, "formats": bench_formats.main}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or [n for n in ALL if n != "input"]
