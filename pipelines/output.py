@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 
 from segprep import layout, metadata, storage
@@ -55,9 +56,7 @@ SPILL_DIR = "spill"  # a local run's spill files: OUT/.segprep-tmp-RUN/spill/
 def clear(paths: list[str]) -> None:
     """Deletes `paths`, then the temp dirs they leave empty (local ones; an object store has no folders)."""
     if paths:
-        from apache_beam.io.filesystems import FileSystems
-
-        FileSystems.delete(paths)
+        storage.remove(paths)
     folders = set()
     for p in paths:
         if storage.is_remote(p):
@@ -93,12 +92,8 @@ def write_errors(run: RunSpec, errors: list) -> dict[str, int]:
 def split_shards(run: RunSpec, shards: list) -> dict[str, list[metadata.Shard]]:
     """Every shard of every split, in order: the written ones and, for shard numbers that got no crops, empty
     files made here, so each split has exactly its `-of-N` count of files. Moves them all into OUT."""
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
     present = {storage.basename(p) for p in storage.match(layout.join(run.temp_dir, "*"))}
     final = {storage.basename(p) for p in storage.match(layout.join(run.output_dir, "*")) if layout.is_shard(p)}
-    compression = CompressionTypes.GZIP if run.compressed else CompressionTypes.UNCOMPRESSED
     result, moves = {}, []
     for split in run.splits:
         written = {r.shard: r for r in shards if r.split == split}
@@ -113,7 +108,7 @@ def split_shards(run: RunSpec, shards: list) -> dict[str, list[metadata.Shard]]:
                 result[split].append(metadata.Shard(name, written[i].records, written[i].bytes))
             else:
                 if name not in present and name not in final:
-                    FileSystems.create(layout.join(run.temp_dir, name), compression_type=compression).close()
+                    storage.create(layout.join(run.temp_dir, name), gzip=run.compressed).close()
                     present.add(name)
                 result[split].append(metadata.Shard(name, 0, 0))
             if name in present:
@@ -121,20 +116,16 @@ def split_shards(run: RunSpec, shards: list) -> dict[str, list[metadata.Shard]]:
             elif name not in final:  # neither in the temp dir nor in place: lost, and nothing can bring it back
                 raise RuntimeError(f"shard {name} is neither in {run.temp_dir} nor in {run.output_dir}")
     if moves:
-        FileSystems.rename([m[0] for m in moves], [m[1] for m in moves])
+        storage.rename([m[0] for m in moves], [m[1] for m in moves])
     return result
 
 
 def remove_temp_dir(run: RunSpec) -> None:
-    from apache_beam.io.filesystems import FileSystems
-
     leftovers = storage.match(layout.join(run.temp_dir, "*"))
     if leftovers:
-        FileSystems.delete(leftovers)
-    try:
-        FileSystems.delete([run.temp_dir])
-    except Exception:  # noqa: BLE001 - already gone, or an object store with no folders to delete
-        pass
+        storage.remove(leftovers)
+    if not storage.is_remote(run.temp_dir) and os.path.isdir(run.temp_dir):  # an object store has no folders
+        shutil.rmtree(run.temp_dir, ignore_errors=True)  # our own .segprep-tmp-RUN (and its spill/)
 
 
 def finalize(run: RunSpec, shards: list, stats: list, errors: list) -> dict:

@@ -253,7 +253,7 @@ def plan(argv: list[str] | None = None) -> Job:
     args, beam_args = build_parser().parse_known_args(argv)
     started = time.time()
     try:
-        palette = load_palette(args.palette, read_bytes if args.palette and storage.is_remote(args.palette) else None)
+        palette = load_palette(args.palette)
     except (OSError, PaletteError) as e:
         raise UsageError(f"--palette {args.palette}: {e}") from None
     try:

@@ -24,8 +24,6 @@ import uuid
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
@@ -351,9 +349,8 @@ def write_shard(temp_dir: str, compressed: bool, split: str, shard: int, num_sha
     them in the Beam metrics. Both shuffle paths end here."""
     name = layout.shard_name(split, shard, num_shards, compressed)
     path = layout.join(temp_dir, name)
-    compression = CompressionTypes.GZIP if compressed else CompressionTypes.UNCOMPRESSED
     count = size = 0
-    with FileSystems.create(path, compression_type=compression) as f:
+    with storage.create(path, gzip=compressed) as f:
         for data in records:
             _TFRecordUtil.write_record(f, data)
             count += 1

@@ -221,8 +221,7 @@ def run(argv: list[str] | None = None) -> int:
     problems = 0
     if not storage.exists(layout.metadata_path(source)):
         try:
-            palette = load_palette(args.palette, storage.read_bytes if args.palette and
-                                   storage.is_remote(args.palette) else None)
+            palette = load_palette(args.palette)
         except (OSError, PaletteError) as e:
             raise UsageError(f"--palette {args.palette}: {e}") from None
         samples, title, pixels, problems = from_dataset(source, pairs.spec_from_args(args), args.split, args.count,

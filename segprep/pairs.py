@@ -29,6 +29,7 @@ error record (`bad_id`), never a read outside --input_dir.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -96,6 +97,10 @@ class Pattern:
         return "*" in self.text or "{id}" in self.text or "{split}" in self.text
 
     def regex(self) -> re.Pattern:
+        return self._regex
+
+    @functools.cached_property
+    def _regex(self) -> re.Pattern:
         parts, star = [], 0
         pos = 0
         for m in _FIELD.finditer(self.text):
@@ -110,7 +115,7 @@ class Pattern:
         return re.compile("".join(parts) + r"\Z")
 
     def match(self, rel: str) -> Match | None:
-        m = self.regex().match(rel)
+        m = self._regex.match(rel)
         if m is None:
             return None
         groups = m.groupdict()
@@ -476,6 +481,7 @@ def _pair_listed(root: str, images: Pattern, masks: Pattern) -> list[tuple[str |
     """Every image and every mask the patterns list, paired: [(split or None, Pair)], unpaired ones as errors.
     Ids that repeat within a split (the same {id} under different * values) are qualified with their * values."""
     mask_split = masks.has_split
+    k = masks.stars
     mask_files = {}
     for rel in list_files(root, masks):
         m = masks.match(rel)
@@ -484,7 +490,7 @@ def _pair_listed(root: str, images: Pattern, masks: Pattern) -> list[tuple[str |
     found = []
     for rel in list_files(root, images):
         m = images.match(rel)
-        key = (m.split if mask_split else None, m.stars[:masks.stars], m.image_id)
+        key = (m.split if mask_split else None, m.stars[:k], m.image_id)
         mask = mask_files.get(key)
         found.append((m, rel, mask))
         if mask is not None:
@@ -498,7 +504,7 @@ def _pair_listed(root: str, images: Pattern, masks: Pattern) -> list[tuple[str |
         if seen[(m.split, image_id)] > 1 and m.stars:
             image_id = "/".join(m.stars + (image_id,))
         if mask is None:
-            want = masks.format(m.image_id, m.split, m.stars[:masks.stars])
+            want = masks.format(m.image_id, m.split, m.stars[:k])
             out.append((m.split, Pair(m.split or "", image_id, rel, None, "missing_mask",
                                       f"no mask for image {rel}: looked for {want}")))
         else:

@@ -177,20 +177,18 @@ def shipped(name: str) -> Palette:
         return Palette.from_json(json.loads(f.read()))
 
 
-def load_palette(spec: str | None, read_bytes=None) -> Palette:
-    """`None` → the VOC palette; a name of `PALETTES` → that shipped palette; otherwise a JSON file path (read with
-    `read_bytes`, so gs:// works)."""
+def load_palette(spec: str | None) -> Palette:
+    """`None` → the VOC palette; a name of `PALETTES` → that shipped palette; otherwise a JSON file, local or
+    gs://."""
+    from segprep import storage
+
     if spec in (None, ""):
         return VOC
     if spec in PALETTES:
         return shipped(spec)
-    if read_bytes is None:
-        if not os.path.exists(spec) and "/" not in spec and not spec.endswith(".json"):
-            raise PaletteError(f"no palette named {spec!r} (shipped: {', '.join(PALETTES)}) and no such file.")
-        with open(spec, "rb") as f:
-            data = f.read()
-    else:
-        data = read_bytes(spec)
+    if not storage.is_remote(spec) and not os.path.exists(spec) and "/" not in spec and not spec.endswith(".json"):
+        raise PaletteError(f"no palette named {spec!r} (shipped: {', '.join(PALETTES)}) and no such file.")
+    data = storage.read_bytes(spec)
     try:
         obj = json.loads(data)
     except json.JSONDecodeError as e:

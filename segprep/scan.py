@@ -397,8 +397,7 @@ def build_parser() -> Parser:
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        palette = load_palette(args.palette, storage.read_bytes if args.palette and storage.is_remote(args.palette)
-                               else None)
+        palette = load_palette(args.palette)
     except (OSError, PaletteError) as e:
         raise UsageError(f"--palette {args.palette}: {e}") from None
     root = args.input_dir.rstrip("/")

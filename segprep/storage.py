@@ -1,16 +1,27 @@
-"""Files on local disks and gs:// alike. Local paths go through the standard library; anything with a scheme
-(gs://, s3://, ...) goes through Beam's FileSystems, which Dataflow workers have anyway.
+"""Every file segprep reads or writes, local or remote (gs://, s3://, ...), goes through here: the one file layer.
 
-Beam is imported only for remote paths, so the commands answer --help, usage mistakes and local work without
-paying for its import (about a second).
+Which backend serves which path:
+- local paths: the standard library, for every command. No Beam or TensorFlow import, so --help, usage mistakes
+  and local work answer at once; Beam's local matching rules are kept (files only, `*` matches dotfiles).
+- remote paths, in prepare and the dataset tools (scan, verify, inspect): Beam's FileSystems. Dataflow workers
+  have it, it needs no TensorFlow, and one `match` is one listing of the prefix before the first wildcard.
+- remote paths, in the trainer (train, predict, evaluate): TensorFlow's tf.io.gfile, the GCS client tf.data reads
+  the shards with (its credentials, retries and TLS settings). The trainer calls the same functions on
+  `storage.TENSORFLOW` (trainer/common.py's `files`); the module-level functions are `storage.BEAM`'s. The choice
+  is per caller, never a process-wide switch, so one process may run both.
+- shard files (`create`): Beam's FileSystems on every path, so that gzip-compressed shards are the same bytes
+  wherever they are written.
+
+Errors of a remote backend are not turned into "absent": an unreachable bucket raises, it is never read as empty.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import glob
+import glob as glob_
 import gzip as gzip_
 import os
+import shutil
 
 
 def _fs():
@@ -19,51 +30,170 @@ def _fs():
     return FileSystems
 
 
+def _tensorflow_gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
 def is_remote(path: str) -> bool:
     return "://" in path
 
 
-def read_bytes(path: str) -> bytes:
-    if not is_remote(path):
-        with open(path, "rb") as f:
+class Files:
+    """The file functions, with remote paths served by Beam's FileSystems ("beam") or tf.io.gfile
+    ("tensorflow"); local paths always by the standard library."""
+
+    def __init__(self, remote: str, gfile=_tensorflow_gfile):
+        self.remote = remote
+        self._gfile = gfile  # → tf.io.gfile, imported on first use (the trainer passes its quiet import)
+
+    def _tf(self) -> bool:
+        return self.remote == "tensorflow"
+
+    def read_bytes(self, path: str) -> bytes:
+        with self.open_read(path) as f:
             return f.read()
-    from apache_beam.io.filesystem import CompressionTypes
 
-    with _fs().open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return f.read()
+    def open_read(self, path: str, gzip: bool = False):
+        """A binary file object for reading (seekable); `gzip` decompresses on the fly."""
+        if not is_remote(path):
+            return gzip_.open(path, "rb") if gzip else open(path, "rb")
+        if self._tf() and not gzip:
+            return self._gfile().GFile(path, "rb")
+        from apache_beam.io.filesystem import CompressionTypes
 
+        return _fs().open(path, compression_type=CompressionTypes.GZIP if gzip else CompressionTypes.UNCOMPRESSED)
 
-def open_read(path: str, gzip: bool = False):
-    """A binary file object for reading; `gzip` decompresses on the fly."""
-    if not is_remote(path):
-        return gzip_.open(path, "rb") if gzip else open(path, "rb")
-    from apache_beam.io.filesystem import CompressionTypes
+    def open_write(self, path: str):
+        """A binary file object for writing a whole file; local parent folders are made."""
+        if not is_remote(path):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            return open(path, "wb")
+        if self._tf():
+            return self._gfile().GFile(path, "wb")
+        return _fs().create(path)
 
-    return _fs().open(path, compression_type=CompressionTypes.GZIP if gzip else CompressionTypes.UNCOMPRESSED)
-
-
-def write_bytes(path: str, data: bytes) -> None:
-    if not is_remote(path):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "wb") as f:
+    def write_bytes(self, path: str, data: bytes) -> None:
+        with self.open_write(path) as f:
             f.write(data)
-        return
-    with _fs().create(path) as f:
-        f.write(data)
 
+    def write_text(self, path: str, text: str) -> None:
+        self.write_bytes(path, text.encode("utf-8"))
 
-def exists(path: str) -> bool:
-    if not is_remote(path):
-        return os.path.exists(path)
-    try:
+    def create(self, path: str, gzip: bool = False):
+        """A file object for a shard: Beam's FileSystems on every path (see the module docstring)."""
+        from apache_beam.io.filesystem import CompressionTypes
+
+        return _fs().create(path, compression_type=CompressionTypes.GZIP if gzip else CompressionTypes.UNCOMPRESSED)
+
+    def exists(self, path: str) -> bool:
+        """A file or folder (on an object store: an object, or what the backend reports as a folder)."""
+        if not is_remote(path):
+            return os.path.exists(path)
+        if self._tf():
+            return self._gfile().exists(path)
         return _fs().exists(path)
-    except Exception:  # noqa: BLE001 - an unreachable or malformed path does not exist for us
-        return False
 
+    def isdir(self, path: str) -> bool:
+        if not is_remote(path):
+            return os.path.isdir(path)
+        if self._tf():
+            return self._gfile().isdir(path)
+        return bool(_fs().match([path.rstrip("/") + "/*"], limits=[1])[0].metadata_list)
 
-def match(pattern: str) -> list[str]:
-    """Paths matching a glob, sorted; an absent folder matches nothing."""
-    return sorted(sizes(pattern))
+    def listdir(self, path: str) -> list[str]:
+        """Names in a folder (files and folders, without a trailing '/')."""
+        if not is_remote(path):
+            return os.listdir(path)
+        if self._tf():
+            return [name.rstrip("/") for name in self._gfile().listdir(path)]
+        prefix = path.rstrip("/") + "/"
+        return sorted({p[len(prefix):].split("/", 1)[0] for p in self.match(prefix + "**")})
+
+    def makedirs(self, path: str) -> None:
+        """A folder and its parents (nothing to make on an object store but for TensorFlow's bookkeeping)."""
+        if not is_remote(path):
+            os.makedirs(path, exist_ok=True)
+        elif self._tf():
+            self._gfile().makedirs(path)
+
+    def remove(self, paths: list[str]) -> None:
+        """Deletes files."""
+        remote = [p for p in paths if is_remote(p)]
+        for p in paths:
+            if not is_remote(p):
+                os.remove(p)
+        if remote and self._tf():
+            for p in remote:
+                self._gfile().remove(p)
+        elif remote:
+            _fs().delete(remote)
+
+    def rmtree(self, path: str) -> None:
+        """Deletes a folder and everything in it."""
+        if not is_remote(path):
+            shutil.rmtree(path)
+        elif self._tf():
+            self._gfile().rmtree(path)
+        else:
+            found = self.match(path.rstrip("/") + "/**")
+            if found:
+                _fs().delete(found)
+
+    def rename(self, sources: list[str], targets: list[str]) -> None:
+        """Moves files, replacing what is at the targets."""
+        if not any(map(is_remote, sources + targets)):
+            for s, t in zip(sources, targets):
+                os.replace(s, t)
+        elif self._tf():
+            for s, t in zip(sources, targets):
+                self._gfile().rename(s, t, overwrite=True)
+        else:
+            _fs().rename(sources, targets)
+
+    def copy(self, source: str, target: str) -> None:
+        """One file, between any two places, overwriting."""
+        if not is_remote(source) and not is_remote(target):
+            os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+            shutil.copyfile(source, target)
+        elif self._tf():
+            self._gfile().copy(source, target, overwrite=True)
+        else:
+            with self.open_read(source) as src, self.open_write(target) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+
+    def walk(self, top: str):
+        """(folder, subfolders, files) for every folder under `top`, as os.walk gives them (on an object store
+        through Beam: the folders that hold files, without subfolder lists)."""
+        if not is_remote(top):
+            yield from os.walk(top)
+        elif self._tf():
+            yield from self._gfile().walk(top)
+        else:
+            by_folder: dict[str, list[str]] = {}
+            for p in self.match(top.rstrip("/") + "/**"):
+                folder, _, name = p.rpartition("/")
+                by_folder.setdefault(folder, []).append(name)
+            for folder in sorted(by_folder):
+                yield folder, [], sorted(by_folder[folder])
+
+    def match(self, pattern: str) -> list[str]:
+        """Paths of the files matching a glob, sorted; an absent folder matches nothing."""
+        return sorted(self.sizes(pattern))
+
+    def glob(self, pattern: str) -> list[str]:
+        return self.match(pattern)
+
+    def sizes(self, pattern: str) -> dict[str, int]:
+        """{path: size in bytes} of the files (not folders) matching a glob. A remote listing that fails raises:
+        an unreachable bucket is never taken for an empty one."""
+        if not is_remote(pattern):
+            return _local_sizes(pattern)
+        if self._tf():
+            gfile = self._gfile()
+            return {p: gfile.stat(p).length for p in gfile.glob(pattern) if not gfile.isdir(p)}
+        return {m.path: m.size_in_bytes for m in _fs().match([pattern])[0].metadata_list}
 
 
 def _has_magic(text: str) -> bool:
@@ -74,7 +204,7 @@ def _local_sizes(pattern: str) -> dict[str, int]:
     """Beam's local matching, without Beam: files only (no folders), and `*` matches names starting with a dot."""
     head, tail = os.path.split(pattern)
     found = {}
-    for folder in (glob.glob(head) if _has_magic(head) else [head or "."]):
+    for folder in (glob_.glob(head) if _has_magic(head) else [head or "."]):
         if not _has_magic(tail):
             names = [tail]
         else:
@@ -92,15 +222,28 @@ def _local_sizes(pattern: str) -> dict[str, int]:
     return found
 
 
-def sizes(pattern: str) -> dict[str, int]:
-    """{path: size in bytes} of the files (not folders) matching a glob."""
-    if not is_remote(pattern):
-        return _local_sizes(pattern)
-    try:
-        return {m.path: m.size_in_bytes for m in _fs().match([pattern])[0].metadata_list}
-    except Exception:  # noqa: BLE001
-        return {}
-
-
 def basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+BEAM = Files("beam")
+TENSORFLOW = Files("tensorflow")
+
+read_bytes = BEAM.read_bytes
+open_read = BEAM.open_read
+open_write = BEAM.open_write
+write_bytes = BEAM.write_bytes
+write_text = BEAM.write_text
+create = BEAM.create
+exists = BEAM.exists
+isdir = BEAM.isdir
+listdir = BEAM.listdir
+makedirs = BEAM.makedirs
+remove = BEAM.remove
+rmtree = BEAM.rmtree
+rename = BEAM.rename
+copy = BEAM.copy
+walk = BEAM.walk
+match = BEAM.match
+glob = BEAM.glob
+sizes = BEAM.sizes

@@ -271,3 +271,25 @@ def test_num_shards_n_writes_exactly_n_files_per_split_empty_ones_included(voc_t
         assert 0 in per_shard  # fewer crops than shards: some are empty, and still there
 
 
+
+
+@pytest.mark.parametrize("flags, digest", [
+    (["--crop_size", "64", "--crops_per_image", "4", "--num_shards", "2"],
+     "c64af465c667f04a6c50395ed80e3634dff1826d85154a0cbd61e09b04aa3ca2"),
+    (["--crop_size", "64", "--compress", "--num_shards", "3", "--seed", "5", "--image_format", "png"],
+     "92c2e329dafffa0642c0f536bf1a036e3f5d6ac4893040aa09a4d010de66f547"),
+])
+def test_voc_runs_write_the_same_bytes_as_the_release_before_layouts_by_pattern(voc_tree, tmp_path, flags, digest):
+    """The digests were taken from commit 3a9d978 (before --images/--masks, TIFF and index maps) with the pinned
+    codecs of constraints.txt: a VOC tree, the same flags and seed, the same shard names and bytes. A change of
+    OpenCV/libjpeg or zlib would change them too; then re-take them from the older commit, never from this one."""
+    import hashlib
+
+    out = tmp_path / "out"
+    assert run(voc_tree.root, out, *flags) == 0
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(out)):
+        if layout.is_shard(name):
+            h.update(name.encode())
+            h.update((out / name).read_bytes())
+    assert h.hexdigest() == digest

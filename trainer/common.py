@@ -2,7 +2,6 @@
 flags is quick."""
 
 import dataclasses
-import os
 
 from segprep import metadata as md
 from segprep import storage
@@ -40,43 +39,17 @@ def load_metadata(data_dir: str) -> dict:
         raise DataError(str(e)) from None
 
 
-def exists(path: str) -> bool:
-    """A file or folder, local (without TensorFlow) or gs:// (through tf.io.gfile)."""
-    if storage.is_remote(path):
-        from trainer.lazy import tf
+def _gfile():
+    from trainer.lazy import tf  # TensorFlow's quiet import (trainer/lazy.py)
 
-        return tf.io.gfile.exists(path)
-    return storage.exists(path)
+    return tf.io.gfile
 
 
-def isdir(path: str) -> bool:
-    if storage.is_remote(path):
-        from trainer.lazy import tf
-
-        return tf.io.gfile.isdir(path)
-    return os.path.isdir(path)
-
-
-def listdir(path: str) -> list[str]:
-    if storage.is_remote(path):
-        from trainer.lazy import tf
-
-        return [name.rstrip("/") for name in tf.io.gfile.listdir(path)]
-    return os.listdir(path)
-
-
-def read_bytes(path: str) -> bytes:
-    if storage.is_remote(path):
-        from trainer.lazy import tf
-
-        with tf.io.gfile.GFile(path, "rb") as f:
-            return f.read()
-    return storage.read_bytes(path)
-
-
-def glob(pattern: str) -> list[str]:
-    if storage.is_remote(pattern):
-        from trainer.lazy import tf
-
-        return tf.io.gfile.glob(pattern)
-    return storage.match(pattern)
+# The trainer's file access: segprep.storage with remote paths through tf.io.gfile (see segprep/storage.py). Local
+# paths need no TensorFlow, so a wrong local --data_dir is answered before it loads.
+files = storage.Files("tensorflow", gfile=_gfile)
+exists = files.exists
+isdir = files.isdir
+listdir = files.listdir
+read_bytes = files.read_bytes
+glob = files.glob

@@ -13,6 +13,7 @@ import tensorflow as tf
 from segprep import metadata as md
 from segprep import schema
 from segprep.palette import IGNORE_LABEL
+from trainer import common
 from trainer.common import Augment, DataError, load_metadata  # noqa: F401 - re-exported
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -26,7 +27,7 @@ def split_files(meta: dict, data_dir: str, split: str) -> list[str]:
     if files and not md.split(meta, split)["records"]:
         raise DataError(f"Split {split!r} in {data_dir} has no records: every input of it failed or none was listed "
                         f"(see {data_dir.rstrip('/')}/errors/{split}.jsonl).")
-    missing = [f for f in files if not tf.io.gfile.exists(f)]
+    missing = [f for f in files if not common.exists(f)]
     if missing or not files:
         pattern = f"{data_dir.rstrip('/')}/{split}-?????-of-?????.tfrecord*"
         raise DataError(f"No records for split {split!r} at {missing[0] if missing else pattern}: metadata.json "

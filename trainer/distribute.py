@@ -22,6 +22,7 @@ import tempfile
 import tensorflow as tf
 
 from trainer.common import STRATEGIES  # noqa: E402,F401 - re-exported
+from trainer.common import files
 
 
 @dataclasses.dataclass
@@ -56,8 +57,8 @@ class Placement:
         return os.path.join(tempfile.gettempdir(), f"segprep-{digest}-worker{self.worker_index}")
 
     def cleanup(self, path: str) -> None:
-        if not self.is_chief and tf.io.gfile.exists(path):
-            tf.io.gfile.rmtree(path) if tf.io.gfile.isdir(path) else tf.io.gfile.remove(path)
+        if not self.is_chief and files.exists(path):
+            files.rmtree(path) if files.isdir(path) else files.remove([path])
 
     def remove_temp(self, model_dir: str) -> None:
         """Removes this worker's temp dir (nothing for the chief)."""

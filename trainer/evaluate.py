@@ -19,6 +19,7 @@ from segprep import metadata as md
 from segprep import cli
 from segprep.cli import Parser, UsageError, examples
 from segprep.progress import Progress
+from trainer import common
 from trainer.common import DataError, load_metadata
 from trainer.lazy import Lazy, tf
 from trainer.predict import Predictor, read_run_info
@@ -100,8 +101,7 @@ def run(argv: list[str] | None = None) -> dict:
         print(f"{name:16s} {iou:>7s} {row['pixels']:12,d}")
     print(f"{'mIoU':16s} {result['miou']:7.4f}\n{'pixel accuracy':16s} {result['pixel_accuracy']:7.4f}")
     path = f"{args.model_dir.rstrip('/')}/eval-{args.split}.json"
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(json.dumps(result, indent=1))
+    common.files.write_text(path, json.dumps(result, indent=1))
     crops = md.split(meta, args.split)["records"]
     seconds = time.time() - started
     print(f"evaluate: {crops:,} {args.split} crops ({result['pixels']:,} labelled pixels) in {seconds:.1f} s → "

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainer.common import files
 from trainer.distribute import Placement
 
 from trainer.common import BEST_METRIC  # noqa: E402,F401 - re-exported
@@ -56,14 +57,12 @@ class RunState:
 
     @classmethod
     def load(cls, path: str) -> RunState | None:
-        if not tf.io.gfile.exists(path):
+        if not files.exists(path):
             return None
-        with tf.io.gfile.GFile(path) as f:
-            return cls(**json.load(f))
+        return cls(**json.loads(files.read_bytes(path)))
 
     def save(self, path: str) -> None:
-        with tf.io.gfile.GFile(path, "w") as f:
-            f.write(json.dumps(dataclasses.asdict(self)))
+        files.write_text(path, json.dumps(dataclasses.asdict(self)))
 
 
 def miou(cm: np.ndarray) -> float:
@@ -274,8 +273,8 @@ class Loop:
         if self._writers:
             for writer in self._writers.values():
                 writer.close()
-        if tf.io.gfile.exists(self.backup):
-            tf.io.gfile.rmtree(self.backup)
+        if files.exists(self.backup):
+            files.rmtree(self.backup)
         self.placement.cleanup(self.backup)
 
 
@@ -283,8 +282,7 @@ def _write_csv(path: str, rows: list[dict]) -> None:
     """The whole log, rewritten: object stores cannot append, and a resumed run must not repeat rows."""
     keys = ["epoch"] + sorted({k for r in rows for k in r} - {"epoch"})
     lines = [",".join(keys)] + [",".join(_fmt(r.get(k, "")) for k in keys) for r in rows]
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    files.write_text(path, "\n".join(lines) + "\n")
 
 
 def _fmt(value) -> str:

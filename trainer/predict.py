@@ -21,7 +21,7 @@ import time
 import cv2
 import numpy as np
 
-from segprep import codec, layout
+from segprep import codec, layout, storage
 from segprep import cli
 from segprep.cli import Parser, UsageError, examples
 from segprep.palette import Palette
@@ -132,8 +132,7 @@ class Predictor:
         data.insert(0, codec.encode_index_png(classes) if fmt == "index" else
                     codec.encode_image(colors, "png", consume=True))
         for path, payload in zip(paths, data):
-            with tf.io.gfile.GFile(path, "wb") as f:
-                f.write(payload)
+            common.files.write_bytes(path, payload)
         return paths
 
 
@@ -156,10 +155,10 @@ def _starts(size: int, crop: int, stride: int) -> list[int]:
 
 def _local_copy(path: str) -> str:
     """keras.models.load_model reads local files; copy a gs:// model down first."""
-    if "://" not in path:
+    if not storage.is_remote(path):
         return path
     local = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"segprep-{os.getpid()}-model.keras")
-    tf.io.gfile.copy(path, local, overwrite=True)
+    common.files.copy(path, local)
     return local
 
 
@@ -211,7 +210,7 @@ def run(argv: list[str] | None = None) -> int:
     inputs = list_inputs(args.input, args.split)
     out_dir = args.output_dir.rstrip("/")
     predictor = Predictor(model_dir, args.output)
-    tf.io.gfile.makedirs(out_dir)
+    common.files.makedirs(out_dir)
     started = time.time()
     bar = Progress("predict", len(inputs), "images")
     failed = pixels = 0

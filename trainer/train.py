@@ -28,10 +28,10 @@ import tempfile
 import time
 
 from segprep import metadata as md
-from segprep import cli
+from segprep import cli, storage
 from segprep.cli import Parser, UsageError, examples
 from trainer.lazy import Lazy, keras, tf
-from trainer.common import (ARCH_OUTPUTS, ARCHS, STRATEGIES, Augment, DataError, exists,
+from trainer.common import (ARCH_OUTPUTS, ARCHS, STRATEGIES, Augment, DataError, exists, files,
                             load_metadata)
 from trainer.normalization import STATS, Normalization
 
@@ -198,7 +198,7 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
     weights = cfg.loss_weights or _loss_weights(None, list(model.output_names))
     epoch_lr = ((lambda epoch: schedules.epoch_warmup(epoch, cfg.lr * placement.replicas, cfg.warmup_epochs))
                 if cfg.warmup_epochs else None)
-    tf.io.gfile.makedirs(model_dir)
+    files.makedirs(model_dir)
     class_weights = median_frequency(md.split(meta, cfg.train_split)) if cfg.class_weights != "none" else None
     runner = loop.Loop(loop.Steps(model, optimizer, weights, num_classes, placement, class_weights), placement,
                        model_dir, save_best=lambda path: save_keras(model, path), epoch_lr=epoch_lr,
@@ -219,8 +219,7 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
                     "bands": meta.get("flags", {}).get("bands"),
                     "image_range": meta.get("flags", {}).get("image_range"),
                     "config": dataclasses.asdict(cfg), "strategy": placement.describe()}
-            with tf.io.gfile.GFile(f"{model_dir}/segprep.json", "w") as f:
-                f.write(json.dumps(info, indent=1, default=str))
+            files.write_text(f"{model_dir}/segprep.json", json.dumps(info, indent=1, default=str))
         runner.finish()
     finally:
         placement.remove_temp(model_dir)
@@ -232,8 +231,8 @@ def _run(runner: loop.Loop, datasets, cfg: TrainConfig, steps: int, val_steps: i
     try:
         return runner.fit(datasets[0], datasets[1], cfg.epochs, steps, val_steps)
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-        files = data.split_files(meta, data_dir, cfg.train_split) + data.split_files(meta, data_dir, cfg.val_split)
-        broken = data.find_corrupt(files, md.compression_type(meta))
+        shards = data.split_files(meta, data_dir, cfg.train_split) + data.split_files(meta, data_dir, cfg.val_split)
+        broken = data.find_corrupt(shards, md.compression_type(meta))
         if broken is None:
             raise
         raise DataError(f"Corrupt shard {broken}. Re-run `python -m pipelines.prepare --overwrite`.") from e
@@ -241,14 +240,14 @@ def _run(runner: loop.Loop, datasets, cfg: TrainConfig, steps: int, val_steps: i
 
 def save_keras(model: keras.Model, path: str) -> None:
     """model.save that also writes to gs:// (Keras writes a local file; TF's filesystem copies it up)."""
-    if "://" not in path:
-        tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+    if not storage.is_remote(path):
+        files.makedirs(os.path.dirname(path) or ".")
         model.save(path)
         return
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, os.path.basename(path))
         model.save(local)
-        tf.io.gfile.copy(local, path, overwrite=True)
+        files.copy(local, path)
 
 
 def inference_model(model: keras.Model) -> keras.Model:
@@ -297,17 +296,17 @@ def export_serving(model: keras.Model, path: str, output: str = "main") -> None:
                          input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     with tempfile.TemporaryDirectory() as tmp:  # written whole, then copied: gs:// gets no half-written export
         archive.write_out(f"{tmp}/serving", verbose=False)
-        if tf.io.gfile.exists(path):
-            tf.io.gfile.rmtree(path)
+        if files.exists(path):
+            files.rmtree(path)
         _copy_tree(f"{tmp}/serving", path)
 
 
 def _copy_tree(src: str, dst: str) -> None:
-    for folder, _, files in tf.io.gfile.walk(src):
+    for folder, _, names in files.walk(src):
         target = dst + folder[len(src):]
-        tf.io.gfile.makedirs(target)
-        for name in files:
-            tf.io.gfile.copy(f"{folder}/{name}", f"{target}/{name}", overwrite=True)
+        files.makedirs(target)
+        for name in names:
+            files.copy(f"{folder}/{name}", f"{target}/{name}")
 
 
 def _default_model_dir(args: argparse.Namespace) -> str:
@@ -321,7 +320,7 @@ def _default_model_dir(args: argparse.Namespace) -> str:
 
 
 def _link_latest(model_dir: str) -> None:
-    if "://" in model_dir:
+    if storage.is_remote(model_dir):
         return
     parent = os.path.dirname(os.path.abspath(model_dir))
     link = os.path.join(parent, "latest")
@@ -403,15 +402,14 @@ RUN_DIRS = ("tensorboard", "backup", "serving")
 
 def clear_run(model_dir: str) -> None:
     """--overwrite: everything a run and `evaluate` wrote in `model_dir`, so the new run starts clean."""
-    if not tf.io.gfile.isdir(model_dir):
+    if not files.isdir(model_dir):
         return
-    for name in tf.io.gfile.listdir(model_dir):
-        name = name.rstrip("/")
+    for name in files.listdir(model_dir):
         path = f"{model_dir}/{name}"
         if name in RUN_DIRS:
-            tf.io.gfile.rmtree(path)
+            files.rmtree(path)
         elif name in RUN_FILES or (name.startswith("eval-") and name.endswith(".json")):
-            tf.io.gfile.remove(path)
+            files.remove([path])
 
 
 def main(argv: list[str] | None = None) -> int:
