@@ -218,31 +218,31 @@ def test_every_readme_command_parses_as_prepare_flags(heading):
 
 
 def test_the_chain_follows_the_archives_split_names_and_bands(tmp_path, capsys):
-    """train, evaluate and predict on prepare's output of a tree whose splits are 'Train'/'Val' and whose images
-    are 4-band TIFFs: the trainer picks the splits from metadata.json, and predict reads new 4-band tiles with the
-    bands the run was prepared with."""
+    """train, evaluate and predict on prepare's output of a tree whose splits are 'Train'/'Val' (as LoveDA's) and
+    whose images are 4-band TIFFs: the trainer picks the splits from metadata.json, and predict reads a new 4-band
+    tile with the bands the run was prepared with."""
     from trainer import evaluate, predict, train
 
-    root, out = str(tmp_path / "LoveDA"), str(tmp_path / "records")
-    archives.loveda(root)
-    assert prepare.run(with_dirs(readme_command("LoveDA"), root, out) + ["--crop_size", "64"]) == 0
+    root, out = str(tmp_path / "tiles"), str(tmp_path / "records")
+    rng = np.random.default_rng(8)
+    for split, count in (("Train", 4), ("Val", 2)):
+        for n in range(count):
+            rgbir = np.dstack([archives.smooth_image(rng, 128, 128), archives.smooth_image(rng, 128, 128)[..., 0]])
+            archives.tiff(f"{root}/{split}/images/{n}.tif", rgbir, photometric="rgb", extrasamples=["unspecified"],
+                          compression="deflate")
+            labels = archives.blocks(rng, 128, 128, np.arange(8)).astype(np.uint8)
+            archives.tiff(f"{root}/{split}/masks/{n}.tif", labels, photometric="minisblack", compression="lzw")
+    assert prepare.run(["--input_dir", root, "--output_dir", out, "--images", "{split}/images/{id}.tif",
+                        "--masks", "{split}/masks/{id}.tif", "--palette", "loveda", "--bands", "4,1,2",
+                        "--crop_size", "64", "--runner=DirectRunner"]) == 0
     run_dir = str(tmp_path / "run")
     train.run(["--data_dir", out, "--model_dir", run_dir, "--epochs", "1", "--batch_size", "4", "--width", "8"])
     printed = capsys.readouterr().out
     assert " Train / " in printed and " Val crops" in printed
-    assert evaluate.main(["--model_dir", run_dir]) == 0
-    assert os.path.exists(os.path.join(run_dir, "eval-Val.json"))
-
-    p = archives.potsdam(str(tmp_path / "potsdam"))
-    out = str(tmp_path / "irrg")
-    assert prepare.run(with_dirs(readme_command("ISPRS Potsdam"), p.root, out)
-                       + ["--images", "4_Ortho_RGBIR/top_potsdam_{id}_RGBIR.tif", "--bands", "4,1,2",
-                          "--crop_size", "64"]) == 0
-    run_dir = str(tmp_path / "run4")
-    train.run(["--data_dir", out, "--model_dir", run_dir, "--epochs", "1", "--batch_size", "4", "--width", "8"])
     with open(os.path.join(run_dir, "segprep.json")) as f:
         assert json.load(f)["bands"] == [4, 1, 2]
-    tile = os.path.join(p.root, "4_Ortho_RGBIR", "top_potsdam_2_10_RGBIR.tif")
+    assert evaluate.main(["--model_dir", run_dir]) == 0
+    assert os.path.exists(os.path.join(run_dir, "eval-Val.json"))
     preds = str(tmp_path / "preds")
-    assert predict.main(["--model_dir", run_dir, "--input", tile, "--output_dir", preds]) == 0
-    assert sorted(os.listdir(preds)) == ["top_potsdam_2_10_RGBIR.png", "top_potsdam_2_10_RGBIR_overlay.jpg"]
+    assert predict.main(["--model_dir", run_dir, "--input", f"{root}/Val/images/0.tif", "--output_dir", preds]) == 0
+    assert sorted(os.listdir(preds)) == ["0.png", "0_overlay.jpg"]
