@@ -14,7 +14,7 @@ import numpy as np
 
 from segprep import lookup
 from segprep.palette import IGNORE_LABEL, VOC, VOC_BORDER_COLOR
-from segprep.sample import jpeg_damaged, voc_like_mask
+from tests.masks import jpeg_damaged, voc_like_mask
 
 
 def mask_colors():

@@ -12,7 +12,7 @@ import cv2
 
 from segprep import layout
 from segprep.palette import IGNORE_LABEL, VOC, VOC_BORDER_COLOR
-from segprep.sample import voc_like_mask
+from tests.masks import voc_like_mask
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COUNT = 1000

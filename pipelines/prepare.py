@@ -26,8 +26,8 @@ import uuid
 
 from pipelines import beam_flags, output
 from segprep import layout, lookup, pairs, sample, storage
-from segprep import cli
-from segprep.cli import Parser, UsageError
+from segprep.tools import cli
+from segprep.tools.cli import Parser, UsageError
 from segprep.convert import ConvertConfig
 from segprep.metadata import parse as parse_metadata
 from segprep.palette import PALETTES, PaletteError, load_palette

@@ -27,7 +27,9 @@ import numpy as np
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
-from segprep import layout, pairs as pairs_, progress, storage
+from segprep import layout, pairs as pairs_, storage
+
+from segprep.tools import progress
 from segprep.storage import read_bytes
 from segprep.convert import ConvertConfig, InputError, Stats, decode_pair, encode_crops
 from segprep.crops import stable_hash

@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from segprep import codec, layout  # noqa: E402
-from segprep.sample import jpeg_damaged, voc_like_mask  # noqa: E402,F401 - re-exported for the tests
+from masks import jpeg_damaged, voc_like_mask  # noqa: E402,F401 - re-exported for the tests
 from segprep.palette import IGNORE_LABEL, VOC, VOC_BORDER_COLOR  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -74,7 +74,7 @@ def run_prepare(heading: str, root: str, out: str, *extra: str, status: int = 0)
 
 def run_tools(heading: str, root: str, tmp_path, capsys) -> str:
     """scan and inspect on the tree with the command's layout flags; → scan's output."""
-    from segprep import inspect, scan
+    from segprep.tools import sheet as inspect, scan
 
     flags = readme_command(heading)
     capsys.readouterr()
@@ -178,7 +178,7 @@ def test_inria(tmp_path, capsys):
 
 
 def test_inria_without_its_palette_warns_and_scan_names_the_fix(tmp_path, capsys):
-    from segprep import scan
+    from segprep.tools import scan
 
     root, out = str(tmp_path / "AerialImageDataset"), str(tmp_path / "out")
     archives.inria(root)
@@ -191,7 +191,7 @@ def test_inria_without_its_palette_warns_and_scan_names_the_fix(tmp_path, capsys
     meta = metadata(out)
     share = meta["splits"]["train"]["source_ignore_share"]
     assert meta["splits"]["train"]["binary_masks"] == 8 and 0.2 < share < 0.5
-    assert f"train: 8 of 8 masks hold only the values 0 and 255" in err and "--palette inria" in err
+    assert "train: 8 of 8 masks hold only the values 0 and 255" in err and "--palette inria" in err
     assert f"{100 * share:.1f}%" in err
     assert scan.main(["--input_dir", root, *pick(flags)]) == 0
     printed = capsys.readouterr().out

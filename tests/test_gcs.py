@@ -82,7 +82,7 @@ def test_prepare_reads_and_writes_gcs(gcs, voc_tree, tmp_path):
     listed = [m.path for m in FileSystems.match([f"{out}/**"])[0].metadata_list]
     assert not [p for p in listed if ".segprep-tmp-" in p]  # temp files moved or removed
     # The dataset tools read gs:// too.
-    from segprep import scan, verify
+    from segprep.tools import scan, verify
 
     assert verify.main([out]) == 0 and verify.main([out, "--quick"]) == 0
     assert scan.main(["--input_dir", f"{gcs}/voc", "--write_palette", f"{gcs}/palette.json"]) == 0

@@ -5,8 +5,9 @@ import pytest
 
 from conftest import mask_colors, write_lists, write_pair
 from pipelines import prepare
-from segprep import codec, inspect, layout
-from segprep.sample import voc_like_mask
+from segprep import codec, layout
+from segprep.tools import sheet as inspect
+from masks import voc_like_mask
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ def run_module(module, *args, cwd):
 
 
 MODULES = ["pipelines.prepare", "trainer.train", "trainer.predict", "trainer.evaluate", "segprep.scan",
-           "segprep.verify", "segprep.inspect", "segprep.commands"]
+           "segprep.verify", "segprep.inspect", "segprep.tools.commands"]
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -67,7 +67,7 @@ def test_help_imports_neither_tensorflow_nor_beam_and_ends_with_examples(module,
     ("segprep.scan", ["--input_dir", "/no/such/dir"], "--input_dir /no/such/dir does not exist"),
     ("segprep.scan", ["--input_dir", ".", "--jobs", "0"], "--jobs: must be -1 (one per core) or a positive"),
     ("segprep.inspect", [".", "--count", "0"], "--count: must be an integer from 1 to 200"),
-    ("segprep.commands", ["trian"], "unknown command 'trian'"),
+    ("segprep.tools.commands", ["trian"], "unknown command 'trian'"),
 ])
 def test_usage_mistakes_answer_in_one_line_without_tensorflow_or_beam(module, args, message, tmp_path):
     status, out, err, heavy = run_module(module, *args, cwd=tmp_path)

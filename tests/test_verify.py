@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from pipelines import prepare
-from segprep import layout, verify
+from segprep import layout
+from segprep.tools import verify
 
 
 @pytest.fixture

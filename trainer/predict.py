@@ -22,10 +22,10 @@ import cv2
 import numpy as np
 
 from segprep import codec, layout, storage
-from segprep import cli
-from segprep.cli import Parser, UsageError, examples
+from segprep.tools import cli
+from segprep.tools.cli import Parser, UsageError, examples
 from segprep.palette import Palette
-from segprep.progress import Progress
+from segprep.tools.progress import Progress
 from trainer import common
 from trainer import lazy
 from trainer.lazy import keras, tf

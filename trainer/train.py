@@ -28,8 +28,9 @@ import tempfile
 import time
 
 from segprep import metadata as md
-from segprep import cli, storage
-from segprep.cli import Parser, UsageError, examples
+from segprep import storage
+from segprep.tools import cli
+from segprep.tools.cli import Parser, UsageError, examples
 from trainer.lazy import Lazy, keras, tf
 from trainer.common import (ARCH_OUTPUTS, ARCHS, STRATEGIES, Augment, DataError, exists, files,
                             load_metadata)

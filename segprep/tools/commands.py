@@ -13,11 +13,12 @@ import sys
 
 # command → (module, one line); the modules are imported only for the command that runs.
 COMMANDS = {
-    "scan": ("segprep.scan", "what a VOC dataset holds: mask kinds, sizes, colours and what the palette makes of "
-                             "them (before prepare)"),
-    "prepare": ("pipelines.prepare", "VOC images and masks → shuffled, sharded TFRecords of crops, on Apache Beam"),
-    "verify": ("segprep.verify", "are the shards of a prepare output whole and consistent with metadata.json?"),
-    "inspect": ("segprep.inspect", "a contact sheet of crops and masks, from shards or a VOC root"),
+    "scan": ("segprep.tools.scan", "what a dataset holds: image formats, mask kinds, sizes, colours and what the "
+                                   "palette makes of them (before prepare)"),
+    "prepare": ("pipelines.prepare", "images and masks (any layout) → shuffled, sharded TFRecords of crops, on "
+                                     "Apache Beam"),
+    "verify": ("segprep.tools.verify", "are the shards of a prepare output whole and consistent with metadata.json?"),
+    "inspect": ("segprep.tools.sheet", "a contact sheet of crops and masks, from shards or a dataset root"),
     "train": ("trainer.train", "train a Keras segmentation model on prepare's shards"),
     "predict": ("trainer.predict", "colour (or index) masks for images of any size with a trained run"),
     "evaluate": ("trainer.evaluate", "per-class IoU, mIoU and pixel accuracy of a trained run on a split"),
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"segprep: error: unknown command {name!r}; choose from {', '.join(COMMANDS)} (see segprep --help)",
               file=sys.stderr)
         return 2
-    from segprep import cli
+    from segprep.tools import cli
 
     cli.ENTRY_POINT = "segprep"
     module = importlib.import_module(COMMANDS[name][0])

@@ -1,0 +1,440 @@
+"""What is in a dataset, before prepare: image formats, mask sizes and kinds, and every mask colour or value.
+
+    python -m segprep.scan --input_dir VOC_ROOT
+    python -m segprep.scan --input_dir gs://B/aerial --splits train --write_palette palette.json
+    python -m pipelines.prepare --input_dir gs://B/aerial --palette palette.json   # one class per colour
+    python -m segprep.scan --input_dir ~/cityscapes --palette cityscapes \
+        --images 'leftImg8bit/{split}/*/{id}_leftImg8bit.png' --masks 'gtFine/{split}/*/{id}_gtFine_labelIds.png'
+
+Takes prepare's layout flags (--images, --masks, --split_lists, --val_fraction, --group_by, --splits). Reads the
+masks whole and the images' headers only (in parallel with joblib: processes for local files, threads for gs://).
+Per split: how many pairs, the image formats (JPEG / PNG / TIFF, bands, bit depth, tiled or stripped, compression),
+the mask sizes (min / median / max) and kinds (colour, palette, index, with bit depth). Then every colour (or index
+value) with its pixel and image counts and what the active --palette (default Pascal VOC) makes of it. Index masks
+holding only 0 and 255 are named: with a palette that has no index_map, their 255 is the ignore label. Last, the
+prepare command that reads this tree.
+
+Which colours are classes: a colour that fills at least one 3×3 block somewhere ("solid" pixels) is a class
+candidate, unless it lies within --tolerance of a more frequent class colour — then it is compression noise
+around that colour (a mask saved as JPEG once), as are colours that never fill a 3×3 block (edges, ringing,
+anti-aliasing). --write_palette writes the class colours as a palette file prepare accepts: Pascal VOC's names
+where the colours are VOC's, class_N otherwise, and VOC's border colour (224, 224, 192) as an ignore colour. From
+lossy masks the colours are estimates: each is put back on a VOC colour, or on 0 / 255, within 2 levels (JPEG
+moves a flat (0, 0, 255) to (0, 0, 254)); check the file, and prepare such masks with --unknown_colors nearest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+
+import numpy as np
+
+from segprep import codec, layout, lookup, pairs, storage
+from segprep.palette import (IGNORE_LABEL, PALETTES, VOC, VOC_BORDER_COLOR, Palette, PaletteError, colormap,
+                             load_palette)
+from segprep.tools import cli
+from segprep.tools.cli import Parser, UsageError, examples
+from segprep.tools.progress import Progress
+
+MIN_SOLID = 9  # solid pixels (centres of 3×3 blocks of one colour) a colour needs, dataset-wide, to be a class
+_BAND = 1 << 20
+
+
+@dataclasses.dataclass
+class MaskScan:
+    """One mask: its kind and size, and its colours (or index values) with pixel and solid-pixel counts."""
+
+    split: str
+    image_id: str
+    kind: str = ""  # "color", "palette", "index" (or "" when it could not be read)
+    depth: int = 8
+    fmt: str = "png"
+    height: int = 0
+    width: int = 0
+    keys: np.ndarray | None = None  # colour keys (r << 16 | g << 8 | b), or index values
+    counts: np.ndarray | None = None
+    solid: np.ndarray | None = None
+    error: str | None = None
+    image: codec.ImageInfo | None = None  # the image's header
+    image_error: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {'JPEG' if self.fmt == 'jpeg' else f'{self.depth}-bit'}" + (
+            " TIFF" if self.fmt == "tiff" else "")
+
+
+def _solid(keys: np.ndarray) -> np.ndarray:
+    """Pixels whose 3×3 neighbourhood has their own value (outside the image counts as agreeing)."""
+    p = np.pad(keys, 1, mode="edge")
+    h, w = keys.shape
+    solid = np.ones((h, w), bool)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            if dy != 1 or dx != 1:
+                solid &= p[dy:dy + h, dx:dx + w] == keys
+    return solid
+
+
+def _count(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct values, pixel counts, solid pixel counts) of a 2-D key array, in bands of rows."""
+    total, solid = lookup.ColorCounter(), lookup.ColorCounter()
+    step = max(1, _BAND // max(1, keys.shape[1]))
+    for y in range(0, keys.shape[0], step):
+        top, bottom = max(0, y - 1), min(keys.shape[0], y + step + 1)
+        ctx = keys[top:bottom]
+        inner = slice(y - top, y - top + min(step, keys.shape[0] - y))
+        band = ctx[inner]
+        total.add(band.ravel())
+        solid.add(band[_solid(ctx)[inner]])
+    found, counts = total.merged()
+    solid_keys, solid_counts = solid.merged()
+    solid_per_key = np.zeros(found.size, np.int64)
+    solid_per_key[np.searchsorted(found, solid_keys)] = solid_counts
+    return found, counts, solid_per_key
+
+
+def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255) -> MaskScan:
+    """Reads and decodes one mask and the header of its image; a file that cannot be read is reported in
+    `error` / `image_error`, and the scan goes on."""
+    result = MaskScan(pair.split, pair.image_id)
+    if pair.reason:
+        result.error = pair.error
+        return result
+    image_path = layout.join(root, pair.image)
+    try:
+        with storage.open_read(image_path) as f:
+            result.image = codec.probe(f)
+    except codec.DecodeError as e:
+        result.image_error = str(e)
+    except Exception as e:  # noqa: BLE001 - missing or unreadable: reported, the scan goes on
+        result.image_error = f"no image at {image_path}" if not storage.exists(image_path) else \
+            f"{type(e).__name__}: {e}"
+    path = layout.join(root, pair.mask)
+    try:
+        data = storage.read_bytes(path)
+        mask, result.kind = codec.decode_mask(data, max_value)
+        result.fmt = codec.sniff(data)
+        if result.fmt == "png":
+            result.depth = codec.png_color_type(data)[1]
+        elif result.fmt == "tiff":
+            result.depth = int(codec.BITS.get(mask.dtype, 8)) if mask.ndim == 2 else 8
+    except codec.DecodeError as e:
+        result.error = str(e)
+        return result
+    except Exception as e:  # noqa: BLE001 - missing or unreadable: reported, the scan goes on
+        result.error = f"no mask at {path}" if not storage.exists(path) else f"{type(e).__name__}: {e}"
+        return result
+    result.height, result.width = mask.shape[:2]
+    keys = mask.astype(np.uint32) if mask.ndim == 2 else lookup.color_keys(mask)
+    result.keys, result.counts, result.solid = _count(keys)
+    return result
+
+
+@dataclasses.dataclass
+class Value:
+    """One colour (or index value) over the whole dataset."""
+
+    key: int
+    pixels: int
+    images: int
+    solid: int
+    role: str = ""  # "class", "noise", "thin"
+    near: int | None = None  # for noise: the class colour it surrounds
+
+    def color(self) -> tuple[int, int, int]:
+        return lookup.key_color(self.key)
+
+
+def aggregate(scans: list[MaskScan], index: bool) -> list[Value]:
+    """Every colour (index=False) or index value (True) over the masks of that family, most pixels first."""
+    parts = [s for s in scans if s.keys is not None and (s.kind == "index") == index]
+    if not parts:
+        return []
+    keys = np.concatenate([s.keys for s in parts])
+    found, inverse = np.unique(keys, return_inverse=True)
+    pixels = np.bincount(inverse, np.concatenate([s.counts for s in parts]).astype(np.float64), found.size)
+    solid = np.bincount(inverse, np.concatenate([s.solid for s in parts]).astype(np.float64), found.size)
+    images = np.bincount(inverse, minlength=found.size)
+    values = [Value(int(k), int(p), int(i), int(s)) for k, p, i, s in zip(found, pixels, images, solid)]
+    return sorted(values, key=lambda v: (-v.pixels, v.key))
+
+
+def classify(values: list[Value], tolerance: float) -> None:
+    """Sets each colour's role: class colours (solid somewhere, not within `tolerance` of a more frequent class
+    colour), noise around a class colour, or thin (never solid, far from every class colour)."""
+    classes: list[Value] = []
+    for v in values:  # most pixels first
+        c = np.array(v.color())
+        near = min(classes, key=lambda k: np.sum((np.array(k.color()) - c) ** 2), default=None)
+        close = near is not None and np.sqrt(np.sum((np.array(near.color()) - c) ** 2)) <= tolerance
+        if v.solid >= MIN_SOLID and not close:
+            v.role = "class"
+            classes.append(v)
+        elif close:
+            v.role, v.near = "noise", near.key
+        else:
+            v.role = "thin"
+
+
+def _voc_name(color) -> str | None:
+    if tuple(color) in VOC.colors:
+        return VOC.names[VOC.colors.index(tuple(color))]
+    return None
+
+
+def _snap(color: tuple[int, int, int], slack: int = 2) -> tuple[int, int, int]:
+    """A colour read from lossy masks, put back where JPEG most likely moved it from: onto a Pascal VOC colour
+    (or VOC's border colour) within `slack` levels per channel, else each channel within `slack` of 0 or 255 onto
+    it (JPEG turns a flat (0, 0, 255) into (0, 0, 254))."""
+    for known in VOC.colors + (VOC_BORDER_COLOR,):
+        if max(abs(a - b) for a, b in zip(color, known)) <= slack:
+            return known
+    return tuple(0 if c <= slack else 255 if c >= 255 - slack else c for c in color)
+
+
+def is_binary(indices: list[Value]) -> bool:
+    """Index values exactly 0 and 255: a 0/255 label map, whose 255 is the ignore label without an index map."""
+    return sorted(v.key for v in indices) == [0, IGNORE_LABEL]
+
+
+def palette_for(colors: list[Value], indices: list[Value]) -> dict:
+    """The palette file --write_palette writes (see the module docstring)."""
+    if indices and not colors and is_binary(indices):  # 0/255 labels: 255 is a class, not "ignore"
+        return {"names": ["class_0", "class_1"], "colors": [[0, 0, 0], [255, 255, 255]], "ignore_colors": [],
+                "index_map": {"0": 0, "255": 1}}
+    if indices and not colors:  # index masks: one class per value, drawn in VOC's colour map
+        top = max((v.key for v in indices if v.key != IGNORE_LABEL), default=0)
+        return {"names": [f"class_{i}" for i in range(top + 1)],
+                "colors": [list(c) for c in colormap(top + 1)], "ignore_colors": []}
+    classes = [v.color() for v in colors if v.role == "class"]
+    if any(v.role == "noise" for v in colors):  # lossy masks: JPEG moves flat colours by a level or two
+        classes = [_snap(c) for c in classes]
+    classes = sorted(set(classes))
+    ignore = [list(c) for c in classes if c == VOC_BORDER_COLOR]
+    classes = [c for c in classes if c != VOC_BORDER_COLOR]
+    if classes and all(_voc_name(c) for c in classes):  # VOC colours: keep VOC's ids and names
+        return VOC.to_json()
+    names = [_voc_name(c) or f"class_{i}" for i, c in enumerate(classes)]
+    return {"names": names, "colors": [list(c) for c in classes], "ignore_colors": ignore}
+
+
+def _in_palette(v: Value, palette: Palette, index: bool) -> str:
+    if index:
+        target = dict(palette.index_map).get(v.key) if palette.index_map else (
+            v.key if v.key < palette.num_classes or v.key == IGNORE_LABEL else None)
+        if target is None:
+            return "NOT IN PALETTE"
+        if target == IGNORE_LABEL:
+            return "ignore (255)"
+        return palette.names[target]
+    color = v.color()
+    if color in palette.colors:
+        return palette.names[palette.colors.index(color)]
+    if color in palette.ignore_colors:
+        return "ignore"
+    return "NOT IN PALETTE"
+
+
+def report(scans: list[MaskScan], lists, palette: Palette, palette_name: str, tolerance: float,
+           seconds: float, show_all: bool) -> list[str]:
+    lines = [f"scan: {len(scans)} masks in {len(lists)} split{'s' if len(lists) != 1 else ''}, {seconds:.1f} s"]
+    for split in lists:
+        ok = [s for s in scans if s.split == split and s.error is None]
+        failed = [s for s in scans if s.split == split and s.error is not None]
+        images: dict[str, int] = {}
+        for s in scans:
+            if s.split == split and s.image is not None:
+                images[s.image.label] = images.get(s.image.label, 0) + 1
+        bad_images = [s for s in scans if s.split == split and s.image_error is not None and s.error is None]
+        if images or bad_images:
+            lines.append(f"  {split}: images " + ", ".join(f"{k} ×{n}" for k, n in sorted(images.items()))
+                         + (f"; {len(bad_images)} unreadable" if bad_images else ""))
+            lines += [f"    {s.image_id}: image: {s.image_error}" for s in bad_images[:5]]
+        line = f"  {split}: {len(ok)} masks"
+        if ok:
+            by_area = sorted(ok, key=lambda s: (s.height * s.width, s.width))
+            median = by_area[len(by_area) // 2]
+            line += (f", sizes {by_area[0].width}×{by_area[0].height} / {median.width}×{median.height} / "
+                     f"{by_area[-1].width}×{by_area[-1].height} (w×h: min / median / max)")
+            kinds: dict[str, int] = {}
+            for s in ok:
+                kinds[s.label] = kinds.get(s.label, 0) + 1
+            line += "; " + ", ".join(f"{k} ×{n}" for k, n in sorted(kinds.items()))
+        if failed:
+            line += f"; {len(failed)} unreadable"
+        lines.append(line)
+        lines += [f"    {s.image_id}: {s.error}" for s in failed[:10]]
+        if len(failed) > 10:
+            lines.append(f"    ... {len(failed) - 10} more")
+    for index in (False, True):
+        values = aggregate(scans, index)
+        if not values:
+            continue
+        total = sum(v.pixels for v in values)
+        if not index:
+            classify(values, tolerance)
+        else:
+            for v in values:
+                v.role = "class"
+        shown = [v for v in values if show_all or v.role == "class"]
+        what = "index values" if index else "colours"
+        lines.append(f"mask {what}: {len(values):,} distinct, {sum(v.role == 'class' for v in values)} look like "
+                     f"classes; against the {palette_name} palette:")
+        lines.append(f"  {'value' if index else 'colour':17s} {'pixels':>14s} {'share':>7s} {'images':>7s}  "
+                     f"{'palette':18s} note")
+        for v in shown:
+            label = str(v.key) if index else str(v.color())
+            note = {"class": "", "thin": "thin: edges or specks only"}.get(
+                v.role, f"noise near {lookup.key_color(v.near or 0)}")
+            lines.append(f"  {label:17s} {v.pixels:14,d} {100 * v.pixels / total:6.2f}% {v.images:7,d}  "
+                         f"{_in_palette(v, palette, index):18s} {note}".rstrip())
+        if not index:
+            noise = [v for v in values if v.role == "noise"]
+            thin = [v for v in values if v.role == "thin"]
+            if noise and not show_all:
+                lines.append(f"  + {len(noise):,} colours ({100 * sum(v.pixels for v in noise) / total:.2f}% of "
+                             f"pixels) within {tolerance:g} of the colours above: compression noise "
+                             "(prepare --unknown_colors nearest restores them)")
+            if thin and not show_all:
+                lines.append(f"  + {len(thin):,} colours ({100 * sum(v.pixels for v in thin) / total:.2f}% of "
+                             "pixels) that never fill a 3×3 block: edges, ringing or anti-aliasing")
+            missing = [v for v in values if v.role == "class" and _in_palette(v, palette, False) == "NOT IN PALETTE"]
+            if missing:
+                lines.append(f"  {len(missing)} class colours are not in the {palette_name} palette: write a "
+                             "palette with --write_palette FILE and pass prepare --palette FILE")
+        elif is_binary(values) and not palette.index_map:
+            masks = sum(1 for s in scans if s.kind == "index" and s.keys is not None)
+            lines.append(f"  the index masks ({masks}) hold only 0 / 255: with the {palette_name} palette 255 is the "
+                         "ignore label, so every 255 pixel would be ignored and a model never learns what it "
+                         "marks. If 255 is a class (a building, a road): prepare --palette inria, or a palette with "
+                         '"index_map": {"0": 0, "255": 1} (--write_palette FILE writes one)')
+        elif index:
+            missing = [v for v in values if _in_palette(v, palette, True) == "NOT IN PALETTE"]
+            if missing:
+                lines.append(f"  {len(missing)} index values are not classes of the {palette_name} palette: pass "
+                             "a palette whose index_map maps them (or --write_palette FILE)")
+    return lines
+
+
+def _scan_all(root: str, listing: pairs.Listing, jobs: int, max_value: int) -> list[MaskScan]:
+    from joblib import Parallel, delayed
+
+    tasks = [pair for split in listing.splits for pair in listing.pairs(split)]
+    progress = Progress("scan", len(tasks), "masks")
+    backend = "threading" if storage.is_remote(root) else "loky"  # gs:// is I/O-bound; decoding is not
+    results = []
+    run = Parallel(n_jobs=jobs, backend=backend, return_as="generator", batch_size="auto")
+    for scan in run(delayed(scan_pair)(root, pair, max_value) for pair in tasks):
+        results.append(scan)
+        progress.update()
+    progress.close()
+    return results
+
+
+def prepare_command(root: str, spec: pairs.LayoutSpec, listing: pairs.Listing, palette_arg: str | None,
+                    scans: list[MaskScan], tolerance: float, splits: str | None = None) -> tuple[str, list[str]]:
+    """The prepare command that reads this tree, and notes on the flags it chose."""
+    args = ["python -m pipelines.prepare", "--input_dir", root, "--output_dir", "OUT", *spec.flags()]
+    notes = []
+    if splits or listing.skipped:
+        args += ["--splits", ",".join(listing.splits)]
+    colors, indices = aggregate(scans, False), aggregate(scans, True)
+    palette_flag = palette_arg
+    if indices and not colors and is_binary(indices) and palette_arg is None:
+        palette_flag = "inria"
+        notes.append("--palette inria reads 0 as background and 255 as building; for another class, write your own "
+                     "with scan --write_palette FILE")
+    if palette_flag:
+        args += ["--palette", palette_flag]
+    if colors:
+        classify(colors, tolerance)
+        if any(v.role == "noise" for v in colors):
+            args += ["--unknown_colors", "nearest"]
+            notes.append("--unknown_colors nearest: the masks hold compression noise around their class colours")
+    infos = [s.image for s in scans if s.image is not None]
+    bands = max((i.bands for i in infos if not i.kind), default=3)
+    if bands > 3:
+        args += ["--bands", "1,2,3"]
+        notes.append(f"--bands: the images have {bands} bands; pick the 3 to keep, in order (e.g. 4,1,2 for IR-R-G)")
+    wide = sorted({i.bits for i in infos if i.bits not in ("8-bit", "1-bit")})
+    if wide:
+        args += ["--image_range", "0,65535"]
+        notes.append(f"--image_range: the images are {', '.join(wide)}; narrow the range to your data's (12-bit "
+                     "sensors: 0,4095)")
+    args.append("--runner=DirectRunner")
+    return " ".join(_quote(a) for a in args), notes
+
+
+def _quote(arg: str) -> str:
+    return f"'{arg}'" if any(c in arg for c in "{}*?[]$ ") and not arg.startswith("python -m") else arg
+
+
+def build_parser() -> Parser:
+    p = Parser("scan", prog="python -m segprep.scan", description=__doc__.split("\n")[0], epilog=examples(__doc__))
+    p.add_argument("--input_dir", required=True, help="dataset root, local or gs://")
+    pairs.add_flags(p, "pairs")
+    p.add_argument("--splits", help="comma list of the splits to scan (default: every split found that has masks)")
+    p.add_argument("--palette", help=f"palette to compare against: a shipped name ({', '.join(PALETTES)}) or a "
+                                     "palette JSON file (default: voc)")
+    p.add_argument("--write_palette", metavar="FILE",
+                   help="write the class colours found as a palette JSON for prepare --palette (local or gs://)")
+    p.add_argument("--tolerance", type=cli.number(0.0, lookup.MAX_TOLERANCE, low_open=True),
+                   default=lookup.DEFAULT_TOLERANCE,
+                   help=f"RGB distance (0-{lookup.MAX_TOLERANCE:g}] within which a rarer colour counts as noise "
+                        "around a class colour (default: %(default)s)")
+    p.add_argument("--limit", type=cli.integer(1), default=None, metavar="N",
+                   help="scan only the first N ids of each split: a quick look at a large dataset")
+    p.add_argument("--jobs", type=cli.jobs, default=-1,
+                   help="masks read in parallel (processes for local files, threads for gs://); -1 = one per core "
+                        "(default: %(default)s)")
+    p.add_argument("--all", action="store_true", help="list every colour, noise included")
+    return p
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        palette = load_palette(args.palette)
+    except (OSError, PaletteError) as e:
+        raise UsageError(f"--palette {args.palette}: {e}") from None
+    root = args.input_dir.rstrip("/")
+    spec = pairs.spec_from_args(args)
+    try:
+        listing = pairs.find(root, spec, args.splits, args.limit)
+    except pairs.LayoutError as e:
+        raise UsageError(str(e)) from None
+    for split, why in listing.skipped.items():
+        print(f"scan: split {split} left out: {why}", file=sys.stderr)
+    started = time.time()
+    scans = _scan_all(root, listing, args.jobs, palette.max_index)
+    name = args.palette or "Pascal VOC"
+    print("\n".join(report(scans, listing.splits, palette, name, args.tolerance, time.time() - started, args.all)))
+    command, notes = prepare_command(root, spec, listing, args.palette, scans, args.tolerance, args.splits)
+    if args.write_palette:
+        colors, indices = aggregate(scans, False), aggregate(scans, True)
+        classify(colors, args.tolerance)
+        written = palette_for(colors, indices)
+        storage.write_bytes(args.write_palette, (json.dumps(written, indent=1) + "\n").encode())
+        print(f"scan: wrote {args.write_palette}: {len(written['names'])} classes"
+              + (f", {len(written['ignore_colors'])} ignore colour" if written["ignore_colors"] else "")
+              + f"; use it with --palette {args.write_palette}")
+        command = command.replace(f"--palette {args.palette}", "").replace("--palette inria", "").rstrip()
+        command = command.replace(" --runner=DirectRunner", f" --palette {args.write_palette} --runner=DirectRunner")
+        command = " ".join(command.split())
+        notes = [n for n in notes if not n.startswith("--palette")]
+    print("prepare this tree with:\n  " + command)
+    for note in notes:
+        print(f"  ({note})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main("scan", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
