@@ -190,7 +190,7 @@ class _ReadPairFn(beam.DoFn):
             try:
                 data.append(read_bytes(path))
             except Exception as e:  # noqa: BLE001 - any failure to read is this input's error, not the run's
-                missing = not storage.exists(path)
+                missing = storage.absent(path)
                 reason, msg = ((f"missing_{what}", f"no {what} file at {path}") if missing
                                else (f"unreadable_{what}", f"cannot read {what} {path}: {type(e).__name__}: {e}"))
                 self._progress.count("images_failed")

@@ -84,7 +84,7 @@ class Pattern:
             raise LayoutError(f"{flag} {text!r} {bad}.")
         return cls(flag, text)
 
-    @property
+    @functools.cached_property
     def stars(self) -> int:
         return self.text.count("*")
 
@@ -119,8 +119,11 @@ class Pattern:
         if m is None:
             return None
         groups = m.groupdict()
-        return Match(groups.get("id") or "", groups.get("split"),
-                     tuple(groups[f"s{i}"] for i in range(self.stars)))
+        return Match(groups.get("id") or "", groups.get("split"), tuple(groups[s] for s in self._star_groups))
+
+    @functools.cached_property
+    def _star_groups(self) -> tuple[str, ...]:
+        return tuple(f"s{i}" for i in range(self.stars))
 
     def format(self, image_id: str = "{id}", split: str | None = None, stars: tuple[str, ...] = ()) -> str:
         """The path for these values; a value not given stays as its field (for messages)."""
@@ -149,22 +152,27 @@ def _segment_regex(segment: str) -> re.Pattern:
 
 def list_files(root: str, pattern: Pattern) -> list[str]:
     """The files under `root` that `pattern` matches, as sorted paths relative to `root`."""
+    return [rel for rel, _ in list_matches(root, pattern)]
+
+
+def list_matches(root: str, pattern: Pattern) -> list[tuple[str, Match]]:
+    """(path relative to `root`, what the fields matched) of every file `pattern` matches, sorted by path. Names
+    starting with a dot never match a wildcard (they may match a literal '.x' of the pattern)."""
     if storage.is_remote(root):
         prefix = root.rstrip("/") + "/"
-        found = storage.match(prefix + pattern.glob())
-        rels = [p[len(prefix):] for p in found if p.startswith(prefix)]
+        literal_dots = {i for i, seg in enumerate(pattern.text.split("/")) if seg.startswith(".")}
+        rels = [p[len(prefix):] for p in storage.match(prefix + pattern.glob()) if p.startswith(prefix)]
+        rels = [rel for rel in rels if not any(seg.startswith(".") and i not in literal_dots
+                                               for i, seg in enumerate(rel.split("/")))]
     else:
-        rels = _walk_local(root, pattern.glob().split("/"))
-    regex = pattern.regex()
-    literal_dots = {i for i, seg in enumerate(pattern.text.split("/")) if seg.startswith(".")}
-    keep = []
+        rels = _walk_local(root, pattern.glob().split("/"))  # skips dot names itself
+    out = []
     for rel in rels:
-        if not regex.match(rel):
-            continue
-        if any(seg.startswith(".") and i not in literal_dots for i, seg in enumerate(rel.split("/"))):
-            continue
-        keep.append(rel)
-    return sorted(keep)
+        m = pattern.match(rel)
+        if m is not None:
+            out.append((rel, m))
+    out.sort(key=lambda item: item[0])
+    return out
 
 
 def _walk_local(root: str, segments: list[str]) -> list[str]:
@@ -418,9 +426,8 @@ def _split_lists(root: str, text: str) -> dict[str, str]:
     """{split: list path} for the split lists the pattern finds, in name order."""
     pattern = Pattern.parse("--split_lists", text, need_id=False, need_split=True)
     found = {}
-    for rel in list_files(root, pattern):
-        m = pattern.match(rel)
-        if m and m.split:
+    for rel, m in list_matches(root, pattern):
+        if m.split:
             found.setdefault(m.split, layout.join(root, rel))
     return dict(sorted(found.items()))
 
@@ -448,12 +455,10 @@ def _by_lists(root: str, images: Pattern, masks: Pattern, lists: dict[str, str],
 def _index(root: str, images: Pattern, masks: Pattern) -> tuple[dict, dict]:
     """({id: [image Match, path]}, {(id, stars): mask path}) for split lists with * in the patterns."""
     by_id: dict[str, list] = {}
-    for rel in list_files(root, images):
-        m = images.match(rel)
+    for rel, m in list_matches(root, images):
         by_id.setdefault(m.image_id, []).append((m, rel))
     mask_paths = {}
-    for rel in list_files(root, masks):
-        m = masks.match(rel)
+    for rel, m in list_matches(root, masks):
         mask_paths[(m.image_id, m.stars)] = rel
     return by_id, mask_paths
 
@@ -483,13 +488,11 @@ def _pair_listed(root: str, images: Pattern, masks: Pattern) -> list[tuple[str |
     mask_split = masks.has_split
     k = masks.stars
     mask_files = {}
-    for rel in list_files(root, masks):
-        m = masks.match(rel)
+    for rel, m in list_matches(root, masks):
         mask_files[(m.split if mask_split else None, m.stars, m.image_id)] = rel
     used = set()
     found = []
-    for rel in list_files(root, images):
-        m = images.match(rel)
+    for rel, m in list_matches(root, images):
         key = (m.split if mask_split else None, m.stars[:k], m.image_id)
         mask = mask_files.get(key)
         found.append((m, rel, mask))

@@ -222,6 +222,15 @@ def _local_sizes(pattern: str) -> dict[str, int]:
     return found
 
 
+def absent(path: str) -> bool:
+    """True only when `path` is known not to exist: for explaining why a read failed, where a failed check must not
+    raise in turn (it then says False, and the read's own error is what gets reported)."""
+    try:
+        return not exists(path)
+    except Exception:  # noqa: BLE001
+        return False
+
+
 def basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 

@@ -111,7 +111,7 @@ def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255) -> MaskScan:
     except codec.DecodeError as e:
         result.image_error = str(e)
     except Exception as e:  # noqa: BLE001 - missing or unreadable: reported, the scan goes on
-        result.image_error = f"no image at {image_path}" if not storage.exists(image_path) else \
+        result.image_error = f"no image at {image_path}" if storage.absent(image_path) else \
             f"{type(e).__name__}: {e}"
     path = layout.join(root, pair.mask)
     try:
@@ -126,7 +126,7 @@ def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255) -> MaskScan:
         result.error = str(e)
         return result
     except Exception as e:  # noqa: BLE001 - missing or unreadable: reported, the scan goes on
-        result.error = f"no mask at {path}" if not storage.exists(path) else f"{type(e).__name__}: {e}"
+        result.error = f"no mask at {path}" if storage.absent(path) else f"{type(e).__name__}: {e}"
         return result
     result.height, result.width = mask.shape[:2]
     keys = mask.astype(np.uint32) if mask.ndim == 2 else lookup.color_keys(mask)
