@@ -24,10 +24,9 @@ import uuid
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
-from segprep import layout, pairs as pairs_, storage
+from segprep import layout, pairs as pairs_, records, storage
 
 from segprep.tools import progress
 from segprep.storage import read_bytes
@@ -346,15 +345,15 @@ class _WriteShardFn(beam.DoFn):
         yield write_shard(self._temp_dir, self._compressed, split, shard, num_shards, ordered)
 
 
-def write_shard(temp_dir: str, compressed: bool, split: str, shard: int, num_shards: int, records) -> ShardResult:
-    """Writes the serialised `records`, in the order given, as one TFRecord shard under the run's temp dir; counts
+def write_shard(temp_dir: str, compressed: bool, split: str, shard: int, num_shards: int, serialized) -> ShardResult:
+    """Writes the `serialized` records, in the order given, as one TFRecord shard under the run's temp dir; counts
     them in the Beam metrics. Both shuffle paths end here."""
     name = layout.shard_name(split, shard, num_shards, compressed)
     path = layout.join(temp_dir, name)
     count = size = 0
     with storage.create(path, gzip=compressed) as f:
-        for data in records:
-            _TFRecordUtil.write_record(f, data)
+        for data in serialized:
+            records.write(f, data)
             count += 1
             size += len(data)
     Metrics.counter("segprep", "crops_written").inc(count)

@@ -449,3 +449,24 @@ def test_predict_and_evaluate_commands_are_quiet_show_progress_and_summarise(run
     loud = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--model_dir", run_dir, "-v"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert loud.returncode == 0 and BANNER.search(loud.stderr), "-v shows TensorFlow's own lines again"
+
+
+def test_predict_names_from_a_split_list_stay_inside_the_output_dir(run_dir, voc_tree, tmp_path, capsys):
+    import os
+
+    root = voc_tree.root
+    os.makedirs(os.path.join(root, "JPEGImages", "sub"))
+    codec_bytes = open(os.path.join(root, "JPEGImages", "t1.jpg"), "rb").read()
+    open(os.path.join(root, "JPEGImages", "sub", "deep.jpg"), "wb").write(codec_bytes)
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(codec_bytes)
+    with open(os.path.join(root, "ImageSets", "Segmentation", "odd.txt"), "w") as f:
+        f.write(f"../../{outside.stem}\nsub/deep\nt1\n/etc/x\n")
+    out = tmp_path / "preds"
+    capsys.readouterr()
+    assert predict.main(["--model_dir", run_dir, "--input", root, "--split", "odd", "--output_dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "'../../outside' holds a '.' or '..' path segment" in err and "'/etc/x' holds an absolute path" in err
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["sub/deep.png", "sub/deep_overlay.jpg", "t1.png", "t1_overlay.jpg"]  # the others went on
+    assert not (tmp_path / "outside.png").exists()

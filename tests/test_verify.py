@@ -76,3 +76,58 @@ def test_mask_values_outside_the_classes_and_an_unfinished_run(out, capsys):
     assert verify.main([out]) == 1
     assert lines(capsys)[0] == [f"verify: {out}/metadata.json: missing (it holds shards: the prepare run did not "
                                 "finish)"]
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_a_corrupt_length_field_is_a_problem_line_not_a_traceback(out, capsys, quick):
+    import struct
+
+    from segprep import records
+
+    shard = os.path.join(out, "train-00000-of-00003.tfrecord")
+    data = bytearray(open(shard, "rb").read())
+    data[:8] = struct.pack("<Q", 1 << 62)  # a length of 4 EiB, with its old checksum
+    open(shard, "wb").write(bytes(data))
+    assert verify.main([out] + (["--quick"] if quick else [])) == 1
+    found = [line for line in lines(capsys)[0] if shard in line]
+    assert found == [f"verify: {shard}: record 0: length checksum mismatch (not a TFRecord file, or corrupt)"]
+    # a length whose checksum is right but runs past the end of the file: cut short, never a 4 EiB read
+    head = struct.pack("<Q", 1 << 62)
+    data[:12] = head + struct.pack("<I", records.masked_crc(head))
+    open(shard, "wb").write(bytes(data))
+    assert verify.main([out] + (["--quick"] if quick else [])) == 1
+    found = [line for line in lines(capsys)[0] if shard in line]
+    assert len(found) == 1 and "record 0: cut short" in found[0]
+
+
+def test_quick_reads_the_framing_and_seeks_over_the_bodies(out, monkeypatch):
+    from segprep import records
+
+    shard = os.path.join(out, "train-00000-of-00003.tfrecord")
+    read = []
+    real_open = records.storage.open_read
+
+    class Counting:
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def read(self, n=-1):
+            data = self.f.read(n)
+            read.append(len(data))
+            return data
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(records.storage, "open_read", lambda path, gzip=False: Counting(real_open(path, gzip)))
+    framing = list(records.read(shard, skip_data=True))
+    assert sum(read) == 12 * len(framing)  # headers only: each body was seeked over
+    read.clear()
+    full = list(records.read(shard))
+    assert sum(read) == os.path.getsize(shard) and len(full) == len(framing)

@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 
 import cv2
 import numpy as np
 
-from segprep import codec, layout, storage
+from segprep import codec, layout, pairs, storage
 from segprep.tools import cli
 from segprep.tools.cli import Parser, UsageError, examples
 from segprep.palette import Palette
@@ -41,7 +42,12 @@ class Predictor:
         model_dir = model_dir.rstrip("/")
         self.info = read_run_info(model_dir)
         lazy.load("trainer.schedules")  # registers WarmupCosine, so best.keras checkpoints load too
-        self.model = keras.models.load_model(_local_copy(f"{model_dir}/model.keras"))
+        local = _local_copy(f"{model_dir}/model.keras")
+        try:
+            self.model = keras.models.load_model(local)
+        finally:
+            if local != f"{model_dir}/model.keras":  # the temp copy of a gs:// model goes on every exit path
+                os.remove(local)
         outputs = dict(zip(self.model.output_names, self.model.outputs))
         if output not in outputs:
             raise UsageError(f"--output {output}: the model's outputs are {', '.join(sorted(outputs))}.")
@@ -157,8 +163,13 @@ def _local_copy(path: str) -> str:
     """keras.models.load_model reads local files; copy a gs:// model down first."""
     if not storage.is_remote(path):
         return path
-    local = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"segprep-{os.getpid()}-model.keras")
-    common.files.copy(path, local)
+    fd, local = tempfile.mkstemp(prefix="segprep-", suffix="-model.keras")
+    os.close(fd)
+    try:
+        common.files.copy(path, local)
+    except BaseException:
+        os.remove(local)
+        raise
     return local
 
 
@@ -220,16 +231,19 @@ def run(argv: list[str] | None = None) -> int:
     value_range = tuple(info["image_range"]) if info.get("image_range") else None
     for name, path in inputs:
         try:
+            why = pairs.bad_id(name)
+            if why:  # an id from a split list that would name a file outside --output_dir (or the root)
+                raise ValueError(f"id {name!r} holds {why}: its output would leave --output_dir; skipped")
             image = codec.decode_image(common.read_bytes(path), bands, value_range)
-        except (codec.DecodeError, OSError, tf.errors.OpError) as e:
+            pixels += image.shape[0] * image.shape[1]
+            classes = predictor.predict(image, args.overlap)
+            last = predictor.write(image, classes, out_dir, name, args.format)  # an id "a/b" writes OUT/a/b.png
+        except (codec.DecodeError, OSError, ValueError, tf.errors.OpError) as e:
             bar.close()
             print(f"predict: {path}: {e}", file=sys.stderr)
             failed += 1
             bar.update(1, f"{failed} failed")
             continue
-        pixels += image.shape[0] * image.shape[1]
-        classes = predictor.predict(image, args.overlap)
-        last = predictor.write(image, classes, out_dir, name, args.format)
         bar.update(1, f"{pixels / 1e6:,.1f} Mpx" + (f", {failed} failed" if failed else ""))
     bar.close()
     seconds = time.time() - started
