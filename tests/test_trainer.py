@@ -253,6 +253,26 @@ def test_overwrite_starts_clean(records, tmp_path):
     train.run(args + ["--overwrite"])
     assert not (run / "eval-val.json").exists() and not (run / "tensorboard" / "stale.txt").exists()
     assert [int(r["epoch"]) for r in csv.DictReader(open(run / "log.csv"))] == [0]
+    assert (run / train.RUN_MARKER).exists() and not (run / "backup").exists()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_that_is_not_a_segprep_run_is_never_emptied(records, tmp_path, capsys, overwrite):
+    mine = tmp_path / "mine"
+    (mine / "backup").mkdir(parents=True)
+    (mine / "backup" / "thesis.tex").write_text("years of work")
+    (mine / "serving").mkdir()
+    (mine / "serving" / "model.pb").write_text("someone else's model")
+    (mine / "log.csv").write_text("my own log")
+    args = ["--data_dir", records, "--model_dir", str(mine), "--epochs", "1"] + (["--overwrite"] if overwrite else [])
+    assert train.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds files no segprep run wrote (e.g. backup)" in err[0]
+    assert (mine / "backup" / "thesis.tex").read_text() == "years of work"
+    assert (mine / "serving" / "model.pb").exists() and (mine / "log.csv").read_text() == "my own log"
+    with pytest.raises(train.UsageError):
+        train.clear_run(str(mine))  # the library function refuses too
+    assert (mine / "log.csv").exists()
 
 
 @pytest.fixture

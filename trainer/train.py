@@ -200,6 +200,9 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
     epoch_lr = ((lambda epoch: schedules.epoch_warmup(epoch, cfg.lr * placement.replicas, cfg.warmup_epochs))
                 if cfg.warmup_epochs else None)
     files.makedirs(model_dir)
+    if placement.is_chief:  # this folder is a segprep run: only then may --overwrite and the run delete in it
+        files.write_text(f"{model_dir}/{RUN_MARKER}", json.dumps({"written_by": "segprep trainer.train",
+                                                                 "started": time.time()}) + "\n")
     class_weights = median_frequency(md.split(meta, cfg.train_split)) if cfg.class_weights != "none" else None
     runner = loop.Loop(loop.Steps(model, optimizer, weights, num_classes, placement, class_weights), placement,
                        model_dir, save_best=lambda path: save_keras(model, path), epoch_lr=epoch_lr,
@@ -354,6 +357,7 @@ def run(argv: list[str] | None = None) -> loop.History:
         raise UsageError(str(e)) from None
     _loss_weights(args.loss_weights, list(ARCH_OUTPUTS[args.arch]))  # checked before TensorFlow is imported
     model_dir = (args.model_dir or _default_model_dir(args)).rstrip("/")
+    check_run_dir(model_dir)
     finished = exists(f"{model_dir}/model.keras") and not exists(f"{model_dir}/backup")
     if finished and not args.overwrite:
         raise UsageError(f"--model_dir {model_dir} holds a finished run (model.keras); pass --overwrite to train "
@@ -399,12 +403,32 @@ def _train(args, meta: dict, model_dir: str, placement: distribute.Placement, po
 
 RUN_FILES = ("model.keras", "best.keras", "log.csv", "segprep.json")
 RUN_DIRS = ("tensorboard", "backup", "serving")
+RUN_MARKER = ".segprep-run"  # written when a run starts; a folder without it (or a run's files) is not ours
+
+
+def is_run_dir(model_dir: str) -> bool:
+    """True for a folder a segprep run wrote: its marker, or (runs older than the marker) segprep.json or a
+    backup's state.json."""
+    return any(exists(f"{model_dir}/{name}") for name in (RUN_MARKER, "segprep.json", "backup/state.json"))
+
+
+def check_run_dir(model_dir: str) -> None:
+    """A --model_dir that holds anything but a segprep run is refused before anything is written or deleted in it:
+    a run deletes its backup/ and replaces serving/ there, and --overwrite deletes a run's files."""
+    if not files.isdir(model_dir):
+        return
+    names = sorted(files.listdir(model_dir))
+    if names and not is_run_dir(model_dir):
+        raise UsageError(f"--model_dir {model_dir} holds files no segprep run wrote (e.g. {names[0]}), and a run "
+                         "deletes and replaces files in its dir: choose a new or empty --model_dir.")
 
 
 def clear_run(model_dir: str) -> None:
-    """--overwrite: everything a run and `evaluate` wrote in `model_dir`, so the new run starts clean."""
+    """--overwrite: everything a run and `evaluate` wrote in `model_dir`, so the new run starts clean; only in a
+    segprep run's folder (see `check_run_dir`)."""
     if not files.isdir(model_dir):
         return
+    check_run_dir(model_dir)
     for name in files.listdir(model_dir):
         path = f"{model_dir}/{name}"
         if name in RUN_DIRS:
