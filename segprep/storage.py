@@ -18,6 +18,7 @@ Errors of a remote backend are not turned into "absent": an unreachable bucket r
 from __future__ import annotations
 
 import fnmatch
+import functools
 import glob as glob_
 import gzip as gzip_
 import os
@@ -40,6 +41,35 @@ def is_remote(path: str) -> bool:
     return "://" in path
 
 
+class StorageError(OSError):
+    """A remote store that could not be asked: a listing, read or write that failed after the client's own
+    retries (no permission, no such bucket, the network). Never taken for "absent" or "empty"; the commands end
+    with one line naming the path and the cause."""
+
+
+def _remote_errors(what: str):
+    """Turns any failure of a remote call into a StorageError naming `what`, the path and the cause."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, path, *args, **kwargs):
+            first = path[0] if isinstance(path, list) and path else path
+            if not (isinstance(first, str) and is_remote(first)):
+                return method(self, path, *args, **kwargs)
+            try:
+                return method(self, path, *args, **kwargs)
+            except StorageError:
+                raise
+            except Exception as e:  # noqa: BLE001 - every client has its own exception types
+                cause = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise StorageError(f"cannot {what} {first}: {type(e).__name__}" + (f": {cause}" if cause else "")) \
+                    from e
+
+        return wrapper
+
+    return decorate
+
+
 class Files:
     """The file functions, with remote paths served by Beam's FileSystems ("beam") or tf.io.gfile
     ("tensorflow"); local paths always by the standard library."""
@@ -51,10 +81,12 @@ class Files:
     def _tf(self) -> bool:
         return self.remote == "tensorflow"
 
+    @_remote_errors("read")
     def read_bytes(self, path: str) -> bytes:
         with self.open_read(path) as f:
             return f.read()
 
+    @_remote_errors("read")
     def open_read(self, path: str, gzip: bool = False):
         """A binary file object for reading (seekable); `gzip` decompresses on the fly."""
         if not is_remote(path):
@@ -65,6 +97,7 @@ class Files:
 
         return _fs().open(path, compression_type=CompressionTypes.GZIP if gzip else CompressionTypes.UNCOMPRESSED)
 
+    @_remote_errors("write")
     def open_write(self, path: str):
         """A binary file object for writing a whole file; local parent folders are made."""
         if not is_remote(path):
@@ -87,6 +120,7 @@ class Files:
 
         return _fs().create(path, compression_type=CompressionTypes.GZIP if gzip else CompressionTypes.UNCOMPRESSED)
 
+    @_remote_errors("check")
     def exists(self, path: str) -> bool:
         """A file or folder (on an object store: an object, or what the backend reports as a folder)."""
         if not is_remote(path):
@@ -95,6 +129,7 @@ class Files:
             return self._gfile().exists(path)
         return _fs().exists(path)
 
+    @_remote_errors("check")
     def isdir(self, path: str) -> bool:
         if not is_remote(path):
             return os.path.isdir(path)
@@ -102,6 +137,7 @@ class Files:
             return self._gfile().isdir(path)
         return bool(_fs().match([path.rstrip("/") + "/*"], limits=[1])[0].metadata_list)
 
+    @_remote_errors("list")
     def listdir(self, path: str) -> list[str]:
         """Names in a folder (files and folders, without a trailing '/')."""
         if not is_remote(path):
@@ -118,6 +154,7 @@ class Files:
         elif self._tf():
             self._gfile().makedirs(path)
 
+    @_remote_errors("delete")
     def remove(self, paths: list[str]) -> None:
         """Deletes files."""
         remote = [p for p in paths if is_remote(p)]
@@ -130,6 +167,7 @@ class Files:
         elif remote:
             _fs().delete(remote)
 
+    @_remote_errors("delete")
     def rmtree(self, path: str) -> None:
         """Deletes a folder and everything in it."""
         if not is_remote(path):
@@ -141,6 +179,7 @@ class Files:
             if found:
                 _fs().delete(found)
 
+    @_remote_errors("move")
     def rename(self, sources: list[str], targets: list[str]) -> None:
         """Moves files, replacing what is at the targets."""
         if not any(map(is_remote, sources + targets)):
@@ -152,6 +191,7 @@ class Files:
         else:
             _fs().rename(sources, targets)
 
+    @_remote_errors("copy")
     def copy(self, source: str, target: str) -> None:
         """One file, between any two places, overwriting."""
         if not is_remote(source) and not is_remote(target):
@@ -185,6 +225,7 @@ class Files:
     def glob(self, pattern: str) -> list[str]:
         return self.match(pattern)
 
+    @_remote_errors("list")
     def sizes(self, pattern: str) -> dict[str, int]:
         """{path: size in bytes} of the files (not folders) matching a glob. A remote listing that fails raises:
         an unreachable bucket is never taken for an empty one."""

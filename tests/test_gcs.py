@@ -174,3 +174,23 @@ def test_a_pattern_layout_on_gcs_is_listed_once_a_pattern_and_prepared(gcs, tmp_
     assert meta["splits"]["train"]["images_used"] == 4 and meta["splits"]["val"]["images_used"] == 2
     assert meta["splits"]["train"]["records"] == 8
     assert not [p for p in _objects(out) if ".segprep-tmp-" in p]  # the pairs file went with the temp dir
+
+
+def test_a_remote_store_that_cannot_be_asked_is_one_line_not_empty(gcs, tmp_path, capsys):
+    """A bucket that does not exist (as one without permission does) is not an empty dataset, and not a missing
+    earlier run: the listing fails, and the command ends with one line naming the path and the cause."""
+    from segprep.tools import scan
+
+    out = str(tmp_path / "out")
+    for argv in (["--input_dir", "gs://no-such-bucket/voc", "--output_dir", out, "--runner=DirectRunner"],
+                 ["--input_dir", "gs://no-such-bucket/cs", "--output_dir", out, "--val_fraction", "0.1",
+                  "--images", "img/{id}.png", "--masks", "lab/{id}.png", "--runner=DirectRunner"],
+                 ["--output_dir", "gs://no-such-bucket/records", "--runner=DirectRunner"]):
+        capsys.readouterr()
+        assert prepare.main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("prepare: error: cannot ") and "gs://no-such-bucket/" in err[0], err
+    assert not os.path.exists(out)
+    assert scan.main(["--input_dir", "gs://no-such-bucket/voc"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("scan: error: cannot list gs://no-such-bucket/voc/"), err
