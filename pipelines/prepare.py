@@ -15,7 +15,9 @@ see OUT/errors/SPLIT.jsonl), 2 for a usage mistake (one line on stderr, nothing 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import logging
 import os
 import shutil
@@ -201,14 +203,47 @@ def _pipeline_options(beam_args: list[str]):
     beam_log = logging.getLogger("apache_beam.options.pipeline_options")
     level = beam_log.level
     beam_log.setLevel(logging.ERROR)  # its "Discarding unparseable args" warning: we say it better below
+    said = io.StringIO()
     try:
-        unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options()))
+        with contextlib.redirect_stderr(said):  # Beam's parser prints its whole usage (130 lines) for a bad value
+            unknown = sorted(set(options.get_all_options(retain_unknown_options=True))
+                             - set(options.get_all_options()))
+    except SystemExit:
+        lines = [line for line in said.getvalue().splitlines() if "error: " in line]
+        why = lines[-1].split("error: ", 1)[1] if lines else "a Beam pipeline option has a bad value"
+        raise UsageError(f"{why} (a Beam pipeline option).") from None
     finally:
         beam_log.setLevel(level)
     if unknown:
         raise UsageError(f"unknown flag --{unknown[0]}: neither a prepare flag (see --help) nor a Beam pipeline "
                          "option.")
+    _check_runner(options)
     return options
+
+
+def _check_runner(options) -> None:
+    """A mistyped --runner, or Dataflow without the options it needs, is a usage mistake: one line, before
+    anything is made or written (Beam would say it in a traceback, after the sample and the temp dir exist)."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
+    from apache_beam.runners.runner import create_runner
+
+    name = options.view_as(StandardOptions).runner
+    if name is None:
+        return
+    try:
+        create_runner(name)
+    except (ValueError, ImportError) as e:
+        known = str(e).split("Valid values are ", 1)[-1].split(" or the fully")[0] if "Valid values" in str(e) else ""
+        raise UsageError(f"--runner {name}: not a Beam runner" + (f" (Beam knows {known})" if known else f": {e}")
+                         + ".") from None
+    if "Dataflow" in str(name):
+        gcp = options.view_as(GoogleCloudOptions)
+        missing = [flag for flag, value in (("--project", gcp.project), ("--region", gcp.region),
+                                            ("--temp_location", gcp.temp_location or gcp.staging_location))
+                   if not value]
+        if missing:
+            raise UsageError(f"--runner {name} needs {', '.join(missing)} (e.g. --project P --region us-central1 "
+                             "--temp_location gs://B/tmp); see the README's Dataflow section.")
 
 
 def _direct_to_fnapi(options) -> None:
@@ -357,12 +392,17 @@ def run(argv: list[str] | None = None) -> int:
             spill_dir = tempfile.mkdtemp(prefix="segprep-spill-")
         spill_dir = os.path.abspath(spill_dir)
         os.makedirs(spill_dir, exist_ok=True)
+    finished = False
     try:
         with pipeline(job, spill_dir):
             pass  # runs on leaving the block
+        finished = True
     finally:
         if spill_dir:
             shutil.rmtree(spill_dir, ignore_errors=True)
+        if not finished:  # a run that raised leaves nothing of its own behind (a killed one: see verify)
+            with contextlib.suppress(Exception):
+                output.remove_temp_dir(job.spec)
     meta = parse_metadata(read_bytes(layout.metadata_path(out)), layout.metadata_path(out))
     return report(meta, out, time.time() - job.spec.started, job.args.max_failed_inputs)
 

@@ -35,6 +35,10 @@ def prepare_cli(*args, cwd):
     (["--cat_max_ratio", "1.5"], "--cat_max_ratio: must be a number > 0 and ≤ 1"),
     (["--cat_max_ratio", "nan"], "--cat_max_ratio: must be a number > 0 and ≤ 1"),
     (["--seed", "-1"], "--seed: must be an integer ≥ 0"),
+    (["--runner=DirectRuner"], "--runner DirectRuner: not a Beam runner (Beam knows DataflowRunner"),
+    (["--direct_num_workers=abc"], "argument --direct_num_workers: invalid int value: 'abc'"),
+    (["--runner=DataflowRunner"], "--runner DataflowRunner needs --project, --region, --temp_location"),
+    (["--runner=DataflowRunner", "--project", "p", "--temp_location", "gs://b/t"], "needs --region"),
 ])
 def test_user_mistakes_exit_2_with_one_line(tmp_path, voc_tree, args, message):
     if "--input_dir" not in args:

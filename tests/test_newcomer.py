@@ -67,6 +67,8 @@ def test_help_imports_neither_tensorflow_nor_beam_and_ends_with_examples(module,
     ("segprep.scan", ["--input_dir", "/no/such/dir"], "--input_dir /no/such/dir does not exist"),
     ("segprep.scan", ["--input_dir", ".", "--jobs", "0"], "--jobs: must be -1 (one per core) or a positive"),
     ("segprep.inspect", [".", "--count", "0"], "--count: must be an integer from 1 to 200"),
+    ("segprep.inspect", [".", "--output", "x.gif"], "--output x.gif: the sheet is written as PNG or JPEG"),
+    ("segprep.verify", ["/no/such/dir"], "/no/such/dir holds no prepare output (no metadata.json, no shards)"),
     ("segprep.tools.commands", ["trian"], "unknown command 'trian'"),
 ])
 def test_usage_mistakes_answer_in_one_line_without_tensorflow_or_beam(module, args, message, tmp_path):
@@ -74,6 +76,17 @@ def test_usage_mistakes_answer_in_one_line_without_tensorflow_or_beam(module, ar
     assert status == 2 and len(err) == 1 and message in err[0], err
     assert heavy == []
     assert os.listdir(tmp_path) == []  # nothing written, not even the sample
+
+
+def test_train_on_a_dataset_dir_says_to_prepare_it_elsewhere(tmp_path, capsys):
+    from trainer import train
+
+    (tmp_path / "voc" / "JPEGImages").mkdir(parents=True)
+    assert train.main(["--data_dir", str(tmp_path / "voc")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a dataset, not prepare's output" in err[0]
+    assert f"--input_dir {tmp_path / 'voc'} --output_dir data/records" in err[0]  # never into the dataset
+    assert os.listdir(tmp_path / "voc") == ["JPEGImages"]
 
 
 def test_the_segprep_command_runs_each_command_with_its_flags(tmp_path, voc_tree):

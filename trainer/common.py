@@ -30,9 +30,15 @@ def load_metadata(data_dir: str) -> dict:
     are read without TensorFlow (so a wrong --data_dir is answered at once), gs:// ones through tf.io.gfile."""
     path = f"{data_dir.rstrip('/')}/metadata.json"
     if not exists(path):
+        root = data_dir.rstrip("/")
+        if any(exists(f"{root}/{marker}") for marker in ("JPEGImages", "ImageSets", "SAMPLE_VERSION")):
+            raise DataError(f"--data_dir {data_dir} is a dataset, not prepare's output: make the records with "
+                            f"`python -m pipelines.prepare --input_dir {data_dir} --output_dir data/records` and "
+                            "pass --data_dir data/records.")
         why = ("it holds shards but no metadata.json: the prepare run did not finish; re-run it with --overwrite"
-               if glob(f"{data_dir.rstrip('/')}/*.tfrecord*") else "it holds no prepare output")
-        raise DataError(f"No {path}: {why}. Make it with `python -m pipelines.prepare --output_dir {data_dir}`.")
+               if glob(f"{root}/*.tfrecord*") else "it holds no prepare output")
+        raise DataError(f"No {path}: {why}. Make it with `python -m pipelines.prepare --input_dir DATASET "
+                        f"--output_dir {data_dir}`.")
     try:
         return md.parse(read_bytes(path), path)
     except md.MetadataError as e:

@@ -218,6 +218,8 @@ def build_parser() -> Parser:
 
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.output.lower().endswith((".png", ".jpg", ".jpeg")):
+        raise UsageError(f"--output {args.output}: the sheet is written as PNG or JPEG: name it .png, .jpg or .jpeg.")
     source = args.source.rstrip("/")
     problems = 0
     if not storage.exists(layout.metadata_path(source)):

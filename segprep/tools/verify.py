@@ -21,7 +21,7 @@ from segprep import codec, layout, records, schema, storage
 from segprep import metadata as md
 from segprep.palette import IGNORE_LABEL
 from segprep.tools import cli
-from segprep.tools.cli import Parser, examples
+from segprep.tools.cli import Parser, UsageError, examples
 from segprep.tools.progress import Progress
 
 
@@ -136,6 +136,11 @@ def build_parser() -> Parser:
 
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    out = args.output_dir.rstrip("/")
+    if not storage.exists(layout.metadata_path(out)) and not storage.match(layout.join(out, "*")) and not \
+            storage.match(layout.join(out, layout.TEMP_PREFIX + "*", "*")):
+        raise UsageError(f"{out} holds no prepare output (no metadata.json, no shards): pass prepare's "
+                         "--output_dir.")
     problems, summary = verify(args.output_dir, args.quick, args.jobs)
     for line in problems:
         print(f"verify: {line}")
