@@ -54,11 +54,6 @@ class UnknownColorsError(ValueError):
         super().__init__(f"{pixels} mask pixels {what}" + (f": {shown}. " if colors else ". ") + advice)
 
 
-def color_key(rgb: tuple[int, int, int]) -> int:
-    r, g, b = rgb
-    return (r << 16) | (g << 8) | b
-
-
 def key_color(key: int) -> tuple[int, int, int]:
     return (key >> 16) & 255, (key >> 8) & 255, key & 255
 
@@ -145,13 +140,6 @@ def color_keys(rgb: np.ndarray) -> np.ndarray:
     keys = bgra.view("<u4")[..., 0]
     np.bitwise_and(keys, 0xFFFFFF, out=keys)
     return keys
-
-
-def colors_to_classes(rgb: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB → (H, W) uint8 table values, for a mask of any size that fits in one key array.
-    Values may include `UNKNOWN`; `convert_mask` resolves them."""
-    _check_rgb(rgb)
-    return np.take(table, color_keys(rgb))
 
 
 def _bands(height: int, width: int):

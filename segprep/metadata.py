@@ -175,9 +175,3 @@ def shard_paths(meta: dict, data_dir: str, name: str) -> list[str]:
 def compression_type(meta: dict) -> str | None:
     """TFRecordDataset's compression_type for the run's shards: "GZIP" or None."""
     return "GZIP" if meta.get("compression") == "gzip" else None
-
-
-def class_names_with_ignore(meta: dict) -> dict[int, str]:
-    names = dict(enumerate(meta["class_names"]))
-    names[IGNORE_LABEL] = "ignore"
-    return names

@@ -403,6 +403,9 @@ def test_clear_errors(records, tmp_path):
     with pytest.raises(train.UsageError, match="classes"):
         train.fit(build_model(5, 64, width=8), records, str(tmp_path / "r2"), _cfg(), verbose=0)
     assert train.main(["--data_dir", str(tmp_path / "nothing")]) == 2
+    for bad in ("main=-1", "main=nan", "main=0,upsample=0,aux=0", "main=x"):
+        with pytest.raises(train.UsageError, match="--loss_weights"):
+            train._loss_weights(bad, ["main", "upsample", "aux"])
 
 
 def test_a_split_whose_inputs_all_failed_is_named_not_trained_on(voc_tree, tmp_path):

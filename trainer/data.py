@@ -11,7 +11,7 @@ import math
 import tensorflow as tf
 
 from segprep import metadata as md
-from segprep import schema
+from segprep import layout, schema
 from segprep.palette import IGNORE_LABEL
 from trainer import common
 from trainer.common import Augment, DataError, load_metadata  # noqa: F401 - re-exported
@@ -29,7 +29,7 @@ def split_files(meta: dict, data_dir: str, split: str) -> list[str]:
                         f"(see {data_dir.rstrip('/')}/errors/{split}.jsonl).")
     missing = [f for f in files if not common.exists(f)]
     if missing or not files:
-        pattern = f"{data_dir.rstrip('/')}/{split}-?????-of-?????.tfrecord*"
+        pattern = f"{data_dir.rstrip('/')}/{layout.shard_pattern(split)}"
         raise DataError(f"No records for split {split!r} at {missing[0] if missing else pattern}: metadata.json "
                         "names shards that are not there. Was `python -m pipelines.prepare` run with this "
                         "--output_dir?" if missing else

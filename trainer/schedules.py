@@ -19,10 +19,6 @@ def epoch_warmup(epoch_index: int, lr_init: float, num: int) -> float:
     return lr_init * i / num if i < num else lr_init
 
 
-def epoch_warmup_callback(lr_init: float, num: int) -> keras.callbacks.LearningRateScheduler:
-    return keras.callbacks.LearningRateScheduler(lambda epoch, lr: epoch_warmup(epoch, lr_init, num))
-
-
 @keras.saving.register_keras_serializable(package="segprep")
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up over `warmup_steps`, then cosine decay over `decay_steps` to `alpha * lr`."""
@@ -47,11 +43,3 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return {"lr": self.lr, "warmup_steps": self.warmup_steps, "decay_steps": self.decay_steps,
                 "alpha": self.alpha}
-
-
-class LogLearningRate(keras.callbacks.Callback):
-    """Puts the learning rate in effect at the end of each epoch into the logs (CSV, TensorBoard, console)."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))

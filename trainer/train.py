@@ -131,9 +131,15 @@ def _loss_weights(text: str | None, outputs: list[str]) -> dict:
                 raise UsageError(f"--loss_weights names {name.strip()!r}; the model's outputs are "
                                  f"{', '.join(outputs)}.")
             try:
-                weights[name.strip()] = float(value)
+                weight = float(value)
             except ValueError:
-                raise UsageError(f"--loss_weights: {item!r} is not name=number.") from None
+                weight = float("nan")
+            if not 0.0 <= weight < float("inf"):  # NaN fails too
+                raise UsageError(f"--loss_weights: {item!r} is not name=number with a finite number ≥ 0. Received: "
+                                 f"{text}") from None
+            weights[name.strip()] = weight
+    if not any(weights.values()):
+        raise UsageError(f"--loss_weights: every weight is 0, so nothing would be learned. Received: {text}")
     return weights
 
 
@@ -345,7 +351,10 @@ def run(argv: list[str] | None = None) -> loop.History:
         try:
             lo, hi = (float(v) for v in args.aug_scale.split(","))
         except ValueError:
-            raise UsageError(f"--aug_scale must be two numbers like 0.75,1.25. Received: {args.aug_scale}") from None
+            lo = hi = float("nan")
+        if not 0.0 < lo <= hi < float("inf"):  # 0 would divide by zero in the augmentation; NaN fails too
+            raise UsageError(f"--aug_scale must be MIN,MAX with 0 < MIN ≤ MAX, like 0.75,1.25. Received: "
+                             f"{args.aug_scale}")
         scale = (lo, hi)
     try:
         meta = load_metadata(args.data_dir)
