@@ -48,9 +48,8 @@ class ConvertConfig:
         if self.unknown_colors not in lookup.UNKNOWN_MODES:
             raise ValueError(f"unknown_colors must be one of {', '.join(lookup.UNKNOWN_MODES)}. "
                              f"Received: {self.unknown_colors!r}")
-        if self.unknown_colors == "nearest" and len(self.palette.colors) + len(self.palette.ignore_colors) >= lookup.FAR:
-            raise ValueError(f"--unknown_colors=nearest handles palettes of up to {lookup.FAR - 1} colours (classes "
-                             "and ignore colours).")
+        if self.unknown_colors == "nearest":
+            lookup.check_nearest_palette(self.palette)
         if not 0 < self.color_tolerance <= lookup.MAX_TOLERANCE:
             raise ValueError(f"color_tolerance must be in (0, {lookup.MAX_TOLERANCE:g}]. Received: "
                              f"{self.color_tolerance}")

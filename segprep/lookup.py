@@ -76,16 +76,25 @@ def build_table(palette: Palette) -> np.ndarray:
     return table
 
 
+def nearest_handles(palette: Palette) -> bool:
+    """Whether "nearest" can take `palette`: its entries (classes and ignore colours) must fit below `FAR`."""
+    return len(palette.colors) + len(palette.ignore_colors) < FAR
+
+
+def check_nearest_palette(palette: Palette) -> None:
+    if not nearest_handles(palette):
+        raise ValueError(f"--unknown_colors=nearest handles palettes of up to {FAR - 1} colours (classes and "
+                         f"ignore colours). Received: {len(palette.colors) + len(palette.ignore_colors)}")
+
+
 @functools.lru_cache(maxsize=8)
 def build_entry_table(palette: Palette, tolerance: float = DEFAULT_TOLERANCE) -> np.ndarray:
     """The 256³ uint8 table of nearest palette *entries* (row of `_entries`, so each ignore colour is its own
     entry): keys within `tolerance` (Euclidean RGB distance) of a palette colour hold the nearest one's row, the
     rest `FAR`. Ties go to the earlier entry. Only the cube of side 2·tolerance around each colour is visited, so
     the default tolerance takes a fraction of a second; cached."""
+    check_nearest_palette(palette)
     colors, _ = _entries(palette)
-    if len(colors) >= FAR:
-        raise ValueError(f"--unknown_colors=nearest handles palettes of up to {FAR - 1} colours (classes and "
-                         f"ignore colours). Received: {len(colors)}")
     table = np.full(1 << 24, FAR, np.uint8)
     radius = int(np.floor(min(tolerance, MAX_TOLERANCE)))
     dist_best = np.full(1 << 24, np.iinfo(np.int32).max, np.int32)
@@ -223,7 +232,7 @@ def convert_mask(mask: np.ndarray, palette: Palette, mode: str = "error",
         return Conversion(snap_to_present(mask, palette, tolerance, out=values), count)
     top, distinct, keys, counts = counter.result()
     near = 0
-    if len(palette.colors) + len(palette.ignore_colors) < FAR:  # palettes "nearest" can take
+    if nearest_handles(palette):
         near = int(counts[np.take(build_entry_table(palette, tolerance), keys) != FAR].sum())
     if near >= 0.5 * count:
         raise UnknownColorsError(

@@ -17,6 +17,7 @@ import dataclasses
 import numpy as np
 
 STATS = ("dataset", "simple")
+STD_FLOOR = 1e-3  # the smallest std a channel is divided by (a constant channel would divide by 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,10 +30,10 @@ class Normalization:
             raise ValueError(f"normalization stats must be one of {STATS}. Received: {self.stats!r}")
 
     def mean_std(self, meta: dict) -> tuple[list[float], list[float]]:
-        """Per-channel (mean, std) on the 0..255 scale; std is at least 1e-3."""
+        """Per-channel (mean, std) on the 0..255 scale; std is at least STD_FLOOR."""
         if self.stats == "simple":
             return [127.5] * 3, [255.0] * 3
-        return [float(m) for m in meta["rgb_mean"]], [max(float(s), 1e-3) for s in meta["rgb_std"]]
+        return [float(m) for m in meta["rgb_mean"]], [max(float(s), STD_FLOOR) for s in meta["rgb_std"]]
 
     def for_pipeline(self, meta: dict) -> tuple[list[float], list[float]] | None:
         """What the input pipeline applies: None when the model normalises itself."""
