@@ -108,8 +108,22 @@ class Files:
         return _fs().create(path)
 
     def write_bytes(self, path: str, data: bytes) -> None:
-        with self.open_write(path) as f:
-            f.write(data)
+        """A whole file, all at once: locally through a temp file renamed into place, so a reader (or a run killed
+        mid-write) never sees half of it; an object store's write is atomic already."""
+        if is_remote(path):
+            with self.open_write(path) as f:
+                f.write(data)
+            return
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        temp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+        try:
+            with open(temp, "wb") as f:
+                f.write(data)
+            os.replace(temp, path)
+        finally:
+            if os.path.exists(temp):
+                os.remove(temp)
 
     def write_text(self, path: str, text: str) -> None:
         self.write_bytes(path, text.encode("utf-8"))

@@ -162,7 +162,8 @@ def test_multi_worker_trains_resumes_and_only_the_chief_writes(records, tmp_path
     assert [d["chief"] for d in done] == [True, False] and {d["replicas"] for d in done} == {2}
     assert all(d["epochs"] == [1, 2] for d in done)  # resumed after epoch 0, on both workers
     assert done[0]["loss"] == pytest.approx(done[1]["loss"], rel=1e-5)  # one model, reduced across workers
-    assert sorted(os.listdir(run)) == ["best.keras", "log.csv", "model.keras", "segprep.json", "serving", "tensorboard"]
+    assert sorted(os.listdir(run)) == [".segprep-run", "best.keras", "log.csv", "model.keras", "segprep.json",
+                                       "serving", "tensorboard"]
     rows = open(f"{run}/log.csv").read().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
     assert os.listdir(tmp) == []  # the non-chief's temp copies are gone

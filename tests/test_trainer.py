@@ -493,3 +493,32 @@ def test_predict_names_from_a_split_list_stay_inside_the_output_dir(run_dir, voc
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert written == ["sub/deep.png", "sub/deep_overlay.jpg", "t1.png", "t1_overlay.jpg"]  # the others went on
     assert not (tmp_path / "outside.png").exists()
+
+
+def test_a_sigkilled_train_resumes_from_its_last_finished_epoch(records, tmp_path):
+    """A real SIGKILL (no finally, no callback), once epoch 1's backup is complete; the same command again says
+    where it resumes and finishes the run with one row an epoch."""
+    import signal
+    import time
+
+    run = str(tmp_path / "run")
+    cmd = [sys.executable, "-m", "trainer.train", "--data_dir", records, "--model_dir", run, "--epochs", "3",
+           "--batch_size", "4", "--width", "8"]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = os.path.join(run, "backup", "state.json")
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(state) and json.load(open(state))["epoch"] >= 0:  # written whole, last in an epoch
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.load(open(state))["epoch"]
+    assert done in (0, 1) and not os.path.exists(os.path.join(run, "model.keras"))
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"train: resuming from epoch {done + 2} of 3" in again.stdout
+    assert [int(r["epoch"]) for r in csv.DictReader(open(os.path.join(run, "log.csv")))] == [0, 1, 2]
+    assert os.path.exists(os.path.join(run, "model.keras")) and not os.path.exists(os.path.join(run, "backup"))

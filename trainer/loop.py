@@ -208,6 +208,9 @@ class Loop:
         train_iter = iter(strategy.experimental_distribute_dataset(train_ds))
         val_iter = iter(val_ds if self.placement.workers > 1 else strategy.experimental_distribute_dataset(val_ds))
         state = self.restore()
+        if state.epoch >= 0 and self.verbose and self.placement.is_chief:
+            print(f"train: resuming from epoch {state.epoch + 2} of {epochs} (epochs 1-{state.epoch + 1} came back "
+                  f"from {self.model_dir}/backup; best val mIoU so far {state.best:.3f})", flush=True)
         history = History()
         self.callbacks.on_train_begin()
         for epoch in range(state.epoch + 1, epochs):
