@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shards per split; 0 = automatic, about 128 MiB each (default: %(default)s)")
     p.add_argument("--seed", type=cli.integer(0), default=0,
                    help="seed for the random crops and the order of records in shards (default: %(default)s)")
-    p.add_argument("--palette", help="a shipped palette by name — " + "; ".join(f"{k}: {v}" for k, v in PALETTES.items())
-                   + " — or a palette JSON file {names, colors, ignore_colors, index_map} (default: voc)")
+    shipped = "; ".join(f"{name}: {what}" for name, what in PALETTES.items())
+    p.add_argument("--palette", help=f"a shipped palette by name — {shipped} — or a palette JSON file {{names, "
+                                     "colors, ignore_colors, index_map} (default: voc)")
     p.add_argument("--unknown_colors", choices=lookup.UNKNOWN_MODES, default="error",
                    help="mask colours off the palette: error = the image becomes an error record, ignore = 255, "
                         "nearest = the mask is a lossy (JPEG-damaged) palette mask: each pixel takes the nearest "

@@ -1,4 +1,5 @@
-"""`python -m segprep.verify` (are a prepare output's shards whole and consistent): the command lives in segprep/tools/verify.py."""
+"""`python -m segprep.verify` (are a prepare output's shards whole and consistent): the command lives in
+segprep/tools/verify.py."""
 
 import sys
 

@@ -81,7 +81,8 @@ def run_tools(heading: str, root: str, tmp_path, capsys) -> str:
     assert scan.main(["--input_dir", root, *pick(flags)]) == 0
     printed = capsys.readouterr().out
     sheet = str(tmp_path / "pairs.png")
-    assert inspect.main([root, "--output", sheet, "--count", "3", *pick(flags, LAYOUT_FLAGS[:-2] + ("--palette",))]) == 0
+    layout_and_palette = pick(flags, LAYOUT_FLAGS[:-2] + ("--palette",))
+    assert inspect.main([root, "--output", sheet, "--count", "3", *layout_and_palette]) == 0
     assert os.path.getsize(sheet) > 1000
     return printed
 
