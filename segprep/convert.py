@@ -124,29 +124,17 @@ def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig) ->
         raise InputError("unknown_colors", f"mask: a colour mask, but the palette gives {shared[0]} to both "
                                            f"{shared[1]!r} and {shared[2]!r}: it reads index masks only (through "
                                            "its index_map); pass a palette with one colour a class")
-    binary = mask.ndim == 2 and not config.palette.index_map and _only_0_and_255(mask)
     try:
         conversion = lookup.convert_mask(mask, config.palette, config.unknown_colors, config.color_tolerance)
     except lookup.UnknownColorsError as e:
         raise InputError("unknown_colors", f"mask: {e}") from None
-    stats = Stats(images=1, source_pixels=int(conversion.classes.size), binary_masks=int(binary),
-                  source_ignore_pixels=_count_value(conversion.classes, IGNORE_LABEL))
+    stats = Stats(images=1, source_pixels=int(conversion.classes.size), binary_masks=int(conversion.binary),
+                  source_ignore_pixels=conversion.ignore_pixels)
     if config.unknown_colors == "nearest":
         stats.unknown_pixels_snapped = conversion.unknown_pixels
     else:
         stats.unknown_pixels_ignored = conversion.unknown_pixels
     return image, conversion.classes, stats
-
-
-def _only_0_and_255(mask: np.ndarray) -> bool:
-    """True for an index mask whose values are 0 and 255 and nothing else: a binary 0/255 label map, in which
-    255 (the ignore label unless a palette maps it) would hide every foreground pixel."""
-    hist = np.bincount(mask.ravel(), minlength=256)
-    return bool(hist[255]) and bool(hist[0]) and int(hist[0] + hist[255]) == mask.size
-
-
-def _count_value(classes: np.ndarray, value: int) -> int:
-    return int(np.bincount(classes.ravel(), minlength=256)[value])
 
 
 def crop_boxes(classes: np.ndarray, image_id: str, config: ConvertConfig, training: bool) -> list[crops.CropBox]:

@@ -132,10 +132,13 @@ def build_index_table(palette: Palette) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Conversion:
-    """A class-index map and how many of its pixels were off the palette (ignored or snapped, per the mode)."""
+    """A class-index map, how many of its pixels were off the palette (ignored or snapped, per the mode) and how
+    many are the ignore label, counted in the pass that made them."""
 
     classes: np.ndarray  # (H, W) uint8
     unknown_pixels: int
+    ignore_pixels: int = 0
+    binary: bool = False  # an index mask of 0 and 255 only, read without an index map: its 255 is ignored
 
 
 def _check_rgb(rgb: np.ndarray) -> None:
@@ -213,7 +216,7 @@ def convert_mask(mask: np.ndarray, palette: Palette, mode: str = "error",
     table = build_table(palette)
     values = np.empty(mask.shape[:2], np.uint8)
     counter = ColorCounter() if mode == "error" else None
-    count = 0
+    count = ignored = 0
     for rows in _bands(*mask.shape[:2]):
         keys = color_keys(mask[rows])
         out = values[rows]
@@ -226,10 +229,12 @@ def convert_mask(mask: np.ndarray, palette: Palette, mode: str = "error",
                 counter.add(keys[off])
             elif mode == "ignore":
                 out[off] = IGNORE_LABEL
+        ignored += int(np.count_nonzero(out == IGNORE_LABEL))  # the band is in cache: no second pass
     if not count or mode == "ignore":
-        return Conversion(values, count)
+        return Conversion(values, count, ignored)
     if mode == "nearest":
-        return Conversion(snap_to_present(mask, palette, tolerance, out=values), count)
+        classes = snap_to_present(mask, palette, tolerance, out=values)
+        return Conversion(classes, count, int(np.count_nonzero(classes == IGNORE_LABEL)))
     top, distinct, keys, counts = counter.result()
     near = 0
     if nearest_handles(palette):
@@ -261,7 +266,10 @@ def _convert_index(mask: np.ndarray, palette: Palette, mode: str) -> Conversion:
     if count:
         table = table.copy()
         table[table == UNKNOWN] = IGNORE_LABEL
-    return Conversion(np.take(table, mask), count)
+    ignored = int(hist[table == IGNORE_LABEL].sum())  # hist and table have the same length here
+    binary = (not palette.index_map and bool(hist[0]) and bool(hist[IGNORE_LABEL])
+              and int(hist[0] + hist[IGNORE_LABEL]) == mask.size)
+    return Conversion(np.take(table, mask), count, ignored, binary)
 
 
 def snap_to_present(mask: np.ndarray, palette: Palette, tolerance: float = DEFAULT_TOLERANCE,

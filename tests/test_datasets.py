@@ -182,7 +182,7 @@ def test_inria_without_its_palette_warns_and_scan_names_the_fix(tmp_path, capsys
     from segprep.tools import scan
 
     root, out = str(tmp_path / "AerialImageDataset"), str(tmp_path / "out")
-    archives.inria(root)
+    a = archives.inria(root)
     flags = [f for f in readme_command("Inria Aerial Image Labeling")]
     i = flags.index("--palette")
     del flags[i:i + 2]
@@ -192,6 +192,8 @@ def test_inria_without_its_palette_warns_and_scan_names_the_fix(tmp_path, capsys
     meta = metadata(out)
     share = meta["splits"]["train"]["source_ignore_share"]
     assert meta["splits"]["train"]["binary_masks"] == 8 and 0.2 < share < 0.5
+    ignored = sum(round(e["source_ignore_share"] * e["source_pixels"]) for e in meta["splits"].values())
+    assert ignored == sum(int(c.sum()) for c in a.classes.values())  # every building pixel, exactly
     assert "train: 8 of 8 masks hold only the values 0 and 255" in err and "--palette inria" in err
     assert f"{100 * share:.1f}%" in err
     assert scan.main(["--input_dir", root, *pick(flags)]) == 0
