@@ -319,7 +319,7 @@ def plan(argv: list[str] | None = None) -> Job:
                      if args.splits else sample.SPLITS)
             if args.random_crop_splits is not None:
                 pairs.check_names("--random_crop_splits", args.random_crop_splits, names, "this run has")
-        listing = _find(root, spec, args) if args.input_dir else None
+        listing = pairs.find(root, spec, args.splits, args.limit, args.seed) if args.input_dir else None
     except pairs.LayoutError as e:
         raise UsageError(str(e)) from None
     options = _pipeline_options(beam_args)  # imports Beam: every cheap check is done
@@ -327,7 +327,7 @@ def plan(argv: list[str] | None = None) -> Job:
     try:
         if listing is None:
             sample.ensure_sample(SAMPLE_DIR)
-            listing = _find(root, spec, args)
+            listing = pairs.find(root, spec, args.splits, args.limit, args.seed)
         found = listing.splits
         random_splits = (pairs.check_names("--random_crop_splits", args.random_crop_splits, found, "this run has")
                          if args.random_crop_splits is not None else [s for s in found if is_training(s)])
@@ -352,14 +352,6 @@ def plan(argv: list[str] | None = None) -> Job:
 def is_training(split: str) -> bool:
     """Splits that get random crops unless --random_crop_splits says otherwise: train, training, Train, ..."""
     return split.lower().startswith("train")
-
-
-def _find(root: str, spec: pairs.LayoutSpec, args: argparse.Namespace) -> pairs.Listing:
-    listing = pairs.find(root, spec, args.splits, args.limit, args.seed)
-    if not listing.splits:
-        raise pairs.LayoutError(f"--input_dir {root}: no split has masks to read"
-                                + "".join(f"; {s}: {why}" for s, why in listing.skipped.items()) + ".")
-    return listing
 
 
 def pipeline(job: Job, spill_dir: str | None = None):

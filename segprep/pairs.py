@@ -498,9 +498,11 @@ def _pair_listed(root: str, images: Pattern, masks: Pattern) -> list[tuple[str |
         found.append((m, rel, mask))
         if mask is not None:
             used.add(key)
-    seen: dict[tuple, int] = {}
+    seen: dict[tuple, int] = {}  # (split, id) → images
+    ids: dict[str, int] = {}  # id → images, over every split
     for m, _, _ in found:
         seen[(m.split, m.image_id)] = seen.get((m.split, m.image_id), 0) + 1
+        ids[m.image_id] = ids.get(m.image_id, 0) + 1
     out = []
     for m, rel, mask in found:
         image_id = m.image_id
@@ -515,8 +517,7 @@ def _pair_listed(root: str, images: Pattern, masks: Pattern) -> list[tuple[str |
     for (split, stars, image_id), rel in mask_files.items():
         if (split, stars, image_id) not in used:
             want = images.format(image_id, split, stars)
-            clash = seen.get((split, image_id), 0) if mask_split else sum(
-                n for (_, i), n in seen.items() if i == image_id)
+            clash = seen.get((split, image_id), 0) if mask_split else ids.get(image_id, 0)
             qualified = "/".join(stars + (image_id,)) if stars and clash else image_id
             out.append((split, Pair(split or "", qualified, None, rel, "missing_image",
                                     f"no image for mask {rel}: looked for {want}")))
@@ -548,6 +549,9 @@ def _by_pattern(root: str, images: Pattern, masks: Pattern, wanted: str | None) 
                                   "(pass --splits to name the splits to read)")
             else:
                 names.append(split)
+        if not names:
+            raise LayoutError(f"--input_dir {root}: no split has masks to read"
+                              + "".join(f"; {s}: {why}" for s, why in skipped.items()) + ".")
     chosen = {s: _sorted(splits[s]) for s in names}
     if orphans and chosen:
         first = next(iter(chosen))

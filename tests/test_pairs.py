@@ -168,3 +168,17 @@ def test_listing_ten_thousand_files_by_pattern_reads_each_folder_once(tmp_path, 
     listing = pairs.find(root, LayoutSpec("{split}/img/{id}.tif", "{split}/lab/{id}.png"))
     assert listing.counts == {"train": 4000, "val": 1000}
     assert len(calls) == 6  # root, then train/img and val/img; root, then train/lab and val/lab
+
+
+def test_a_tree_whose_splits_all_lack_masks_is_one_usage_error_for_every_tool(tmp_path):
+    touch(str(tmp_path), "Train/images/1.png", "Test/images/2.png")
+    with pytest.raises(LayoutError, match="no split has masks to read; Test: 1 images, no mask matches"):
+        pairs.find(str(tmp_path), LayoutSpec("{split}/images/{id}.png", "{split}/masks/{id}.png"))
+
+
+def test_many_masks_without_images_are_named_in_linear_time(tmp_path):
+    root = str(tmp_path)
+    touch(root, *[f"img/{i}.png" for i in range(3000)], *[f"lab/{i}.png" for i in range(3000, 6000)])
+    listing = pairs.find(root, LayoutSpec("img/{id}.png", "lab/{id}.png", val_fraction=0.5))
+    reasons = [p.reason for s in listing.splits for p in listing.pairs(s)]
+    assert reasons.count("missing_mask") == 3000 and reasons.count("missing_image") == 3000
