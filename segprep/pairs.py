@@ -33,6 +33,7 @@ import functools
 import json
 import os
 import re
+import shlex
 
 from segprep import layout, storage
 from segprep.crops import stable_hash
@@ -411,15 +412,11 @@ def _no_splits_message(root: str, spec: LayoutSpec) -> str:
         where = (f"--input_dir {root} is not in Pascal VOC layout: expected split lists "
                  f"{layout.join(root, spec.split_lists)} next to {layout.IMAGE_DIR}/ and {layout.MASK_DIR}/")
         if hint:
-            return f"{where}. It looks like {hint[0]}: pass {' '.join(_quote(f) for f in hint[1])}."
+            return f"{where}. It looks like {hint[0]}: pass {shlex.join(hint[1])}."
         return where + "; for another layout pass --images and --masks (see --help)."
     return (f"--input_dir {root}: no splits found: --images {spec.images!r} has no {{split}} and no split list "
             f"matches --split_lists {spec.split_lists!r}; pass --val_fraction F (e.g. 0.1) to hold out a share as "
             "'val', or --split_lists PATTERN.")
-
-
-def _quote(arg: str) -> str:
-    return f"'{arg}'" if any(c in arg for c in "{}*?[]$ ") else arg
 
 
 def _split_lists(root: str, text: str) -> dict[str, str]:

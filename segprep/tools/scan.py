@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import sys
 import time
 
@@ -239,8 +240,18 @@ def _in_palette(v: Value, palette: Palette, index: bool) -> str:
     return "NOT IN PALETTE"
 
 
+def values_of(scans: list[MaskScan], tolerance: float) -> tuple[list[Value], list[Value]]:
+    """(every colour, every index value) over the dataset, colours classified: computed once for the report, the
+    prepare command and --write_palette."""
+    colors, indices = aggregate(scans, False), aggregate(scans, True)
+    classify(colors, tolerance)
+    for v in indices:
+        v.role = "class"
+    return colors, indices
+
+
 def report(scans: list[MaskScan], lists, palette: Palette, palette_name: str, tolerance: float,
-           seconds: float, show_all: bool) -> list[str]:
+           seconds: float, show_all: bool, values_by_kind: tuple[list[Value], list[Value]]) -> list[str]:
     lines = [f"scan: {len(scans)} masks in {len(lists)} split{'s' if len(lists) != 1 else ''}, {seconds:.1f} s"]
     for split in lists:
         ok = [s for s in scans if s.split == split and s.error is None]
@@ -271,15 +282,10 @@ def report(scans: list[MaskScan], lists, palette: Palette, palette_name: str, to
         if len(failed) > 10:
             lines.append(f"    ... {len(failed) - 10} more")
     for index in (False, True):
-        values = aggregate(scans, index)
+        values = values_by_kind[index]
         if not values:
             continue
         total = sum(v.pixels for v in values)
-        if not index:
-            classify(values, tolerance)
-        else:
-            for v in values:
-                v.role = "class"
         shown = [v for v in values if show_all or v.role == "class"]
         what = "index values" if index else "colours"
         lines.append(f"mask {what}: {len(values):,} distinct, {sum(v.role == 'class' for v in values)} look like "
@@ -336,13 +342,15 @@ def _scan_all(root: str, listing: pairs.Listing, jobs: int, max_value: int) -> l
 
 
 def prepare_command(root: str, spec: pairs.LayoutSpec, listing: pairs.Listing, palette_arg: str | None,
-                    scans: list[MaskScan], tolerance: float, splits: str | None = None) -> tuple[str, list[str]]:
-    """The prepare command that reads this tree, and notes on the flags it chose."""
-    args = ["python -m pipelines.prepare", "--input_dir", root, "--output_dir", "OUT", *spec.flags()]
+                    scans: list[MaskScan], values_by_kind: tuple[list[Value], list[Value]],
+                    splits: str | None = None) -> tuple[str, list[str]]:
+    """The prepare command that reads this tree (with `palette_arg`, the user's or the one just written), and notes
+    on the flags it chose."""
+    args = ["python", "-m", "pipelines.prepare", "--input_dir", root, "--output_dir", "OUT", *spec.flags()]
     notes = []
     if splits or listing.skipped:
         args += ["--splits", ",".join(listing.splits)]
-    colors, indices = aggregate(scans, False), aggregate(scans, True)
+    colors, indices = values_by_kind
     palette_flag = palette_arg
     if indices and not colors and is_binary(indices) and palette_arg is None:
         palette_flag = "inria"
@@ -350,11 +358,9 @@ def prepare_command(root: str, spec: pairs.LayoutSpec, listing: pairs.Listing, p
                      "with scan --write_palette FILE")
     if palette_flag:
         args += ["--palette", palette_flag]
-    if colors:
-        classify(colors, tolerance)
-        if any(v.role == "noise" for v in colors):
-            args += ["--unknown_colors", "nearest"]
-            notes.append("--unknown_colors nearest: the masks hold compression noise around their class colours")
+    if any(v.role == "noise" for v in colors):
+        args += ["--unknown_colors", "nearest"]
+        notes.append("--unknown_colors nearest: the masks hold compression noise around their class colours")
     infos = [s.image for s in scans if s.image is not None]
     bands = max((i.bands for i in infos if not i.kind), default=3)
     if bands > 3:
@@ -366,11 +372,7 @@ def prepare_command(root: str, spec: pairs.LayoutSpec, listing: pairs.Listing, p
         notes.append(f"--image_range: the images are {', '.join(wide)}; narrow the range to your data's (12-bit "
                      "sensors: 0,4095)")
     args.append("--runner=DirectRunner")
-    return " ".join(_quote(a) for a in args), notes
-
-
-def _quote(arg: str) -> str:
-    return f"'{arg}'" if any(c in arg for c in "{}*?[]$ ") and not arg.startswith("python -m") else arg
+    return shlex.join(args), notes
 
 
 def build_parser() -> Parser:
@@ -412,20 +414,17 @@ def run(argv: list[str] | None = None) -> int:
     started = time.time()
     scans = _scan_all(root, listing, args.jobs, palette.max_index)
     name = args.palette or "Pascal VOC"
-    print("\n".join(report(scans, listing.splits, palette, name, args.tolerance, time.time() - started, args.all)))
-    command, notes = prepare_command(root, spec, listing, args.palette, scans, args.tolerance, args.splits)
+    values_by_kind = values_of(scans, args.tolerance)
+    print("\n".join(report(scans, listing.splits, palette, name, args.tolerance, time.time() - started, args.all,
+                           values_by_kind)))
     if args.write_palette:
-        colors, indices = aggregate(scans, False), aggregate(scans, True)
-        classify(colors, args.tolerance)
-        written = palette_for(colors, indices)
+        written = palette_for(*values_by_kind)
         storage.write_bytes(args.write_palette, (json.dumps(written, indent=1) + "\n").encode())
         print(f"scan: wrote {args.write_palette}: {len(written['names'])} classes"
               + (f", {len(written['ignore_colors'])} ignore colour" if written["ignore_colors"] else "")
               + f"; use it with --palette {args.write_palette}")
-        command = command.replace(f"--palette {args.palette}", "").replace("--palette inria", "").rstrip()
-        command = command.replace(" --runner=DirectRunner", f" --palette {args.write_palette} --runner=DirectRunner")
-        command = " ".join(command.split())
-        notes = [n for n in notes if not n.startswith("--palette")]
+    command, notes = prepare_command(root, spec, listing, args.write_palette or args.palette, scans, values_by_kind,
+                                     args.splits)
     print("prepare this tree with:\n  " + command)
     for note in notes:
         print(f"  ({note})")
