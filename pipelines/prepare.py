@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        f"{SAMPLE_DIR})")
     p.add_argument("--output_dir", default=DEFAULT_OUTPUT, help="where shards, errors/ and metadata.json go "
                                                                 "(default: %(default)s)")
-    pairs.add_flags(p, "pairs")
+    cli.layout_flags(p)
     p.add_argument("--splits", help="comma list of the splits to read, as the layout names them (default: every "
                                     "split found that has masks)")
     p.add_argument("--random_crop_splits",

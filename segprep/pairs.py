@@ -314,37 +314,6 @@ class LayoutSpec:
         return out
 
 
-def add_flags(parser, what: str = "pairs") -> None:
-    """The layout flags, shared by prepare, scan and inspect."""
-    parser.add_argument("--images", default=VOC_IMAGES, metavar="PATTERN",
-                        help="where the images are, relative to --input_dir: {id} pairs an image with its mask, "
-                             "{split} names the split, * is any part of one path segment (default: %(default)s)")
-    parser.add_argument("--masks", default=VOC_MASKS, metavar="PATTERN",
-                        help="where the masks are, the same way; each * takes the value of the same * in the "
-                             "image's path (default: %(default)s)")
-    parser.add_argument("--split_lists", default=VOC_SPLIT_LISTS, metavar="PATTERN",
-                        help="split lists, one id a line, used when the image pattern has no {split} "
-                             "(default: %(default)s)")
-    parser.add_argument("--val_fraction", type=_fraction, default=None, metavar="F",
-                        help="for a tree with neither {split} nor split lists: hold out this share of the "
-                             f"{what} (by a seeded hash of the id) as 'val', the rest is 'train'")
-    parser.add_argument("--group_by", metavar="REGEX",
-                        help="with --val_fraction: ids whose first (...) group of REGEX is equal stay in one split "
-                             "(e.g. '^(.*)_\\d+$' keeps tiles of one area together)")
-
-
-def _fraction(value: str) -> float:
-    import argparse
-
-    try:
-        x = float(value)
-    except ValueError:
-        x = -1.0
-    if not 0.0 < x < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, both excluded (received {value!r})")
-    return x
-
-
 def spec_from_args(args) -> LayoutSpec:
     return LayoutSpec(args.images, args.masks, args.split_lists, args.val_fraction, args.group_by)
 

@@ -111,6 +111,37 @@ def value_range(value: str) -> tuple[float, float]:
     return lo, hi
 
 
+def layout_flags(parser) -> None:
+    """The layout flags of segprep.pairs, shared by prepare, scan and inspect."""
+    from segprep import pairs
+
+    parser.add_argument("--images", default=pairs.VOC_IMAGES, metavar="PATTERN",
+                        help="where the images are, relative to --input_dir: {id} pairs an image with its mask, "
+                             "{split} names the split, * is any part of one path segment (default: %(default)s)")
+    parser.add_argument("--masks", default=pairs.VOC_MASKS, metavar="PATTERN",
+                        help="where the masks are, the same way; each * takes the value of the same * in the "
+                             "image's path (default: %(default)s)")
+    parser.add_argument("--split_lists", default=pairs.VOC_SPLIT_LISTS, metavar="PATTERN",
+                        help="split lists, one id a line, used when the image pattern has no {split} "
+                             "(default: %(default)s)")
+    parser.add_argument("--val_fraction", type=_fraction, default=None, metavar="F",
+                        help="for a tree with neither {split} nor split lists: hold out this share of the "
+                             "pairs (by a seeded hash of the id) as 'val', the rest is 'train'")
+    parser.add_argument("--group_by", metavar="REGEX",
+                        help="with --val_fraction: ids whose first (...) group of REGEX is equal stay in one split "
+                             "(e.g. '^(.*)_\\d+$' keeps tiles of one area together)")
+
+
+def _fraction(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        x = -1.0
+    if not 0.0 < x < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, both excluded (received {value!r})")
+    return x
+
+
 def examples(doc: str) -> str:
     """The "    python -m ..." lines of a module docstring, as an argparse epilog."""
     return "examples:\n" + "\n".join(line for line in doc.splitlines() if line.startswith("    python"))

@@ -378,7 +378,7 @@ def prepare_command(root: str, spec: pairs.LayoutSpec, listing: pairs.Listing, p
 def build_parser() -> Parser:
     p = Parser("scan", prog="python -m segprep.scan", description=__doc__.split("\n")[0], epilog=examples(__doc__))
     p.add_argument("--input_dir", required=True, help="dataset root, local or gs://")
-    pairs.add_flags(p, "pairs")
+    cli.layout_flags(p)
     p.add_argument("--splits", help="comma list of the splits to scan (default: every split found that has masks)")
     p.add_argument("--palette", help=f"palette to compare against: a shipped name ({', '.join(PALETTES)}) or a "
                                      "palette JSON file (default: voc)")

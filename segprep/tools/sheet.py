@@ -209,7 +209,7 @@ def build_parser() -> Parser:
                    help="which random crops or pairs: another seed, another draw (default: %(default)s)")
     p.add_argument("--palette", help="for a dataset root: the palette to read and colour the masks with, a shipped "
                                      "name or a JSON file (default: voc)")
-    pairs.add_flags(p, "pairs")
+    cli.layout_flags(p)
     p.add_argument("--bands", type=cli.bands, metavar="B,B,B", help="for a dataset root: as prepare's --bands")
     p.add_argument("--image_range", type=cli.value_range, metavar="LO,HI", help="for a dataset root: as prepare's "
                                                                        "--image_range")
