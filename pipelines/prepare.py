@@ -330,7 +330,7 @@ def plan(argv: list[str] | None = None) -> Job:
             listing = pairs.find(root, spec, args.splits, args.limit, args.seed)
         found = listing.splits
         random_splits = (pairs.check_names("--random_crop_splits", args.random_crop_splits, found, "this run has")
-                         if args.random_crop_splits is not None else [s for s in found if is_training(s)])
+                         if args.random_crop_splits is not None else [s for s in found if pairs.is_training(s)])
     except pairs.LayoutError as e:
         raise UsageError(str(e)) from None
     for split, why in listing.skipped.items():
@@ -347,11 +347,6 @@ def plan(argv: list[str] | None = None) -> Job:
         seed=args.seed, num_shards=args.num_shards, flags=flags, started=started)
     spill_ = args.shuffle == "spill" or (args.shuffle == "auto" and local_runner(options))
     return Job(args, options, config, run_spec, spill_, listing)
-
-
-def is_training(split: str) -> bool:
-    """Splits that get random crops unless --random_crop_splits says otherwise: train, training, Train, ..."""
-    return split.lower().startswith("train")
 
 
 def pipeline(job: Job, spill_dir: str | None = None):

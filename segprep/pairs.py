@@ -318,6 +318,11 @@ def spec_from_args(args) -> LayoutSpec:
     return LayoutSpec(args.images, args.masks, args.split_lists, args.val_fraction, args.group_by)
 
 
+def is_training(split: str) -> bool:
+    """Splits that get random crops unless --random_crop_splits says otherwise: train, training, Train, ..."""
+    return split.lower().startswith("train")
+
+
 def check_names(flag: str, value: str, known, where: str) -> list[str]:
     """The names of a comma-list flag, each one of `known`; otherwise a `LayoutError` naming the stranger."""
     names = [s.strip() for s in value.split(",") if s.strip()]

@@ -22,7 +22,8 @@ import sys
 import cv2
 import numpy as np
 
-from segprep import codec, layout, lookup, pairs, records, schema, storage
+from segprep import codec, layout, pairs, records, schema, storage
+from segprep.convert import ConvertConfig, InputError, decode_pair
 from segprep import metadata as md
 from segprep.palette import IGNORE_LABEL, Palette, PaletteError, load_palette
 from segprep.tools import cli
@@ -168,26 +169,19 @@ def from_dataset(root: str, spec: pairs.LayoutSpec, split: str | None, count: in
         listing = pairs.find(root, spec, split, seed=seed)
     except pairs.LayoutError as e:
         raise UsageError(f"{root} holds no metadata.json (prepare's output), and as a dataset root: {e}") from None
-    names = listing.splits
-    split = split or next((s for s in names if s.lower().startswith("train")), names[0] if names else None)
-    if split is None:
-        raise UsageError(f"{root}: no split with masks to show.")
-    listed = [p for p in listing.pairs(split) if not p.reason]
+    split = split or next((s for s in listing.splits if pairs.is_training(s)), listing.splits[0])
+    every = listing.pairs(split)
+    listed = [p for p in every if not p.reason]
     rng = np.random.default_rng(seed)
     chosen = [listed[i] for i in sorted(rng.choice(len(listed), min(count, len(listed)), replace=False))]
-    samples, counts, problems = [], np.zeros(256, np.int64), len(listing.pairs(split)) - len(listed)
+    samples, counts, problems = [], np.zeros(256, np.int64), len(every) - len(listed)
+    config = ConvertConfig(palette=palette, unknown_colors="ignore", bands=bands, image_range=value_range)
     for pair in chosen:
-        try:
-            image = codec.decode_image(storage.read_bytes(layout.join(root, pair.image)), bands, value_range)
-            mask, _ = codec.decode_mask(storage.read_bytes(layout.join(root, pair.mask)), palette.max_index)
-            classes = lookup.convert_mask(mask, palette, "ignore").classes
-        except (codec.DecodeError, OSError) as e:
+        try:  # prepare's own decode and checks, off-palette colours drawn as ignore
+            image, classes, _ = decode_pair(storage.read_bytes(layout.join(root, pair.image)),
+                                            storage.read_bytes(layout.join(root, pair.mask)), config)
+        except (InputError, OSError) as e:
             print(f"inspect: {pair.image_id}: {e}", file=sys.stderr)
-            problems += 1
-            continue
-        if classes.shape != image.shape[:2]:
-            print(f"inspect: {pair.image_id}: mask {classes.shape[::-1]} and image {image.shape[1::-1]} differ in "
-                  "size (w×h)", file=sys.stderr)
             problems += 1
             continue
         counts += np.bincount(classes.ravel(), minlength=256)
