@@ -81,6 +81,13 @@ class Files:
     def _tf(self) -> bool:
         return self.remote == "tensorflow"
 
+    def _folders(self, what: str):
+        """tf.io.gfile, for the folder operations only the trainer needs on a remote store (run dirs: isdir,
+        listdir, rmtree, walk); prepare and the tools never ask an object store for folders."""
+        if not self._tf():
+            raise NotImplementedError(f"{what} of a remote folder goes through storage.TENSORFLOW (tf.io.gfile)")
+        return self._gfile()
+
     @_remote_errors("read")
     def read_bytes(self, path: str) -> bytes:
         with self.open_read(path) as f:
@@ -147,19 +154,14 @@ class Files:
     def isdir(self, path: str) -> bool:
         if not is_remote(path):
             return os.path.isdir(path)
-        if self._tf():
-            return self._gfile().isdir(path)
-        return bool(_fs().match([path.rstrip("/") + "/*"], limits=[1])[0].metadata_list)
+        return self._folders("isdir").isdir(path)
 
     @_remote_errors("list")
     def listdir(self, path: str) -> list[str]:
         """Names in a folder (files and folders, without a trailing '/')."""
         if not is_remote(path):
             return os.listdir(path)
-        if self._tf():
-            return [name.rstrip("/") for name in self._gfile().listdir(path)]
-        prefix = path.rstrip("/") + "/"
-        return sorted({p[len(prefix):].split("/", 1)[0] for p in self.match(prefix + "**")})
+        return [name.rstrip("/") for name in self._folders("listdir").listdir(path)]
 
     def makedirs(self, path: str) -> None:
         """A folder and its parents (nothing to make on an object store but for TensorFlow's bookkeeping)."""
@@ -186,12 +188,8 @@ class Files:
         """Deletes a folder and everything in it."""
         if not is_remote(path):
             shutil.rmtree(path)
-        elif self._tf():
-            self._gfile().rmtree(path)
         else:
-            found = self.match(path.rstrip("/") + "/**")
-            if found:
-                _fs().delete(found)
+            self._folders("rmtree").rmtree(path)
 
     @_remote_errors("move")
     def rename(self, sources: list[str], targets: list[str]) -> None:
@@ -218,19 +216,11 @@ class Files:
                 shutil.copyfileobj(src, dst, 1 << 20)
 
     def walk(self, top: str):
-        """(folder, subfolders, files) for every folder under `top`, as os.walk gives them (on an object store
-        through Beam: the folders that hold files, without subfolder lists)."""
+        """(folder, subfolders, files) for every folder under `top`, as os.walk gives them."""
         if not is_remote(top):
             yield from os.walk(top)
-        elif self._tf():
-            yield from self._gfile().walk(top)
         else:
-            by_folder: dict[str, list[str]] = {}
-            for p in self.match(top.rstrip("/") + "/**"):
-                folder, _, name = p.rpartition("/")
-                by_folder.setdefault(folder, []).append(name)
-            for folder in sorted(by_folder):
-                yield folder, [], sorted(by_folder[folder])
+            yield from self._folders("walk").walk(top)
 
     def match(self, pattern: str) -> list[str]:
         """Paths of the files matching a glob, sorted; an absent folder matches nothing."""
