@@ -357,8 +357,10 @@ def pipeline(job: Job, spill_dir: str | None = None):
     manifest = None
     if job.listing.listed is not None:
         manifest = job.manifest
-        lines = (pair.to_json() + "\n" for split in job.listing.splits for pair in job.listing.pairs(split))
-        storage.write_bytes(manifest, "".join(lines).encode("utf-8"))
+        with storage.open_write(manifest) as f:  # a line at a time: a million pairs are never one string
+            for split in job.listing.splits:
+                for pair in job.listing.pairs(split):
+                    f.write((pair.to_json() + "\n").encode("utf-8"))
     p = beam.Pipeline(options=job.options)
     build(p, job.args, job.config, job.spec, job.listing, spill_dir if job.spill else None, manifest)
     return p
