@@ -75,39 +75,47 @@ def _check_complete(data: bytes, fmt: str) -> None:
 _MARKER_AFTER_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7]")
 
 
-def _jpeg_end(data: bytes) -> int:
-    """The offset just past a JPEG's end-of-image marker, found by walking its segments and scans; anything after
-    it (a Motion Photo's video, a maker's trailer) is not part of the image. Raises `DecodeError` when the data
-    ends before it: a truncated file. Thumbnails inside APPn segments are skipped whole, so their end markers are
-    never taken for the image's."""
+def _jpeg_markers(data: bytes):
+    """(marker, offset just past its two-byte length field or past the marker) for each marker of a JPEG, walking
+    its segments and scans as libjpeg does: stray bytes and fill bytes are skipped, a scan's entropy-coded data runs
+    to the next real marker, and thumbnails inside APPn segments are skipped whole. Stops where the data ends or
+    after EOI."""
     pos, size = 2, len(data)
-    while True:
-        if pos >= size:
-            break
+    while pos < size:
         if data[pos] != 0xFF:  # stray bytes between segments: libjpeg skips to the next marker, so do we
             pos = data.find(b"\xff", pos)
             if pos < 0:
-                break
+                return
             continue
         while pos < size and data[pos] == 0xFF:  # fill bytes before a marker
             pos += 1
         if pos >= size:
-            break
+            return
         marker = data[pos]
         pos += 1
-        if marker == 0xD9:  # EOI
-            return pos
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # TEM, RSTn, SOI: no length
+        if marker == 0xD9 or marker == 0x01 or 0xD0 <= marker <= 0xD8:  # EOI, TEM, RSTn, SOI: no length
+            yield marker, pos
+            if marker == 0xD9:
+                return
             continue
         if pos + 2 > size:
-            break
+            return
+        yield marker, pos + 2
         pos += int.from_bytes(data[pos:pos + 2], "big")
         if marker == 0xDA:  # start of scan: entropy-coded data runs to the next real marker
             found = _MARKER_AFTER_SCAN.search(data, pos)
             if found is None:
-                break
+                return
             pos = found.start()
-    raise DecodeError(f"truncated JPEG: the data ends before the end-of-image marker ({size} bytes)")
+
+
+def _jpeg_end(data: bytes) -> int:
+    """The offset just past a JPEG's end-of-image marker; anything after it (a Motion Photo's video, a maker's
+    trailer) is not part of the image. Raises `DecodeError` when the data ends before it: a truncated file."""
+    for marker, pos in _jpeg_markers(data):
+        if marker == 0xD9:
+            return pos
+    raise DecodeError(f"truncated JPEG: the data ends before the end-of-image marker ({len(data)} bytes)")
 
 
 def _png_end(data: bytes) -> int:
@@ -206,10 +214,6 @@ def _colormap_rgb(colormap: np.ndarray) -> np.ndarray:
     if cmap.max(initial=0) > 255:
         cmap = cmap >> 8
     return np.ascontiguousarray(cmap.T.astype(np.uint8))
-
-
-BITS = {np.dtype(np.uint8): 8, np.dtype(np.int8): 8, np.dtype(np.uint16): 16, np.dtype(np.int16): 16,
-        np.dtype(np.uint32): 32, np.dtype(np.int32): 32, np.dtype(np.float32): 32, np.dtype(np.float64): 64}
 
 
 def describe_dtype(dtype: np.dtype) -> str:
@@ -340,28 +344,14 @@ def probe(f) -> ImageInfo:
 
 def _jpeg_sof(data: bytes) -> tuple[int, int, int, int] | None:
     """(bits, height, width, components) from a JPEG's frame header, or None when `data` ends before it."""
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            pos += 1
-            continue
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            pos += 2
-            continue
-        length = int.from_bytes(data[pos + 2:pos + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if pos + 10 > len(data):
+    for marker, pos in _jpeg_markers(data):
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn (not DHT, JPG, DAC)
+            if pos + 6 > len(data):
                 return None
-            bits = data[pos + 4]
-            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
-            return bits, height, width, data[pos + 9]
+            height, width = struct.unpack(">HH", data[pos + 1:pos + 5])
+            return data[pos], height, width, data[pos + 5]
         if marker in (0xDA, 0xD9):  # a scan or the end before any frame header
             return None
-        pos += 2 + length
     return None
 
 

@@ -122,7 +122,7 @@ def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255) -> MaskScan:
         if result.fmt == "png":
             result.depth = codec.png_color_type(data)[1]
         elif result.fmt == "tiff":
-            result.depth = int(codec.BITS.get(mask.dtype, 8)) if mask.ndim == 2 else 8
+            result.depth = mask.dtype.itemsize * 8 if mask.ndim == 2 else 8
     except codec.DecodeError as e:
         result.error = str(e)
         return result
