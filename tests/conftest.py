@@ -75,7 +75,11 @@ def write_lists(root: str, splits: dict) -> None:
 def voc_tree(tmp_path) -> Tree:
     """Five pairs: train has a 150×220 photo, a 40×70 one smaller than a 64 crop both ways, and a 130×50 one
     (palette mask); val has a 100×90 (index mask) and a 64×64."""
-    root = str(tmp_path / "voc")
+    return make_voc_tree(str(tmp_path / "voc"))
+
+
+def make_voc_tree(root: str) -> Tree:
+    """The `voc_tree` fixture's five pairs, written under `root` (the same bytes every time)."""
     rng = np.random.default_rng(7)
     sizes = {"t1": (150, 220, "color"), "t2": (40, 70, "color"), "t3": (130, 50, "palette"),
              "v1": (100, 90, "index"), "v2": (64, 64, "color")}

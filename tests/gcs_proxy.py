@@ -8,6 +8,10 @@ request over plain HTTP to `gcp-storage-emulator`. `tf_env` gives the variables 
 
 The emulator mishandles zero-byte uploads, which TF uses for directory markers ("dir/" objects): the proxy
 answers those itself, as GCS would, without storing anything (gs:// has no directories; listings still work).
+
+Both can inject faults (`Faults`): a share of requests answered 503 or 429, or the connection reset, either before
+the request reaches the emulator or, for downloads, halfway through the response body. `Forwarder` is the plain-HTTP
+version for Beam's client (google-cloud-storage, pointed at it by STORAGE_EMULATOR_HOST).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import datetime
 import http.client
 import json
 import os
+import random
 import socket
+import struct
 import ssl
 import threading
 import urllib.parse
@@ -56,25 +62,51 @@ def make_ca(folder: str) -> tuple[str, str, str]:
     return tuple(paths)
 
 
-class Proxy:
-    """CONNECT proxy terminating TLS for HOSTS and forwarding to the emulator at http://127.0.0.1:`target`."""
+class Faults:
+    """Answers a `rate` share of requests (drawn from a seeded generator) with a fault, the kinds taken in turn:
+    503, 429, a reset before the request is forwarded, and a reset halfway through the response body (saved for the
+    next GET, where a retry is always safe; a 503 stands in meanwhile). `injected` counts them by kind; `requests`
+    counts every request seen."""
 
-    def __init__(self, target_port: int, folder: str):
-        self.ca, cert, key = make_ca(folder)
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(cert, key)
-        self.target = target_port
+    KINDS = ("503", "429", "reset", "reset_mid_body")
+
+    def __init__(self, rate: float, seed: int = 0):
+        self.rate, self._rng, self._lock, self._turn = rate, random.Random(seed), threading.Lock(), 0
+        self.requests, self.injected = 0, dict.fromkeys(self.KINDS, 0)
+
+    def draw(self, method: str) -> str | None:
+        with self._lock:
+            self.requests += 1
+            if self._rng.random() >= self.rate:
+                return None
+            kind = self.KINDS[self._turn % len(self.KINDS)]
+            if kind == "reset_mid_body" and method != "GET":
+                kind = "503"
+            else:
+                self._turn += 1
+            self.injected[kind] += 1
+            return kind
+
+
+class _Reset(Exception):
+    """Drop this connection with a TCP reset."""
+
+
+class _Server:
+    """Accepts connections on 127.0.0.1 and forwards each HTTP request on them to the emulator at `target`."""
+
+    public_url = ""  # what the emulator's own address is rewritten to in Location headers
+
+    def __init__(self, target_port: int, faults: Faults | None = None):
+        self.target, self.faults = target_port, faults
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self._stop = False
-        threading.Thread(target=self._serve, daemon=True).start()
 
-    def tf_env(self) -> dict:
-        return {"HTTPS_PROXY": f"http://127.0.0.1:{self.port}", "https_proxy": f"http://127.0.0.1:{self.port}",
-                "CURL_CA_BUNDLE": self.ca, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "dummy",
-                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    def start(self) -> None:
+        threading.Thread(target=self._serve, daemon=True).start()
 
     def close(self) -> None:
         self._stop = True
@@ -89,26 +121,43 @@ class Proxy:
             # Small writes back to back (CONNECT's answer, then TLS): without this, Nagle's algorithm against the
             # client's delayed ACK costs 40 ms a request.
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+            threading.Thread(target=self._connection, args=(client,), daemon=True).start()
 
-    def _tunnel(self, client: socket.socket) -> None:
+    def _connection(self, client: socket.socket) -> None:
+        stream = client  # after a TLS handshake, the wrapper owns the connection
         try:
-            head = _read_head(client)
-            if not head or not head.startswith(b"CONNECT "):
-                client.close()
-                return
-            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            tls = self.context.wrap_socket(client, server_side=True)
-            reader = tls.makefile("rb")
-            while True:
-                request = _read_request(reader, tls)
-                if request is None:
-                    break
-                tls.sendall(self._forward(*request))
+            stream = self._open(client)
+            self._requests(stream)
+        except _Reset:
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except (OSError, ssl.SSLError, ValueError):
             pass
         finally:
-            client.close()
+            stream.close()
+
+    def _open(self, client: socket.socket):
+        return client
+
+    def _requests(self, stream) -> None:
+        """Answers the requests on one connection (`stream`: the socket, or its TLS wrapping) until it closes."""
+        reader = stream.makefile("rb")
+        while True:
+            request = _read_request(reader, stream)
+            if request is None:
+                return
+            kind = self.faults.draw(request[0]) if self.faults else None
+            if kind in ("503", "429"):
+                body = json.dumps({"error": {"code": int(kind), "message": "injected fault"}}).encode()
+                stream.sendall(_response(int(kind), {"Content-Type": "application/json"}, body))
+                continue
+            if kind == "reset":
+                raise _Reset
+            answer = self._forward(*request)
+            if kind == "reset_mid_body":
+                head = answer.index(b"\r\n\r\n") + 4
+                stream.sendall(answer[:head + (len(answer) - head) // 2])
+                raise _Reset
+            stream.sendall(answer)
 
     def _forward(self, method: str, path: str, headers: dict, body: bytes) -> bytes:
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
@@ -130,9 +179,43 @@ class Proxy:
                                                                         "content-length")}
         for k, v in list(out.items()):  # resumable uploads continue through the proxy, as on real GCS
             if k.lower() == "location":
-                out[k] = v.replace(f"http://127.0.0.1:{self.target}", f"https://{HOSTS[0]}")
+                out[k] = v.replace(f"http://127.0.0.1:{self.target}", self.public_url)
         conn.close()
         return _response(resp.status, out, data, resp.reason)
+
+
+class Forwarder(_Server):
+    """Plain HTTP on 127.0.0.1 to the emulator, with `faults`: point STORAGE_EMULATOR_HOST at `url`."""
+
+    def __init__(self, target_port: int, faults: Faults | None = None):
+        super().__init__(target_port, faults)
+        self.url = self.public_url = f"http://127.0.0.1:{self.port}"
+        self.start()
+
+
+class Proxy(_Server):
+    """CONNECT proxy terminating TLS for HOSTS and forwarding to the emulator at http://127.0.0.1:`target`."""
+
+    public_url = f"https://{HOSTS[0]}"
+
+    def __init__(self, target_port: int, folder: str, faults: Faults | None = None):
+        super().__init__(target_port, faults)
+        self.ca, cert, key = make_ca(folder)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.start()
+
+    def tf_env(self) -> dict:
+        return {"HTTPS_PROXY": f"http://127.0.0.1:{self.port}", "https_proxy": f"http://127.0.0.1:{self.port}",
+                "CURL_CA_BUNDLE": self.ca, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "dummy",
+                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+    def _open(self, client: socket.socket):
+        head = _read_head(client)
+        if not head or not head.startswith(b"CONNECT "):
+            raise ValueError("not a CONNECT")
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        return self.context.wrap_socket(client, server_side=True)
 
 
 def _read_head(sock: socket.socket) -> bytes:

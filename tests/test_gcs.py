@@ -4,6 +4,7 @@ trainer, predict and evaluate through TensorFlow's (reached through the TLS prox
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,15 +17,29 @@ from pipelines import prepare
 from segprep import codec, crops
 
 
+def _resumable_incomplete(response, storage, upload_id, fallback_end=0):
+    """The emulator's answer to a resumable upload that is not complete, as GCS gives it: "Range: bytes=0-N" only
+    when bytes were received. (The emulator says bytes=0-0 when none were, so a client that asks after a failed
+    chunk, as TensorFlow's does, resumes at byte 1 and is refused.)"""
+    from gcp_storage_emulator.handlers.objects import GoogleHTTPStatus
+
+    response.status = GoogleHTTPStatus.RESUME_INCOMPLETE
+    received = storage.get_resumable_byte_count(upload_id)
+    if received > 0:
+        response["Range"] = f"bytes=0-{received - 1}"
+
+
 @pytest.fixture
 def emulator(monkeypatch):
     """A GCS emulator on 127.0.0.1 with bucket "bkt", Beam's GCS client pointed at it; → its port."""
+    from gcp_storage_emulator.handlers import objects as emulator_objects
     from gcp_storage_emulator.server import create_server
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
+    monkeypatch.setattr(emulator_objects, "_resumable_incomplete", _resumable_incomplete)
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket="bkt")
     server.start()
     logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
@@ -43,10 +58,14 @@ def gcs(emulator):
 
 
 @pytest.fixture
-def tf_env(emulator, tmp_path):
-    """Environment for a TensorFlow process whose gs:// reaches the emulator."""
-    proxy = gcs_proxy.Proxy(emulator, str(tmp_path))
-    yield dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", **proxy.tf_env())
+def tf_proxy(emulator, tmp_path):
+    """The TLS proxy through which TensorFlow's gs:// reaches the emulator, injecting 10% faults; its `env` is the
+    environment for a TensorFlow process."""
+    proxy = gcs_proxy.Proxy(emulator, str(tmp_path), gcs_proxy.Faults(0.1, seed=5))
+    # TensorFlow's client still retries every fault, after 0.1 s at first instead of its 1 s (2 s at most, not 32).
+    proxy.env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", GCS_RETRY_CONFIG_INIT_DELAY_TIME_US="100000",
+                     GCS_RETRY_CONFIG_MAX_DELAY_TIME_US="2000000", **proxy.tf_env())
+    yield proxy
     proxy.close()
 
 
@@ -92,6 +111,42 @@ def test_prepare_reads_and_writes_gcs(gcs, voc_tree, tmp_path):
         prepare.run(["--input_dir", f"{gcs}/voc", "--output_dir", out, "--runner=DirectRunner"])
 
 
+def _shard_bytes(out: str, meta: dict) -> dict:
+    from apache_beam.io.filesystems import FileSystems
+
+    return {name: FileSystems.open(f"{out}/{name}").read()
+            for split in meta["splits"].values() for name in split["shards"]}
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.3])
+def test_prepare_through_a_faulty_gcs_writes_the_shards_of_a_clean_run(rate, emulator, voc_tree, tmp_path, monkeypatch):
+    """Beam's GCS client under injected faults (10% or 30% of requests: 503, 429, connection reset before the
+    request or halfway through a download): it retries, and the shards are byte for byte those of a local run."""
+    from apache_beam.io.filesystems import FileSystems
+
+    args = ["--crop_size", "64", "--crops_per_image", "3", "--num_shards", "3", "--runner=DirectRunner"]
+    local = str(tmp_path / "local")
+    assert prepare.run(["--input_dir", voc_tree.root, "--output_dir", local] + args) == 0
+    want = json.load(open(f"{local}/metadata.json"))
+    faults = gcs_proxy.Faults(rate, seed=3)
+    forwarder = gcs_proxy.Forwarder(emulator, faults)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", forwarder.url)
+    try:
+        upload(voc_tree.root, "gs://bkt/voc")
+        out = "gs://bkt/records"
+        assert prepare.run(["--input_dir", "gs://bkt/voc", "--output_dir", out] + args) == 0
+        meta = json.loads(FileSystems.open(f"{out}/metadata.json").read())
+        got = _shard_bytes(out, meta)
+    finally:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{emulator}")
+        forwarder.close()
+    assert got == _shard_bytes(local, want) and len(got) == 6
+    assert meta["splits"] == want["splits"]
+    assert not [p for p in _objects(out) if ".segprep-tmp-" in p]
+    print("faults injected:", faults.injected, "of", faults.requests, "requests")
+    assert sum(faults.injected.values()) >= rate / 2 * faults.requests and all(faults.injected.values())
+
+
 def _objects(prefix):
     from apache_beam.io.filesystems import FileSystems
 
@@ -99,15 +154,15 @@ def _objects(prefix):
 
 
 KILLED_RUN = """
-import sys
+import os, signal, sys
 import keras
 from trainer import train
 from trainer.model import build_model
 
 
 class Kill(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        raise SystemExit(3)
+    def on_epoch_end(self, epoch, logs=None):  # after the epoch's backup is written
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 train.fit(build_model(21, 64, width=8), sys.argv[1], sys.argv[2], train.TrainConfig(epochs=2, batch_size=4),
@@ -115,22 +170,24 @@ train.fit(build_model(21, 64, width=8), sys.argv[1], sys.argv[2], train.TrainCon
 """
 
 
-def test_train_predict_and_evaluate_with_shards_and_run_dir_on_gcs(gcs, tf_env, voc_tree, tmp_path):
+def test_train_predict_and_evaluate_with_shards_and_run_dir_on_gcs(gcs, tf_proxy, voc_tree, tmp_path):
+    """The trainer's commands on gs:// through 10% injected faults (TensorFlow's client retries them): a run
+    SIGKILLed after its first epoch resumes and finishes; predict and evaluate read the run from gs://."""
     data, run = f"{gcs}/records", f"{gcs}/runs/a"
     assert prepare.run(["--input_dir", voc_tree.root, "--output_dir", data, "--crop_size", "64",
                         "--crops_per_image", "6", "--runner=DirectRunner"]) == 0
 
     def cli(*args, code=None):
         argv = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", *args]
-        return subprocess.run(argv, env=tf_env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        return subprocess.run(argv, env=tf_proxy.env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
     killed = cli(data, run, code=KILLED_RUN)  # dies after its first epoch, leaving backup/ on gs://
-    assert killed.returncode == 3, killed.stderr[-3000:]
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert any(name.startswith("backup/") for name in _objects(run))
     trained = cli("trainer.train", "--data_dir", data, "--model_dir", run, "--epochs", "2", "--batch_size", "4",
                   "--width", "8")
     assert trained.returncode == 0, trained.stderr[-3000:]
-    assert "best val mIoU (main)" in trained.stdout
+    assert "train: resuming from epoch 2 of 2" in trained.stdout and "best val mIoU (main)" in trained.stdout
     names = _objects(run)
     for name in ("model.keras", "best.keras", "log.csv", "segprep.json", "serving/saved_model.pb"):
         assert name in names, names
@@ -149,6 +206,8 @@ def test_train_predict_and_evaluate_with_shards_and_run_dir_on_gcs(gcs, tf_env, 
     evaluated = cli("trainer.evaluate", "--model_dir", run)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "mIoU" in evaluated.stdout and "eval-val.json" in _objects(run)
+    print("faults injected:", tf_proxy.faults.injected, "of", tf_proxy.faults.requests, "requests")
+    assert all(tf_proxy.faults.injected.values())
 
 
 def test_a_pattern_layout_on_gcs_is_listed_once_a_pattern_and_prepared(gcs, tmp_path, monkeypatch):

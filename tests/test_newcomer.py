@@ -110,19 +110,29 @@ def test_the_segprep_command_runs_each_command_with_its_flags(tmp_path, voc_tree
 
 
 def test_tensorflow_import_banner_stays_off_stderr_and_verbose_brings_it_back():
+    """Against this TensorFlow build's own output, not a copy of its words: the verbose import shows what the
+    build prints; the quiet one keeps back exactly the lines trainer/lazy.py names as banner."""
+    from trainer.lazy import BANNER
+
     code = "from trainer.lazy import import_tensorflow; tf = import_tensorflow(); print(tf.constant(2).numpy())"
-    quiet = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True,
-                           timeout=300)
-    assert quiet.returncode == 0 and quiet.stdout.strip() == "2"
-    assert quiet.stderr == "", quiet.stderr
-    loud = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(SEGPREP_VERBOSE="1"),
-                          capture_output=True, text=True, timeout=300)
-    assert loud.returncode == 0 and re.search(r"oneDNN|absl::InitializeLog|cpu_feature_guard", loud.stderr), \
-        "TensorFlow printed no banner at all: then this test proves nothing about hiding it"
+    runs = {}
+    for name, env in (("quiet", _env()), ("loud", _env(SEGPREP_VERBOSE="1"))):
+        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr
+        runs[name] = proc.stderr.splitlines()
+    banner = [line for line in runs["loud"] if BANNER.search(line)]
+    assert banner, ("this TensorFlow prints none of the banner lines trainer/lazy.py knows; if it prints others, "
+                    f"add them to BANNER: {runs['loud']}")
+    assert not [line for line in runs["quiet"] if BANNER.search(line)], runs["quiet"]
+    # What the quiet import still shows is what the build printed that is not banner (warnings pass through).
+    assert set(runs["quiet"]) <= {line for line in runs["loud"] if not BANNER.search(line)}, runs
 
 
 def test_a_real_warning_during_the_import_still_reaches_stderr():
     # A line written to file descriptor 2 while TensorFlow imports, as its C++ code writes: not a banner line.
+    from trainer.lazy import BANNER
+
     code = ("import importlib, os, trainer.lazy as lazy\n"
             "real = importlib.import_module\n"
             "def noisy(name, *a, **k):\n"
@@ -133,7 +143,8 @@ def test_a_real_warning_during_the_import_still_reaches_stderr():
             "lazy.import_tensorflow()\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True,
                           timeout=300)
-    assert proc.returncode == 0 and proc.stderr == "UserWarning: a real problem\n", proc.stderr
+    assert proc.returncode == 0 and "UserWarning: a real problem" in proc.stderr.splitlines(), proc.stderr
+    assert not BANNER.search(proc.stderr), proc.stderr
 
 
 def test_beam_option_list_is_beams_own():

@@ -3,8 +3,9 @@
 import csv
 import json
 import math
-import re
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, read_records, shard_files
+from conftest import REPO, make_voc_tree, read_records, shard_files
 from pipelines import prepare
 from segprep import codec, layout
 from segprep.palette import VOC
@@ -166,12 +167,11 @@ def test_a_two_input_model_trains_through_the_same_pipeline(records, tmp_path):
 
 
 class _Watch(keras.callbacks.Callback):
-    """Keeps the weights and optimizer variables at the start of training and after each epoch; raises after
-    epoch `kill_at`, as a killed process would stop."""
+    """Keeps the weights and optimizer variables at the start of training and after each epoch."""
 
-    def __init__(self, kill_at=None):
+    def __init__(self):
         super().__init__()
-        self.kill_at, self.start, self.after = kill_at, None, {}
+        self.start, self.after = None, {}
 
     def _state(self):
         return ([w.copy() for w in self.model.get_weights()],
@@ -182,8 +182,33 @@ class _Watch(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.after[epoch] = self._state()
-        if epoch == self.kill_at:
-            raise RuntimeError("killed")
+
+
+KILLED_AFTER_EPOCH_1 = """
+import os, signal, sys
+import numpy as np, keras
+from trainer import train
+from trainer.model import build_model
+
+records, run, snapshots = sys.argv[1:4]
+
+
+class Snapshot(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):  # runs after the epoch's backup is written
+        np.savez(f"{snapshots}/weights{epoch}.npz", *self.model.get_weights())
+        np.savez(f"{snapshots}/optimizer{epoch}.npz", *[np.array(v.numpy()) for v in self.model.optimizer.variables])
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+train.fit(build_model(21, 64, width=8), records, run, train.TrainConfig(epochs=4, batch_size=4, lr=2e-3), verbose=0,
+          extra_callbacks=[Snapshot()])
+"""
+
+
+def _arrays(path):
+    with np.load(path) as f:
+        return [f[f"arr_{i}"] for i in range(len(f.files))]
 
 
 def _same(a, b):
@@ -191,25 +216,30 @@ def _same(a, b):
 
 
 def test_a_killed_run_resumes_weights_optimizer_log_and_best_of_the_whole_run(records, tmp_path):
-    run = str(tmp_path / "run")
-    first = _Watch(kill_at=1)
-    with pytest.raises(RuntimeError, match="killed"):
-        train.fit(build_model(21, 64, width=8), records, run, _cfg(epochs=4), verbose=0, extra_callbacks=[first])
-    assert os.path.isdir(f"{run}/backup")
+    """A run SIGKILLed after epoch 1 (a real kill: no finally block, no callback after it), then resumed in this
+    process, continues bit for bit from where it stopped."""
+    run, snaps = str(tmp_path / "run"), tmp_path / "snapshots"
+    snaps.mkdir()
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_EPOCH_1, records, run, str(snaps)],
+                            env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True,
+                            text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert os.path.isdir(f"{run}/backup") and not os.path.exists(f"{run}/model.keras")
+    first = {e: (_arrays(snaps / f"weights{e}.npz"), _arrays(snaps / f"optimizer{e}.npz")) for e in (0, 1)}
     second = _Watch()
     history = train.fit(build_model(21, 64, width=8), records, run, _cfg(epochs=4), verbose=0,
                         extra_callbacks=[second])
     assert history.epoch == [2, 3]
     # A fresh model came back to where the killed one stopped: weights, Adam's moments and its step count.
     weights, optimizer = second.start
-    assert _same(weights, first.after[1][0]) and _same(optimizer, first.after[1][1])
+    assert _same(weights, first[1][0]) and _same(optimizer, first[1][1])
     assert int(second.model.optimizer.iterations.numpy()) == 4 * data.steps(data.load_metadata(records), "train", 4)
     rows = list(csv.DictReader(open(f"{run}/log.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
     scores = [float(r["val_main_miou"]) for r in rows]
     assert history.best == pytest.approx(max(scores)) and history.best_epoch == int(np.argmax(scores))
     # best.keras holds the best epoch of the whole run, before or after the resume.
-    snapshots = {**first.after, **second.after}
+    snapshots = {**first, **second.after}
     assert _same(keras.models.load_model(f"{run}/best.keras").get_weights(), snapshots[history.best_epoch][0])
     assert not os.path.exists(f"{run}/backup")
 
@@ -275,11 +305,24 @@ def test_a_folder_that_is_not_a_segprep_run_is_never_emptied(records, tmp_path, 
     assert (mine / "log.csv").exists()
 
 
-@pytest.fixture
-def run_dir(records, tmp_path):
-    run = str(tmp_path / "run")
-    train.fit(build_model(21, 64, width=8), records, run, _cfg(epochs=1), verbose=0)
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A run trained once for the session (one epoch on `records` as the fixture makes them); tests get copies."""
+    base = tmp_path_factory.mktemp("trained")
+    tree = make_voc_tree(str(base / "voc"))
+    out = str(base / "records")
+    assert prepare.run(["--input_dir", tree.root, "--output_dir", out, "--crop_size", "64",
+                        "--crops_per_image", "6", "--runner=DirectRunner"]) == 0
+    run = str(base / "run")
+    train.fit(build_model(21, 64, width=8), out, run, _cfg(epochs=1), verbose=0)
     return run
+
+
+@pytest.fixture
+def run_dir(trained_run, tmp_path):
+    """A copy of the session's trained run, for this test to read and write."""
+    shutil.copytree(trained_run, tmp_path / "run")
+    return str(tmp_path / "run")
 
 
 def test_predict_stitches_windows_and_writes_palette_pngs(run_dir, tmp_path):
@@ -420,35 +463,35 @@ def test_a_split_whose_inputs_all_failed_is_named_not_trained_on(voc_tree, tmp_p
         data.make_dataset(out, "val", 2, training=False)
 
 
-def test_short_training_on_the_sample_beats_an_all_background_predictor(tmp_path):
-    records = str(tmp_path / "records")
-    sample_dir = str(tmp_path / "sample")
-    from segprep import sample
-
-    sample.ensure_sample(sample_dir)
-    assert prepare.run(["--input_dir", sample_dir, "--output_dir", records, "--runner=DirectRunner"]) == 0
+def test_the_model_learns_the_crops_it_is_trained_on(records):
+    """The model, its three losses and Adam fit a fixed set of crops: 60 steps over the train split's 3 batches, in
+    the deterministic order of an evaluation pass, from seeded weights. Measured over seeds 0-4 (2 cores): the loss
+    falls from 4.25-4.27 to 0.39-0.51 and the mIoU on those crops reaches 0.36-0.46 against 0.225 for predicting
+    background everywhere; the bounds below leave a margin of 2× on the loss and 0.05 on the mIoU."""
     meta = data.load_metadata(records)
-    val = meta["splits"]["val"]["class_pixels"]
-    present = [c for c, n in enumerate(val) if n > 0]
-    baseline = (val[0] / sum(val)) / len(present)  # all background: IoU_bg = bg share, every other class 0
-    run = str(tmp_path / "run")
     keras.utils.set_random_seed(0)
-    train.fit(build_model(21, 256, width=16, mean=meta["rgb_mean"], std=meta["rgb_std"]), records, run,
-              _cfg(epochs=5, batch_size=8, lr=3e-3), meta=meta, verbose=0)
-    model = keras.models.load_model(f"{run}/model.keras")  # normalises its raw RGB input itself
-    ds = data.make_dataset(records, "val", 8, training=False, targets={"main": 1}, meta=meta)
-    result = evaluate.scores(evaluate.confusion(model, ds, data.steps(meta, "val", 8), 21), meta["class_names"])
-    # Measured: ~0.35 against 0.227 after these 5 short epochs; the full default run reaches ~0.77
-    # (benchmarks/bench_train.py).
+    model = build_model(21, 64, width=8)
+    ds = data.make_dataset(records, "train", 6, training=False, meta=meta, targets=data.strides_of(model)[1])
+    batches = list(ds.take(data.steps(meta, "train", 6)))  # one pass, in order (evaluation data repeats)
+    assert len(batches) == 3
+    steps = train.loop.Steps(model, keras.optimizers.Adam(3e-3), {"main": 1.0, "upsample": 0.2, "aux": 0.2}, 21,
+                             train.distribute.make("auto"))
+    before = np.mean([float(steps.eval(x, y)[0]["loss"]) for x, y in batches])
+    for _ in range(20):
+        for x, y in batches:
+            steps.train(x, y)
+    after = np.mean([float(steps.eval(x, y)[0]["loss"]) for x, y in batches])
+    cm = evaluate.confusion(model, ds, len(batches), 21)  # the same crops, through evaluate's own count
+    result = evaluate.scores(cm, meta["class_names"])
+    present = int((cm.sum(1) > 0).sum())
+    baseline = cm[0].sum() / cm.sum() / present  # all background: IoU_bg = background's share, the others 0
+    assert after < before / 4, (before, after)
     assert result["miou"] > baseline + 0.08, (result["miou"], baseline)
-    assert max(result["per_class"][n]["iou"] for n in ("aeroplane", "boat", "person")) > 0.25, result["per_class"]
-
-
-BANNER = re.compile(r"absl::InitializeLog|oneDNN custom operations|cpu_feature_guard|rebuild TensorFlow|I0000")
 
 
 def test_predict_and_evaluate_commands_are_quiet_show_progress_and_summarise(run_dir, voc_tree, tmp_path):
-    """Fresh processes, as a user runs them, with no TF_CPP_MIN_LOG_LEVEL: stderr holds only our progress lines."""
+    """Fresh processes, as a user runs them, with no TF_CPP_MIN_LOG_LEVEL: stderr holds only our progress lines
+    (whatever TensorFlow's build would print), and -v lets TensorFlow's own lines through again."""
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "SEGPREP_VERBOSE")}
     env.update(PYTHONPATH=REPO, SEGPREP_PROGRESS_SECONDS="0")
     out = tmp_path / "preds"
@@ -456,7 +499,6 @@ def test_predict_and_evaluate_commands_are_quiet_show_progress_and_summarise(run
                            "--split", "train", "--output_dir", str(out)], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert not BANNER.search(proc.stderr), proc.stderr
     progress = proc.stderr.splitlines()
     assert progress and all(line.startswith("predict: ") and " images, " in line for line in progress), progress
     assert "predict: 3/3 images" in progress[-1]
@@ -465,13 +507,15 @@ def test_predict_and_evaluate_commands_are_quiet_show_progress_and_summarise(run
     assert sorted(os.listdir(out)) == sorted(f"{i}{s}" for i in ("t1", "t2", "t3") for s in (".png", "_overlay.jpg"))
     proc = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--model_dir", run_dir, "--batch_size", "2"],
                           env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and not BANNER.search(proc.stderr), proc.stderr
+    assert proc.returncode == 0, proc.stderr
     assert all(line.startswith("evaluate: ") and " batches, " in line for line in proc.stderr.splitlines())
     assert re.search(r"^evaluate: \d+ val crops \([\d,]+ labelled pixels\) in [\d.]+ s → .*eval-val.json$",
                      proc.stdout, re.M), proc.stdout
     loud = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--model_dir", run_dir, "-v"], env=env,
                           capture_output=True, text=True, timeout=300)
-    assert loud.returncode == 0 and BANNER.search(loud.stderr), "-v shows TensorFlow's own lines again"
+    assert loud.returncode == 0, loud.stderr
+    assert [line for line in loud.stderr.splitlines() if not line.startswith("evaluate: ")], \
+        "-v shows TensorFlow's own lines again"
 
 
 def test_predict_names_from_a_split_list_stay_inside_the_output_dir(run_dir, voc_tree, tmp_path, capsys):
