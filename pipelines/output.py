@@ -47,6 +47,9 @@ def existing_outputs(out: str) -> tuple[list[str], list[str]]:
     done += storage.match(layout.join(out, layout.ERRORS_DIR, "*.jsonl"))
     temp = storage.match(layout.join(out, layout.TEMP_PREFIX + "*", "*"))
     temp += storage.match(layout.join(out, layout.TEMP_PREFIX + "*", SPILL_DIR, "*"))  # a crashed local run's
+    # A local run killed before writing any file leaves its temp folder (and spill/) empty: named as it is.
+    holding = {p[len(out) + 1:].split("/", 1)[0] for p in temp}
+    temp += [f for f in storage.local_folders(out, layout.TEMP_PREFIX) if os.path.basename(f) not in holding]
     return sorted(done), sorted(temp)
 
 
@@ -54,11 +57,14 @@ SPILL_DIR = "spill"  # a local run's spill files: OUT/.segprep-tmp-RUN/spill/
 
 
 def clear(paths: list[str]) -> None:
-    """Deletes `paths`, then the temp dirs they leave empty (local ones; an object store has no folders)."""
-    if paths:
-        storage.remove(paths)
+    """Deletes `paths` (files, and local temp folders holding none), then the temp folders they leave empty (local
+    ones; an object store has no folders). A folder is only ever removed empty."""
+    empty = [p for p in paths if not storage.is_remote(p) and os.path.isdir(p)]
+    files = [p for p in paths if p not in empty]
+    if files:
+        storage.remove(files)
     folders = set()
-    for p in paths:
+    for p in files + [os.path.join(p, SPILL_DIR, "-") for p in empty]:
         if storage.is_remote(p):
             continue
         folder = os.path.dirname(p)

@@ -276,6 +276,14 @@ def absent(path: str) -> bool:
         return False
 
 
+def local_folders(folder: str, prefix: str) -> list[str]:
+    """Local folders directly in `folder` whose names start with `prefix`, empty ones included (a listing of
+    files does not see those); none on an object store, which has no folders."""
+    if is_remote(folder) or not os.path.isdir(folder):
+        return []
+    return sorted(e.path for e in os.scandir(folder) if e.name.startswith(prefix) and e.is_dir(follow_symlinks=False))
+
+
 def basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 

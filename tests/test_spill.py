@@ -158,9 +158,58 @@ def test_a_crashed_runs_temp_dir_and_spill_files_are_named_by_verify_and_removed
     crashed.mkdir(parents=True)
     (crashed / "0001.spill").write_bytes(b"x" * 100)
     (crashed.parent / "train-00000-of-00001.tfrecord").write_bytes(b"")
+    (out / (layout.TEMP_PREFIX + "def456") / "spill").mkdir(parents=True)  # killed before it wrote a file
     problems, _ = verify.verify(str(out), quick=True)
-    assert problems == [f"{out}/{layout.TEMP_PREFIX}abc123: temp dir of an unfinished run (prepare --overwrite "
-                        "removes it)"]
+    assert problems == [f"{out}/{layout.TEMP_PREFIX}{name}: temp dir of an unfinished run (prepare --overwrite "
+                        "removes it)" for name in ("abc123", "def456")]
     assert run(voc_tree.root, out, "--crop_size", "64", "--overwrite") == 0
     assert not [n for n in os.listdir(out) if n.startswith(layout.TEMP_PREFIX)]
     assert verify.verify(str(out), quick=True)[0] == []
+
+
+def _stage(out, stage):
+    """Whether a running prepare into `out` has reached `stage`: "started" (its temp dir exists) or "writing"
+    (spill files or shards are being written in it)."""
+    temps = [os.path.join(out, n) for n in os.listdir(out) if n.startswith(layout.TEMP_PREFIX)] \
+        if os.path.isdir(out) else []
+    if stage == "started":
+        return bool(temps)
+    return any(files for t in temps for _, _, files in os.walk(t))
+
+
+@pytest.mark.parametrize("stage", ["started", "writing"])
+def test_a_sigkilled_prepare_leaves_no_shard_and_a_rerun_writes_the_bytes_of_a_clean_run(voc_tree, tmp_path, stage):
+    """A real SIGKILL (no finally block runs) as soon as the run's temp dir exists, or while its spill files and
+    shards are being written: OUT holds no shard; the same command, and then --overwrite, write exactly the shards
+    of a run that was never killed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    flags = ["--crop_size", "64", "--crops_per_image", "40", "--num_shards", "3"]
+    assert run(voc_tree.root, tmp_path / "clean", *flags) == 0
+    out = str(tmp_path / "out")
+    cmd = [sys.executable, "-m", "pipelines.prepare", "--input_dir", voc_tree.root, "--output_dir", out, *flags, *BEAM]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not _stage(out, stage):
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "prepare finished before it could be killed"
+    assert not [n for n in os.listdir(out) if layout.is_shard(n) or n == "metadata.json"]
+    # The same command runs (the killed run left no shard to mix with), names what the killed one left behind,
+    # and writes the clean run's bytes; --overwrite does too and removes the leftovers.
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    err = again.stderr.strip().splitlines()
+    assert again.returncode == 0 and len(err) == 1, again.stderr
+    assert "temp files of an unfinished run; --overwrite removes them" in err[0]
+    for flag in ([], ["--overwrite"]):
+        if flag:
+            assert run(voc_tree.root, out, *flags, *flag) == 0
+        for split in ("train", "val"):
+            assert shard_bytes(out, split) == shard_bytes(tmp_path / "clean", split)
+    assert not [n for n in os.listdir(out) if n.startswith(layout.TEMP_PREFIX)]

@@ -92,6 +92,7 @@ def verify(out: str, quick: bool = False, jobs: int = -1) -> tuple[list[str], st
                             "prepare --overwrite removes them; readers that glob would read it twice)")
     temp_dirs = {p[len(out) + 1:].split("/", 1)[0]
                  for p in storage.match(layout.join(out, layout.TEMP_PREFIX + "*", "*"))}
+    temp_dirs |= {storage.basename(p) for p in storage.local_folders(out, layout.TEMP_PREFIX)}  # empty ones too
     for name in sorted(temp_dirs):
         problems.append(f"{layout.join(out, name)}: temp dir of an unfinished run (prepare --overwrite removes it)")
     tasks = []
@@ -138,7 +139,8 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = args.output_dir.rstrip("/")
     if not storage.exists(layout.metadata_path(out)) and not storage.match(layout.join(out, "*")) and not \
-            storage.match(layout.join(out, layout.TEMP_PREFIX + "*", "*")):
+            storage.match(layout.join(out, layout.TEMP_PREFIX + "*", "*")) and not \
+            storage.local_folders(out, layout.TEMP_PREFIX):
         raise UsageError(f"{out} holds no prepare output (no metadata.json, no shards): pass prepare's "
                          "--output_dir.")
     problems, summary = verify(args.output_dir, args.quick, args.jobs)
