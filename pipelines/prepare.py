@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import io
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -384,8 +386,14 @@ def run(argv: list[str] | None = None) -> int:
         os.makedirs(spill_dir, exist_ok=True)
     finished = False
     try:
-        with pipeline(job, spill_dir):
-            pass  # runs on leaving the block
+        try:
+            with pipeline(job, spill_dir):
+                pass  # runs on leaving the block
+        except Exception as e:
+            full = out_of_space(e)
+            if full:
+                raise storage.StorageError(full) from e
+            raise
         finished = True
     finally:
         if spill_dir:
@@ -395,6 +403,27 @@ def run(argv: list[str] | None = None) -> int:
                 output.remove_temp_dir(job.spec)
     meta = parse_metadata(read_bytes(layout.metadata_path(out)), layout.metadata_path(out))
     return report(meta, out, time.time() - job.spec.started, job.args.max_failed_inputs)
+
+
+_OUT_OF_SPACE = re.compile(r"\[Errno (?:%d|%d)\] (.*?)(?: \[while running .*)?$" % (errno.ENOSPC, errno.EDQUOT), re.S)
+
+
+def out_of_space(error: BaseException) -> str | None:
+    """The one line to say when `error` (as raised by the runner, which wraps a worker's OSError in its own
+    exception and text) means a disk filled up; None otherwise."""
+    for e in (error, error.__cause__, error.__context__):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            text = f"[Errno {e.errno}] {e.strerror}" + (f": {e.filename}" if e.filename else "")
+            break
+    else:
+        text = str(error)
+    found = _OUT_OF_SPACE.search(text)
+    if not found:
+        return None
+    line = found.group(1).strip().splitlines()[0]
+    if "--spill_dir" in line:  # the spill's own message says what to do
+        return line
+    return f"out of disk space: {line}; free some, or choose an --output_dir (or --temp_location) with room"
 
 
 def report(meta: dict, out: str, seconds: float, max_failed: int) -> int:
@@ -439,6 +468,8 @@ def _plural(n: int, noun: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(logging.INFO if cli.verbose() else logging.WARNING)
+    if not cli.verbose():  # a failing DoFn's ERROR log repeats the exception the run then raises and reports
+        logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
     return cli.main("prepare", run, argv)
 
 

@@ -71,16 +71,18 @@ class _SpillFn(beam.DoFn):
         shard_hash, order = crop_hashes(self._seed, split, image_id, k)
         key = split, bucket_of(shard_hash)
         entry = self._files.get(key)
-        if entry is None:
-            path = os.path.join(self._dir, f"{self._bundle}-{len(self._files):04d}.spill")
-            # Unbuffered: a crop is tens of KB, and 64 buckets' buffers would be 64 × the buffer size of memory.
-            entry = self._files[key] = [open(path, "wb", buffering=0), path, 0, 0]
-        try:  # header and record in one system call, without copying the record into a new buffer
+        path = entry[1] if entry else os.path.join(self._dir, f"{self._bundle}-{len(self._files):04d}.spill")
+        try:
+            if entry is None:
+                # Unbuffered: a crop is tens of KB, and 64 buckets' buffers would be 64 × the buffer size of memory.
+                entry = self._files[key] = [open(path, "wb", buffering=0), path, 0, 0]
+            # Header and record in one system call, without copying the record into a new buffer.
             written = os.writev(entry[0].fileno(), (_FRAME.pack(shard_hash, order, len(data)), data))
-            if written != _FRAME.size + len(data):
-                raise OSError(errno.EIO, f"short write ({written} of {_FRAME.size + len(data)} bytes)")
+            if written != _FRAME.size + len(data):  # a regular file takes less only when the disk is full
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (wrote {written} of "
+                                            f"{_FRAME.size + len(data)} bytes)")
         except OSError as e:
-            raise OSError(e.errno, f"cannot write the spill file {entry[1]} ({e.strerror}): spill files need about "
+            raise OSError(e.errno, f"cannot write the spill file {path} ({e.strerror}): spill files need about "
                                    "the output's size of free disk until the shards are written; free some, or "
                                    "pass --spill_dir on a larger disk") from e
         entry[2] += 1

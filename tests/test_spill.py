@@ -213,3 +213,33 @@ def test_a_sigkilled_prepare_leaves_no_shard_and_a_rerun_writes_the_bytes_of_a_c
         for split in ("train", "val"):
             assert shard_bytes(out, split) == shard_bytes(tmp_path / "clean", split)
     assert not [n for n in os.listdir(out) if n.startswith(layout.TEMP_PREFIX)]
+
+
+def test_a_spill_dir_that_fills_up_ends_in_one_line_and_leaves_nothing(voc_tree, tmp_path):
+    """A real full disk: --spill_dir on a 64 KiB tmpfs, mounted in a user and mount namespace of the run's own
+    (`unshare -Urm`, no root needed). The run stops with one line naming the spill file and the way out; OUT holds
+    nothing; nothing of the spill is left on that disk (looked at from inside the namespace, where it exists)."""
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-Urm", "true"]).returncode != 0:
+        pytest.skip("needs unshare -Urm (util-linux, user namespaces) to mount a small disk without root")
+    spill_dir, out = tmp_path / "small-disk", tmp_path / "out"
+    spill_dir.mkdir()
+    prepare_cmd = [sys.executable, "-m", "pipelines.prepare", "--input_dir", voc_tree.root, "--output_dir", str(out),
+                   "--crop_size", "64", "--crops_per_image", "40", "--spill_dir", str(spill_dir), *BEAM]
+    disk = shlex.quote(str(spill_dir))
+    script = (f"mount -t tmpfs -o size=64k tmpfs {disk} || exit 90\n"
+              f"{shlex.join(prepare_cmd)}\nstatus=$?\nfind {disk} -mindepth 1 >&2\nexit $status\n")
+    proc = subprocess.run(["unshare", "-Urm", "sh", "-c", script], env=dict(os.environ, PYTHONPATH=REPO),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 90, "could not mount the small disk: " + proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(err) == 1, proc.stderr  # `find` printed nothing: the spill is gone
+    assert err[0].startswith(f"prepare: error: cannot write the spill file {spill_dir}/")
+    assert "(No space left on device)" in err[0] and err[0].endswith("pass --spill_dir on a larger disk")
+    assert not out.exists() or not os.listdir(out)
