@@ -33,7 +33,9 @@ def records(voc_tree, tmp_path):
 
 def test_input_pipeline_shapes_dtypes_and_values(records):
     meta = data.load_metadata(records)
-    ds = data.make_dataset(records, "train", 4, training=True, targets={"main": 1, "aux": 8}, seed=0)
+    # Flips only: the crops stay uint8 (scaling and rotation resample the image in float32).
+    ds = data.make_dataset(records, "train", 4, training=True, targets={"main": 1, "aux": 8}, seed=0,
+                           aug=data.Augment(scale=None, rotate_degrees=0))
     for x, y in ds.take(3):
         assert set(x) == {"image"} and set(y) == {"main", "aux"}
         assert x["image"].shape == (4, 64, 64, 3) and x["image"].dtype == tf.uint8  # the model normalises
@@ -96,6 +98,21 @@ def test_step_warmup_cosine_matches_numpy_and_reloads():
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(sched))
     assert float(again(123)) == pytest.approx(float(sched(123)))
+
+
+def test_library_arguments_are_checked_as_keras_checks_them():
+    for kwargs, needle in (({"lr": 0, "warmup_steps": 3}, "Argument `lr` must be a finite number > 0. Received: lr=0"),
+                           ({"lr": 1e-3, "warmup_steps": -1}, "Received: warmup_steps=-1"),
+                           ({"lr": 1e-3, "warmup_steps": 3, "alpha": 2}, "Argument `alpha` must be in [0, 1]")):
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            schedules.WarmupCosine(**kwargs)
+    with pytest.raises(ValueError, match=re.escape("Received: scale=(0, 1)")):
+        data.Augment(scale=(0, 1))  # a zero scale would divide by zero
+    with pytest.raises(ValueError, match=re.escape("Received: rotate_degrees=270")):
+        data.Augment(rotate_degrees=270)
+    # The library's default is the command's: flips, scale and rotation.
+    assert data.Augment() == data.Augment(True, (0.75, 1.25), 15.0)
+    assert train.build_parser().parse_args([]).aug_scale == "0.75,1.25"
 
 
 def test_median_frequency_class_weights():

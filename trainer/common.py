@@ -14,11 +14,41 @@ BEST_METRIC = "val_main_miou"  # trainer.loop: what best.keras is the best of
 
 @dataclasses.dataclass(frozen=True)
 class Augment:
-    """Paired augmentation: one random draw, applied to image and mask alike (masks nearest-neighbour only)."""
+    """Paired augmentation: one random draw, applied to image and mask alike (masks nearest-neighbour only). The
+    defaults are `trainer.train`'s: flips, scale in [0.75, 1.25], rotation up to 15°. `Augment(scale=None,
+    rotate_degrees=0)` flips only; `Augment(False, None, 0)` does nothing."""
 
     flip: bool = True
-    scale: tuple[float, float] | None = None  # e.g. (0.75, 1.25)
-    rotate_degrees: float = 0.0
+    scale: tuple[float, float] | None = (0.75, 1.25)  # None: no scaling
+    rotate_degrees: float = 15.0  # 0: no rotation
+
+    def __post_init__(self):
+        if self.scale is not None:
+            if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] or self.scale[1] == float("inf"):
+                raise ValueError("Argument `scale` must be None or (MIN, MAX) with 0 < MIN <= MAX, finite. "
+                                 f"Received: scale={self.scale}")
+        if not 0 <= self.rotate_degrees <= 180:
+            raise ValueError(f"Argument `rotate_degrees` must be in [0, 180]. Received: "
+                             f"rotate_degrees={self.rotate_degrees}")
+
+
+def class_iou(cm) -> tuple:
+    """Per-class IoU of a (C, C) confusion matrix (rows = truth): → (iou, counted), `counted` marking the classes
+    whose union is not empty (present in the truth or predicted); the others' IoU is NaN. The one definition the
+    training loop's logs, best.keras and trainer.evaluate share, as keras.metrics.MeanIoU computes it."""
+    import numpy as np
+
+    cm = np.asarray(cm)
+    tp = np.diag(cm).astype(np.float64)
+    union = cm.sum(0) + cm.sum(1) - tp
+    counted = union > 0
+    return np.divide(tp, union, out=np.full_like(tp, np.nan), where=counted), counted
+
+
+def miou(cm) -> float:
+    """Mean IoU over the classes `class_iou` counts (0 when there are none)."""
+    iou, counted = class_iou(cm)
+    return float(iou[counted].mean()) if counted.any() else 0.0
 
 
 class DataError(ValueError):

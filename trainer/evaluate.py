@@ -43,12 +43,10 @@ def confusion(model, ds, steps: int, num_classes: int, output: str = "main", pro
 
 
 def scores(cm: np.ndarray, names: list[str]) -> dict:
-    tp = np.diag(cm).astype(np.float64)
-    union = cm.sum(0) + cm.sum(1) - tp
-    present = cm.sum(1) > 0
-    iou = np.divide(tp, union, out=np.full_like(tp, np.nan), where=union > 0)
-    return {"miou": float(np.nanmean(np.where(present | (cm.sum(0) > 0), iou, np.nan))),
-            "pixel_accuracy": float(tp.sum() / max(cm.sum(), 1)),
+    """mIoU (as the training loop logs it: common.miou), pixel accuracy and per-class IoU of a confusion matrix."""
+    iou, _ = common.class_iou(cm)
+    return {"miou": common.miou(cm),
+            "pixel_accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
             "pixels": int(cm.sum()),
             "per_class": {n: {"iou": None if np.isnan(v) else float(v), "pixels": int(p)}
                           for n, v, p in zip(names, iou, cm.sum(1)) if p > 0 or cm[:, names.index(n)].sum() > 0}}

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainer import common
 from trainer.common import files
 from trainer.distribute import Placement
 
@@ -63,14 +64,6 @@ class RunState:
 
     def save(self, path: str) -> None:
         files.write_text(path, json.dumps(dataclasses.asdict(self)))
-
-
-def miou(cm: np.ndarray) -> float:
-    """Mean IoU over the classes whose union is not empty, as keras.metrics.MeanIoU computes it."""
-    tp = np.diag(cm).astype(np.float64)
-    union = cm.sum(0) + cm.sum(1) - tp
-    valid = union > 0
-    return float((tp[valid] / union[valid]).mean()) if valid.any() else 0.0
 
 
 class Steps:
@@ -169,7 +162,7 @@ class _Epoch:
 
     def logs(self, prefix: str = "") -> dict:
         out = {prefix + k: v / max(self.steps, 1) for k, v in self.sums.items()}
-        out.update({f"{prefix}{k}_miou": miou(cm) for k, cm in self.cms.items()})
+        out.update({f"{prefix}{k}_miou": common.miou(cm) for k, cm in self.cms.items()})
         return out
 
 

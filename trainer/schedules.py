@@ -24,6 +24,13 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up over `warmup_steps`, then cosine decay over `decay_steps` to `alpha * lr`."""
 
     def __init__(self, lr: float, warmup_steps: int, decay_steps: int = 0, alpha: float = 0.0):
+        checks = (("lr", lr, math.isfinite(lr) and lr > 0, "a finite number > 0"),
+                  ("warmup_steps", warmup_steps, warmup_steps >= 0, "an integer >= 0"),
+                  ("decay_steps", decay_steps, decay_steps >= 0, "an integer >= 0"),
+                  ("alpha", alpha, 0 <= alpha <= 1, "in [0, 1]"))
+        for name, value, ok, what in checks:
+            if not ok:
+                raise ValueError(f"Argument `{name}` must be {what}. Received: {name}={value}")
         self.lr = float(lr)
         self.warmup_steps = int(warmup_steps)
         self.decay_steps = int(decay_steps)

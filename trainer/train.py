@@ -98,10 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalization", choices=STATS, default="dataset",
                    help="the statistics of the model's first layer, which normalises raw RGB: dataset = the "
                         "training crops' RGB mean/std from metadata.json, simple = x/255 - 0.5 (default: %(default)s)")
-    p.add_argument("--aug_scale", default="0.75,1.25",
+    p.add_argument("--aug_scale", default=",".join(f"{v:g}" for v in Augment().scale),
                    help="random scale range MIN,MAX (e.g. 0.5,2), image and mask alike; 'off' to disable "
                         "(default: %(default)s)")
-    p.add_argument("--aug_rotate", type=cli.number(0.0, 180.0), default=15.0,
+    p.add_argument("--aug_rotate", type=cli.number(0.0, 180.0), default=Augment().rotate_degrees,
                    help="max random rotation in degrees, 0 to disable (default: %(default)s)")
     p.add_argument("--no_flip", action="store_true", help="turn off random left-right flips")
     p.add_argument("--train_split", help="the split of --data_dir to train on (default: train, else the one split "

@@ -14,10 +14,10 @@ value) with its pixel and image counts and what the active --palette (default Pa
 holding only 0 and 255 are named: with a palette that has no index_map, their 255 is the ignore label. Last, the
 prepare command that reads this tree.
 
-Which colours are classes: a colour that fills at least one 3×3 block somewhere ("solid" pixels) is a class
-candidate, unless it lies within --tolerance of a more frequent class colour — then it is compression noise
-around that colour (a mask saved as JPEG once), as are colours that never fill a 3×3 block (edges, ringing,
-anti-aliasing). --write_palette writes the class colours as a palette file prepare accepts: Pascal VOC's names
+Which colours are classes: a colour that is "solid" (a pixel whose 3×3 neighbourhood is all that colour) at
+MIN_SOLID = 9 or more pixels across the dataset — one 5×5 patch is enough, a 1–2 px line never is — is a class
+candidate, unless it lies within --tolerance of a more frequent class colour: then it is compression noise around
+that colour (a mask saved as JPEG once), as are colours short of that (edges, ringing, anti-aliasing). --write_palette writes the class colours as a palette file prepare accepts: Pascal VOC's names
 where the colours are VOC's, class_N otherwise, and VOC's border colour (224, 224, 192) as an ignore colour. From
 lossy masks the colours are estimates: each is put back on a VOC colour, or on 0 / 255, within 2 levels (JPEG
 moves a flat (0, 0, 255) to (0, 0, 254)); check the file, and prepare such masks with --unknown_colors nearest.
@@ -307,7 +307,8 @@ def report(scans: list[MaskScan], lists, palette: Palette, palette_name: str, to
                              "(prepare --unknown_colors nearest restores them)")
             if thin and not show_all:
                 lines.append(f"  + {len(thin):,} colours ({100 * sum(v.pixels for v in thin) / total:.2f}% of "
-                             "pixels) that never fill a 3×3 block: edges, ringing or anti-aliasing")
+                             f"pixels) solid (3×3 of one colour) at fewer than {MIN_SOLID} pixels: edges, ringing or "
+                             "anti-aliasing")
             missing = [v for v in values if v.role == "class" and _in_palette(v, palette, False) == "NOT IN PALETTE"]
             if missing:
                 lines.append(f"  {len(missing)} class colours are not in the {palette_name} palette: write a "
