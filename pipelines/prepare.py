@@ -160,7 +160,7 @@ def build(p, args: argparse.Namespace, config: ConvertConfig, run: output.RunSpe
     import apache_beam as beam
 
     from pipelines import spill
-    from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodePairs, Finalize, MergeStats, Progress,
+    from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodePairs, Finalize, MergeStats, Counters,
                                       ReadManifest, ReadPairs, ReadSplitLists, SpreadCrops, WriteShards)
 
     root = listing.root
@@ -171,7 +171,7 @@ def build(p, args: argparse.Namespace, config: ConvertConfig, run: output.RunSpe
     else:
         listed = p | "Manifest" >> beam.Create([manifest]) | "ReadManifest" >> ReadManifest()  # Pair
     listed = listed | "Distribute" >> beam.Reshuffle()  # so reading and decoding fan out over workers
-    progress = Progress(sum(run.listed.values()), line=local_runner(p.options))
+    progress = Counters(sum(run.listed.values()), line=local_runner(p.options))
     read = listed | "ReadPairs" >> ReadPairs(root, progress)  # PairBytes
     decoded = read.pairs | "DecodePairs" >> DecodePairs(config, progress)  # DecodedPair
     cut = decoded.decoded | "CutCrops" >> CutCrops(config, frozenset(run.random_splits), progress)
@@ -286,8 +286,9 @@ MANIFEST = "pairs.jsonl"
 
 
 def plan(argv: list[str] | None = None) -> Job:
-    """Checks every flag and the input, raising UsageError for user mistakes before anything is written; then
-    makes the sample (when no --input_dir is given) and deletes an earlier run (--overwrite), in that order."""
+    """Checks every flag and the input and lists it, raising UsageError for user mistakes; writes nothing but the
+    bundled sample (an input: made once in data/sample_voc when no --input_dir is given, so it can be listed).
+    Deleting an earlier run (--overwrite) is `run`'s first step, after this."""
     args, beam_args = build_parser().parse_known_args(argv)
     started = time.time()
     try:
@@ -337,7 +338,6 @@ def plan(argv: list[str] | None = None) -> Job:
         raise UsageError(str(e)) from None
     for split, why in listing.skipped.items():
         print(f"prepare: split {split} left out: {why}", file=sys.stderr)
-    _clear_output(out, args.overwrite)  # the only destructive step: every check is done before it
 
     flags = {k: v for k, v in vars(args).items()}
     flags["input_dir"] = root
@@ -373,6 +373,7 @@ def run(argv: list[str] | None = None) -> int:
     anything is written (see `plan`)."""
     job = plan(argv)
     out = job.spec.output_dir
+    _clear_output(out, job.args.overwrite)  # the only destructive step: every check is done before it
     spill_dir = None
     if job.spill:  # next to the output when it is local: the disk that must hold the output anyway
         if job.args.spill_dir:  # a folder of its own inside the user's: only that one is removed afterwards

@@ -109,7 +109,7 @@ class ShardResult:
     bytes: int
 
 
-class Progress:
+class Counters:
     """Counts what a stage did, two ways: Beam metrics counters (namespace "segprep"), which Dataflow's UI shows and
     any runner reports, and — when `line` — a progress line on stderr every few seconds from each process doing the
     work (the DirectRunner's; on Dataflow the counters are the progress). Picklable: it travels with the DoFns."""
@@ -172,7 +172,7 @@ class ReadManifest(beam.PTransform):
 
 
 class _ReadPairFn(beam.DoFn):
-    def __init__(self, root: str, progress_: Progress):
+    def __init__(self, root: str, progress_: Counters):
         self._root = root
         self._progress = progress_
 
@@ -202,10 +202,10 @@ class _ReadPairFn(beam.DoFn):
 class ReadPairs(beam.PTransform):
     """Reads each listed pair's image and mask bytes (local or gs://)."""
 
-    def __init__(self, root: str, progress_: Progress | None = None):
+    def __init__(self, root: str, progress_: Counters | None = None):
         super().__init__()
         self._root = root
-        self._progress = progress_ or Progress()
+        self._progress = progress_ or Counters()
 
     def expand(self, ids):
         """Pair → PairBytes; ErrorRecord on "errors" (missing, unreadable or unpaired files, bad ids)."""
@@ -215,7 +215,7 @@ class ReadPairs(beam.PTransform):
 
 
 class _DecodeFn(beam.DoFn):
-    def __init__(self, config: ConvertConfig, progress_: Progress):
+    def __init__(self, config: ConvertConfig, progress_: Counters):
         self._config = config
         self._progress = progress_
 
@@ -238,10 +238,10 @@ class _DecodeFn(beam.DoFn):
 class DecodePairs(beam.PTransform):
     """Decodes image (RGB) and mask, checks they match, converts the mask to class indices."""
 
-    def __init__(self, config: ConvertConfig, progress_: Progress | None = None):
+    def __init__(self, config: ConvertConfig, progress_: Counters | None = None):
         super().__init__()
         self._config = config
-        self._progress = progress_ or Progress()
+        self._progress = progress_ or Counters()
 
     def expand(self, pairs):
         """PairBytes → DecodedPair (RGB image, class map, source Stats); ErrorRecord on "errors"."""
@@ -252,7 +252,7 @@ class DecodePairs(beam.PTransform):
 
 
 class _CutFn(beam.DoFn):
-    def __init__(self, config: ConvertConfig, random_splits: frozenset[str], progress_: Progress):
+    def __init__(self, config: ConvertConfig, random_splits: frozenset[str], progress_: Counters):
         self._config = config
         self._random_splits = random_splits
         self._progress = progress_
@@ -272,11 +272,11 @@ class _CutFn(beam.DoFn):
 class CutCrops(beam.PTransform):
     """Cuts windows (random crops for training splits, covering tiles otherwise) and encodes each as a record."""
 
-    def __init__(self, config: ConvertConfig, random_splits: frozenset[str], progress_: Progress | None = None):
+    def __init__(self, config: ConvertConfig, random_splits: frozenset[str], progress_: Counters | None = None):
         super().__init__()
         self._config = config
         self._random_splits = random_splits
-        self._progress = progress_ or Progress()
+        self._progress = progress_ or Counters()
 
     def expand(self, decoded):
         """DecodedPair → (split, (image_id, k, serialized Example)); (split, Stats) on "stats"."""
