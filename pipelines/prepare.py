@@ -29,7 +29,7 @@ import time
 import uuid
 
 from pipelines import beam_flags, output
-from segprep import layout, lookup, pairs, sample, storage
+from segprep import convert, layout, lookup, pairs, sample, storage
 from segprep.tools import cli
 from segprep.tools.cli import Parser, UsageError
 from segprep.convert import ConvertConfig
@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how crops' images are encoded (default: %(default)s)")
     p.add_argument("--jpeg_quality", type=cli.integer(1, maximum=100), default=95,
                    help="JPEG quality of the crops' images, 1-100 (default: %(default)s)")
+    p.add_argument("--max_pixels", type=cli.integer(1), default=convert.DEFAULT_MAX_PIXELS,
+                   help="an image or mask whose header declares more pixels is an error record, never decoded "
+                        "(a few-MB PNG can declare 50,000² px). The default, %(default)s px (about 13,400²), takes "
+                        "about 2 GB of worker memory to decode and convert (~11 bytes a pixel); raise it for larger "
+                        "tiles on workers with the memory")
     p.add_argument("--compress", action="store_true", help="gzip the shards (.tfrecord.gz)")
     p.add_argument("--max_failed_inputs", type=cli.integer(0), default=0,
                    help="exit 0 even if up to this many inputs failed (default: %(default)s)")
@@ -300,7 +305,7 @@ def plan(argv: list[str] | None = None) -> Job:
                                palette=palette, unknown_colors=args.unknown_colors,
                                color_tolerance=args.color_tolerance, image_format=args.image_format,
                                jpeg_quality=args.jpeg_quality, cat_max_ratio=args.cat_max_ratio, bands=args.bands,
-                               image_range=args.image_range)
+                               image_range=args.image_range, max_pixels=args.max_pixels)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.spill_dir and storage.is_remote(args.spill_dir):

@@ -8,6 +8,7 @@ the others), cut image and mask alike, encode. Beam only wraps it (`pipelines/tr
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections.abc import Iterator
 
 import cv2
@@ -26,6 +27,11 @@ class InputError(ValueError):
         self.reason = reason
 
 
+# The most pixels an image may have to be decoded: about 2 GB of memory at the ~11 bytes a pixel that decoding,
+# the mask and its conversion take (a 10,000² tile peaks at 1.07 GB); Pillow's decompression-bomb limit too.
+DEFAULT_MAX_PIXELS = 178_956_970
+
+
 @dataclasses.dataclass(frozen=True)
 class ConvertConfig:
     crop_size: int = 256
@@ -39,6 +45,7 @@ class ConvertConfig:
     cat_max_ratio: float = 1.0
     bands: tuple[int, ...] | None = None  # 1-based bands to keep, in order (None: 1 or 3 bands as stored)
     image_range: tuple[float, float] | None = None  # values mapped onto 0..255 (None: 8-bit images only)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # a larger image (by its header) is an error record, never decoded
 
     def __post_init__(self) -> None:
         if self.crop_size < 1:
@@ -64,6 +71,8 @@ class ConvertConfig:
                              f"{','.join(map(str, self.bands))}")
         if self.image_range is not None and not self.image_range[0] < self.image_range[1]:
             raise ValueError(f"image_range must be LO,HI with LO < HI. Received: {self.image_range}")
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be positive. Received: {self.max_pixels}")
 
 
 @dataclasses.dataclass
@@ -107,7 +116,9 @@ class Stats:
 
 def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig) -> tuple[np.ndarray, np.ndarray, Stats]:
     """→ (RGB image, class-index mask, the source's stats: one image, its pixels, off-palette pixels ignored or
-    snapped); raises `InputError` naming what is wrong."""
+    snapped); raises `InputError` naming what is wrong. Sizes come from the headers first: a pair whose sizes
+    differ, or an image above `config.max_pixels`, is refused before a pixel is decoded."""
+    check_headers(image_bytes, mask_bytes, config)
     try:
         image = codec.decode_image(image_bytes, config.bands, config.image_range)
     except codec.DecodeError as e:
@@ -135,6 +146,29 @@ def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig) ->
     else:
         stats.unknown_pixels_ignored = conversion.unknown_pixels
     return image, conversion.classes, stats
+
+
+def _header(data: bytes) -> codec.ImageInfo | None:
+    """What the file's header says, or None when it cannot be read as one (the decoder then names the fault)."""
+    try:
+        return codec.probe(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - any unreadable header: decoding reports it as it always has
+        return None
+
+
+def check_headers(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig) -> None:
+    """Refuses, from the headers alone, an image above `config.max_pixels` (a file may declare 50,000² px in a few
+    MB: decoding it would take 7.5 GB) and a pair whose sizes differ; raises `InputError`."""
+    image, mask = _header(image_bytes), _header(mask_bytes)
+    for what, info in (("image", image), ("mask", mask)):
+        if info is not None and info.width * info.height > config.max_pixels:
+            raise InputError("too_large", f"{what}: its header says {info.width}×{info.height} (w×h) = "
+                                          f"{info.width * info.height:,} px, above --max_pixels "
+                                          f"{config.max_pixels:,} (about 11 bytes a pixel to decode); raise "
+                                          "--max_pixels if the workers have the memory, or cut it into smaller tiles")
+    if image is not None and mask is not None and (image.width, image.height) != (mask.width, mask.height):
+        raise InputError("size_mismatch", f"mask is {mask.width}×{mask.height} (w×h) but its image is "
+                                          f"{image.width}×{image.height}; they must be the same size")
 
 
 def crop_boxes(classes: np.ndarray, image_id: str, config: ConvertConfig, training: bool) -> list[crops.CropBox]:

@@ -184,6 +184,52 @@ def test_every_bad_input_becomes_an_error_record_and_good_ones_are_written(voc_t
     assert run(voc_tree.root, tmp_path / "out2", "--crop_size", "64", "--max_failed_inputs", "7") == 0
 
 
+def _png_bomb(width: int, height: int) -> bytes:
+    """A grey PNG whose header declares width × height but whose few KB of data hold a handful of rows: a decoder
+    that trusts the header allocates the whole image first."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = zlib.compress(b"\x00" * (width + 1) * 8, 9)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def test_sizes_come_from_headers_and_a_png_bomb_is_an_error_record_not_a_decode(voc_tree, tmp_path):
+    """An image declaring 50,000² px in a few KB, an image above --max_pixels and a pair whose header sizes differ
+    are error records naming the size, the limit and the way out; nothing of them is decoded (a decoder that
+    trusted the 50,000² header would ask for 2.5 GB first), and every other pair is written."""
+    root = voc_tree.root
+    bomb = _png_bomb(50_000, 50_000)
+    assert len(bomb) < 10_000
+    with open(layout.image_path(root, "bomb"), "wb") as f:  # found by its bytes: a PNG named .jpg
+        f.write(bomb)
+    with open(layout.mask_path(root, "bomb"), "wb") as f:
+        f.write(_png_bomb(50_000, 50_000))
+    with open(layout.image_path(root, "wide"), "wb") as f:
+        f.write(codec.encode_image(np.zeros((20, 30, 3), np.uint8), "png"))
+    with open(layout.mask_path(root, "wide"), "wb") as f:
+        f.write(_png_bomb(31, 20))  # the mask's header says 31 wide: refused before either is decoded
+    write_lists(root, {"train": voc_tree.splits["train"] + ["bomb", "wide"], "val": voc_tree.splits["val"]})
+    out = tmp_path / "out"
+    assert run(root, out, "--crop_size", "64", "--crops_per_image", "2") == 1
+    errors = {e["id"]: e for e in map(json.loads, open(out / "errors" / "train.jsonl"))}
+    assert {k: e["reason"] for k, e in errors.items()} == {"bomb": "too_large", "wide": "size_mismatch"}
+    assert errors["bomb"]["error"] == (
+        "image: its header says 50000×50000 (w×h) = 2,500,000,000 px, above --max_pixels 178,956,970 (about 11 "
+        "bytes a pixel to decode); raise --max_pixels if the workers have the memory, or cut it into smaller tiles")
+    assert errors["wide"]["error"] == "mask is 31×20 (w×h) but its image is 30×20; they must be the same size"
+    meta = metadata(out)
+    assert meta["splits"]["train"]["images_used"] == 3 and meta["splits"]["val"]["images_used"] == 2
+    # The limit is a flag: below the fixture's largest image (220×150 = 33,000 px), that one is refused too.
+    assert run(root, tmp_path / "out2", "--crop_size", "64", "--max_pixels", "30000") == 1
+    errors = {e["id"]: e["reason"] for e in map(json.loads, open(tmp_path / "out2" / "errors" / "train.jsonl"))}
+    assert errors == {"t1": "too_large", "bomb": "too_large", "wide": "size_mismatch"}
+
+
 def stitch(records, image_id, shape, crop):
     """The class map of `image_id` put back together from its tiles."""
     canvas = np.full((shape[0] + crop, shape[1] + crop), 77, np.uint8)
