@@ -226,10 +226,11 @@ def test_a_spill_dir_that_fills_up_ends_in_one_line_and_leaves_nothing(voc_tree,
 
     from conftest import REPO
 
-    if not shutil.which("unshare") or subprocess.run(["unshare", "-Urm", "true"]).returncode != 0:
-        pytest.skip("needs unshare -Urm (util-linux, user namespaces) to mount a small disk without root")
     spill_dir, out = tmp_path / "small-disk", tmp_path / "out"
     spill_dir.mkdir()
+    probe = ["unshare", "-Urm", "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(spill_dir)]
+    if not shutil.which("unshare") or subprocess.run(probe, capture_output=True).returncode != 0:
+        pytest.skip("needs unshare -Urm (util-linux, user namespaces) to mount a small disk without root")
     prepare_cmd = [sys.executable, "-m", "pipelines.prepare", "--input_dir", voc_tree.root, "--output_dir", str(out),
                    "--crop_size", "64", "--crops_per_image", "40", "--spill_dir", str(spill_dir), *BEAM]
     disk = shlex.quote(str(spill_dir))
