@@ -63,8 +63,8 @@ def clear(paths: list[str]) -> None:
     files = [p for p in paths if p not in empty]
     if files:
         storage.remove(files)
-    folders = set()
-    for p in files + [os.path.join(p, SPILL_DIR, "-") for p in empty]:
+    folders = {f for p in empty for f in (p, os.path.join(p, SPILL_DIR))}
+    for p in files:
         if storage.is_remote(p):
             continue
         folder = os.path.dirname(p)

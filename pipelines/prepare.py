@@ -392,15 +392,14 @@ def run(argv: list[str] | None = None) -> int:
         os.makedirs(spill_dir, exist_ok=True)
     finished = False
     try:
-        try:
-            with pipeline(job, spill_dir):
-                pass  # runs on leaving the block
-        except Exception as e:
-            full = out_of_space(e)
-            if full:
-                raise storage.StorageError(full) from e
-            raise
+        with pipeline(job, spill_dir):
+            pass  # runs on leaving the block
         finished = True
+    except Exception as e:
+        full = out_of_space(e)
+        if full:
+            raise storage.StorageError(full) from e
+        raise
     finally:
         if spill_dir:
             shutil.rmtree(spill_dir, ignore_errors=True)
@@ -419,14 +418,13 @@ def out_of_space(error: BaseException) -> str | None:
     exception and text) means a disk filled up; None otherwise."""
     for e in (error, error.__cause__, error.__context__):
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            text = f"[Errno {e.errno}] {e.strerror}" + (f": {e.filename}" if e.filename else "")
+            line = e.strerror + (f": {e.filename}" if e.filename else "")
             break
     else:
-        text = str(error)
-    found = _OUT_OF_SPACE.search(text)
-    if not found:
-        return None
-    line = found.group(1).strip().splitlines()[0]
+        found = _OUT_OF_SPACE.search(str(error))
+        if not found:
+            return None
+        line = found.group(1).strip().splitlines()[0]
     if "--spill_dir" in line:  # the spill's own message says what to do
         return line
     return f"out of disk space: {line}; free some, or choose an --output_dir (or --temp_location) with room"
