@@ -105,10 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jpeg_quality", type=cli.integer(1, maximum=100), default=95,
                    help="JPEG quality of the crops' images, 1-100 (default: %(default)s)")
     p.add_argument("--max_pixels", type=cli.integer(1), default=convert.DEFAULT_MAX_PIXELS,
-                   help="an image or mask whose header declares more pixels is an error record, never decoded "
-                        "(a few-MB PNG can declare 50,000² px). The default, %(default)s px (about 13,400²), takes "
-                        "about 2 GB of worker memory to decode and convert (~11 bytes a pixel); raise it for larger "
-                        "tiles on workers with the memory")
+                   help="an image or mask decoded whole whose header declares more pixels is an error record, "
+                        "never decoded (a few-MB PNG can declare 50,000² px). The default, %(default)s px (about "
+                        "13,400²), takes about 2 GB of worker memory to decode and convert (~11 bytes a pixel); "
+                        "raise it for larger JPEGs and PNGs on workers with the memory. Tiled and stripped TIFF "
+                        "pairs are read window by window instead and have no such limit")
+    p.add_argument("--window_size", type=cli.integer(1), default=convert.DEFAULT_WINDOW_SIZE,
+                   help="a tiled or stripped TIFF pair (image and mask) wider or taller than this is read, converted "
+                        "and cut one window of this side at a time, each window a separate work item, reading only "
+                        "the TIFF segments it touches: memory is about 6 bytes a pixel of (window + crop size)², "
+                        "~110 MB at the default %(default)s, whatever the tile's size; the crops are the same for "
+                        "any window size")
     p.add_argument("--compress", action="store_true", help="gzip the shards (.tfrecord.gz)")
     p.add_argument("--max_failed_inputs", type=cli.integer(0), default=0,
                    help="exit 0 even if up to this many inputs failed (default: %(default)s)")
@@ -165,8 +172,9 @@ def build(p, args: argparse.Namespace, config: ConvertConfig, run: output.RunSpe
     import apache_beam as beam
 
     from pipelines import spill
-    from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodePairs, Finalize, MergeStats, Counters,
-                                      ReadManifest, ReadPairs, ReadSplitLists, SpreadCrops, WriteShards)
+    from pipelines.transforms import (ERRORS, FAILED, STATS, TILED, Counters, CutCrops, CutTiles, DecodePairs,
+                                      Finalize, MergeStats, ReadManifest, ReadPairs, ReadSplitLists, SpreadCrops,
+                                      WriteShards)
 
     root = listing.root
     if listing.lists is not None:
@@ -177,20 +185,26 @@ def build(p, args: argparse.Namespace, config: ConvertConfig, run: output.RunSpe
         listed = p | "Manifest" >> beam.Create([manifest]) | "ReadManifest" >> ReadManifest()  # Pair
     listed = listed | "Distribute" >> beam.Reshuffle()  # so reading and decoding fan out over workers
     progress = Counters(sum(run.listed.values()), line=local_runner(p.options))
-    read = listed | "ReadPairs" >> ReadPairs(root, progress)  # PairBytes
+    read = listed | "ReadPairs" >> ReadPairs(root, progress, config)  # PairBytes; TiledPair
     decoded = read.pairs | "DecodePairs" >> DecodePairs(config, progress)  # DecodedPair
-    cut = decoded.decoded | "CutCrops" >> CutCrops(config, frozenset(run.random_splits), progress)
+    random_splits = frozenset(run.random_splits)
+    cut = decoded.decoded | "CutCrops" >> CutCrops(config, random_splits, progress)
+    tiled = read[TILED] | "CutTiles" >> CutTiles(config, random_splits, progress)  # giant TIFFs, window by window
     if spill_dir:
-        shards = (cut.crops
-                  | "SpillCrops" >> spill.SpillCrops(spill_dir, args.seed)  # (split, SpillRef) per spill file
+        # Each producer spills its own crops (a Flatten before the spill would hold them all in memory on the
+        # local runners); only the small spill-file references are joined.
+        refs = [crops | f"Spill{name}" >> spill.SpillCrops(spill_dir, args.seed)  # (split, SpillRef) per file
+                for name, crops in (("Crops", cut.crops), ("TileCrops", tiled["crops"]))]
+        shards = (refs | "AllSpills" >> beam.Flatten()
                   | "PlanShards" >> spill.PlanShards(args.num_shards)  # ShardTask
-                  | "WriteShards" >> spill.WriteSpilled(run.temp_dir, run.compressed))  # ShardResult
+                  | "WriteShards" >> spill.WriteSpilled(run.temp_dir, run.compressed, tiled[FAILED]))
     else:
-        shards = (cut.crops
-                  | "SpreadCrops" >> SpreadCrops(args.seed, args.num_shards)  # ((split, shard, n), [(order, bytes)])
-                  | "WriteShards" >> WriteShards(run.temp_dir, run.compressed))  # ShardResult
-    stats = cut[STATS] | "MergeStats" >> beam.CombinePerKey(MergeStats())  # (split, Stats)
-    errors = (read[ERRORS], decoded[ERRORS]) | "AllErrors" >> beam.Flatten()  # ErrorRecord
+        shards = ((cut.crops, tiled["crops"]) | "AllCrops" >> beam.Flatten()
+                  | "SpreadCrops" >> SpreadCrops(args.seed, args.num_shards)  # ((split, shard, n), [(order, …)])
+                  | "WriteShards" >> WriteShards(run.temp_dir, run.compressed, tiled[FAILED]))  # ShardResult
+    stats = ((cut[STATS], tiled[STATS]) | "AllStats" >> beam.Flatten()
+             | "MergeStats" >> beam.CombinePerKey(MergeStats()))  # (split, Stats)
+    errors = (read[ERRORS], decoded[ERRORS], tiled[ERRORS]) | "AllErrors" >> beam.Flatten()  # ErrorRecord
     return {"shards": shards, "stats": stats, "errors": errors} | "Finalize" >> Finalize(
         _Finalizer(run))
 
@@ -305,7 +319,8 @@ def plan(argv: list[str] | None = None) -> Job:
                                palette=palette, unknown_colors=args.unknown_colors,
                                color_tolerance=args.color_tolerance, image_format=args.image_format,
                                jpeg_quality=args.jpeg_quality, cat_max_ratio=args.cat_max_ratio, bands=args.bands,
-                               image_range=args.image_range, max_pixels=args.max_pixels)
+                               image_range=args.image_range, max_pixels=args.max_pixels,
+                               window_size=args.window_size)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.spill_dir and storage.is_remote(args.spill_dir):

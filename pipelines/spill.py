@@ -30,9 +30,10 @@ import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
 from pipelines.transforms import TARGET_SHARD_BYTES, auto_shard_count, crop_hashes, shard_of, write_shard
+from segprep.tiles import image_key
 
 BUCKET_BITS = 6  # 64 buckets: a shard reads about 64 / num_shards files per bundle, each once
-_FRAME = struct.Struct("<QQI")  # shard hash, order hash, record length; then the record
+_FRAME = struct.Struct("<QQQI")  # shard hash, order hash, image key, record length; then the record
 
 
 def bucket_of(shard_hash: int) -> int:
@@ -69,6 +70,7 @@ class _SpillFn(beam.DoFn):
     def process(self, element):
         split, (image_id, k, data) = element
         shard_hash, order = crop_hashes(self._seed, split, image_id, k)
+        image = image_key(split, image_id)
         key = split, bucket_of(shard_hash)
         entry = self._files.get(key)
         path = entry[1] if entry else os.path.join(self._dir, f"{self._bundle}-{len(self._files):04d}.spill")
@@ -77,7 +79,7 @@ class _SpillFn(beam.DoFn):
                 # Unbuffered: a crop is tens of KB, and 64 buckets' buffers would be 64 × the buffer size of memory.
                 entry = self._files[key] = [open(path, "wb", buffering=0), path, 0, 0]
             # Header and record in one system call, without copying the record into a new buffer.
-            written = os.writev(entry[0].fileno(), (_FRAME.pack(shard_hash, order, len(data)), data))
+            written = os.writev(entry[0].fileno(), (_FRAME.pack(shard_hash, order, image, len(data)), data))
             if written != _FRAME.size + len(data):  # a regular file takes less only when the disk is full
                 raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (wrote {written} of "
                                             f"{_FRAME.size + len(data)} bytes)")
@@ -153,10 +155,11 @@ class PlanShards(beam.PTransform):
                 | "SpreadTasks" >> beam.Reshuffle())
 
 
-def read_shard(task: ShardTask):
+def read_shard(task: ShardTask, failed: frozenset[int] = frozenset()):
     """→ the records of `task`'s shard in order, read from its spill files: first an index of the shard's records
     (order, hash, file, offset, length: 30 bytes each in typed arrays, so even a shard of millions of crops indexes
-    in tens of MB), then the records by offset."""
+    in tens of MB), then the records by offset. Records of the images whose `image_key` is in `failed` are left
+    out."""
     orders, hashes, offsets = array.array("Q"), array.array("Q"), array.array("Q")
     lengths, files_of = array.array("I"), array.array("H")
     for i, ref in enumerate(task.refs):
@@ -168,8 +171,8 @@ def read_shard(task: ShardTask):
                     break
                 if len(frame) < head:
                     raise OSError(f"spill file {ref.path} is cut short at byte {offset}")
-                shard_hash, order, length = _FRAME.unpack(frame)
-                if shard_of(shard_hash, task.num_shards) == task.shard:
+                shard_hash, order, image, length = _FRAME.unpack(frame)
+                if shard_of(shard_hash, task.num_shards) == task.shard and image not in failed:
                     orders.append(order)
                     hashes.append(shard_hash)
                     offsets.append(offset + head)
@@ -199,19 +202,22 @@ class _WriteSpilledFn(beam.DoFn):
         self._temp_dir = temp_dir
         self._compressed = compressed
 
-    def process(self, task: ShardTask):
+    def process(self, task: ShardTask, failed=()):
         yield write_shard(self._temp_dir, self._compressed, task.split, task.shard, task.num_shards,
-                          read_shard(task))
+                          read_shard(task, frozenset(failed)))
 
 
 class WriteSpilled(beam.PTransform):
-    """Writes each planned shard under the run's temp dir, its records in hash order; → ShardResult."""
+    """Writes each planned shard under the run's temp dir, its records in hash order; → ShardResult. Crops of the
+    images in `failed` (a PCollection of `tiles.image_key`s) are left out."""
 
-    def __init__(self, temp_dir: str, compressed: bool):
+    def __init__(self, temp_dir: str, compressed: bool, failed=None):
         super().__init__()
         self._temp_dir = temp_dir
         self._compressed = compressed
+        self._failed = failed
 
     def expand(self, tasks):
         """ShardTask → ShardResult."""
-        return tasks | beam.ParDo(_WriteSpilledFn(self._temp_dir, self._compressed))
+        side = {"failed": beam.pvalue.AsList(self._failed)} if self._failed is not None else {}
+        return tasks | beam.ParDo(_WriteSpilledFn(self._temp_dir, self._compressed), **side)

@@ -1,15 +1,20 @@
 """The prepare pipeline's stages, one named PTransform each. DoFns are thin wrappers around `segprep`.
 
     Pair (split, id, image path, mask path: from split lists or the driver's listing)
-      → ReadPairs      → PairBytes                               + errors
+      → ReadPairs      → PairBytes                               + errors, + TiledPair (giant TIFFs: below)
       → DecodePairs    → DecodedPair                             + errors
       → CutCrops       → (split, (image_id, k, record bytes))    + per-image Stats
-      → SpreadCrops    → ((split, shard), [(order, bytes)])
+      → SpreadCrops    → ((split, shard), [(order, key, bytes)])
       → WriteShards    → ShardResult (temp files)
       → Finalize       → errors/*.jsonl, shards renamed into place, metadata.json last
 
+    TiledPair (a tiled or stripped TIFF pair larger than one window: segprep/tiles.py)
+      → CutTiles       → (split, (image_id, k, record bytes))    + per-image Stats, errors, failed image keys
+                         (windows planned from the headers, spread over workers, cut one by one)
+
 Every input that cannot be used leaves the main flow as an `ErrorRecord` on an "errors" output; nothing is dropped
-without a trace.
+without a trace. A tile that fails in one window has crops from its other windows: the writers drop them (by
+`tiles.image_key`, a side input), so a failed image never has crops in the shards.
 """
 
 from __future__ import annotations
@@ -26,15 +31,16 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from segprep import layout, pairs as pairs_, records, storage
+from segprep import codec, layout, pairs as pairs_, records, storage, tiles
 
 from segprep.tools import progress
-from segprep.storage import read_bytes
 from segprep.convert import ConvertConfig, InputError, Stats, decode_pair, encode_crops
 from segprep.crops import stable_hash
 
 ERRORS = "errors"
 STATS = "stats"
+TILED = "tiled"
+FAILED = "failed"
 TARGET_SHARD_BYTES = 128 << 20  # automatic shard count: ~128 MiB a shard
 
 
@@ -172,9 +178,10 @@ class ReadManifest(beam.PTransform):
 
 
 class _ReadPairFn(beam.DoFn):
-    def __init__(self, root: str, progress_: Counters):
+    def __init__(self, root: str, progress_: Counters, config: ConvertConfig):
         self._root = root
         self._progress = progress_
+        self._config = config
 
     def process(self, pair: pairs_.Pair):
         split, image_id = pair.split, pair.image_id
@@ -184,32 +191,76 @@ class _ReadPairFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(split, image_id, pair.reason, pair.error,
                                                                tuple(p for p in paths if p)))
             return
-        data = []
-        for what, path in zip(("image", "mask"), paths):
-            try:
-                data.append(read_bytes(path))
-            except Exception as e:  # noqa: BLE001 - any failure to read is this input's error, not the run's
-                missing = storage.absent(path)
-                reason, msg = ((f"missing_{what}", f"no {what} file at {path}") if missing
-                               else (f"unreadable_{what}", f"cannot read {what} {path}: {type(e).__name__}: {e}"))
-                self._progress.count("images_failed")
-                yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(split, image_id, reason, msg, paths))
-                return
+        sources = []
+        try:
+            for what, path in zip(("image", "mask"), paths):
+                try:
+                    sources.append(tiles.open_source(path, self._config))
+                except codec.DecodeError as e:  # a TIFF's header: broken, or declaring more data than it holds
+                    raise InputError(f"bad_{what}", f"{what}: {e}") from None
+                except Exception as e:  # noqa: BLE001 - any failure to read is this input's error, not the run's
+                    missing = storage.absent(path)
+                    raise InputError(*((f"missing_{what}", f"no {what} file at {path}") if missing else
+                                       (f"unreadable_{what}", f"cannot read {what} {path}: {type(e).__name__}: {e}"))
+                                     ) from None
+            result = self._pair(split, image_id, paths, *sources)
+        except InputError as e:
+            self._progress.count("images_failed")
+            yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(split, image_id, e.reason, str(e), paths))
+            return
+        finally:
+            for source in sources:
+                if isinstance(source, tiles.TiffRegions):
+                    source.close()
         self._progress.count("images_read")
-        yield PairBytes(split, image_id, *data, files=paths)
+        if isinstance(result, tiles.TiledPair):
+            yield beam.pvalue.TaggedOutput(TILED, result)
+        else:
+            yield result
+
+    def _pair(self, split, image_id, paths, image, mask):
+        """→ a TiledPair when both files are TIFFs to read by window, else PairBytes; raises `InputError`."""
+        regions = [s for s in (image, mask) if isinstance(s, tiles.TiffRegions)]
+        if not regions:
+            return PairBytes(split, image_id, image, mask, files=paths)
+        if len(regions) == 2:
+            if (image.height, image.width) != (mask.height, mask.width):
+                raise InputError("size_mismatch", f"mask is {mask.width}×{mask.height} (w×h) but its image is "
+                                                  f"{image.width}×{image.height}; they must be the same size")
+            return tiles.TiledPair(split, image_id, paths, image.height, image.width)
+        # One is a TIFF to read by window, its partner is not: both are decoded whole, within --max_pixels.
+        big = regions[0]
+        what, other = ("image", "mask") if big is image else ("mask", "image")
+        if big.height * big.width > self._config.max_pixels:
+            raise InputError("too_large", f"{what}: {big.width}×{big.height} (w×h) = {big.width * big.height:,} px, "
+                                          f"above --max_pixels {self._config.max_pixels:,}; it is a tiled TIFF, "
+                                          f"but its {other} is not: convert the {other} to a tiled TIFF too, and "
+                                          "both are read window by window")
+        data = [s if isinstance(s, bytes) else _whole(s) for s in (image, mask)]
+        return PairBytes(split, image_id, *data, files=paths)
+
+
+def _whole(regions: tiles.TiffRegions) -> bytes:
+    f = regions.file
+    f.seek(0)
+    return f.read()
 
 
 class ReadPairs(beam.PTransform):
-    """Reads each listed pair's image and mask bytes (local or gs://)."""
+    """Reads each listed pair's image and mask bytes (local or gs://); a pair of TIFFs larger than a window is
+    not read, only its headers: it goes on as a TiledPair."""
 
-    def __init__(self, root: str, progress_: Counters | None = None):
+    def __init__(self, root: str, progress_: Counters | None = None, config: ConvertConfig | None = None):
         super().__init__()
         self._root = root
         self._progress = progress_ or Counters()
+        self._config = config or ConvertConfig()
 
     def expand(self, ids):
-        """Pair → PairBytes; ErrorRecord on "errors" (missing, unreadable or unpaired files, bad ids)."""
-        out = ids | beam.ParDo(_ReadPairFn(self._root, self._progress)).with_outputs(ERRORS, main="pairs")
+        """Pair → PairBytes; TiledPair on "tiled"; ErrorRecord on "errors" (missing, unreadable or unpaired files,
+        bad ids)."""
+        out = ids | beam.ParDo(_ReadPairFn(self._root, self._progress, self._config)).with_outputs(
+            ERRORS, TILED, main="pairs")
         out.pairs.element_type = PairBytes  # its coder estimates sizes cheaply (see _LargeElementCoder)
         return out
 
@@ -284,6 +335,112 @@ class CutCrops(beam.PTransform):
             STATS, main="crops")
 
 
+class _CutWindowFn(beam.DoFn):
+    def __init__(self, config: ConvertConfig, random_splits: frozenset[str], progress_: Counters):
+        self._config = config
+        self._random_splits = random_splits
+        self._progress = progress_
+
+    def start_bundle(self):
+        self._open = {}  # files → (image regions, mask regions): windows of one tile often share a bundle
+
+    def _regions(self, files):
+        if files not in self._open:
+            self._close()
+            opened = []
+            try:
+                for path in files:
+                    opened.append(tiles.TiffRegions(storage.open_read(path)))
+            except BaseException:
+                for regions in opened:
+                    regions.close()
+                raise
+            self._open[files] = tuple(opened)
+        return self._open[files]
+
+    def _close(self):
+        for regions in getattr(self, "_open", {}).values():
+            for r in regions:
+                r.close()
+        self._open = {}
+
+    def process(self, window: tiles.Window):
+        training = window.split in self._random_splits
+        try:
+            image, mask = self._regions(window.files)
+            out, summary = tiles.cut_window(window, image, mask, self._config, training)
+        except Exception as e:  # noqa: BLE001 - a file that changed or vanished mid-run: this tile's error
+            out, summary = [], tiles.Summary(error=(window.number, "unreadable_image",
+                                                    f"cannot read the tile: {type(e).__name__}: {e}",
+                                                    tiles.where(window)), faults=1)
+        for k, data in out:
+            yield window.split, (window.image_id, k, data)
+        self._progress.count("crops_cut", len(out))
+        yield beam.pvalue.TaggedOutput(STATS, (window.key, (window.files, summary)))
+
+    def finish_bundle(self):
+        self._close()
+
+    def teardown(self):
+        self._close()
+
+
+class _AddSummaries(beam.CombineFn):
+    def create_accumulator(self):
+        return (), tiles.Summary()
+
+    def add_input(self, acc, value):
+        files, summary = value
+        return files or acc[0], acc[1].add(summary)
+
+    def merge_accumulators(self, accs):
+        files, total = (), tiles.Summary()
+        for f, summary in accs:
+            files = files or f
+            total.add(summary)
+        return files, total
+
+    def extract_output(self, acc):
+        return acc
+
+
+class CutTiles(beam.PTransform):
+    """Cuts tiled pairs window by window (segprep/tiles.py): windows planned from the headers, spread over the
+    workers by a reshuffle, so one giant tile is many work items; the windows' summaries are added per tile."""
+
+    def __init__(self, config: ConvertConfig, random_splits: frozenset[str], progress_: Counters | None = None):
+        super().__init__()
+        self._config = config
+        self._random_splits = random_splits
+        self._progress = progress_ or Counters()
+
+    def expand(self, pairs):
+        """TiledPair → (split, (image_id, k, serialized Example)); (split, Stats) on "stats", ErrorRecord on
+        "errors", the `tiles.image_key` of each failed tile on "failed"."""
+        config, random_splits, progress_ = self._config, self._random_splits, self._progress
+
+        def finish(key, value):
+            (split, image_id), (files, summary) = key, value
+            stats, error = tiles.combine(summary, config)
+            progress_.count("images_done" if error is None else "images_failed")
+            if error is not None:
+                yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(split, image_id, *error, files))
+                yield beam.pvalue.TaggedOutput(FAILED, tiles.image_key(split, image_id))
+            else:
+                yield beam.pvalue.TaggedOutput(STATS, (split, stats))
+
+        cut = (pairs
+               | "PlanWindows" >> beam.FlatMap(
+                   lambda pair: tiles.plan_windows(pair, config, pair.split in random_splits))
+               | "SpreadWindows" >> beam.Reshuffle()  # one tile's windows fan out over the workers
+               | "CutWindows" >> beam.ParDo(_CutWindowFn(config, random_splits, progress_)).with_outputs(
+                   STATS, main="crops"))
+        done = (cut[STATS]
+                | "AddWindows" >> beam.CombinePerKey(_AddSummaries())
+                | "Finish" >> beam.FlatMapTuple(finish).with_outputs(STATS, ERRORS, FAILED, main="unused"))
+        return {"crops": cut.crops, STATS: done[STATS], ERRORS: done[ERRORS], FAILED: done[FAILED]}
+
+
 class SpreadCrops(beam.PTransform):
     """Gives each crop a shard and a place in it from a hash of (seed, split, id, k), then groups by shard.
 
@@ -298,7 +455,7 @@ class SpreadCrops(beam.PTransform):
         self._target = target_shard_bytes
 
     def expand(self, crops):
-        """(split, (image_id, k, bytes)) → ((split, shard, num_shards), iterable of (order key, bytes)).
+        """(split, (image_id, k, bytes)) → ((split, shard, num_shards), iterable of (order key, image key, bytes)).
         Only shards that get crops appear; `Finalize` writes the empty ones."""
         seed, fixed, target = self._seed, self._num_shards, self._target
 
@@ -306,7 +463,7 @@ class SpreadCrops(beam.PTransform):
             split, (image_id, k, data) = element
             n = fixed or auto_shard_count(totals[split], target)
             shard_hash, order = crop_hashes(seed, split, image_id, k)
-            return (split, shard_of(shard_hash, n), n), ((order, shard_hash), data)
+            return (split, shard_of(shard_hash, n), n), ((order, shard_hash), tiles.image_key(split, image_id), data)
 
         if fixed:  # no side input: assigning fuses into the stage that cuts the crops
             keyed = crops | "Assign" >> beam.Map(assign)
@@ -339,9 +496,11 @@ class _WriteShardFn(beam.DoFn):
         self._temp_dir = temp_dir
         self._compressed = compressed
 
-    def process(self, element):
+    def process(self, element, failed=()):
         (split, shard, num_shards), records = element
-        ordered = (data for _, data in sorted(records, key=lambda r: r[0]))  # (order, shard hash): as the spill path
+        failed = set(failed)
+        ordered = (data for _, key, data in sorted(records, key=lambda r: r[0])  # (order, shard hash): as spill
+                   if key not in failed)
         yield write_shard(self._temp_dir, self._compressed, split, shard, num_shards, ordered)
 
 
@@ -362,16 +521,19 @@ def write_shard(temp_dir: str, compressed: bool, split: str, shard: int, num_sha
 
 
 class WriteShards(beam.PTransform):
-    """Writes each shard, its records in hash order, as a TFRecord file under the run's temp dir."""
+    """Writes each shard, its records in hash order, as a TFRecord file under the run's temp dir; crops of the
+    images in `failed` (a PCollection of `tiles.image_key`s: tiles that failed in some window) are left out."""
 
-    def __init__(self, temp_dir: str, compressed: bool):
+    def __init__(self, temp_dir: str, compressed: bool, failed=None):
         super().__init__()
         self._temp_dir = temp_dir
         self._compressed = compressed
+        self._failed = failed
 
     def expand(self, shards):
-        """((split, shard, n), [(order, bytes)]) → ShardResult."""
-        return shards | beam.ParDo(_WriteShardFn(self._temp_dir, self._compressed))
+        """((split, shard, n), [(order, image key, bytes)]) → ShardResult."""
+        side = {"failed": beam.pvalue.AsList(self._failed)} if self._failed is not None else {}
+        return shards | beam.ParDo(_WriteShardFn(self._temp_dir, self._compressed), **side)
 
 
 class MergeStats(beam.CombineFn):

@@ -187,11 +187,7 @@ def decode_image(data: bytes, bands: tuple[int, ...] | None = None,
     fmt = sniff(data)
     _check_complete(data, fmt)
     if fmt == "tiff":
-        tiff = _tiff_read(data)
-        array = tiff.array
-        if tiff.photometric == 3 and tiff.colormap is not None and array.ndim == 2:  # palette image: its colours
-            array = _colormap_rgb(tiff.colormap)[array]
-        return to_rgb8(array, bands, value_range, tiff.alpha)
+        return tiff_image(_tiff_read(data), bands, value_range)
     wide = fmt == "png" and png_color_type(data)[1] == 16
     if not wide and bands is None and value_range is None:  # the common case, in one decode
         bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD_IMAGE)
@@ -206,6 +202,15 @@ def decode_image(data: bytes, bands: tuple[int, ...] | None = None,
         raw = raw[..., [2, 1, 0, 3][:raw.shape[2]]] if raw.shape[2] >= 3 else raw  # BGR(A) → RGB(A)
         alpha = 3 if raw.shape[2] == 4 else (1 if raw.shape[2] == 2 else None)
     return to_rgb8(raw, bands, value_range, alpha)
+
+
+def tiff_image(tiff: Tiff, bands: tuple[int, ...] | None = None,
+               value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """A decoded TIFF page (or a region of one: `segprep.regions`) → (H, W, 3) uint8 RGB, as `decode_image`."""
+    array = tiff.array
+    if tiff.photometric == 3 and tiff.colormap is not None and array.ndim == 2:  # palette image: its colours
+        array = _colormap_rgb(tiff.colormap)[array]
+    return to_rgb8(array, bands, value_range, tiff.alpha)
 
 
 def _colormap_rgb(colormap: np.ndarray) -> np.ndarray:
@@ -369,7 +374,7 @@ def decode_mask(data: bytes, max_value: int = 255) -> tuple[np.ndarray, str]:
     fmt = sniff(data)
     _check_complete(data, fmt)
     if fmt == "tiff":
-        return _tiff_mask(data, max_value)
+        return tiff_mask(_tiff_read(data), max_value)
     buf = np.frombuffer(data, np.uint8)
     if fmt == "jpeg":
         kind = "color"
@@ -386,8 +391,8 @@ def decode_mask(data: bytes, max_value: int = 255) -> tuple[np.ndarray, str]:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr), kind
 
 
-def _tiff_mask(data: bytes, max_value: int) -> tuple[np.ndarray, str]:
-    tiff = _tiff_read(data)
+def tiff_mask(tiff: Tiff, max_value: int = 255) -> tuple[np.ndarray, str]:
+    """A decoded TIFF page (or a region of one: `segprep.regions`) → (mask, kind), as `decode_mask`."""
     array = tiff.array
     if array.ndim == 2 and tiff.photometric == 3 and tiff.colormap is not None:  # palette TIFF: its colours
         return _colormap_rgb(tiff.colormap)[array], "palette"

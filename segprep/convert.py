@@ -27,6 +27,10 @@ class InputError(ValueError):
         self.reason = reason
 
 
+# Tiled and stripped TIFFs larger than one window a side are read and cut window by window (segprep/tiles.py):
+# a window of 4096² plus a crop's margin takes about 110 MB to read, convert and cut, whatever the tile's size.
+DEFAULT_WINDOW_SIZE = 4096
+
 # The most pixels an image may have to be decoded: about 2 GB of memory at the ~11 bytes a pixel that decoding,
 # the mask and its conversion take (a 10,000² tile peaks at 1.07 GB); Pillow's decompression-bomb limit too.
 DEFAULT_MAX_PIXELS = 178_956_970
@@ -46,6 +50,7 @@ class ConvertConfig:
     bands: tuple[int, ...] | None = None  # 1-based bands to keep, in order (None: 1 or 3 bands as stored)
     image_range: tuple[float, float] | None = None  # values mapped onto 0..255 (None: 8-bit images only)
     max_pixels: int = DEFAULT_MAX_PIXELS  # a larger image (by its header) is an error record, never decoded
+    window_size: int = DEFAULT_WINDOW_SIZE  # tiled/stripped TIFFs wider or taller than this are read window by window
 
     def __post_init__(self) -> None:
         if self.crop_size < 1:
@@ -73,6 +78,9 @@ class ConvertConfig:
             raise ValueError(f"image_range must be LO,HI with LO < HI. Received: {self.image_range}")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be positive. Received: {self.max_pixels}")
+        if self.window_size < self.crop_size:
+            raise ValueError(f"window_size must be at least crop_size ({self.crop_size}). Received: "
+                             f"{self.window_size}")
 
 
 @dataclasses.dataclass
@@ -130,15 +138,7 @@ def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig) ->
     if mask.shape[:2] != image.shape[:2]:
         raise InputError("size_mismatch", f"mask is {mask.shape[1]}×{mask.shape[0]} (w×h) but its image is "
                                           f"{image.shape[1]}×{image.shape[0]}; they must be the same size")
-    shared = config.palette.shared_color
-    if mask.ndim == 3 and shared:
-        raise InputError("unknown_colors", f"mask: a colour mask, but the palette gives {shared[0]} to both "
-                                           f"{shared[1]!r} and {shared[2]!r}: it reads index masks only (through "
-                                           "its index_map); pass a palette with one colour a class")
-    try:
-        conversion = lookup.convert_mask(mask, config.palette, config.unknown_colors, config.color_tolerance)
-    except lookup.UnknownColorsError as e:
-        raise InputError("unknown_colors", f"mask: {e}") from None
+    conversion = convert_classes(mask, config)
     stats = Stats(images=1, source_pixels=int(conversion.classes.size), binary_masks=int(conversion.binary),
                   source_ignore_pixels=conversion.ignore_pixels)
     if config.unknown_colors == "nearest":
@@ -146,6 +146,20 @@ def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig) ->
     else:
         stats.unknown_pixels_ignored = conversion.unknown_pixels
     return image, conversion.classes, stats
+
+
+def convert_classes(mask: np.ndarray, config: ConvertConfig, mode: str | None = None) -> lookup.Conversion:
+    """A decoded mask (colours or indices) → class indices by the palette, under `mode` (default: the config's
+    --unknown_colors); raises `InputError`."""
+    shared = config.palette.shared_color
+    if mask.ndim == 3 and shared:
+        raise InputError("unknown_colors", f"mask: a colour mask, but the palette gives {shared[0]} to both "
+                                           f"{shared[1]!r} and {shared[2]!r}: it reads index masks only (through "
+                                           "its index_map); pass a palette with one colour a class")
+    try:
+        return lookup.convert_mask(mask, config.palette, mode or config.unknown_colors, config.color_tolerance)
+    except lookup.UnknownColorsError as e:
+        raise InputError("unknown_colors", f"mask: {e}") from None
 
 
 def _header(data: bytes) -> codec.ImageInfo | None:
@@ -164,8 +178,9 @@ def check_headers(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig) 
         if info is not None and info.width * info.height > config.max_pixels:
             raise InputError("too_large", f"{what}: its header says {info.width}×{info.height} (w×h) = "
                                           f"{info.width * info.height:,} px, above --max_pixels "
-                                          f"{config.max_pixels:,} (about 11 bytes a pixel to decode); raise "
-                                          "--max_pixels if the workers have the memory, or cut it into smaller tiles")
+                                          f"{config.max_pixels:,} (about 11 bytes a pixel to decode whole); raise "
+                                          "--max_pixels if the workers have the memory, or convert image and mask "
+                                          "to tiled TIFFs, which are read window by window")
     if image is not None and mask is not None and (image.width, image.height) != (mask.width, mask.height):
         raise InputError("size_mismatch", f"mask is {mask.width}×{mask.height} (w×h) but its image is "
                                           f"{image.width}×{image.height}; they must be the same size")
@@ -181,27 +196,36 @@ def crop_boxes(classes: np.ndarray, image_id: str, config: ConvertConfig, traini
                               classes=classes, cat_max_ratio=config.cat_max_ratio)
 
 
+def encode_crop(image_id: str, box: crops.CropBox, image: np.ndarray, classes: np.ndarray,
+                origin: tuple[int, int], source: tuple[int, int], config: ConvertConfig) -> tuple[CropRecord, Stats]:
+    """One window `box` (in source coordinates) cut from `image` and `classes`, arrays of the source from `origin`
+    (y, x) on, whose bottom and right edges are the source's wherever the window runs past them → (record, the
+    crop's stats). `source` is the source's (height, width)."""
+    local = crops.CropBox(box.y - origin[0], box.x - origin[1], box.height, box.width)
+    image_crop = crops.cut(image, local, 0)
+    mask_crop = crops.cut(classes, local, IGNORE_LABEL)
+    valid = image[local.y:local.y + local.height, local.x:local.x + local.width]  # a view: padding excluded
+    n = valid.shape[0] * valid.shape[1]
+    mean, std = cv2.meanStdDev(valid)  # one pass in C++, float64 sums: no per-crop copies or int64 einsum
+    mean, std = mean.ravel(), std.ravel()
+    stats = Stats(crops=1, rgb_pixels=n,
+                  class_pixels=np.bincount(mask_crop.ravel(), minlength=256).astype(np.int64),
+                  rgb_sum=mean * n, rgb_sq_sum=(std * std + mean * mean) * n)
+    return CropRecord(
+        source_id=image_id,
+        image=codec.encode_image(image_crop, config.image_format, config.jpeg_quality),
+        image_format=config.image_format,
+        mask_png=codec.encode_index_png(mask_crop),
+        height=box.height, width=box.width, offset=(box.y, box.x),
+        source_height=source[0], source_width=source[1]), stats
+
+
 def encode_crops(image_id: str, image: np.ndarray, classes: np.ndarray, config: ConvertConfig,
                  training: bool) -> Iterator[tuple[int, CropRecord, Stats]]:
     """Cut and encode every window of one decoded pair: yields (crop number, record, that crop's stats)."""
-    height, width = classes.shape
     for k, box in enumerate(crop_boxes(classes, image_id, config, training)):
-        image_crop = crops.cut(image, box, 0)
-        mask_crop = crops.cut(classes, box, IGNORE_LABEL)
-        valid = image[box.y:box.y + box.height, box.x:box.x + box.width]  # a view: padding excluded
-        n = valid.shape[0] * valid.shape[1]
-        mean, std = cv2.meanStdDev(valid)  # one pass in C++, float64 sums: no per-crop copies or int64 einsum
-        mean, std = mean.ravel(), std.ravel()
-        stats = Stats(crops=1, rgb_pixels=n,
-                      class_pixels=np.bincount(mask_crop.ravel(), minlength=256).astype(np.int64),
-                      rgb_sum=mean * n, rgb_sq_sum=(std * std + mean * mean) * n)
-        yield k, CropRecord(
-            source_id=image_id,
-            image=codec.encode_image(image_crop, config.image_format, config.jpeg_quality),
-            image_format=config.image_format,
-            mask_png=codec.encode_index_png(mask_crop),
-            height=box.height, width=box.width, offset=(box.y, box.x),
-            source_height=height, source_width=width), stats
+        record, stats = encode_crop(image_id, box, image, classes, (0, 0), classes.shape, config)
+        yield k, record, stats
 
 
 def convert_pair(image_id: str, image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig,

@@ -50,12 +50,27 @@ def _draw(rng: np.random.Generator, height: int, width: int, crop: int) -> CropB
     return CropBox(y, x, crop, crop)
 
 
-def _dominated(classes: np.ndarray, box: CropBox, cat_max_ratio: float) -> bool:
-    """MMSegmentation's `cat_max_ratio` test: True when one class covers more than the ratio of the crop's labelled
-    pixels, or only one class is present."""
-    counts = np.bincount(cut(classes, box, IGNORE_LABEL).ravel(), minlength=256)[:IGNORE_LABEL]
+def is_dominated(mask_crop: np.ndarray, cat_max_ratio: float) -> bool:
+    """MMSegmentation's `cat_max_ratio` test on a crop's class map: True when one class covers more than the ratio
+    of its labelled pixels, or only one class is present."""
+    counts = np.bincount(mask_crop.ravel(), minlength=256)[:IGNORE_LABEL]
     counts = counts[counts > 0]
     return len(counts) <= 1 or counts.max() / counts.sum() >= cat_max_ratio
+
+
+def random_crop(height: int, width: int, crop: int, seed: int, image_id: str, k: int,
+                dominated=None, max_tries: int = 10) -> CropBox:
+    """Random window number `k` of `crop`² in an image of `height` × `width`. With `dominated` (a function of a
+    window: True when one class dominates it), the window is re-drawn from the same generator while it is
+    dominated, at most `max_tries` draws in all, keeping the last."""
+    rng = crop_rng(seed, image_id, k)
+    box = _draw(rng, height, width, crop)
+    if dominated is not None:
+        for _ in range(max_tries - 1):
+            if not dominated(box):
+                break
+            box = _draw(rng, height, width, crop)
+    return box
 
 
 def random_crops(height: int, width: int, crop: int, count: int, seed: int, image_id: str,
@@ -64,17 +79,11 @@ def random_crops(height: int, width: int, crop: int, count: int, seed: int, imag
 
     With `cat_max_ratio` < 1 and the image's class map, a window is re-drawn (at most `max_tries` draws in all,
     keeping the last) while one class covers `cat_max_ratio` or more of its labelled pixels."""
-    boxes = []
-    for k in range(count):
-        rng = crop_rng(seed, image_id, k)
-        box = _draw(rng, height, width, crop)
-        if classes is not None and cat_max_ratio < 1.0:
-            for _ in range(max_tries - 1):
-                if not _dominated(classes, box, cat_max_ratio):
-                    break
-                box = _draw(rng, height, width, crop)
-        boxes.append(box)
-    return boxes
+    dominated = None
+    if classes is not None and cat_max_ratio < 1.0:
+        def dominated(box):
+            return is_dominated(cut(classes, box, IGNORE_LABEL), cat_max_ratio)
+    return [random_crop(height, width, crop, seed, image_id, k, dominated, max_tries) for k in range(count)]
 
 
 def tile_crops(height: int, width: int, crop: int) -> list[CropBox]:

@@ -113,8 +113,8 @@ def test_stages_count_their_work_in_beam_metrics(voc_tree):
 def test_spread_crops_fixed_count_groups_every_crop_once_with_distinct_orders():
     def summary(groups):
         keys = sorted(key for key, _ in groups)
-        crops = sorted(data[0] for _, records in groups for _, data in records)
-        orders = [order for _, records in groups for order, _ in records]
+        crops = sorted(data[0] for _, records in groups for _, _, data in records)
+        orders = [order for _, records in groups for order, _, _ in records]
         return keys, crops, len(set(orders)) == len(orders)
 
     with pipeline() as p:
@@ -134,9 +134,11 @@ def test_spread_crops_automatic_count_follows_the_bytes():
 def test_write_shards_writes_records_in_order_key_order(tmp_path):
     temp = str(tmp_path / "tmp")
     os.makedirs(temp)
-    groups = [(("train", 1, 2), [(30, b"c"), (10, b"a"), (20, b"b")]), (("val", 0, 1), [(5, b"z")])]
+    groups = [(("train", 1, 2), [(30, 7, b"c"), (10, 7, b"a"), (20, 7, b"b"), (15, 9, b"failed")]),
+              (("val", 0, 1), [(5, 7, b"z")])]
     with pipeline() as p:
-        results = p | beam.Create(groups) | WriteShards(temp, compressed=False)
+        failed = p | "Failed" >> beam.Create([9])  # an image key of a tile that failed in some window
+        results = p | beam.Create(groups) | WriteShards(temp, compressed=False, failed=failed)
         assert_that(results, equal_to([
             ShardResult("train", 1, 2, "train-00001-of-00002.tfrecord", f"{temp}/train-00001-of-00002.tfrecord", 3, 3),
             ShardResult("val", 0, 1, "val-00000-of-00001.tfrecord", f"{temp}/val-00000-of-00001.tfrecord", 1, 1)]))

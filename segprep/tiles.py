@@ -1,0 +1,276 @@
+"""Giant tiles, window by window: a tiled or stripped TIFF pair larger than one window is never decoded whole.
+
+The tile's crops are planned from its header alone: crop k's first window comes from the generator seeded by
+(seed, id, k), as for any image (`segprep.crops`), and the crop belongs to the window of the grid (`window_size`²
+cells, row-major) that holds its top-left pixel. Each window is a separate work item: it reads only the region its
+own cell and its crops cover (`segprep.regions`: the TIFF segments it touches), converts that part of the mask, and
+cuts and encodes its crops. A crop re-drawn by `--cat_max_ratio` into another part of the tile is read on its own.
+So every crop is the crop the whole-image path cuts, byte for byte, whatever the window size, runner or worker
+count, and peak memory is one window's, whatever the tile's size.
+
+Each pixel belongs to exactly one window's cell: that window counts it in the source statistics and alone reports
+its faults (an off-palette colour under --unknown_colors=error, a corrupt segment). The windows' summaries are
+combined per image (`combine`): a fault in any window makes the whole image one error record, and its crops from
+the other windows are dropped before any shard is written (the pipeline filters them by `image_key`).
+
+--unknown_colors=nearest decides from the whole mask which colours are present, so under it tiles are decoded whole
+(and limited by --max_pixels) like any other image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from segprep import codec, crops, storage
+from segprep.convert import ConvertConfig, InputError, Stats, convert_classes, encode_crop
+from segprep.crops import CropBox, stable_hash
+from segprep.palette import IGNORE_LABEL
+from segprep.regions import TiffRegions
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+@dataclasses.dataclass(frozen=True)
+class TiledPair:
+    """An image and mask to be cut window by window: both region-readable TIFFs of the same size."""
+
+    split: str
+    image_id: str
+    files: tuple[str, str]  # image path, mask path
+    height: int
+    width: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """One work item of a tiled pair: a cell of its window grid and the crops whose top-left pixel lies in it."""
+
+    split: str
+    image_id: str
+    files: tuple[str, str]
+    height: int  # the source's
+    width: int
+    number: int  # row-major in the grid
+    y: int  # the cell, clipped to the source
+    x: int
+    h: int
+    w: int
+    crops: tuple[int, ...]  # crop numbers, ascending
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.split, self.image_id
+
+
+@dataclasses.dataclass
+class Summary:
+    """What one window (or, combined, a whole tile) adds to the run besides its crops."""
+
+    stats: Stats = dataclasses.field(default_factory=Stats)
+    zero: bool = False  # binary-mask evidence (index masks read without an index map): a 0 seen
+    ignore: bool = False  # a 255 seen
+    only: bool = True  # nothing but 0 and 255 seen
+    error: tuple[int, str, str, str] | None = None  # (window number, reason, message, where) of the first fault
+    faults: int = 0  # windows with a fault
+
+    def add(self, other: Summary) -> Summary:
+        self.stats.add(other.stats)
+        self.zero |= other.zero
+        self.ignore |= other.ignore
+        self.only &= other.only
+        if other.error is not None and (self.error is None or other.error[0] < self.error[0]):
+            self.error = other.error
+        self.faults += other.faults
+        return self
+
+
+def image_key(split: str, image_id: str) -> int:
+    """A 64-bit key of one source image, the same on every machine: how writers drop the crops of a tile that
+    failed in another window."""
+    return stable_hash("image", split, image_id)
+
+
+def windowed(height: int, width: int, config: ConvertConfig) -> bool:
+    """Whether a region-readable TIFF of this size is cut window by window."""
+    return config.unknown_colors != "nearest" and (height > config.window_size or width > config.window_size)
+
+
+def open_source(path: str, config: ConvertConfig) -> bytes | TiffRegions:
+    """The file at `path`: a `TiffRegions` (open; the caller closes it) when it is a TIFF to read by window, else
+    its bytes. Reads the header once, then either the whole file or nothing more. Raises `codec.DecodeError` for a
+    TIFF whose header is broken or declares more data than the file holds; storage errors as `storage` does."""
+    f = storage.open_read(path)
+    try:
+        head = f.read(4)
+        if head not in _TIFF_MAGIC or config.unknown_colors == "nearest":
+            return head + f.read()
+        regions = TiffRegions(f)
+        if regions.region_readable and windowed(regions.height, regions.width, config):
+            f = None  # the regions own it now
+            return regions
+        f.seek(0)
+        return f.read()
+    finally:
+        if f is not None:
+            f.close()
+
+
+def crop_count(height: int, width: int, config: ConvertConfig, training: bool) -> int:
+    size = config.crop_size
+    if not training:
+        return math.ceil(height / size) * math.ceil(width / size)
+    return config.crops_per_image or crops.auto_crop_count(height, width, size)
+
+
+def first_box(pair: TiledPair | Window, k: int, config: ConvertConfig, training: bool) -> CropBox:
+    """Crop k's window before any --cat_max_ratio re-draw: a random draw, or tile k of the covering tiles."""
+    size = config.crop_size
+    if not training:
+        columns = math.ceil(pair.width / size)
+        return CropBox(k // columns * size, k % columns * size, size, size)
+    return crops.random_crop(pair.height, pair.width, size, config.seed, pair.image_id, k)
+
+
+def plan_windows(pair: TiledPair, config: ConvertConfig, training: bool) -> list[Window]:
+    """Every window of the grid (the empty ones too: they hold pixels to check and count), with their crops."""
+    size = config.window_size
+    rows, columns = math.ceil(pair.height / size), math.ceil(pair.width / size)
+    owned: list[list[int]] = [[] for _ in range(rows * columns)]
+    for k in range(crop_count(pair.height, pair.width, config, training)):
+        box = first_box(pair, k, config, training)
+        owned[box.y // size * columns + box.x // size].append(k)
+    return [Window(pair.split, pair.image_id, pair.files, pair.height, pair.width, n,
+                   n // columns * size, n % columns * size,
+                   min(size, pair.height - n // columns * size), min(size, pair.width - n % columns * size),
+                   tuple(owned[n]))
+            for n in range(rows * columns)]
+
+
+class _Source:
+    """Image and mask regions of one tiled pair, decoded and converted as the whole-image path would."""
+
+    def __init__(self, window: Window, image: TiffRegions, mask: TiffRegions, config: ConvertConfig):
+        self._window, self._image, self._mask, self._config = window, image, mask, config
+        self.index_mask = False
+
+    def classes(self, y0: int, y1: int, x0: int, x1: int, mode: str | None = None):
+        """→ the `lookup.Conversion` of the mask's region (clipped to the source); raises `InputError`."""
+        try:
+            mask, kind = codec.tiff_mask(self._mask.tiff(self._mask.read(y0, y1, x0, x1)),
+                                         self._config.palette.max_index)
+        except codec.DecodeError as e:
+            raise InputError(e.reason or "bad_mask", f"mask: {e}") from None
+        self.index_mask = mask.ndim == 2  # for the binary-mask evidence
+        return convert_classes(mask, self._config, mode)
+
+    def image(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        try:
+            return codec.tiff_image(self._image.tiff(self._image.read(y0, y1, x0, x1)), self._config.bands,
+                                    self._config.image_range)
+        except codec.DecodeError as e:
+            raise InputError(e.reason or "bad_image", f"image: {e}") from None
+
+
+def _clip(box: CropBox, height: int, width: int) -> tuple[int, int, int, int]:
+    return box.y, min(height, box.y + box.height), box.x, min(width, box.x + box.width)
+
+
+def cut_window(window: Window, image: TiffRegions, mask: TiffRegions, config: ConvertConfig,
+               training: bool) -> tuple[list[tuple[int, bytes]], Summary]:
+    """→ ([(crop number, serialized record)], the window's summary). A fault leaves no crops and is in the
+    summary's `error`, never raised."""
+    summary = Summary()
+    try:
+        out = _cut(window, _Source(window, image, mask, config), config, training, summary)
+    except InputError as e:
+        out = []
+        summary = Summary(error=(window.number, e.reason, str(e), where(window)), faults=1)
+    if window.number == 0:
+        summary.stats.images = 1
+    return out, summary
+
+
+def where(window: Window) -> str:
+    return (f"rows {window.y:,}–{window.y + window.h - 1:,}, columns {window.x:,}–{window.x + window.w - 1:,} "
+            f"of the {window.width:,}×{window.height:,} (w×h) tile")
+
+
+def _cut(window: Window, source: _Source, config: ConvertConfig, training: bool,
+         summary: Summary) -> list[tuple[int, bytes]]:
+    height, width = window.height, window.width
+    boxes = {k: first_box(window, k, config, training) for k in window.crops}
+    # The region read: the cell and every crop's first window, clipped to the source. Cells start at the top-left
+    # of their crops, so it only ever grows down and to the right.
+    y0, x0 = window.y, window.x
+    y1 = max([window.y + window.h] + [_clip(b, height, width)[1] for b in boxes.values()])
+    x1 = max([window.x + window.w] + [_clip(b, height, width)[3] for b in boxes.values()])
+    cell = source.classes(window.y, window.y + window.h, window.x, window.x + window.w)
+    _count_source(cell, source.index_mask, summary)
+    classes = np.empty((y1 - y0, x1 - x0), np.uint8)
+    classes[:window.h, :window.w] = cell.classes
+    # The rest of the region belongs to other windows' cells, which report its faults: read it as "ignore".
+    if x1 > window.x + window.w:
+        classes[:window.h, window.w:] = source.classes(y0, y0 + window.h, x0 + window.w, x1, "ignore").classes
+    if y1 > window.y + window.h:
+        classes[window.h:] = source.classes(y0 + window.h, y1, x0, x1, "ignore").classes
+    if not boxes:
+        return []
+    image = source.image(y0, y1, x0, x1)
+
+    def inside(box: CropBox) -> bool:
+        by0, by1, bx0, bx1 = _clip(box, height, width)
+        return y0 <= by0 and by1 <= y1 and x0 <= bx0 and bx1 <= x1
+
+    def dominated(box: CropBox) -> bool:
+        if inside(box):
+            part = crops.cut(classes, CropBox(box.y - y0, box.x - x0, box.height, box.width), IGNORE_LABEL)
+        else:
+            by0, by1, bx0, bx1 = _clip(box, height, width)
+            part = crops.cut(source.classes(by0, by1, bx0, bx1, "ignore").classes,
+                             CropBox(0, 0, box.height, box.width), IGNORE_LABEL)
+        return crops.is_dominated(part, config.cat_max_ratio)
+
+    out = []
+    for k in window.crops:
+        box = boxes[k]
+        if training and config.cat_max_ratio < 1.0:
+            box = crops.random_crop(height, width, config.crop_size, config.seed, window.image_id, k, dominated)
+        if inside(box):
+            record, stats = encode_crop(window.image_id, box, image, classes, (y0, x0), (height, width), config)
+        else:  # re-drawn elsewhere in the tile: read just this window
+            by0, by1, bx0, bx1 = _clip(box, height, width)
+            record, stats = encode_crop(window.image_id, box, source.image(by0, by1, bx0, bx1),
+                                        source.classes(by0, by1, bx0, bx1, "ignore").classes, (by0, bx0),
+                                        (height, width), config)
+        summary.stats.add(stats)
+        out.append((k, record.serialize()))
+    return out
+
+
+def _count_source(conversion, index_mask: bool, summary: Summary) -> None:
+    stats = summary.stats
+    stats.source_pixels += int(conversion.classes.size)
+    stats.source_ignore_pixels += conversion.ignore_pixels
+    stats.unknown_pixels_ignored += conversion.unknown_pixels  # "nearest" never reaches here
+    if index_mask and not conversion.unknown_pixels:
+        counts = np.bincount(conversion.classes.ravel(), minlength=256)
+        summary.zero, summary.ignore = bool(counts[0]), bool(counts[IGNORE_LABEL])
+        summary.only = int(counts[0] + counts[IGNORE_LABEL]) == conversion.classes.size
+    else:
+        summary.only = False
+
+
+def combine(summary: Summary, config: ConvertConfig) -> tuple[Stats | None, tuple[str, str] | None]:
+    """A tile's windows' summaries, added → (its stats, None), or (None, (reason, message)) when any window had a
+    fault: the first by window number, where it was, and how many windows had one."""
+    if summary.error is not None:
+        _, reason, message, where = summary.error
+        more = summary.faults - 1
+        return None, (reason, f"{message} (in {where}" + (f"; and in {more} more window{'s' if more > 1 else ''}"
+                                                           if more else "") + ")")
+    stats = summary.stats
+    stats.binary_masks = int(not config.palette.index_map and summary.only and summary.zero and summary.ignore)
+    return stats, None
