@@ -13,20 +13,24 @@
     ./dev bench onednn          # (l) training steps/s with TensorFlow's oneDNN operations on and off
     ./dev bench formats         # (m) prepare on 5000² tiles: JPEG vs TIFF storages; listing 10,000 files by pattern
     ./dev bench verify          # (n) segprep.verify on 1 GiB of shards: --quick vs every record decoded
+    ./dev bench giant [SIDE..]  # (o) tiled TIFFs of 10,000², 20,000², 40,000² by window vs a 10,000² JPEG: RSS, Mpx/s
 """
 
 import sys
 
-from benchmarks import (bench_distribute, bench_formats, bench_lookup, bench_masks, bench_memory, bench_onednn,
-                        bench_predict, bench_prepare, bench_scan, bench_train, bench_verify)
+from benchmarks import (bench_distribute, bench_formats, bench_giant, bench_lookup, bench_masks, bench_memory,
+                        bench_onednn, bench_predict, bench_prepare, bench_scan, bench_train, bench_verify)
 
 ALL = {"lookup": bench_lookup.main, "prepare": bench_prepare.main, "memory": bench_memory.main,
        "input": lambda: bench_train.main(("input",)), "train": bench_train.main, "masks": bench_masks.main,
        "predict": bench_predict.main, "distribute": bench_distribute.main,
        "scan": bench_scan.main, "onednn": bench_onednn.main, "formats": bench_formats.main,
-       "verify": bench_verify.main}
+       "verify": bench_verify.main, "giant": bench_giant.main}
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["giant"]:  # takes the tile sides to run
+        bench_giant.main(sys.argv[2:])
+        sys.exit()
     names = sys.argv[1:] or [n for n in ALL if n != "input"]
     unknown = [n for n in names if n not in ALL]
     if unknown:

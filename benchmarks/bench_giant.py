@@ -1,0 +1,125 @@
+"""(o) Giant tiles: peak RSS and source Mpx/s of `python -m pipelines.prepare` on one tiled TIFF pair (RGB image,
+JPEG-compressed 512² tiles at quality 90, and its class-id mask, deflate) of 10,000², 20,000² and 40,000² px, read
+window by window, beside one 10,000² JPEG + PNG pair decoded whole; each on 1 worker and on 2
+(--direct_num_workers=2 --direct_running_mode=multi_processing), auto crops (one pass over the area: 24,415 crops
+of 256² for 40,000²), side by side in one run.
+
+The TIFFs are written tile by tile from functions of (y, x) (tests/tiffs.py), so no whole image is ever in this
+process either. Peak RSS is sampled every 0.1 s over the prepare process and every process under it (Beam's worker
+processes on 2 workers), summed; source Mpx/s is prepare's own figure (tile pixels / run seconds).
+
+Goals: peak RSS for 40,000² within 10% of the 10,000² figure and under 1 GB; two workers ≥ 1.3× one on 40,000².
+
+    ./dev bench giant            # all sizes (about 15 minutes on 2 cores; 2.5 GB of disk for the 40,000² pair)
+    ./dev bench giant 10000      # only the sizes given
+"""
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from benchmarks.bench_memory import make_tile
+from tests.tiffs import pattern_classes, pattern_image, write_tiff
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZES = (10_000, 20_000, 40_000)
+TWO = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
+
+
+def _tree_rss(root_pid: int) -> int:
+    """Resident bytes of `root_pid` and every process under it."""
+    parents, rss = {}, {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                parents[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/statm") as f:
+                rss[int(name)] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, frontier = {root_pid}, [root_pid]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(rss.get(pid, 0) for pid in tree)
+
+
+def run_prepare(*args: str) -> tuple[float, float, str]:
+    """→ (peak RSS of the process tree in MiB, source Mpx/s as prepare reports it, its summary line)."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.prepare", "--runner=DirectRunner", *args],
+                            cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    peak = [0]
+
+    def sample():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output = proc.communicate()[0]
+    sampler.join()
+    if proc.returncode != 0:
+        sys.exit(output[-3000:])
+    summary = next(line for line in output.splitlines() if " crops in " in line)
+    mpx = float(re.search(r"([\d.]+) source Mpx/s", summary).group(1))
+    return peak[0] / 2**20, mpx, summary
+
+
+def make_giant(root: str, side: int) -> None:
+    for folder, fn, compression in (("images", pattern_image, "jpeg"), ("masks", pattern_classes, "deflate")):
+        os.makedirs(os.path.join(root, folder, "train"), exist_ok=True)
+        write_tiff(os.path.join(root, folder, "train", "tile.tif"), fn, side, side, tile=512, compression=compression)
+
+
+def main(argv=()):
+    sizes = tuple(int(a) for a in argv) or SIZES
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        jpeg_root = os.path.join(tmp, "jpeg")
+        make_tile(jpeg_root)  # bench (c)'s 10,000² JPEG + colour PNG, VOC layout
+        for workers, extra in ((1, ()), (2, TWO)):
+            out = os.path.join(tmp, "out")
+            peak, mpx, _ = run_prepare("--input_dir", jpeg_root, "--output_dir", out, "--overwrite", *extra)
+            rows.append(("10,000² JPEG + PNG, whole", workers, peak, mpx))
+        for side in sizes:
+            root = os.path.join(tmp, f"tiff{side}")
+            t = time.perf_counter()
+            make_giant(root, side)
+            made = time.perf_counter() - t
+            mib = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(root) for f in fs) / 2**20
+            print(f"    (made the {side:,}² pair in {made:.0f} s: {mib:,.0f} MiB on disk)", flush=True)
+            for workers, extra in ((1, ()), (2, TWO)):
+                out = os.path.join(tmp, "out")
+                peak, mpx, _ = run_prepare("--input_dir", root, "--output_dir", out, "--overwrite",
+                                           "--images", "images/{split}/{id}.tif", "--masks", "masks/{split}/{id}.tif",
+                                           *extra)
+                rows.append((f"{side:,}² tiled TIFF, by window", workers, peak, mpx))
+            subprocess.run(["rm", "-rf", root], check=True)
+    print("(o) giant tiles: peak RSS (prepare and its workers) and source Mpx/s, 1 and 2 workers; goals: 40,000² "
+          "within 10% of 10,000² and < 1 GB; 2 workers ≥ 1.3× one:")
+    print(f"    {'':34s} {'1 worker':>24s}   {'2 workers':>24s}   2 / 1")
+    by = {(name, w): (peak, mpx) for name, w, peak, mpx in rows}
+    for name in dict.fromkeys(name for name, *_ in rows):
+        (p1, m1), (p2, m2) = by[name, 1], by[name, 2]
+        print(f"    {name:34s} {p1:7,.0f} MiB {m1:6.2f} Mpx/s   {p2:7,.0f} MiB {m2:6.2f} Mpx/s   {m2 / m1:.2f}×")
+    tiffs = [name for name in dict.fromkeys(n for n, *_ in rows) if "TIFF" in name]
+    if len(tiffs) > 1:
+        small, big = by[tiffs[0], 1][0], by[tiffs[-1], 1][0]
+        print(f"    peak RSS {tiffs[-1].split()[0]} / {tiffs[0].split()[0]}, 1 worker: {big / small:.2f}×")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
