@@ -253,3 +253,40 @@ def test_a_remote_store_that_cannot_be_asked_is_one_line_not_empty(gcs, tmp_path
     assert scan.main(["--input_dir", "gs://no-such-bucket/voc"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("scan: error: cannot list gs://no-such-bucket/voc/"), err
+
+
+def test_a_giant_tiff_on_gcs_is_read_window_by_window_through_faults(emulator, tmp_path, monkeypatch):
+    """Tiled TIFF pairs on gs://, through 10% injected faults: each window opens the files in the bucket and
+    seeks to its segments there, and the shards are byte for byte those of a local run. --max_pixels is below the tiles' size: decoded
+    whole, they would be refused."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from tiffs import pattern_classes, pattern_image, write_tiff
+
+    root = tmp_path / "tiles"
+    for split, side in (("train", 0), ("val", 7)):
+        for folder, fn in (("images", pattern_image), ("masks", pattern_classes)):
+            (root / folder / split).mkdir(parents=True)
+            write_tiff(str(root / folder / split / "t.tif"), lambda y, x, fn=fn: fn(y + side, x), 700, 950, tile=64)
+    args = ["--images", "images/{split}/{id}.tif", "--masks", "masks/{split}/{id}.tif", "--window_size", "256",
+            "--max_pixels", "100000", "--crop_size", "64", "--crops_per_image", "20", "--num_shards", "2",
+            "--runner=DirectRunner"]
+    local = str(tmp_path / "local")
+    assert prepare.run(["--input_dir", str(root), "--output_dir", local] + args) == 0
+    want = json.load(open(f"{local}/metadata.json"))
+    faults = gcs_proxy.Faults(0.1, seed=4)
+    forwarder = gcs_proxy.Forwarder(emulator, faults)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", forwarder.url)
+    try:
+        upload(str(root), "gs://bkt/tiles")
+        out = "gs://bkt/records"
+        assert prepare.run(["--input_dir", "gs://bkt/tiles", "--output_dir", out] + args) == 0
+        meta = json.loads(FileSystems.open(f"{out}/metadata.json").read())
+        got = _shard_bytes(out, meta)
+    finally:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{emulator}")
+        forwarder.close()
+    assert got == _shard_bytes(local, want) and len(got) == 4
+    assert meta["splits"]["train"]["records"] == 20 and meta["splits"]["val"]["records"] == 11 * 15
+    print("faults injected:", faults.injected, "of", faults.requests, "requests")
+    assert sum(faults.injected.values()) > 0
