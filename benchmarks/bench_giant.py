@@ -22,8 +22,6 @@ import tempfile
 import threading
 import time
 
-import numpy as np
-
 from benchmarks.bench_memory import make_tile
 from tests.tiffs import pattern_classes, pattern_image, write_tiff
 

@@ -105,6 +105,11 @@ ROUNDS = 2  # each case runs this many times, interleaved; the best time counts 
 
 
 def main():
+    main_images()
+    main_tiles()
+
+
+def main_images():
     two = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
     cases = {"plain loop, fresh process": None,
              "DirectRunner, 1 worker": [],
@@ -136,5 +141,74 @@ def main():
           f"2 workers / 1 worker = {best['1 worker, --shuffle beam'] / best['2 workers, --shuffle beam']:.2f}×")
 
 
+TILES, TILE_H, TILE_W = 48, 3000, 4000  # large tiles: ~128 crops each (auto), 6,144 in all
+
+
+def make_tiles_trees(tmp):
+    """48 ids over 4 generated 3000×4000 tiles, twice: JPEG + PNG colour mask (VOC layout, decoded whole), and
+    tiled TIFFs (JPEG-compressed 512² tiles, deflate colour mask) read by window with --window_size 2048."""
+    from benchmarks.bench_memory import make_scale_tree
+
+    jpeg_root = os.path.join(tmp, "tiles-jpeg")
+    make_scale_tree(jpeg_root, TILES)
+    tiff_root = os.path.join(tmp, "tiles-tiff")
+    os.makedirs(os.path.join(tiff_root, "images", "train"))
+    os.makedirs(os.path.join(tiff_root, "masks", "train"))
+    import tifffile
+
+    for image_id in read_ids(jpeg_root):
+        with open(layout.image_path(jpeg_root, image_id), "rb") as f:
+            image = codec.decode_image(f.read())
+        with open(layout.mask_path(jpeg_root, image_id), "rb") as f:
+            mask, _ = codec.decode_mask(f.read())
+        tifffile.imwrite(os.path.join(tiff_root, "images", "train", f"{image_id}.tif"), image, photometric="rgb",
+                         tile=(512, 512), compression="jpeg", compressionargs={"level": 90})
+        tifffile.imwrite(os.path.join(tiff_root, "masks", "train", f"{image_id}.tif"), mask, photometric="rgb",
+                         tile=(512, 512), compression="deflate")
+    return jpeg_root, tiff_root
+
+
+def plain_tiff_loop(root, out):
+    """The plain loop over the TIFF tree: each pair decoded whole (tifffile), then as `plain_loop`."""
+    config = ConvertConfig()
+    names = sorted(os.listdir(os.path.join(root, "images", "train")))
+    with open(out, "wb") as f:
+        for name in names:
+            with open(os.path.join(root, "images", "train", name), "rb") as a, \
+                    open(os.path.join(root, "masks", "train", name), "rb") as b:
+                records, _ = convert_pair(name[:-4], a.read(), b.read(), config, training=True)
+            for _, record in records:
+                write_record(f, record.serialize())
+
+
+def main_tiles():
+    tiff = ["--images", "images/{split}/{id}.tif", "--masks", "masks/{split}/{id}.tif", "--window_size", "2048"]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    best = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        jpeg_root, tiff_root = make_tiles_trees(tmp)
+        loops = {"jpeg": "plain_loop(sys.argv[1], read_ids(sys.argv[1]), sys.argv[2])",
+                 "tiff": "plain_tiff_loop(sys.argv[1], sys.argv[2])"}
+        for r in range(ROUNDS):
+            for path, root, flags in (("jpeg", jpeg_root, []), ("tiff", tiff_root, tiff)):
+                t = time.perf_counter()
+                code = "import sys; from benchmarks.bench_prepare import *; " + loops[path]
+                proc = subprocess.run([sys.executable, "-c", code, root, os.path.join(tmp, "loop.tfrecord")],
+                                      env=env, capture_output=True, text=True)
+                if proc.returncode:
+                    sys.exit(proc.stderr)
+                loop = time.perf_counter() - t
+                one = beam_run(root, os.path.join(tmp, f"out{r}{path}"), *flags)
+                best[path, "loop"] = min(loop, best.get((path, "loop"), loop))
+                best[path, "one"] = min(one, best.get((path, "one"), one))
+    mpx = TILES * TILE_H * TILE_W / 1e6
+    print(f"(b) prepare, {TILES} tiles of {TILE_H}×{TILE_W} (auto crops), best of {ROUNDS}; goal: 1 worker ≥ 0.9× "
+          "the plain loop on both paths:")
+    for path, name in (("jpeg", "JPEG + PNG, decoded whole"), ("tiff", "tiled TIFF, by 2048² window")):
+        loop, one = best[path, "loop"], best[path, "one"]
+        print(f"    {name:28s} plain loop {loop:5.1f} s ({mpx / loop:5.1f} Mpx/s)  1 worker {one:5.1f} s "
+              f"({mpx / one:5.1f} Mpx/s)  = {loop / one:.2f}× the loop")
+
+
 if __name__ == "__main__":
-    main()
+    main_tiles() if sys.argv[1:] == ["tiles"] else main()

@@ -68,7 +68,8 @@ class PairBytes:
 
 @dataclasses.dataclass(frozen=True)
 class DecodedPair:
-    """An image (RGB) and its class map, decoded and checked, with the source statistics."""
+    """An image (BGR: OpenCV's order, from decoder to encoder) and its class map, decoded and checked, with the
+    source statistics."""
 
     split: str
     image_id: str
@@ -273,7 +274,7 @@ class _DecodeFn(beam.DoFn):
     def process(self, pair: PairBytes):
         files = pair.files
         try:
-            image, classes, stats = decode_pair(pair.image, pair.mask, self._config)
+            image, classes, stats = decode_pair(pair.image, pair.mask, self._config, bgr=True)
         except InputError as e:
             self._progress.count("images_failed")
             yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(pair.split, pair.image_id, e.reason, str(e), files))
@@ -312,7 +313,8 @@ class _CutFn(beam.DoFn):
         split, image_id, image, classes, source = (element.split, element.image_id, element.image,
                                                    element.classes, element.stats)
         total = Stats().add(source)
-        for k, record, stats in encode_crops(image_id, image, classes, self._config, split in self._random_splits):
+        for k, record, stats in encode_crops(image_id, image, classes, self._config, split in self._random_splits,
+                                             bgr=True):
             total.add(stats)
             yield split, (image_id, k, record.serialize())
         self._progress.count("crops_cut", total.crops)

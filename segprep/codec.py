@@ -182,18 +182,20 @@ def _tiff_read(data: bytes) -> Tiff:
 
 
 def decode_image(data: bytes, bands: tuple[int, ...] | None = None,
-                 value_range: tuple[float, float] | None = None) -> np.ndarray:
-    """JPEG, PNG or TIFF bytes → (H, W, 3) uint8 RGB (see the module docstring for bands and value ranges)."""
+                 value_range: tuple[float, float] | None = None, bgr: bool = False) -> np.ndarray:
+    """JPEG, PNG or TIFF bytes → (H, W, 3) uint8 RGB (see the module docstring for bands and value ranges), or
+    BGR with `bgr`: OpenCV's own order, which the prepare pipeline keeps from decoder to encoder so that a JPEG or
+    PNG is never swapped at all."""
     fmt = sniff(data)
     _check_complete(data, fmt)
     if fmt == "tiff":
-        return tiff_image(_tiff_read(data), bands, value_range)
+        return _order(tiff_image(_tiff_read(data), bands, value_range), bgr)
     wide = fmt == "png" and png_color_type(data)[1] == 16
     if not wide and bands is None and value_range is None:  # the common case, in one decode
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD_IMAGE)
-        if bgr is None:
+        out = cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD_IMAGE)
+        if out is None:
             raise DecodeError(f"corrupt {fmt.upper()}: the decoder could not read it")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: no second copy of a large tile
+        return out if bgr else cv2.cvtColor(out, cv2.COLOR_BGR2RGB, dst=out)  # in place: no second copy
     raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if raw is None:
         raise DecodeError(f"corrupt {fmt.upper()}: the decoder could not read it")
@@ -201,7 +203,12 @@ def decode_image(data: bytes, bands: tuple[int, ...] | None = None,
     if raw.ndim == 3:
         raw = raw[..., [2, 1, 0, 3][:raw.shape[2]]] if raw.shape[2] >= 3 else raw  # BGR(A) → RGB(A)
         alpha = 3 if raw.shape[2] == 4 else (1 if raw.shape[2] == 2 else None)
-    return to_rgb8(raw, bands, value_range, alpha)
+    return _order(to_rgb8(raw, bands, value_range, alpha), bgr)
+
+
+def _order(rgb: np.ndarray, bgr: bool) -> np.ndarray:
+    """An (H, W, 3) RGB array we own, turned to BGR in place when `bgr`."""
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR, dst=rgb) if bgr else rgb
 
 
 def tiff_image(tiff: Tiff, bands: tuple[int, ...] | None = None,
@@ -367,14 +374,15 @@ def png_color_type(data: bytes) -> tuple[int, int]:
     return data[25], data[24]
 
 
-def decode_mask(data: bytes, max_value: int = 255) -> tuple[np.ndarray, str]:
+def decode_mask(data: bytes, max_value: int = 255, bgr: bool = False) -> tuple[np.ndarray, str]:
     """Mask bytes → (array, kind): (H, W, 3) RGB for "color"/"palette" (and lossy JPEG colour masks, kind
-    "color"), (H, W) uint8 for "index" — uint16 when `max_value` > 255 (a palette's index map reads 16-bit values)
-    and the mask is 16-bit."""
+    "color"), BGR with `bgr`; (H, W) uint8 for "index" — uint16 when `max_value` > 255 (a palette's index map reads
+    16-bit values) and the mask is 16-bit."""
     fmt = sniff(data)
     _check_complete(data, fmt)
     if fmt == "tiff":
-        return tiff_mask(_tiff_read(data), max_value)
+        mask, kind = tiff_mask(_tiff_read(data), max_value)
+        return (_order(np.array(mask), bgr) if mask.ndim == 3 and bgr else mask), kind
     buf = np.frombuffer(data, np.uint8)
     if fmt == "jpeg":
         kind = "color"
@@ -385,10 +393,10 @@ def decode_mask(data: bytes, max_value: int = 255) -> tuple[np.ndarray, str]:
         kind = MASK_KINDS[color_type]
         if kind == "index":
             return _decode_index(buf, depth, max_value), kind
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # palette PNGs expand to their colours here
-    if bgr is None:
+    out = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # palette PNGs expand to their colours here
+    if out is None:
         raise DecodeError(f"corrupt {fmt.upper()} mask: the decoder could not read it")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr), kind
+    return (out if bgr else cv2.cvtColor(out, cv2.COLOR_BGR2RGB, dst=out)), kind
 
 
 def tiff_mask(tiff: Tiff, max_value: int = 255) -> tuple[np.ndarray, str]:
@@ -448,20 +456,23 @@ def _decode_index(buf: np.ndarray, depth: int, max_value: int = 255) -> np.ndarr
     return arr
 
 
-def encode_image(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 95, consume: bool = False) -> bytes:
-    """(H, W, 3) uint8 RGB → JPEG or PNG bytes. With `consume`, `rgb` is turned to BGR in place instead of copied
-    (no second image-sized buffer for a large tile; the caller must not use it afterwards)."""
-    if consume and rgb.flags.c_contiguous:
-        bgr = rgb
+def encode_image(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 95, consume: bool = False,
+                 bgr: bool = False) -> bytes:
+    """(H, W, 3) uint8 RGB (BGR with `bgr`) → JPEG or PNG bytes. With `consume`, `rgb` is turned to BGR in place
+    instead of copied (no second image-sized buffer for a large tile; the caller must not use it afterwards)."""
+    if bgr:
+        pixels = rgb
+    elif consume and rgb.flags.c_contiguous:
+        pixels = rgb
         for y in range(0, rgb.shape[0], 256):  # in bands: OpenCV copies its input when converting in place
-            band = bgr[y:y + 256]
+            band = pixels[y:y + 256]
             cv2.cvtColor(band, cv2.COLOR_RGB2BGR, dst=band)
     else:
-        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     if fmt == "jpeg":
-        ok, out = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        ok, out = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     elif fmt == "png":
-        ok, out = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        ok, out = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     else:
         raise ValueError(f"image format must be 'jpeg' or 'png'. Received: {fmt!r}")
     if not ok:

@@ -1,6 +1,7 @@
 """One source pair (image + mask bytes) → crop records and the statistics metadata.json reports.
 
-This is everything the prepare pipeline does to one image, as a plain function: decode (RGB, never BGR), check the
+This is everything the prepare pipeline does to one image, as a plain function: decode (a JPEG or PNG stays in
+OpenCV's BGR from the decoder to the encoder, which takes BGR, so its pixels are never swapped; statistics are RGB), check the
 pair, convert the mask to class indices, choose windows (random crops for training splits, covering tiles for
 the others), cut image and mask alike, encode. Beam only wraps it (`pipelines/transforms.py`).
 """
@@ -122,23 +123,25 @@ class Stats:
         return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in np.sqrt(var)]
 
 
-def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig) -> tuple[np.ndarray, np.ndarray, Stats]:
-    """→ (RGB image, class-index mask, the source's stats: one image, its pixels, off-palette pixels ignored or
-    snapped); raises `InputError` naming what is wrong. Sizes come from the headers first: a pair whose sizes
-    differ, or an image above `config.max_pixels`, is refused before a pixel is decoded."""
+def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig,
+                bgr: bool = False) -> tuple[np.ndarray, np.ndarray, Stats]:
+    """→ (RGB image — BGR with `bgr`, as the decoder gives it and the encoder takes it —, class-index mask, the
+    source's stats: one image, its pixels, off-palette pixels ignored or snapped); raises `InputError` naming what
+    is wrong. Sizes come from the headers first: a pair whose sizes differ, or an image above `config.max_pixels`,
+    is refused before a pixel is decoded."""
     check_headers(image_bytes, mask_bytes, config)
     try:
-        image = codec.decode_image(image_bytes, config.bands, config.image_range)
+        image = codec.decode_image(image_bytes, config.bands, config.image_range, bgr=bgr)
     except codec.DecodeError as e:
         raise InputError(e.reason or "bad_image", f"image: {e}") from None
     try:
-        mask, _ = codec.decode_mask(mask_bytes, config.palette.max_index)
+        mask, _ = codec.decode_mask(mask_bytes, config.palette.max_index, bgr=bgr)
     except codec.DecodeError as e:
         raise InputError(e.reason or "bad_mask", f"mask: {e}") from None
     if mask.shape[:2] != image.shape[:2]:
         raise InputError("size_mismatch", f"mask is {mask.shape[1]}×{mask.shape[0]} (w×h) but its image is "
                                           f"{image.shape[1]}×{image.shape[0]}; they must be the same size")
-    conversion = convert_classes(mask, config)
+    conversion = convert_classes(mask, config, bgr=bgr)
     stats = Stats(images=1, source_pixels=int(conversion.classes.size), binary_masks=int(conversion.binary),
                   source_ignore_pixels=conversion.ignore_pixels)
     if config.unknown_colors == "nearest":
@@ -148,16 +151,18 @@ def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig) ->
     return image, conversion.classes, stats
 
 
-def convert_classes(mask: np.ndarray, config: ConvertConfig, mode: str | None = None) -> lookup.Conversion:
-    """A decoded mask (colours or indices) → class indices by the palette, under `mode` (default: the config's
-    --unknown_colors); raises `InputError`."""
+def convert_classes(mask: np.ndarray, config: ConvertConfig, mode: str | None = None,
+                    bgr: bool = False) -> lookup.Conversion:
+    """A decoded mask (colours, BGR with `bgr`, or indices) → class indices by the palette, under `mode` (default:
+    the config's --unknown_colors); raises `InputError`."""
     shared = config.palette.shared_color
     if mask.ndim == 3 and shared:
         raise InputError("unknown_colors", f"mask: a colour mask, but the palette gives {shared[0]} to both "
                                            f"{shared[1]!r} and {shared[2]!r}: it reads index masks only (through "
                                            "its index_map); pass a palette with one colour a class")
     try:
-        return lookup.convert_mask(mask, config.palette, mode or config.unknown_colors, config.color_tolerance)
+        return lookup.convert_mask(mask, config.palette, mode or config.unknown_colors, config.color_tolerance,
+                                   bgr=bgr)
     except lookup.UnknownColorsError as e:
         raise InputError("unknown_colors", f"mask: {e}") from None
 
@@ -197,10 +202,11 @@ def crop_boxes(classes: np.ndarray, image_id: str, config: ConvertConfig, traini
 
 
 def encode_crop(image_id: str, box: crops.CropBox, image: np.ndarray, classes: np.ndarray,
-                origin: tuple[int, int], source: tuple[int, int], config: ConvertConfig) -> tuple[CropRecord, Stats]:
-    """One window `box` (in source coordinates) cut from `image` and `classes`, arrays of the source from `origin`
-    (y, x) on, whose bottom and right edges are the source's wherever the window runs past them → (record, the
-    crop's stats). `source` is the source's (height, width)."""
+                origin: tuple[int, int], source: tuple[int, int], config: ConvertConfig,
+                bgr: bool = False) -> tuple[CropRecord, Stats]:
+    """One window `box` (in source coordinates) cut from `image` (RGB, or BGR with `bgr`) and `classes`, arrays of
+    the source from `origin` (y, x) on, whose bottom and right edges are the source's wherever the window runs past
+    them → (record, the crop's stats). `source` is the source's (height, width)."""
     local = crops.CropBox(box.y - origin[0], box.x - origin[1], box.height, box.width)
     image_crop = crops.cut(image, local, 0)
     mask_crop = crops.cut(classes, local, IGNORE_LABEL)
@@ -208,12 +214,14 @@ def encode_crop(image_id: str, box: crops.CropBox, image: np.ndarray, classes: n
     n = valid.shape[0] * valid.shape[1]
     mean, std = cv2.meanStdDev(valid)  # one pass in C++, float64 sums: no per-crop copies or int64 einsum
     mean, std = mean.ravel(), std.ravel()
+    if bgr:
+        mean, std = mean[::-1], std[::-1]
     stats = Stats(crops=1, rgb_pixels=n,
                   class_pixels=np.bincount(mask_crop.ravel(), minlength=256).astype(np.int64),
                   rgb_sum=mean * n, rgb_sq_sum=(std * std + mean * mean) * n)
     return CropRecord(
         source_id=image_id,
-        image=codec.encode_image(image_crop, config.image_format, config.jpeg_quality),
+        image=codec.encode_image(image_crop, config.image_format, config.jpeg_quality, bgr=bgr),
         image_format=config.image_format,
         mask_png=codec.encode_index_png(mask_crop),
         height=box.height, width=box.width, offset=(box.y, box.x),
@@ -221,10 +229,11 @@ def encode_crop(image_id: str, box: crops.CropBox, image: np.ndarray, classes: n
 
 
 def encode_crops(image_id: str, image: np.ndarray, classes: np.ndarray, config: ConvertConfig,
-                 training: bool) -> Iterator[tuple[int, CropRecord, Stats]]:
-    """Cut and encode every window of one decoded pair: yields (crop number, record, that crop's stats)."""
+                 training: bool, bgr: bool = False) -> Iterator[tuple[int, CropRecord, Stats]]:
+    """Cut and encode every window of one decoded pair (its image RGB, or BGR with `bgr`): yields (crop number,
+    record, that crop's stats)."""
     for k, box in enumerate(crop_boxes(classes, image_id, config, training)):
-        record, stats = encode_crop(image_id, box, image, classes, (0, 0), classes.shape, config)
+        record, stats = encode_crop(image_id, box, image, classes, (0, 0), classes.shape, config, bgr)
         yield k, record, stats
 
 
@@ -232,9 +241,9 @@ def convert_pair(image_id: str, image_bytes: bytes, mask_bytes: bytes, config: C
                  training: bool) -> tuple[list[tuple[int, CropRecord]], Stats]:
     """→ ([(crop number, record)], stats): the whole conversion of one pair, as a plain loop would do it.
     Raises `InputError` for a pair that cannot be used."""
-    image, classes, total = decode_pair(image_bytes, mask_bytes, config)
+    image, classes, total = decode_pair(image_bytes, mask_bytes, config, bgr=True)  # BGR: never swapped
     records = []
-    for k, record, stats in encode_crops(image_id, image, classes, config, training):
+    for k, record, stats in encode_crops(image_id, image, classes, config, training, bgr=True):
         records.append((k, record))
         total.add(stats)
     return records, total

@@ -79,11 +79,11 @@ def random_crops(height: int, width: int, crop: int, count: int, seed: int, imag
 
     With `cat_max_ratio` < 1 and the image's class map, a window is re-drawn (at most `max_tries` draws in all,
     keeping the last) while one class covers `cat_max_ratio` or more of its labelled pixels."""
-    dominated = None
-    if classes is not None and cat_max_ratio < 1.0:
-        def dominated(box):
-            return is_dominated(cut(classes, box, IGNORE_LABEL), cat_max_ratio)
-    return [random_crop(height, width, crop, seed, image_id, k, dominated, max_tries) for k in range(count)]
+    def dominated(box):
+        return is_dominated(cut(classes, box, IGNORE_LABEL), cat_max_ratio)
+
+    test = dominated if classes is not None and cat_max_ratio < 1.0 else None
+    return [random_crop(height, width, crop, seed, image_id, k, test, max_tries) for k in range(count)]
 
 
 def tile_crops(height: int, width: int, crop: int) -> list[CropBox]:

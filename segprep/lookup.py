@@ -146,9 +146,10 @@ def _check_rgb(rgb: np.ndarray) -> None:
         raise ValueError(f"Expected an (H, W, 3) uint8 RGB mask. Received: shape={rgb.shape}, dtype={rgb.dtype}")
 
 
-def color_keys(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB → (H, W) uint32 keys `(r << 16) | (g << 8) | b`, a view into one new BGRA buffer."""
-    bgra = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGRA)
+def color_keys(rgb: np.ndarray, bgr: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8 RGB (BGR with `bgr`) → (H, W) uint32 keys `(r << 16) | (g << 8) | b`, a view into one new
+    BGRA buffer."""
+    bgra = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_BGR2BGRA if bgr else cv2.COLOR_RGB2BGRA)
     keys = bgra.view("<u4")[..., 0]
     np.bitwise_and(keys, 0xFFFFFF, out=keys)
     return keys
@@ -204,8 +205,9 @@ class ColorCounter:
 
 
 def convert_mask(mask: np.ndarray, palette: Palette, mode: str = "error",
-                 tolerance: float = DEFAULT_TOLERANCE) -> Conversion:
-    """A decoded mask — (H, W, 3) RGB colours or (H, W) class indices — → class indices per `mode`.
+                 tolerance: float = DEFAULT_TOLERANCE, bgr: bool = False) -> Conversion:
+    """A decoded mask — (H, W, 3) RGB colours (BGR with `bgr`) or (H, W) class indices — → class indices per
+    `mode`.
 
     Raises `UnknownColorsError` when off-palette values remain that the mode does not allow."""
     if mode not in UNKNOWN_MODES:
@@ -218,7 +220,7 @@ def convert_mask(mask: np.ndarray, palette: Palette, mode: str = "error",
     counter = ColorCounter() if mode == "error" else None
     count = ignored = 0
     for rows in _bands(*mask.shape[:2]):
-        keys = color_keys(mask[rows])
+        keys = color_keys(mask[rows], bgr)
         out = values[rows]
         np.take(table, keys, out=out, mode="clip")
         off = out == UNKNOWN
@@ -233,7 +235,8 @@ def convert_mask(mask: np.ndarray, palette: Palette, mode: str = "error",
     if not count or mode == "ignore":
         return Conversion(values, count, ignored)
     if mode == "nearest":
-        classes = snap_to_present(mask, palette, tolerance, out=values)
+        rgb = cv2.cvtColor(mask, cv2.COLOR_BGR2RGB) if bgr else mask
+        classes = snap_to_present(rgb, palette, tolerance, out=values)
         return Conversion(classes, count, int(np.count_nonzero(classes == IGNORE_LABEL)))
     top, distinct, keys, counts = counter.result()
     near = 0

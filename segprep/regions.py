@@ -13,11 +13,28 @@ the header and the touched segments are fetched.
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import math
+import os
 
 import numpy as np
 
 from segprep.codec import DecodeError, Tiff
+
+
+_BATCH = 64  # segments read before they are decoded
+
+
+def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    """One decoding pool a process for each size (threads are made as they are needed, and live with it); a
+    forked child makes its own, as the parent's threads do not exist there."""
+    return _pool_of(workers, os.getpid())
+
+
+@functools.lru_cache(maxsize=4)
+def _pool_of(workers: int, pid: int) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="segprep-tiff")
 
 
 class TiffRegions:
@@ -58,6 +75,7 @@ class TiffRegions:
             if int(page.compression) in (6, 7, 34892, 33007):  # JPEG: tables live in the header
                 self._kwargs.update(jpegtables=page.jpegtables, jpegheader=page.jpegheader)
             self._decode = page.decode
+            self._workers = int(page.maxworkers or 1)  # tifffile's own choice for decoding this page's segments
         except DecodeError:
             raise
         except Exception as e:  # noqa: BLE001 - tifffile raises many kinds for a bad file
@@ -107,25 +125,40 @@ class TiffRegions:
             return self._shape(out)
         rows = range(y0 // self._seg_h, (y1 - 1) // self._seg_h + 1)
         cols = range(x0 // self._seg_w, (x1 - 1) // self._seg_w + 1)
-        for plane in range(planes):
-            for r in rows:
-                for c in cols:
-                    index = plane * self._rows * self._cols + r * self._cols + c
-                    self._place(out, index, y0, y1, x0, x1)
+        indices = [plane * self._rows * self._cols + r * self._cols + c
+                   for plane in range(planes) for r in rows for c in cols]
+        # Segments are read in file order, a batch at a time, and decoded on `workers` threads as tifffile decodes a
+        # whole page (the codecs release the GIL): memory is a batch of encoded segments plus the region.
+        for start in range(0, len(indices), _BATCH):
+            batch = sorted(indices[start:start + _BATCH], key=lambda i: self._offsets[i])
+            encoded = [(self._segment(i), i) for i in batch]
+            if self._workers > 1 and len(batch) > 1:
+                decoded = _pool(self._workers).map(self._decode_one, encoded)
+            else:
+                decoded = map(self._decode_one, encoded)
+            for result in decoded:
+                self._place(out, result, y0, y1, x0, x1)
         return self._shape(out)
 
-    def _place(self, out: np.ndarray, index: int, y0: int, y1: int, x0: int, x1: int) -> None:
+    def _segment(self, index: int) -> bytes | None:
         count = int(self._counts[index])
-        data = None
-        if count:
-            self._f.seek(int(self._offsets[index]))
-            data = self._f.read(count)
-            if len(data) != count:
-                raise DecodeError(f"truncated TIFF: segment {index} ends past the end of the file")
+        if not count:
+            return None
+        self._f.seek(int(self._offsets[index]))
+        data = self._f.read(count)
+        if len(data) != count:
+            raise DecodeError(f"truncated TIFF: segment {index} ends past the end of the file")
+        return data
+
+    def _decode_one(self, item):
+        data, index = item
         try:
-            segment, (s, _, sy, sx, _), _ = self._decode(data, index, **self._kwargs)
+            return self._decode(data, index, **self._kwargs)
         except Exception as e:  # noqa: BLE001 - a codec error in one segment is this file's fault
             raise DecodeError(f"corrupt TIFF: segment {index}: {type(e).__name__}: {e}") from None
+
+    def _place(self, out: np.ndarray, result, y0: int, y1: int, x0: int, x1: int) -> None:
+        segment, (s, _, sy, sx, _), _ = result
         if segment is None:  # an empty segment: zeros, as tifffile reads it
             return
         segment = segment[0]  # (h, w, samples) of the segment, depth 1

@@ -9,6 +9,7 @@ Readers get the key → type table in `FEATURES` and build their parser from it 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import operator
 
 IMAGE_ENCODED = "image/encoded"
@@ -93,8 +94,13 @@ def _int64(value) -> int:
     return n
 
 
+_ONE_BYTE = [bytes([i]) for i in range(128)]
+
+
 def _varint(n: int) -> bytes:
     """Protobuf base-128 varint of a non-negative int, or of an int64 (negatives as 10-byte two's complement)."""
+    if 0 <= n < 128:  # most of a record's tags, lengths and values: no loop
+        return _ONE_BYTE[n]
     if n < 0:
         n += 1 << 64
     out = bytearray()
@@ -124,6 +130,11 @@ def _feature(key: str, kind: str, values: list) -> bytes:
     raise ValueError(f"unsupported feature kind {kind!r}")
 
 
+@functools.lru_cache(maxsize=None)
+def _key_field(key: str) -> bytes:
+    return _field(1, key.encode())
+
+
 def encode_example(features: dict[str, list]) -> bytes:
     """A serialised `tf.train.Example`; keys are written in sorted order so equal records are equal bytes.
 
@@ -137,7 +148,7 @@ def encode_example(features: dict[str, list]) -> bytes:
         values = list(features[key])
         if len(values) != length:
             raise ValueError(f"{key} holds {length} value{'s' if length > 1 else ''}. Received: {len(values)}")
-        entry = _field(1, key.encode()) + _field(2, _feature(key, kind, values))
+        entry = _key_field(key) + _field(2, _feature(key, kind, values))
         entries.append(_field(1, entry))
     return _field(1, b"".join(entries))
 
