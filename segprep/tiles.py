@@ -216,9 +216,9 @@ def _cut(window: Window, source: _Source, config: ConvertConfig, training: bool,
         classes[:window.h, window.w:] = source.classes(y0, y0 + window.h, x0 + window.w, x1, "ignore").classes
     if y1 > window.y + window.h:
         classes[window.h:] = source.classes(y0 + window.h, y1, x0, x1, "ignore").classes
+    image = source.image(y0, y1, x0, x1)  # also without crops: every image segment is decoded (and checked) once
     if not boxes:
         return []
-    image = source.image(y0, y1, x0, x1)
 
     def inside(box: CropBox) -> bool:
         by0, by1, bx0, bx1 = _clip(box, height, width)

@@ -206,7 +206,14 @@ def test_a_tile_failing_in_one_window_is_one_error_record_and_none_of_its_crops_
     _tile_tree(root, {("train", "good"): (pattern_image, pattern_classes, (H, W), 64),
                       ("train", "bad"): (pattern_image, off_palette, (H, W), 64),
                       ("train", "cut"): (pattern_image, pattern_classes, (H, W), 64),
-                      ("train", "wide"): (pattern_image, pattern_classes, (H, W), 64)})
+                      ("train", "wide"): (pattern_image, pattern_classes, (H, W), 64),
+                      ("train", "garbled"): (pattern_image, pattern_classes, (H, W), 64)})
+    path = os.path.join(root, "images", "train", "garbled.tif")
+    with tifffile.TiffFile(path) as tif:  # one image tile's deflate stream overwritten, in a window of its own
+        offset = tif.pages[0].dataoffsets[5 * 15 + 9]  # tile row 5, column 9: rows 320–383, columns 576–639
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * 16)
     path = os.path.join(root, "images", "train", "cut.tif")
     data = open(path, "rb").read()
     with open(path, "wb") as f:  # its tags still declare every tile
@@ -220,10 +227,13 @@ def test_a_tile_failing_in_one_window_is_one_error_record_and_none_of_its_crops_
     assert run(root, out, *flags) == 1
     errors = {e["id"]: e for e in map(json.loads, open(out / "errors" / "train.jsonl"))}
     assert {k: e["reason"] for k, e in errors.items()} == {
-        "bad": "unknown_colors", "cut": "bad_image", "wide": "size_mismatch", "bomb": "too_large"}
+        "bad": "unknown_colors", "cut": "bad_image", "wide": "size_mismatch", "bomb": "too_large",
+        "garbled": "bad_image"}
     assert errors["bad"]["error"].startswith("mask: 100 mask pixels have 1 values off the palette: (77,)×100.")
     assert errors["bad"]["error"].endswith("(in rows 256–511, columns 512–767 of the 950×700 (w×h) tile)")
     assert errors["cut"]["error"].startswith("image: truncated TIFF: its tags declare image data up to byte")
+    assert errors["garbled"]["error"].startswith("image: corrupt TIFF: segment 84: ")
+    assert errors["garbled"]["error"].endswith("(in rows 256–511, columns 512–767 of the 950×700 (w×h) tile)")
     assert errors["wide"]["error"] == "mask is 951×700 (w×h) but its image is 950×700; they must be the same size"
     records = read_records(shard_files(str(out), "train"))
     assert {r["image/source_id"].decode() for r in records} == {"good"} and len(records) == 25
