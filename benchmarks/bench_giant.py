@@ -8,6 +8,9 @@ The TIFFs are written tile by tile from functions of (y, x) (tests/tiffs.py), so
 process either. Peak RSS is sampled every 0.1 s over the prepare process and every process under it (Beam's worker
 processes on 2 workers), summed; source Mpx/s is prepare's own figure (tile pixels / run seconds).
 
+Every crop of each TIFF run is then checked against the functions the tile was made from: masks exactly, images
+within JPEG's error.
+
 Goals: peak RSS for 40,000² within 10% of the 10,000² figure and under 1 GB; two workers ≥ 1.3× one on 40,000².
 
     ./dev bench giant            # all sizes (about 15 minutes on 2 cores; 2.5 GB of disk for the 40,000² pair)
@@ -22,8 +25,12 @@ import tempfile
 import threading
 import time
 
+import cv2
+import numpy as np
+
 from benchmarks.bench_memory import make_tile
-from tests.tiffs import pattern_classes, pattern_image, write_tiff
+from segprep import records, schema
+from tests.tiffs import pattern_classes, pattern_image, region, write_tiff
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = (10_000, 20_000, 40_000)
@@ -76,6 +83,31 @@ def run_prepare(*args: str) -> tuple[float, float, str]:
     return peak[0] / 2**20, mpx, summary
 
 
+def check_crops(out: str) -> tuple[int, float]:
+    """Every crop of a run of `make_giant`'s tile against the functions it was made from: the mask exactly (a
+    PNG), the image within JPEG's error (quality 95 on this busy pattern); → (crops checked, the largest mean
+    absolute error of an image crop). Exits on any mask that differs."""
+    checked, worst = 0, 0.0
+    for name in sorted(os.listdir(out)):
+        if not name.endswith(".tfrecord"):
+            continue
+        for _, data in records.read(os.path.join(out, name)):
+            f = {key: values for key, (_, values) in schema.decode_example(data).items()}
+            (y, x), side = f[schema.CROP_OFFSET], f[schema.SOURCE_HEIGHT][0]
+            height = width = f[schema.IMAGE_HEIGHT][0]
+            want = np.full((height, width), 255, np.uint8)
+            h, w = min(height, side - y), min(width, side - x)
+            want[:h, :w] = region(pattern_classes, y, y + h, x, x + w)
+            mask = cv2.imdecode(np.frombuffer(f[schema.MASK_ENCODED][0], np.uint8), cv2.IMREAD_UNCHANGED)
+            if not np.array_equal(mask, want):
+                sys.exit(f"crop at {(y, x)} of {out}: its mask differs from the source")
+            image = cv2.imdecode(np.frombuffer(f[schema.IMAGE_ENCODED][0], np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+            source = region(pattern_image, y, y + h, x, x + w).astype(np.int16)
+            worst = max(worst, float(np.abs(image[:h, :w].astype(np.int16) - source).mean()))
+            checked += 1
+    return checked, worst
+
+
 def make_giant(root: str, side: int) -> None:
     for folder, fn, compression in (("images", pattern_image, "jpeg"), ("masks", pattern_classes, "deflate")):
         os.makedirs(os.path.join(root, folder, "train"), exist_ok=True)
@@ -105,6 +137,9 @@ def main(argv=()):
                                            "--images", "images/{split}/{id}.tif", "--masks", "masks/{split}/{id}.tif",
                                            *extra)
                 rows.append((f"{side:,}² tiled TIFF, by window", workers, peak, mpx))
+            checked, worst = check_crops(out)
+            print(f"    (checked all {checked:,} crops of the {side:,}² tile against its source: masks equal, "
+                  f"images within {worst:.2f} mean absolute error, JPEG q95)", flush=True)
             subprocess.run(["rm", "-rf", root], check=True)
     print("(o) giant tiles: peak RSS (prepare and its workers) and source Mpx/s, 1 and 2 workers; goals: 40,000² "
           "within 10% of 10,000² and < 1 GB; 2 workers ≥ 1.3× one:")

@@ -118,28 +118,34 @@ def _shard_bytes(out: str, meta: dict) -> dict:
             for split in meta["splits"].values() for name in split["shards"]}
 
 
+def _prepare_through(emulator, monkeypatch, faults, local_root, url, out, args):
+    """Uploads `local_root` to `url` and runs prepare from there into `out`, Beam's GCS client going through
+    `faults`; → (metadata, {shard name: bytes})."""
+    from apache_beam.io.filesystems import FileSystems
+
+    forwarder = gcs_proxy.Forwarder(emulator, faults)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", forwarder.url)
+    try:
+        upload(local_root, url)
+        assert prepare.run(["--input_dir", url, "--output_dir", out] + args) == 0
+        meta = json.loads(FileSystems.open(f"{out}/metadata.json").read())
+        return meta, _shard_bytes(out, meta)
+    finally:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{emulator}")
+        forwarder.close()
+
+
 @pytest.mark.parametrize("rate", [0.1, 0.3])
 def test_prepare_through_a_faulty_gcs_writes_the_shards_of_a_clean_run(rate, emulator, voc_tree, tmp_path, monkeypatch):
     """Beam's GCS client under injected faults (10% or 30% of requests: 503, 429, connection reset before the
     request or halfway through a download): it retries, and the shards are byte for byte those of a local run."""
-    from apache_beam.io.filesystems import FileSystems
-
     args = ["--crop_size", "64", "--crops_per_image", "3", "--num_shards", "3", "--runner=DirectRunner"]
     local = str(tmp_path / "local")
     assert prepare.run(["--input_dir", voc_tree.root, "--output_dir", local] + args) == 0
     want = json.load(open(f"{local}/metadata.json"))
     faults = gcs_proxy.Faults(rate, seed=3)
-    forwarder = gcs_proxy.Forwarder(emulator, faults)
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", forwarder.url)
-    try:
-        upload(voc_tree.root, "gs://bkt/voc")
-        out = "gs://bkt/records"
-        assert prepare.run(["--input_dir", "gs://bkt/voc", "--output_dir", out] + args) == 0
-        meta = json.loads(FileSystems.open(f"{out}/metadata.json").read())
-        got = _shard_bytes(out, meta)
-    finally:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{emulator}")
-        forwarder.close()
+    out = "gs://bkt/records"
+    meta, got = _prepare_through(emulator, monkeypatch, faults, voc_tree.root, "gs://bkt/voc", out, args)
     assert got == _shard_bytes(local, want) and len(got) == 6
     assert meta["splits"] == want["splits"]
     assert not [p for p in _objects(out) if ".segprep-tmp-" in p]
@@ -257,10 +263,8 @@ def test_a_remote_store_that_cannot_be_asked_is_one_line_not_empty(gcs, tmp_path
 
 def test_a_giant_tiff_on_gcs_is_read_window_by_window_through_faults(emulator, tmp_path, monkeypatch):
     """Tiled TIFF pairs on gs://, through 10% injected faults: each window opens the files in the bucket and
-    seeks to its segments there, and the shards are byte for byte those of a local run. --max_pixels is below the tiles' size: decoded
-    whole, they would be refused."""
-    from apache_beam.io.filesystems import FileSystems
-
+    seeks to its segments there, and the shards are byte for byte those of a local run. --max_pixels is below the
+    tiles' size: decoded whole, they would be refused."""
     from tiffs import pattern_classes, pattern_image, write_tiff
 
     root = tmp_path / "tiles"
@@ -275,17 +279,7 @@ def test_a_giant_tiff_on_gcs_is_read_window_by_window_through_faults(emulator, t
     assert prepare.run(["--input_dir", str(root), "--output_dir", local] + args) == 0
     want = json.load(open(f"{local}/metadata.json"))
     faults = gcs_proxy.Faults(0.1, seed=4)
-    forwarder = gcs_proxy.Forwarder(emulator, faults)
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", forwarder.url)
-    try:
-        upload(str(root), "gs://bkt/tiles")
-        out = "gs://bkt/records"
-        assert prepare.run(["--input_dir", "gs://bkt/tiles", "--output_dir", out] + args) == 0
-        meta = json.loads(FileSystems.open(f"{out}/metadata.json").read())
-        got = _shard_bytes(out, meta)
-    finally:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{emulator}")
-        forwarder.close()
+    meta, got = _prepare_through(emulator, monkeypatch, faults, str(root), "gs://bkt/tiles", "gs://bkt/records", args)
     assert got == _shard_bytes(local, want) and len(got) == 4
     assert meta["splits"]["train"]["records"] == 20 and meta["splits"]["val"]["records"] == 11 * 15
     print("faults injected:", faults.injected, "of", faults.requests, "requests")
