@@ -237,14 +237,19 @@ class _ReadPairFn(beam.DoFn):
                                           f"above --max_pixels {self._config.max_pixels:,}; it is a tiled TIFF, "
                                           f"but its {other} is not: convert the {other} to a tiled TIFF too, and "
                                           "both are read window by window")
-        data = [s if isinstance(s, bytes) else _whole(s) for s in (image, mask)]
+        data = [s if isinstance(s, bytes) else _whole(s, w, p) for s, w, p in zip((image, mask), ("image", "mask"),
+                                                                                  paths)]
         return PairBytes(split, image_id, *data, files=paths)
 
 
-def _whole(regions: tiles.TiffRegions) -> bytes:
-    f = regions.file
-    f.seek(0)
-    return f.read()
+def _whole(regions: tiles.TiffRegions, what: str, path: str) -> bytes:
+    """The rest of a file opened for region reads, read whole after all; raises `InputError`."""
+    try:
+        f = regions.file
+        f.seek(0)
+        return f.read()
+    except Exception as e:  # noqa: BLE001 - as any failure to read: this input's error
+        raise InputError(f"unreadable_{what}", f"cannot read {what} {path}: {type(e).__name__}: {e}") from None
 
 
 class ReadPairs(beam.PTransform):

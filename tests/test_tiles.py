@@ -222,18 +222,25 @@ def test_a_tile_failing_in_one_window_is_one_error_record_and_none_of_its_crops_
     for folder in ("images", "masks"):
         with open(os.path.join(root, folder, "train", "bomb.tif"), "wb") as f:  # a PNG named .tif
             f.write(_png_bomb(50_000, 50_000))
+    write_tiff(os.path.join(root, "images", "train", "pngmask.tif"), pattern_image, H, W, tile=64)
+    with open(os.path.join(root, "masks", "train", "pngmask.tif"), "wb") as f:  # a PNG: not readable by window
+        f.write(codec.encode_index_png(region(pattern_classes, 0, H, 0, W)))
     out = tmp_path / "out"
-    flags = ["--window_size", "256", "--crop_size", "64", "--crops_per_image", "25", "--shuffle", shuffle]
+    flags = ["--window_size", "256", "--crop_size", "64", "--crops_per_image", "25", "--shuffle", shuffle,
+             "--max_pixels", "500000"]  # below the tiles' 665,000 px: only what is read by window gets through
     assert run(root, out, *flags) == 1
     errors = {e["id"]: e for e in map(json.loads, open(out / "errors" / "train.jsonl"))}
     assert {k: e["reason"] for k, e in errors.items()} == {
         "bad": "unknown_colors", "cut": "bad_image", "wide": "size_mismatch", "bomb": "too_large",
-        "garbled": "bad_image"}
+        "garbled": "bad_image", "pngmask": "too_large"}
     assert errors["bad"]["error"].startswith("mask: 100 mask pixels have 1 values off the palette: (77,)×100.")
     assert errors["bad"]["error"].endswith("(in rows 256–511, columns 512–767 of the 950×700 (w×h) tile)")
     assert errors["cut"]["error"].startswith("image: truncated TIFF: its tags declare image data up to byte")
     assert errors["garbled"]["error"].startswith("image: corrupt TIFF: segment 84: ")
     assert errors["garbled"]["error"].endswith("(in rows 256–511, columns 512–767 of the 950×700 (w×h) tile)")
+    assert errors["pngmask"]["error"] == (
+        "image: 950×700 (w×h) = 665,000 px, above --max_pixels 500,000; it is a tiled TIFF, but its mask is not: "
+        "convert the mask to a tiled TIFF too, and both are read window by window")
     assert errors["wide"]["error"] == "mask is 951×700 (w×h) but its image is 950×700; they must be the same size"
     records = read_records(shard_files(str(out), "train"))
     assert {r["image/source_id"].decode() for r in records} == {"good"} and len(records) == 25
