@@ -13,7 +13,7 @@
     ./dev bench onednn          # (l) training steps/s with TensorFlow's oneDNN operations on and off
     ./dev bench formats         # (m) prepare on 5000² tiles: JPEG vs TIFF storages; listing 10,000 files by pattern
     ./dev bench verify          # (n) segprep.verify on 1 GiB of shards: --quick vs every record decoded
-    ./dev bench giant [SIDE..]  # (o) tiled TIFFs of 10,000², 20,000², 40,000² by window vs a 10,000² JPEG: RSS, Mpx/s
+    ./dev bench giant [SIDE..]  # (o) tiled TIFFs of 10,000², 20,000², 40,000² by window vs a 10,000² JPEG
 """
 
 import sys

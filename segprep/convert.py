@@ -1,9 +1,9 @@
 """One source pair (image + mask bytes) → crop records and the statistics metadata.json reports.
 
-This is everything the prepare pipeline does to one image, as a plain function: decode (a JPEG or PNG stays in
-OpenCV's BGR from the decoder to the encoder, which takes BGR, so its pixels are never swapped; statistics are RGB), check the
-pair, convert the mask to class indices, choose windows (random crops for training splits, covering tiles for
-the others), cut image and mask alike, encode. Beam only wraps it (`pipelines/transforms.py`).
+This is everything the prepare pipeline does to one image, as a plain function: decode, check the pair, convert
+the mask to class indices, choose windows (random crops for training splits, covering tiles for the others), cut
+image and mask alike, encode. Beam only wraps it (`pipelines/transforms.py`). A JPEG's or PNG's pixels stay in
+OpenCV's BGR from the decoder to the encoder, which takes BGR, so they are never swapped; statistics are RGB.
 """
 
 from __future__ import annotations
@@ -125,10 +125,10 @@ class Stats:
 
 def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig,
                 bgr: bool = False) -> tuple[np.ndarray, np.ndarray, Stats]:
-    """→ (RGB image — BGR with `bgr`, as the decoder gives it and the encoder takes it —, class-index mask, the
-    source's stats: one image, its pixels, off-palette pixels ignored or snapped); raises `InputError` naming what
-    is wrong. Sizes come from the headers first: a pair whose sizes differ, or an image above `config.max_pixels`,
-    is refused before a pixel is decoded."""
+    """→ (image, class-index mask, the source's stats: one image, its pixels, off-palette pixels ignored or
+    snapped); the image is RGB, or BGR with `bgr` (as the decoder gives it and the encoder takes it). Raises
+    `InputError` naming what is wrong. Sizes come from the headers first: a pair whose sizes differ, or an image
+    above `config.max_pixels`, is refused before a pixel is decoded."""
     check_headers(image_bytes, mask_bytes, config)
     try:
         image = codec.decode_image(image_bytes, config.bands, config.image_range, bgr=bgr)

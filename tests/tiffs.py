@@ -27,7 +27,8 @@ def region(fn, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
 def write_tiff(path: str, fn, height: int, width: int, tile: int | None = 256, rows_per_strip: int = 64,
                compression: str | None = "deflate") -> None:
     """A TIFF of `fn` over `height` × `width`: tiled (`tile`² segments, written one at a time) or, with `tile`
-    None, stripped (written from the whole image: small files only). RGB when `fn` gives 3 values a pixel, grey (class ids) when it gives one."""
+    None, stripped (written from the whole image: small files only). RGB when `fn` gives 3 values a pixel, grey
+    (class ids) when it gives one."""
     import tifffile
 
     sample = fn(np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64))
