@@ -34,7 +34,7 @@ from apache_beam.metrics import Metrics
 from segprep import codec, layout, pairs as pairs_, records, storage, tiles
 
 from segprep.tools import progress
-from segprep.convert import ConvertConfig, InputError, Stats, decode_pair, encode_crops
+from segprep.convert import ConvertConfig, InputError, Stats, check_sizes, decode_pair, encode_crops
 from segprep.crops import stable_hash
 
 ERRORS = "errors"
@@ -225,9 +225,7 @@ class _ReadPairFn(beam.DoFn):
         if not regions:
             return PairBytes(split, image_id, image, mask, files=paths)
         if len(regions) == 2:
-            if (image.height, image.width) != (mask.height, mask.width):
-                raise InputError("size_mismatch", f"mask is {mask.width}×{mask.height} (w×h) but its image is "
-                                                  f"{image.width}×{image.height}; they must be the same size")
+            check_sizes((image.width, image.height), (mask.width, mask.height))
             return tiles.TiledPair(split, image_id, paths, image.height, image.width)
         # One is a TIFF to read by window, its partner is not: both are decoded whole, within --max_pixels.
         big = regions[0]

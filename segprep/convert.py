@@ -138,9 +138,7 @@ def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig,
         mask, _ = codec.decode_mask(mask_bytes, config.palette.max_index, bgr=bgr)
     except codec.DecodeError as e:
         raise InputError(e.reason or "bad_mask", f"mask: {e}") from None
-    if mask.shape[:2] != image.shape[:2]:
-        raise InputError("size_mismatch", f"mask is {mask.shape[1]}×{mask.shape[0]} (w×h) but its image is "
-                                          f"{image.shape[1]}×{image.shape[0]}; they must be the same size")
+    check_sizes(image.shape[1::-1], mask.shape[1::-1])
     conversion = convert_classes(mask, config, bgr=bgr)
     stats = Stats(images=1, source_pixels=int(conversion.classes.size), binary_masks=int(conversion.binary),
                   source_ignore_pixels=conversion.ignore_pixels)
@@ -186,9 +184,15 @@ def check_headers(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig) 
                                           f"{config.max_pixels:,} (about 11 bytes a pixel to decode whole); raise "
                                           "--max_pixels if the workers have the memory, or convert image and mask "
                                           "to tiled TIFFs, which are read window by window")
-    if image is not None and mask is not None and (image.width, image.height) != (mask.width, mask.height):
-        raise InputError("size_mismatch", f"mask is {mask.width}×{mask.height} (w×h) but its image is "
-                                          f"{image.width}×{image.height}; they must be the same size")
+    if image is not None and mask is not None:
+        check_sizes((image.width, image.height), (mask.width, mask.height))
+
+
+def check_sizes(image: tuple[int, int], mask: tuple[int, int]) -> None:
+    """Raises `InputError` "size_mismatch" unless image and mask, each (width, height), are the same size."""
+    if tuple(image) != tuple(mask):
+        raise InputError("size_mismatch", f"mask is {mask[0]}×{mask[1]} (w×h) but its image is "
+                                          f"{image[0]}×{image[1]}; they must be the same size")
 
 
 def crop_boxes(classes: np.ndarray, image_id: str, config: ConvertConfig, training: bool) -> list[crops.CropBox]:
