@@ -201,9 +201,8 @@ class _ReadPairFn(beam.DoFn):
                     raise InputError(f"bad_{what}", f"{what}: {e}") from None
                 except Exception as e:  # noqa: BLE001 - any failure to read is this input's error, not the run's
                     missing = storage.absent(path)
-                    raise InputError(*((f"missing_{what}", f"no {what} file at {path}") if missing else
-                                       (f"unreadable_{what}", f"cannot read {what} {path}: {type(e).__name__}: {e}"))
-                                     ) from None
+                    raise (InputError(f"missing_{what}", f"no {what} file at {path}") if missing
+                           else _unreadable(what, path, e)) from None
             result = self._pair(split, image_id, paths, *sources)
         except InputError as e:
             self._progress.count("images_failed")
@@ -247,7 +246,11 @@ def _whole(regions: tiles.TiffRegions, what: str, path: str) -> bytes:
         f.seek(0)
         return f.read()
     except Exception as e:  # noqa: BLE001 - as any failure to read: this input's error
-        raise InputError(f"unreadable_{what}", f"cannot read {what} {path}: {type(e).__name__}: {e}") from None
+        raise _unreadable(what, path, e) from None
+
+
+def _unreadable(what: str, path: str, error: Exception) -> InputError:
+    return InputError(f"unreadable_{what}", f"cannot read {what} {path}: {type(error).__name__}: {error}")
 
 
 class ReadPairs(beam.PTransform):
