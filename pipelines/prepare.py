@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cat_max_ratio", type=cli.number(0.0, 1.0, low_open=True), default=1.0,
                    help="re-draw a crop (up to 10 draws) while one class covers this share of it or more, as "
                         "MMSegmentation does; 1.0 turns it off (default: %(default)s)")
+    p.add_argument("--oversample_fraction", type=cli.number(0.0, 1.0), default=0.0, metavar="F",
+                   help="rare classes on purpose: each random crop is, with probability F, centred on a random "
+                        "pixel of a class picked uniformly among the --oversample_classes its image holds (nnU-Net "
+                        "uses 0.33); 0 cuts the plain random crops (default: %(default)s)")
+    p.add_argument("--oversample_classes", metavar="NAME,...",
+                   help="the classes --oversample_fraction centres crops on, by palette name or index (default: "
+                        "every class but class 0, the background)")
     p.add_argument("--num_shards", type=cli.integer(0), default=0,
                    help="shards per split; 0 = automatic, about 128 MiB each (default: %(default)s)")
     p.add_argument("--seed", type=cli.integer(0), default=0,
@@ -190,16 +197,17 @@ def build(p, args: argparse.Namespace, config: ConvertConfig, run: output.RunSpe
     random_splits = frozenset(run.random_splits)
     cut = decoded.decoded | "CutCrops" >> CutCrops(config, random_splits, progress)
     tiled = read[TILED] | "CutTiles" >> CutTiles(config, random_splits, progress)  # giant TIFFs, window by window
+    producers = [("Crops", cut.crops)] + [(f"TileCrops{i or ''}", crops) for i, crops in enumerate(tiled["crops"])]
     if spill_dir:
         # Each producer spills its own crops (a Flatten before the spill would hold them all in memory on the
         # local runners); only the small spill-file references are joined.
         refs = [crops | f"Spill{name}" >> spill.SpillCrops(spill_dir, args.seed)  # (split, SpillRef) per file
-                for name, crops in (("Crops", cut.crops), ("TileCrops", tiled["crops"]))]
+                for name, crops in producers]
         shards = (refs | "AllSpills" >> beam.Flatten()
                   | "PlanShards" >> spill.PlanShards(args.num_shards)  # ShardTask
                   | "WriteShards" >> spill.WriteSpilled(run.temp_dir, run.compressed, tiled[FAILED]))
     else:
-        shards = ((cut.crops, tiled["crops"]) | "AllCrops" >> beam.Flatten()
+        shards = ([crops for _, crops in producers] | "AllCrops" >> beam.Flatten()
                   | "SpreadCrops" >> SpreadCrops(args.seed, args.num_shards)  # ((split, shard, n), [(order, …)])
                   | "WriteShards" >> WriteShards(run.temp_dir, run.compressed, tiled[FAILED]))  # ShardResult
     stats = ((cut[STATS], tiled[STATS]) | "AllStats" >> beam.Flatten()
@@ -304,6 +312,24 @@ class Job:
 MANIFEST = "pairs.jsonl"
 
 
+def _classes(text: str | None, palette) -> tuple[int, ...] | None:
+    """--oversample_classes: names or indices of the palette's classes → their indices."""
+    if text is None:
+        return None
+    found = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        if item in palette.names:
+            found.append(palette.names.index(item))
+        elif item.isdigit() and int(item) < palette.num_classes:
+            found.append(int(item))
+        else:
+            raise UsageError(f"--oversample_classes: {item!r} is not a class of the palette; its classes are "
+                             f"{', '.join(palette.names)} (or their indices 0..{palette.num_classes - 1})")
+    if not found:
+        raise UsageError("--oversample_classes: name at least one class")
+    return tuple(sorted(set(found)))
+
+
 def plan(argv: list[str] | None = None) -> Job:
     """Checks every flag and the input and lists it, raising UsageError for user mistakes; writes nothing but the
     bundled sample (an input: made once in data/sample_voc when no --input_dir is given, so it can be listed).
@@ -320,7 +346,8 @@ def plan(argv: list[str] | None = None) -> Job:
                                color_tolerance=args.color_tolerance, image_format=args.image_format,
                                jpeg_quality=args.jpeg_quality, cat_max_ratio=args.cat_max_ratio, bands=args.bands,
                                image_range=args.image_range, max_pixels=args.max_pixels,
-                               window_size=args.window_size)
+                               window_size=args.window_size, oversample_fraction=args.oversample_fraction,
+                               oversample_classes=_classes(args.oversample_classes, palette))
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.spill_dir and storage.is_remote(args.spill_dir):

@@ -384,7 +384,7 @@ class _CutWindowFn(beam.DoFn):
         for k, data in out:
             yield window.split, (window.image_id, k, data)
         self._progress.count("crops_cut", len(out))
-        yield beam.pvalue.TaggedOutput(STATS, (window.key, (window.files, summary)))
+        yield beam.pvalue.TaggedOutput(STATS, (window.key, (window, summary)))
 
     def finish_bundle(self):
         self._close()
@@ -394,27 +394,35 @@ class _CutWindowFn(beam.DoFn):
 
 
 class _AddSummaries(beam.CombineFn):
+    """(a window of the tile, its summary) → (the tile's lowest-numbered window, the summaries added)."""
+
     def create_accumulator(self):
-        return (), tiles.Summary()
+        return None, tiles.Summary()
 
     def add_input(self, acc, value):
-        files, summary = value
-        return files or acc[0], acc[1].add(summary)
+        window, summary = value
+        return _first(acc[0], window), acc[1].add(summary)
 
     def merge_accumulators(self, accs):
-        files, total = (), tiles.Summary()
-        for f, summary in accs:
-            files = files or f
+        window, total = None, tiles.Summary()
+        for w, summary in accs:
+            window = _first(window, w)
             total.add(summary)
-        return files, total
+        return window, total
 
     def extract_output(self, acc):
         return acc
 
 
+def _first(a: tiles.Window | None, b: tiles.Window | None) -> tiles.Window | None:
+    return b if a is None or (b is not None and b.number < a.number) else a
+
+
 class CutTiles(beam.PTransform):
     """Cuts tiled pairs window by window (segprep/tiles.py): windows planned from the headers, spread over the
-    workers by a reshuffle, so one giant tile is many work items; the windows' summaries are added per tile."""
+    workers by a reshuffle, so one giant tile is many work items; the windows' summaries are added per tile. With
+    --oversample_fraction, a training tile's oversampled crops are then planned from the named classes' pixels its
+    windows found, and cut by a second round of windows."""
 
     def __init__(self, config: ConvertConfig, random_splits: frozenset[str], progress_: Counters | None = None):
         super().__init__()
@@ -423,30 +431,47 @@ class CutTiles(beam.PTransform):
         self._progress = progress_ or Counters()
 
     def expand(self, pairs):
-        """TiledPair → (split, (image_id, k, serialized Example)); (split, Stats) on "stats", ErrorRecord on
-        "errors", the `tiles.image_key` of each failed tile on "failed"."""
+        """TiledPair → {"crops": [PCollections of (split, (image_id, k, serialized Example))], "stats": (split,
+        Stats), "errors": ErrorRecord, "failed": the `tiles.image_key` of each failed tile}. The crops come as one
+        PCollection a round, for the spill path to spill each on its own (see prepare.build)."""
         config, random_splits, progress_ = self._config, self._random_splits, self._progress
 
-        def finish(key, value):
-            (split, image_id), (files, summary) = key, value
-            stats, error = tiles.combine(summary, config)
-            progress_.count("images_done" if error is None else "images_failed")
-            if error is not None:
-                yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(split, image_id, *error, files))
-                yield beam.pvalue.TaggedOutput(FAILED, tiles.image_key(split, image_id))
-            else:
-                yield beam.pvalue.TaggedOutput(STATS, (split, stats))
+        oversample = config.oversample_fraction > 0 and bool(random_splits)
 
-        cut = (pairs
-               | "PlanWindows" >> beam.FlatMap(
-                   lambda pair: tiles.plan_windows(pair, config, pair.split in random_splits))
-               | "SpreadWindows" >> beam.Reshuffle()  # one tile's windows fan out over the workers
-               | "CutWindows" >> beam.ParDo(_CutWindowFn(config, random_splits, progress_)).with_outputs(
-                   STATS, main="crops"))
-        done = (cut[STATS]
-                | "AddWindows" >> beam.CombinePerKey(_AddSummaries())
-                | "Finish" >> beam.FlatMapTuple(finish).with_outputs(STATS, ERRORS, FAILED, main="unused"))
-        return {"crops": cut.crops, STATS: done[STATS], ERRORS: done[ERRORS], FAILED: done[FAILED]}
+        def finish(key, value, second=False):
+            (split, image_id), (window, summary) = key, value
+            stats, error = tiles.combine(summary, config)
+            if not second:
+                progress_.count("images_done" if error is None else "images_failed")
+            if error is not None:
+                yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(split, image_id, *error, window.files))
+                yield beam.pvalue.TaggedOutput(FAILED, tiles.image_key(split, image_id))
+                return
+            if second:  # the crops' stats only: the tile's own were counted by the first round
+                stats = summary.stats
+            yield beam.pvalue.TaggedOutput(STATS, (split, stats))
+            if oversample and not second and split in random_splits:
+                yield from tiles.plan_oversampled(window, summary.positions, config)
+
+        def round_(windows, name, second=False):
+            cut = (windows
+                   | f"Spread{name}" >> beam.Reshuffle()  # one tile's windows fan out over the workers
+                   | f"Cut{name}" >> beam.ParDo(_CutWindowFn(config, random_splits, progress_)).with_outputs(
+                       STATS, main="crops"))
+            done = (cut[STATS]
+                    | f"Add{name}" >> beam.CombinePerKey(_AddSummaries())
+                    | f"Finish{name}" >> beam.FlatMapTuple(finish, second=second).with_outputs(
+                        STATS, ERRORS, FAILED, main="oversampled"))
+            return cut.crops, done
+
+        first = pairs | "PlanWindows" >> beam.FlatMap(
+            lambda pair: tiles.plan_windows(pair, config, pair.split in random_splits))
+        crops, done = round_(first, "Windows")
+        if not oversample:
+            return {"crops": [crops], STATS: done[STATS], ERRORS: done[ERRORS], FAILED: done[FAILED]}
+        more, again = round_(done.oversampled, "Oversampled", second=True)
+        merged = {tag: (done[tag], again[tag]) | f"All{tag.title()}" >> beam.Flatten() for tag in (STATS, ERRORS, FAILED)}
+        return {"crops": [crops, more], **merged}
 
 
 class SpreadCrops(beam.PTransform):

@@ -52,6 +52,8 @@ class ConvertConfig:
     image_range: tuple[float, float] | None = None  # values mapped onto 0..255 (None: 8-bit images only)
     max_pixels: int = DEFAULT_MAX_PIXELS  # a larger image (by its header) is an error record, never decoded
     window_size: int = DEFAULT_WINDOW_SIZE  # tiled/stripped TIFFs wider or taller than this are read window by window
+    oversample_fraction: float = 0.0  # share of random crops centred on a pixel of a named class the image holds
+    oversample_classes: tuple[int, ...] | None = None  # the named classes (None: every class but class 0)
 
     def __post_init__(self) -> None:
         if self.crop_size < 1:
@@ -79,6 +81,13 @@ class ConvertConfig:
             raise ValueError(f"image_range must be LO,HI with LO < HI. Received: {self.image_range}")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be positive. Received: {self.max_pixels}")
+        if not 0.0 <= self.oversample_fraction <= 1.0:
+            raise ValueError(f"oversample_fraction must be in [0, 1]. Received: {self.oversample_fraction}")
+        if self.oversample_classes is not None:
+            bad = [c for c in self.oversample_classes if not 0 <= c < self.palette.num_classes]
+            if bad or not self.oversample_classes:
+                raise ValueError(f"oversample_classes must name classes 0..{self.palette.num_classes - 1}. "
+                                 f"Received: {','.join(map(str, self.oversample_classes))}")
         if self.window_size < self.crop_size:
             raise ValueError(f"window_size must be at least crop_size ({self.crop_size}). Received: "
                              f"{self.window_size}")
@@ -92,6 +101,7 @@ class Stats:
     images: int = 0
     crops: int = 0
     class_pixels: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(256, np.int64))
+    class_crops: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(256, np.int64))  # crops holding each
     rgb_sum: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3, np.float64))
     rgb_sq_sum: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3, np.float64))
     rgb_pixels: int = 0  # source pixels inside crops (padding excluded)
@@ -105,6 +115,7 @@ class Stats:
         self.images += other.images
         self.crops += other.crops
         self.class_pixels += other.class_pixels
+        self.class_crops += other.class_crops
         self.rgb_sum += other.rgb_sum
         self.rgb_sq_sum += other.rgb_sq_sum
         self.rgb_pixels += other.rgb_pixels
@@ -195,14 +206,38 @@ def check_sizes(image: tuple[int, int], mask: tuple[int, int]) -> None:
                                           f"{image[0]}×{image[1]}; they must be the same size")
 
 
+def oversampled_classes(config: ConvertConfig) -> tuple[int, ...]:
+    """The classes --oversample_fraction centres crops on: --oversample_classes, or every class but class 0."""
+    if config.oversample_classes is not None:
+        return config.oversample_classes
+    return tuple(range(1, config.palette.num_classes))
+
+
+def class_positions(config: ConvertConfig, image_id: str, height: int, width: int,
+                    count: int) -> crops.ClassPositions | None:
+    """An empty sample of the named classes' pixels for an image of `count` random crops; None without
+    --oversample_fraction."""
+    if not config.oversample_fraction:
+        return None
+    return crops.ClassPositions(config.seed, image_id, width, oversampled_classes(config),
+                                crops.position_limit(config.oversample_fraction, count))
+
+
 def crop_boxes(classes: np.ndarray, image_id: str, config: ConvertConfig, training: bool) -> list[crops.CropBox]:
     height, width = classes.shape
     size = config.crop_size
     if not training:
         return crops.tile_crops(height, width, size)
     count = config.crops_per_image or crops.auto_crop_count(height, width, size)
-    return crops.random_crops(height, width, size, count, config.seed, image_id,
-                              classes=classes, cat_max_ratio=config.cat_max_ratio)
+    positions = class_positions(config, image_id, height, width, count)
+    if positions is not None:
+        positions.add(classes)
+    draws = crops.CropDraws(height, width, size, config.seed, image_id, config.oversample_fraction, positions)
+    dominated = None
+    if config.cat_max_ratio < 1.0:
+        def dominated(box):
+            return crops.is_dominated(crops.cut(classes, box, IGNORE_LABEL), config.cat_max_ratio)
+    return [crops.pick(draws.draws(k), dominated) for k in range(count)]
 
 
 def encode_crop(image_id: str, box: crops.CropBox, image: np.ndarray, classes: np.ndarray,
@@ -220,8 +255,10 @@ def encode_crop(image_id: str, box: crops.CropBox, image: np.ndarray, classes: n
     mean, std = mean.ravel(), std.ravel()
     if bgr:
         mean, std = mean[::-1], std[::-1]
-    stats = Stats(crops=1, rgb_pixels=n,
-                  class_pixels=np.bincount(mask_crop.ravel(), minlength=256).astype(np.int64),
+    class_pixels = np.bincount(mask_crop.ravel(), minlength=256).astype(np.int64)
+    held = class_pixels > 0
+    held[IGNORE_LABEL] = False
+    stats = Stats(crops=1, rgb_pixels=n, class_pixels=class_pixels, class_crops=held.astype(np.int64),
                   rgb_sum=mean * n, rgb_sq_sum=(std * std + mean * mean) * n)
     return CropRecord(
         source_id=image_id,
@@ -229,7 +266,7 @@ def encode_crop(image_id: str, box: crops.CropBox, image: np.ndarray, classes: n
         image_format=config.image_format,
         mask_png=codec.encode_index_png(mask_crop),
         height=box.height, width=box.width, offset=(box.y, box.x),
-        source_height=source[0], source_width=source[1]), stats
+        source_height=source[0], source_width=source[1], present=tuple(np.flatnonzero(held).tolist())), stats
 
 
 def encode_crops(image_id: str, image: np.ndarray, classes: np.ndarray, config: ConvertConfig,

@@ -96,6 +96,8 @@ def _split_entry(name: str, result: SplitResult, num_classes: int) -> dict:
         "inputs_failed": result.inputs_failed,
         "errors_file": layout.errors_path("", name).lstrip("/") if result.inputs_failed else None,
         "class_pixels": counts[:num_classes],
+        # crops whose mask holds each class (the records' image/segmentation/class/present)
+        "class_crops": [int(c) for c in st.class_crops[:num_classes]],
         "ignore_pixels": counts[IGNORE_LABEL],
         "source_pixels": st.source_pixels,
         # share of the source masks' pixels that are the ignore label, and how many masks held only 0 and 255

@@ -24,8 +24,9 @@ MASK_FORMAT = "image/segmentation/class/format"
 CROP_OFFSET = "image/crop/offset"
 SOURCE_HEIGHT = "image/source/height"
 SOURCE_WIDTH = "image/source/width"
+CLASS_PRESENT = "image/segmentation/class/present"
 
-# key → (kind, length): kind is "bytes" or "int64"; length is the number of values (all fixed).
+# key → (kind, length): kind is "bytes" or "int64"; length is the number of values, None for a list of any length.
 FEATURES: dict[str, tuple[str, int]] = {
     IMAGE_ENCODED: ("bytes", 1),
     IMAGE_FORMAT: ("bytes", 1),
@@ -39,7 +40,12 @@ FEATURES: dict[str, tuple[str, int]] = {
     CROP_OFFSET: ("int64", 2),
     SOURCE_HEIGHT: ("int64", 1),
     SOURCE_WIDTH: ("int64", 1),
+    CLASS_PRESENT: ("int64", None),  # the class ids in the crop's mask, ascending, 255 excluded
 }
+
+# Keys that records of earlier versions lack: readers take their absence as "unknown" (shards written before
+# segprep recorded class presence still read and verify).
+OPTIONAL = frozenset({CLASS_PRESENT})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +61,7 @@ class CropRecord:
     offset: tuple[int, int]  # (y, x) of the crop's top-left pixel in the source
     source_height: int
     source_width: int
+    present: tuple[int, ...] = ()  # class ids in the mask, ascending, the ignore label excluded
 
     def features(self) -> dict[str, list]:
         sid = self.source_id.encode()
@@ -71,6 +78,7 @@ class CropRecord:
             CROP_OFFSET: list(self.offset),
             SOURCE_HEIGHT: [self.source_height],
             SOURCE_WIDTH: [self.source_width],
+            CLASS_PRESENT: list(self.present),
         }
 
     def serialize(self) -> bytes:
@@ -125,8 +133,8 @@ def _feature(key: str, kind: str, values: list) -> bytes:
             if not isinstance(v, bytes):
                 raise TypeError(f"{key}: expected bytes, {type(v).__name__} found")
         return _field(1, b"".join(_field(1, v) for v in values))
-    if kind == "int64":
-        return _field(3, _field(1, b"".join(_varint(_int64(v)) for v in values)))
+    if kind == "int64":  # packed, as TensorFlow writes it; an empty list is an empty Int64List
+        return _field(3, _field(1, b"".join(_varint(_int64(v)) for v in values)) if values else b"")
     raise ValueError(f"unsupported feature kind {kind!r}")
 
 
@@ -146,7 +154,7 @@ def encode_example(features: dict[str, list]) -> bytes:
             raise KeyError(f"{key!r} is not a record key; the schema has: {', '.join(sorted(FEATURES))}")
         kind, length = FEATURES[key]
         values = list(features[key])
-        if len(values) != length:
+        if length is not None and len(values) != length:
             raise ValueError(f"{key} holds {length} value{'s' if length > 1 else ''}. Received: {len(values)}")
         entry = _key_field(key) + _field(2, _feature(key, kind, values))
         entries.append(_field(1, entry))
@@ -240,8 +248,11 @@ def check_example(data: bytes) -> tuple[dict, list[str]]:
     problems = []
     for key, (kind, length) in FEATURES.items():
         if key not in parsed:
-            problems.append(f"no {key}")
-        elif parsed[key][0] != kind or len(parsed[key][1]) != length:
+            if key not in OPTIONAL:
+                problems.append(f"no {key}")
+        elif parsed[key][0] != kind and parsed[key][1]:
+            problems.append(f"{key} holds {parsed[key][0]} values, not {kind}")
+        elif length is not None and len(parsed[key][1]) != length:
             got_kind, values = parsed[key]
             problems.append(f"{key} holds {len(values)} {got_kind} value(s), not {length} {kind}")
     return {k: v for k, (_, v) in parsed.items()}, problems

@@ -15,17 +15,23 @@ the other windows are dropped before any shard is written (the pipeline filters 
 
 --unknown_colors=nearest decides from the whole mask which colours are present, so under it tiles are decoded whole
 (and limited by --max_pixels) like any other image.
+
+With --oversample_fraction, where a crop centred on a rare class lies is known only once the whole mask has been
+seen: each window also samples the named classes' pixels of its cell (`crops.ClassPositions`, the same sample the
+whole mask gives), the samples are merged with the summaries, and the oversampled crops are then planned from them
+(`plan_oversampled`) and cut as a second round of windows, each reading only the region its crops cover.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
 
 from segprep import codec, crops, storage
-from segprep.convert import ConvertConfig, InputError, Stats, convert_classes, encode_crop
+from segprep.convert import ConvertConfig, InputError, Stats, class_positions, convert_classes, encode_crop
 from segprep.crops import CropBox, stable_hash
 from segprep.palette import IGNORE_LABEL
 from segprep.regions import TiffRegions
@@ -59,6 +65,9 @@ class Window:
     h: int
     w: int
     crops: tuple[int, ...]  # crop numbers, ascending
+    # Oversampled crops' windows (second round): each crop's draws, the first and its --cat_max_ratio re-draws.
+    # Empty for the first round, which checks and counts its cell and draws its crops itself.
+    draws: tuple[tuple[CropBox, ...], ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -75,6 +84,7 @@ class Summary:
     only: bool = True  # nothing but 0 and 255 seen
     error: tuple[int, str, str, str] | None = None  # (window number, reason, message, where) of the first fault
     faults: int = 0  # windows with a fault
+    positions: crops.ClassPositions | None = None  # the named classes' pixels (--oversample_fraction)
 
     def add(self, other: Summary) -> Summary:
         self.stats.add(other.stats)
@@ -84,6 +94,8 @@ class Summary:
         if other.error is not None and (self.error is None or other.error[0] < self.error[0]):
             self.error = other.error
         self.faults += other.faults
+        if other.positions is not None:
+            self.positions = other.positions if self.positions is None else self.positions.merge(other.positions)
         return self
 
 
@@ -134,19 +146,54 @@ def first_box(pair: TiledPair | Window, k: int, config: ConvertConfig, training:
     return crops.random_crop(pair.height, pair.width, size, config.seed, pair.image_id, k)
 
 
-def plan_windows(pair: TiledPair, config: ConvertConfig, training: bool) -> list[Window]:
-    """Every window of the grid (the empty ones too: they hold pixels to check and count), with their crops."""
+def _oversampled(pair: TiledPair | Window, k: int, config: ConvertConfig, training: bool) -> bool:
+    return training and crops.is_oversampled(config.seed, pair.image_id, k, config.oversample_fraction)
+
+
+def _grid(pair: TiledPair | Window, owned: dict[int, list], config: ConvertConfig, **extra) -> list[Window]:
     size = config.window_size
-    rows, columns = math.ceil(pair.height / size), math.ceil(pair.width / size)
-    owned: list[list[int]] = [[] for _ in range(rows * columns)]
-    for k in range(crop_count(pair.height, pair.width, config, training)):
-        box = first_box(pair, k, config, training)
-        owned[box.y // size * columns + box.x // size].append(k)
+    columns = math.ceil(pair.width / size)
     return [Window(pair.split, pair.image_id, pair.files, pair.height, pair.width, n,
                    n // columns * size, n % columns * size,
                    min(size, pair.height - n // columns * size), min(size, pair.width - n % columns * size),
-                   tuple(owned[n]))
-            for n in range(rows * columns)]
+                   tuple(owned[n]), **{key: tuple(value[n]) for key, value in extra.items()})
+            for n in sorted(owned)]
+
+
+def _cell(box: CropBox, pair: TiledPair | Window, config: ConvertConfig) -> int:
+    size = config.window_size
+    return box.y // size * math.ceil(pair.width / size) + box.x // size
+
+
+def plan_windows(pair: TiledPair, config: ConvertConfig, training: bool) -> list[Window]:
+    """Every window of the grid (the empty ones too: they hold pixels to check and count), with their crops; the
+    oversampled crops are left for `plan_oversampled`."""
+    size = config.window_size
+    owned: dict[int, list[int]] = {n: [] for n in range(math.ceil(pair.height / size) * math.ceil(pair.width / size))}
+    for k in range(crop_count(pair.height, pair.width, config, training)):
+        if not _oversampled(pair, k, config, training):
+            owned[_cell(first_box(pair, k, config, training), pair, config)].append(k)
+    return _grid(pair, owned, config)
+
+
+def plan_oversampled(pair: TiledPair | Window, positions: crops.ClassPositions | None,
+                     config: ConvertConfig) -> list[Window]:
+    """The second round of a training tile's windows: its oversampled crops, drawn from the named classes' pixels
+    of the whole tile (`positions`, merged from the first round's windows) and grouped by the cell of their first
+    window; only cells with crops. A tile without a named class draws them as plain random crops."""
+    count = crop_count(pair.height, pair.width, config, True)
+    draws = crops.CropDraws(pair.height, pair.width, config.crop_size, config.seed, pair.image_id,
+                            config.oversample_fraction, positions)
+    tries = 10 if config.cat_max_ratio < 1.0 else 1
+    owned: dict[int, list[int]] = {}
+    boxes: dict[int, list[tuple[CropBox, ...]]] = {}
+    for k in range(count):
+        if _oversampled(pair, k, config, True):
+            ks = tuple(itertools.islice(draws.draws(k), tries))
+            n = _cell(ks[0], pair, config)
+            owned.setdefault(n, []).append(k)
+            boxes.setdefault(n, []).append(ks)
+    return _grid(pair, owned, config, draws=boxes)
 
 
 class _Source:
@@ -184,12 +231,15 @@ def cut_window(window: Window, image: TiffRegions, mask: TiffRegions, config: Co
     summary's `error`, never raised."""
     summary = Summary()
     try:
-        out = _cut(window, _Source(window, image, mask, config), config, training, summary)
+        source = _Source(window, image, mask, config)
+        if window.draws:
+            out = _cut_placed(window, source, config, summary)
+        else:
+            out = _cut(window, source, config, training, summary)
     except InputError as e:
         out = []
         summary = Summary(error=(window.number, e.reason, str(e), where(window)), faults=1)
-    if window.number == 0:
-        summary.stats.images = 1
+    summary.stats.images = int(window.number == 0 and not window.draws)
     return out, summary
 
 
@@ -209,6 +259,11 @@ def _cut(window: Window, source: _Source, config: ConvertConfig, training: bool,
     x1 = max([window.x + window.w] + [_clip(b, height, width)[3] for b in boxes.values()])
     cell = source.classes(window.y, window.y + window.h, window.x, window.x + window.w)
     _count_source(cell, source.index_mask, summary)
+    if training:
+        summary.positions = class_positions(config, window.image_id, height, width,
+                                            crop_count(height, width, config, training))
+        if summary.positions is not None:
+            summary.positions.add(cell.classes, window.y, window.x)
     classes = np.empty((y1 - y0, x1 - x0), np.uint8)
     classes[:window.h, :window.w] = cell.classes
     # The rest of the region belongs to other windows' cells, which report its faults: read it as "ignore".
@@ -219,6 +274,31 @@ def _cut(window: Window, source: _Source, config: ConvertConfig, training: bool,
     image = source.image(y0, y1, x0, x1)  # also without crops: every image segment is decoded (and checked) once
     if not boxes:
         return []
+    draws = {k: (crops.random_draws(height, width, config.crop_size, config.seed, window.image_id, k) if training
+                 else iter([boxes[k]]))
+             for k in window.crops}
+    return _cut_crops(window, source, (y0, y1, x0, x1), classes, image, draws, config, summary, redraw=training)
+
+
+def _cut_placed(window: Window, source: _Source, config: ConvertConfig, summary: Summary) -> list[tuple[int, bytes]]:
+    """A second-round window: its oversampled crops, cut from the region their first draws cover."""
+    height, width = window.height, window.width
+    spans = [_clip(draws[0], height, width) for draws in window.draws]
+    region = (min(s[0] for s in spans), max(s[1] for s in spans), min(s[2] for s in spans), max(s[3] for s in spans))
+    classes = source.classes(*region, "ignore").classes  # the first round checked and reported every pixel
+    image = source.image(*region)
+    return _cut_crops(window, source, region, classes, image, dict(zip(window.crops, map(iter, window.draws))),
+                      config, summary, redraw=True)
+
+
+def _cut_crops(window: Window, source: _Source, region: tuple[int, int, int, int], classes: np.ndarray,
+               image: np.ndarray, draws: dict, config: ConvertConfig, summary: Summary,
+               redraw: bool) -> list[tuple[int, bytes]]:
+    """Cuts each crop k of `draws` (k → its draws: the first, then, with `redraw`, re-draws for --cat_max_ratio)
+    from the `region` (y0, y1, x0, x1) read into `classes` and `image`, or on its own when a re-draw lies outside
+    it; adds their stats to `summary`."""
+    height, width = window.height, window.width
+    y0, y1, x0, x1 = region
 
     def inside(box: CropBox) -> bool:
         by0, by1, bx0, bx1 = _clip(box, height, width)
@@ -235,9 +315,7 @@ def _cut(window: Window, source: _Source, config: ConvertConfig, training: bool,
 
     out = []
     for k in window.crops:
-        box = boxes[k]
-        if training and config.cat_max_ratio < 1.0:
-            box = crops.random_crop(height, width, config.crop_size, config.seed, window.image_id, k, dominated)
+        box = crops.pick(draws[k], dominated if redraw and config.cat_max_ratio < 1.0 else None)
         if inside(box):
             record, stats = encode_crop(window.image_id, box, image, classes, (y0, x0), (height, width), config)
         else:  # re-drawn elsewhere in the tile: read just this window

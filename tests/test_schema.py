@@ -3,6 +3,7 @@ import pytest
 import tensorflow as tf
 
 from segprep import codec, schema
+from trainer import data
 
 
 def test_hand_serialised_example_is_a_real_tf_example():
@@ -24,13 +25,27 @@ def test_hand_serialised_example_is_a_real_tf_example():
     np.testing.assert_array_equal(tf.io.decode_png(png, channels=1).numpy()[..., 0], mask)
 
 
-def test_feature_table_parses_what_the_writer_writes():
-    rec = schema.CropRecord("a", b"img", "png", b"msk", 256, 256, (0, 0), 10, 20)
-    spec = {k: tf.io.FixedLenFeature((n,) if n > 1 else (), tf.string if kind == "bytes" else tf.int64)
-            for k, (kind, n) in schema.FEATURES.items()}
-    parsed = tf.io.parse_single_example(rec.serialize(), spec)
+@pytest.mark.parametrize("present", [(0, 4, 20), (7,), ()])
+def test_feature_table_parses_what_the_writer_writes(present):
+    rec = schema.CropRecord("a", b"img", "png", b"msk", 256, 256, (0, 0), 10, 20, present=present)
+    parsed = tf.io.parse_single_example(rec.serialize(), data.feature_spec())
     assert parsed[schema.IMAGE_ENCODED].numpy() == b"img"
     assert parsed[schema.IMAGE_HEIGHT].numpy() == 256
+    assert parsed[schema.CLASS_PRESENT].numpy().tolist() == list(present)
+    ex = tf.train.Example.FromString(rec.serialize())  # protobuf's own parser: the list, or an empty Int64List
+    assert ex.features.feature[schema.CLASS_PRESENT].WhichOneof("kind") == "int64_list"
+    assert list(ex.features.feature[schema.CLASS_PRESENT].int64_list.value) == list(present)
+
+
+def test_records_of_earlier_runs_without_class_presence_still_parse_and_check():
+    features = schema.CropRecord("a", b"img", "png", b"msk", 8, 8, (0, 0), 10, 20).features()
+    del features[schema.CLASS_PRESENT]
+    old = schema.encode_example(features)
+    parsed = tf.io.parse_single_example(old, data.feature_spec())
+    assert parsed[schema.CLASS_PRESENT].numpy().tolist() == []
+    assert schema.check_example(old)[1] == []
+    del features[schema.SOURCE_WIDTH]
+    assert schema.check_example(schema.encode_example(features))[1] == [f"no {schema.SOURCE_WIDTH}"]
 
 
 def test_large_and_negative_integers_round_trip():

@@ -53,14 +53,21 @@ def steps(meta: dict, split: str, batch_size: int) -> int:
     return max(1, math.ceil(md.split(meta, split)["records"] / batch_size))
 
 
-def _feature_spec() -> dict:
-    return {key: tf.io.FixedLenFeature((n,) if n > 1 else (), tf.string if kind == "bytes" else tf.int64)
-            for key, (kind, n) in schema.FEATURES.items()}
+def feature_spec() -> dict:
+    """The parser spec of a crop record, from the schema's table: a list of any length (class presence) parses
+    to a 1-D tensor, empty in records written before segprep recorded it."""
+    def one(kind, n):
+        dtype = tf.string if kind == "bytes" else tf.int64
+        if n is None:
+            return tf.io.RaggedFeature(dtype)
+        return tf.io.FixedLenFeature((n,) if n > 1 else (), dtype)
+
+    return {key: one(kind, n) for key, (kind, n) in schema.FEATURES.items()}
 
 
 def decode(serialized: tf.Tensor, crop_size: int) -> tuple[tf.Tensor, tf.Tensor]:
     """One record → (image uint8 [S, S, 3], mask uint8 [S, S, 1])."""
-    f = tf.io.parse_single_example(serialized, _feature_spec())
+    f = tf.io.parse_single_example(serialized, feature_spec())
     image = tf.io.decode_image(f[schema.IMAGE_ENCODED], channels=3, expand_animations=False)
     mask = tf.io.decode_png(f[schema.MASK_ENCODED], channels=1)
     image = tf.ensure_shape(image, (crop_size, crop_size, 3))
