@@ -172,17 +172,22 @@ def _splits(out):
 
 def test_window_size_workers_and_shuffle_path_do_not_change_a_byte(tile_tree, tmp_path):
     """The whole-image path (windows larger than the tiles) is the reference; --cat_max_ratio re-draws crops, some
-    into other windows. Shards and metadata are the same for every window size, on 2 workers and through Beam's
-    shuffle."""
-    flags = ["--crop_size", "64", "--crops_per_image", "30", "--cat_max_ratio", "0.5", "--num_shards", "3"]
+    into other windows, and --oversample_fraction centres crops on classes 3 and 4, found window by window and cut
+    by a second round of windows. Shards and metadata are the same for every window size, on 2 workers and through
+    Beam's shuffle."""
+    flags = ["--crop_size", "64", "--crops_per_image", "30", "--cat_max_ratio", "0.5", "--num_shards", "3",
+             "--oversample_fraction", "0.4", "--oversample_classes", "3,4"]
     classes = region(pattern_classes, 0, H, 0, W)
-    elsewhere = 0  # crops of tile "a" that --cat_max_ratio moves out of their first window's cell
+    elsewhere = oversampled = 0  # crops of tile "a": moved out of their first window's cell; centred on a class
     for k in range(30):
+        if crops.is_oversampled(0, "a", k, 0.4):
+            oversampled += 1
+            continue
         first = crops.random_crop(H, W, 64, 0, "a", k)
         final = crops.random_crop(H, W, 64, 0, "a", k,
                                   lambda box: crops.is_dominated(crops.cut(classes, box, 255), 0.5))
         elsewhere += (first.y // 256, first.x // 256) != (final.y // 256, final.x // 256)
-    assert elsewhere >= 5
+    assert elsewhere >= 3 and oversampled >= 10
     assert run(tile_tree, tmp_path / "whole", *flags, "--window_size", "100000") == 0
     want, splits = _shards(tmp_path / "whole"), _splits(tmp_path / "whole")
     assert len(want) == 6
