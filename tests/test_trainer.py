@@ -163,6 +163,33 @@ def test_class_weights_change_the_loss_as_weighted_cross_entropy(records):
     assert losses[0] == pytest.approx(ce[valid].mean(), rel=1e-4)
     assert losses[1] == pytest.approx(2 * losses[0], rel=1e-5)  # weights scale each pixel's term
     assert losses[2] == pytest.approx(ce[valid & (labels == 0)].sum() / valid.sum(), rel=1e-4)
+    # --class_weights repeat_factor: a crop of weight r counts as r copies of it.
+    steps = train.loop.Steps(model, keras.optimizers.Adam(), {"main": 1.0}, 21, placement)
+    for weights, want in (([3.0] * 4, ce[valid].mean()), ([0.0, 1.0, 0.0, 0.0], ce[1][valid[1]].mean()),
+                          ([1.0, 2.0, 0.0, 0.0], (ce[0][valid[0]].sum() + 2 * ce[1][valid[1]].sum())
+                           / (valid[0].sum() + 2 * valid[1].sum()))):
+        weighted = dict(y, **{data.CROP_WEIGHT: tf.constant(weights)})
+        assert float(steps.eval(x, weighted)[0]["loss"]) == pytest.approx(want, rel=1e-4)
+
+
+def test_repeat_factors_come_from_class_crops_and_weigh_each_crop_by_its_rarest_class(records):
+    factors = train.repeat_factors({"records": 100, "class_crops": [100, 1, 0, 10, 40]})
+    assert factors == pytest.approx([1.0, math.sqrt(10), 1.0, 1.0, 1.0])
+    with pytest.raises(data.DataError, match="rerun prepare"):
+        train.repeat_factors({"records": 100, "class_pixels": [5, 5]})
+    meta = data.load_metadata(records)
+    split = meta["splits"]["train"]
+    factors = train.repeat_factors(split, threshold=0.9)
+    assert max(factors) > 1.0
+    ds = data.make_dataset(records, "train", 6, training=True, aug=data.Augment(False, None, 0.0), seed=0,
+                           crop_weights=factors)
+    seen = 0
+    for _, y in ds.take(split["records"] // 6):
+        for mask, weight in zip(y["main"].numpy(), y[data.CROP_WEIGHT].numpy()):
+            held = [c for c in np.unique(mask) if c != 255]
+            assert weight == pytest.approx(max([1.0] + [factors[c] for c in held]))
+            seen += weight > 1.0
+    assert seen
 
 
 def test_a_two_input_model_trains_through_the_same_pipeline(records, tmp_path):

@@ -10,6 +10,7 @@ ARCHS = ("multi", "deconv")  # trainer.model
 ARCH_OUTPUTS = {"multi": ("main", "upsample", "aux"), "deconv": ("main",)}  # trainer.model's output names
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker_mirrored", "tpu")  # trainer.distribute
 BEST_METRIC = "val_main_miou"  # trainer.loop: what best.keras is the best of
+CROP_WEIGHT = "_crop_weight"  # a target beside the outputs' masks: each crop's loss weight (--class_weights)
 
 
 @dataclasses.dataclass(frozen=True)

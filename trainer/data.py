@@ -14,7 +14,7 @@ from segprep import metadata as md
 from segprep import layout, schema
 from segprep.palette import IGNORE_LABEL
 from trainer import common
-from trainer.common import Augment, DataError, load_metadata  # noqa: F401 - re-exported
+from trainer.common import CROP_WEIGHT, Augment, DataError, load_metadata  # noqa: F401 - re-exported
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -65,13 +65,21 @@ def feature_spec() -> dict:
     return {key: one(kind, n) for key, (kind, n) in schema.FEATURES.items()}
 
 
-def decode(serialized: tf.Tensor, crop_size: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """One record → (image uint8 [S, S, 3], mask uint8 [S, S, 1])."""
+def crop_weight(present: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
+    """A crop's loss weight: the largest of its classes' `factors` (the classes in its class/present list), 1 for a
+    crop with none (all ignore, or a record written before presence was recorded)."""
+    return tf.reduce_max(tf.concat([tf.ones([1], tf.float32), tf.gather(factors, present)], 0))
+
+
+def decode(serialized: tf.Tensor, crop_size: int, factors: tf.Tensor | None = None):
+    """One record → (image uint8 [S, S, 3], mask uint8 [S, S, 1]), and its `crop_weight` with `factors`."""
     f = tf.io.parse_single_example(serialized, feature_spec())
     image = tf.io.decode_image(f[schema.IMAGE_ENCODED], channels=3, expand_animations=False)
     mask = tf.io.decode_png(f[schema.MASK_ENCODED], channels=1)
     image = tf.ensure_shape(image, (crop_size, crop_size, 3))
     mask = tf.ensure_shape(mask, (crop_size, crop_size, 1))
+    if factors is not None:
+        return image, mask, crop_weight(f[schema.CLASS_PRESENT], factors)
     return image, mask
 
 
@@ -109,8 +117,8 @@ def augment(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int) -> tuple
 def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
                  inputs: dict[str, int] | None = None, targets: dict[str, int] | None = None,
                  aug: Augment = Augment(), normalize: tuple | None = None, seed: int | None = None,
-                 shuffle_buffer: int = 2048, meta: dict | None = None, pad_batches: bool = False
-                 ) -> tf.data.Dataset:
+                 shuffle_buffer: int = 2048, meta: dict | None = None, pad_batches: bool = False,
+                 crop_weights: list[float] | None = None) -> tf.data.Dataset:
     """Batches of ({input name: image}, {output name: mask}) for `split`.
 
     Images stay uint8 as decoded (for models that normalise themselves, as trainer.model's do), or with
@@ -119,7 +127,8 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
     at half resolution, an output of stride 8 gets the mask nearest-downsampled 8×. Training data repeats forever
     (use `steps(meta, split, batch)` per epoch); evaluation data is one deterministic pass per epoch, repeated, so
     `steps(...)` validation steps read it exactly once; with `pad_batches`, its last batch is padded to full size
-    with ignored examples (see `_pad_batch`)."""
+    with ignored examples (see `_pad_batch`). With `crop_weights` (a factor per class), each batch's targets also
+    hold `CROP_WEIGHT`: every crop's `crop_weight`, read from its class/present list."""
     meta = meta or load_metadata(data_dir)
     files = split_files(meta, data_dir, split)
     size = int(meta["crop_size"])
@@ -142,13 +151,16 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
+    factors = None if crop_weights is None else tf.constant(list(crop_weights) + [1.0] * (256 - len(crop_weights)),
+                                                            tf.float32)
+
     def decode_one(serialized):
-        image, mask = decode(serialized, size)
+        image, mask, *weight = decode(serialized, size, factors)
         if training:
             image, mask = augment(image, mask, aug, size)
-        return image, mask
+        return (image, mask, *weight)
 
-    def to_batch(images, masks):
+    def to_batch(images, masks, *weights):
         # Normalisation and targets run on whole batches: far fewer ops than per example. (Flips stay per
         # example: a tf.cond reverses only when drawn, where a batched tf.where costs more than decoding.)
         x = norm(images)
@@ -156,6 +168,8 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
                                                          antialias=True))
                  for name, s in inputs.items()}
         labels = {name: (masks if s == 1 else masks[:, s // 2::s, s // 2::s]) for name, s in targets.items()}
+        if weights:
+            labels[CROP_WEIGHT] = weights[0]
         return feats, labels
 
     ds = ds.map(decode_one, num_parallel_calls=AUTOTUNE, deterministic=not training)

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import common
-from trainer.common import files
+from trainer.common import CROP_WEIGHT, files
 from trainer.distribute import Placement
 
 from trainer.common import BEST_METRIC  # noqa: E402,F401 - re-exported
@@ -103,8 +103,11 @@ class Steps:
                                                                        logits=tf.cast(out[name], tf.float32))
             if self.class_weights is not None:
                 per_pixel *= tf.gather(self.class_weights, labels)
-            total = tf.reduce_sum(tf.where(valid, per_pixel, 0.0))
-            count = tf.reduce_sum(tf.cast(valid, tf.float32))
+            weight = tf.cast(valid, tf.float32)
+            if CROP_WEIGHT in y:  # a crop of weight r counts as r copies of it: numerator and denominator
+                weight *= tf.reshape(y[CROP_WEIGHT], [-1] + [1] * (weight.shape.rank - 1))
+            total = tf.reduce_sum(tf.where(valid, per_pixel * weight, 0.0))
+            count = tf.reduce_sum(weight)
             if ctx is not None:
                 count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
             losses[name] = total / tf.maximum(count, 1.0)

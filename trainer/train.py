@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import statistics
@@ -58,7 +59,7 @@ class TrainConfig:
     augment: Augment = Augment()
     train_split: str = "train"
     val_split: str = "val"
-    class_weights: str = "none"  # or "median_frequency" (from metadata.json's pixel counts)
+    class_weights: str = "none"  # or "median_frequency" (pixel counts), "repeat_factor" (crops holding each class)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,10 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the seed recipe's per-epoch warm-up: lr·i/num for epochs i < num (default: off)")
     p.add_argument("--warmup_steps", type=cli.integer(0), default=None,
                    help="per-step linear warm-up, then cosine decay to 0 (default: one epoch of steps)")
-    p.add_argument("--class_weights", choices=("none", "median_frequency"), default=TrainConfig.class_weights,
-                   help="per-class loss weights: median_frequency = median(freq) / freq of each class, from the "
-                        "training split's pixel counts in metadata.json (rare classes weigh more) "
-                        "(default: %(default)s)")
+    p.add_argument("--class_weights", choices=("none", "median_frequency", "repeat_factor"),
+                   default=TrainConfig.class_weights,
+                   help="rare classes weigh more: median_frequency = each pixel's loss × median(freq) / freq of "
+                        "its class, from the training split's pixel counts; repeat_factor = each crop's loss × "
+                        f"max(1, sqrt({REPEAT_THRESHOLD:g} / f)) of the rarest class it holds, f the share of "
+                        "training crops holding that class (LVIS's repeat-factor sampling, as a weight: from "
+                        "metadata.json's class_crops and each record's class/present) (default: %(default)s)")
     p.add_argument("--loss_weights", metavar="NAME=W,...",
                    help="each output's weight in the total loss, e.g. main=1,upsample=0.5,aux=0.2 "
                         "(default: 1 for main, 0.2 for the others)")
@@ -155,6 +159,20 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, replicas: int = 1):
     return optimizer
 
 
+REPEAT_THRESHOLD = 0.1  # classes in fewer than this share of the training crops get a repeat factor above 1
+
+
+def repeat_factors(split: dict, threshold: float = REPEAT_THRESHOLD) -> list[float]:
+    """LVIS's repeat factors from a split's per-class crop counts: r_c = max(1, sqrt(threshold / f_c)), f_c the
+    share of crops holding class c; 1 for classes no crop holds. Raises DataError for shards written before
+    metadata.json counted them."""
+    if "class_crops" not in split:
+        raise DataError("--class_weights repeat_factor needs the per-class crop counts (class_crops) that "
+                        "prepare writes to metadata.json since it records class presence; rerun prepare")
+    records = max(1, int(split["records"]))
+    return [max(1.0, math.sqrt(threshold / (c / records))) if c else 1.0 for c in split["class_crops"]]
+
+
 def median_frequency(split: dict) -> list[float]:
     """SegNet's median-frequency balancing from a split's pixel counts: weight_c = median(freq) / freq_c over the
     classes that occur; classes that do not occur get 1 (they never reach the loss)."""
@@ -189,11 +207,12 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
     global_batch = cfg.batch_size * placement.replicas
     steps = data.steps(meta, cfg.train_split, global_batch)
     val_steps = data.steps(meta, cfg.val_split, global_batch)
+    factors = repeat_factors(md.split(meta, cfg.train_split)) if cfg.class_weights == "repeat_factor" else None
     datasets = []
     for split, training in ((cfg.train_split, True), (cfg.val_split, False)):
         ds = data.make_dataset(data_dir, split, global_batch, training=training, inputs=inputs, targets=targets,
                                aug=cfg.augment, normalize=cfg.normalization.for_pipeline(meta), seed=cfg.seed,
-                               meta=meta, pad_batches=True)
+                               meta=meta, pad_batches=True, crop_weights=factors if training else None)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = distribute.shard_policy(
             len(md.split(meta, split)["shards"]), placement.workers)
@@ -209,7 +228,8 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
     if placement.is_chief:  # this folder is a segprep run: only then may --overwrite and the run delete in it
         files.write_text(f"{model_dir}/{RUN_MARKER}", json.dumps({"written_by": "segprep trainer.train",
                                                                  "started": time.time()}) + "\n")
-    class_weights = median_frequency(md.split(meta, cfg.train_split)) if cfg.class_weights != "none" else None
+    class_weights = median_frequency(md.split(meta, cfg.train_split)) if cfg.class_weights == "median_frequency" \
+        else None
     runner = loop.Loop(loop.Steps(model, optimizer, weights, num_classes, placement, class_weights), placement,
                        model_dir, save_best=lambda path: save_keras(model, path), epoch_lr=epoch_lr,
                        callbacks=extra_callbacks, verbose=verbose)
