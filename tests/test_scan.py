@@ -3,6 +3,7 @@ test_gcs.py); and the palette it writes, fed to prepare."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -108,3 +109,55 @@ def test_scan_of_low_bit_index_masks_writes_class_n_names(tmp_path, capsys, dept
     assert f"index {depth}-bit ×1" in capsys.readouterr().out
     top = int(values.max())
     assert json.load(open(palette_file))["names"] == [f"class_{i}" for i in range(top + 1)]
+
+
+def _leaky_tree(root, distinct=500, width=200, height=150):
+    """`distinct` different scenes, half train and half val, then three leaks into val: a train id listed again,
+    a byte-identical copy of a train image under a new id, and a train image re-encoded at quality 75 and resized
+    to 90%."""
+    from segprep import sample
+
+    ids = [f"s{i:04d}" for i in range(distinct)]
+    for i, image_id in enumerate(ids):
+        image, classes = sample.make_pair(i, width, height)
+        write_pair(root, image_id, image, np.where(classes == 255, 0, classes).astype(np.uint8), kind="index")
+    train, val = ids[:distinct // 2], ids[distinct // 2:]
+    with open(layout.image_path(root, train[1]), "rb") as f:
+        data = f.read()
+    with open(layout.image_path(root, "copy"), "wb") as f:
+        f.write(data)
+    with open(layout.image_path(root, train[2]), "rb") as f:
+        small = codec.decode_image(f.read())
+    small = codec.encode_image(np.ascontiguousarray(
+        __import__("cv2").resize(small, (width * 9 // 10, height * 9 // 10))), "jpeg", 75)
+    with open(layout.image_path(root, "resized"), "wb") as f:
+        f.write(small)
+    for leak, source in (("copy", train[1]), ("resized", train[2])):
+        with open(layout.mask_path(root, source), "rb") as f, open(layout.mask_path(root, leak), "wb") as g:
+            g.write(f.read())
+    write_lists(root, {"train": train, "val": val + [train[0], "copy", "resized"]})
+    return train
+
+
+def test_scan_finds_leaks_between_splits_and_none_among_distinct_images(tmp_path, capsys):
+    root = str(tmp_path / "voc")
+    train = _leaky_tree(root)
+    assert scan.main(["--input_dir", root, "--jobs", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(out) if line.startswith("leakage:"))
+    assert out[start] == ("leakage: 3 pairs of images in two splits (503 images across 2 splits checked for the same "
+                          "id, identical files and near-duplicates within 56 of 256 bits):")
+    found = out[start + 1:start + 4]
+    assert found[0] == f"  train/{train[0]} and val/{train[0]}: same id, identical image files"
+    assert found[1] == f"  train/{train[1]} and val/copy: identical image files"
+    match = re.fullmatch(rf"  train/{train[2]} and val/resized: near-duplicate \(perceptual hashes (\d+) of 256 bits "
+                         r"apart\)", found[2])
+    assert match and int(match[1]) <= 40, found[2]
+    # Without the leaks: 500 distinct scenes, 62,500 pairs across the splits, none reported.
+    write_lists(root, {"train": train, "val": [f"s{i:04d}" for i in range(250, 500)]})
+    assert scan.main(["--input_dir", root, "--jobs", "2"]) == 0
+    assert ("leakage: none found (500 images across 2 splits checked for the same id, identical files and "
+            "near-duplicates within 56 of 256 bits)") in capsys.readouterr().out.splitlines()
+    # A wider threshold is the user's to choose; -1 leaves only ids and identical files; one split has no pairs.
+    assert scan.main(["--input_dir", root, "--jobs", "2", "--duplicate_distance", "-1", "--splits", "train"]) == 0
+    assert "leakage: one split (train): nothing to compare" in capsys.readouterr().out.splitlines()

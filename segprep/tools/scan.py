@@ -7,12 +7,15 @@
         --images 'leftImg8bit/{split}/*/{id}_leftImg8bit.png' --masks 'gtFine/{split}/*/{id}_gtFine_labelIds.png'
 
 Takes prepare's layout flags (--images, --masks, --split_lists, --val_fraction, --group_by, --splits). Reads the
-masks whole and the images' headers only (in parallel with joblib: processes for local files, threads for gs://).
+masks and images whole (in parallel with joblib: processes for local files, threads for gs://); with --no_leakage,
+the images' headers only.
 Per split: how many pairs, the image formats (JPEG / PNG / TIFF, bands, bit depth, tiled or stripped, compression),
 the mask sizes (min / median / max) and kinds (colour, palette, index, with bit depth). Then every colour (or index
 value) with its pixel and image counts and what the active --palette (default Pascal VOC) makes of it. Index masks
-holding only 0 and 255 are named: with a palette that has no index_map, their 255 is the ignore label. Last, the
-prepare command that reads this tree.
+holding only 0 and 255 are named: with a palette that has no index_map, their 255 is the ignore label. Then leakage
+between splits, one line a pair of images (segprep/tools/leakage.py): the same id in two splits, byte-identical
+image files, and near-duplicates by perceptual hash (re-encoded, resized; --duplicate_distance sets how near). Last,
+the prepare command that reads this tree.
 
 Which colours are classes: a colour that is "solid" (a pixel whose 3×3 neighbourhood is all that colour) at
 MIN_SOLID = 9 or more pixels across the dataset — one 5×5 patch is enough, a 1–2 px line never is — is a class
@@ -36,7 +39,7 @@ import numpy as np
 from segprep import codec, layout, lookup, pairs, storage
 from segprep.palette import (IGNORE_LABEL, PALETTES, VOC, VOC_BORDER_COLOR, Palette, PaletteError, colormap,
                              load_palette)
-from segprep.tools import cli
+from segprep.tools import cli, leakage
 from segprep.tools.cli import Parser, UsageError, examples
 from segprep.tools.progress import Progress
 
@@ -61,6 +64,7 @@ class MaskScan:
     error: str | None = None
     image: codec.ImageInfo | None = None  # the image's header
     image_error: str | None = None
+    fingerprint: leakage.Fingerprint | None = None  # for the leakage checks
 
     @property
     def label(self) -> str:
@@ -98,9 +102,10 @@ def _count(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return found, counts, solid_per_key
 
 
-def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255) -> MaskScan:
-    """Reads and decodes one mask and the header of its image; a file that cannot be read is reported in
-    `error` / `image_error`, and the scan goes on."""
+def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255, fingerprint: bool = False) -> MaskScan:
+    """Reads and decodes one mask and the header of its image (with `fingerprint`, the whole image: its digest and
+    perceptual hash, for the leakage checks); a file that cannot be read is reported in `error` / `image_error`,
+    and the scan goes on."""
     result = MaskScan(pair.split, pair.image_id)
     if pair.reason:
         result.error = pair.error
@@ -109,6 +114,8 @@ def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255) -> MaskScan:
     try:
         with storage.open_read(image_path) as f:
             result.image = codec.probe(f)
+            if fingerprint:
+                result.fingerprint = leakage.fingerprint(f, result.image.width, result.image.height)
     except codec.DecodeError as e:
         result.image_error = str(e)
     except Exception as e:  # noqa: BLE001 - missing or unreadable: reported, the scan goes on
@@ -327,7 +334,7 @@ def report(scans: list[MaskScan], lists, palette: Palette, palette_name: str, to
     return lines
 
 
-def _scan_all(root: str, listing: pairs.Listing, jobs: int, max_value: int) -> list[MaskScan]:
+def _scan_all(root: str, listing: pairs.Listing, jobs: int, max_value: int, fingerprint: bool) -> list[MaskScan]:
     from joblib import Parallel, delayed
 
     tasks = [pair for split in listing.splits for pair in listing.pairs(split)]
@@ -335,7 +342,7 @@ def _scan_all(root: str, listing: pairs.Listing, jobs: int, max_value: int) -> l
     backend = "threading" if storage.is_remote(root) else "loky"  # gs:// is I/O-bound; decoding is not
     results = []
     run = Parallel(n_jobs=jobs, backend=backend, return_as="generator", batch_size="auto")
-    for scan in run(delayed(scan_pair)(root, pair, max_value) for pair in tasks):
+    for scan in run(delayed(scan_pair)(root, pair, max_value, fingerprint) for pair in tasks):
         results.append(scan)
         progress.update()
     progress.close()
@@ -394,12 +401,22 @@ def build_parser() -> Parser:
     p.add_argument("--jobs", type=cli.jobs, default=-1,
                    help="masks read in parallel (processes for local files, threads for gs://); -1 = one per core "
                         "(default: %(default)s)")
-    p.add_argument("--all", action="store_true", help="list every colour, noise included")
+    p.add_argument("--duplicate_distance", type=cli.integer(-1, maximum=leakage.HASH_BITS),
+                   default=leakage.DEFAULT_DISTANCE, metavar="BITS",
+                   help=f"images in two splits whose perceptual hashes ({leakage.HASH_BITS} bits) differ in at most "
+                        "this many bits are reported as near-duplicates; copies re-encoded and resized to 90%% "
+                        "measured up to 42, distinct scenes 70 and more; -1 checks only ids and identical files "
+                        "(default: %(default)s)")
+    p.add_argument("--no_leakage", action="store_true",
+                   help="skip the leakage checks between splits (images are then read for their headers only)")
+    p.add_argument("--all", action="store_true", help="list every colour, noise included, and every leakage "
+                                                      "finding")
     return p
 
 
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cli.steady_malloc()  # one mask after another: without it, 60% of the time goes to page faults
     try:
         palette = load_palette(args.palette)
     except (OSError, PaletteError) as e:
@@ -413,11 +430,18 @@ def run(argv: list[str] | None = None) -> int:
     for split, why in listing.skipped.items():
         print(f"scan: split {split} left out: {why}", file=sys.stderr)
     started = time.time()
-    scans = _scan_all(root, listing, args.jobs, palette.max_index)
+    scans = _scan_all(root, listing, args.jobs, palette.max_index, not args.no_leakage)
     name = args.palette or "Pascal VOC"
     values_by_kind = values_of(scans, args.tolerance)
-    print("\n".join(report(scans, listing.splits, palette, name, args.tolerance, time.time() - started, args.all,
-                           values_by_kind)))
+    lines = report(scans, listing.splits, palette, name, args.tolerance, time.time() - started, args.all,
+                   values_by_kind)
+    if not args.no_leakage:
+        images = [(s.split, s.image_id, s.fingerprint) for s in scans]
+        findings = leakage.find(images, list(listing.splits), args.duplicate_distance)
+        compared = sum(1 for s in scans if s.fingerprint is not None and s.fingerprint.phash is not None)
+        lines += leakage.report(findings, len(scans), compared, list(listing.splits), args.duplicate_distance,
+                                None if args.all else 50)
+    print("\n".join(lines))
     if args.write_palette:
         written = palette_for(*values_by_kind)
         storage.write_bytes(args.write_palette, (json.dumps(written, indent=1) + "\n").encode())
