@@ -48,7 +48,7 @@ def timed(root, jobs, *flags):
 def threshold(distinct=500, copies=200):
     """(the largest distance of a re-encoded, 90%-resized copy from its original, the smallest between distinct
     scenes, their medians) over sample scenes of 500 × 375."""
-    hashes, worst, spread = [], [], []
+    hashes, worst = [], []
     for i in range(distinct):
         image, _ = sample.make_pair(i, 500, 375)
         data = codec.encode_image(image, "jpeg", 90)

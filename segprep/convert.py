@@ -233,11 +233,10 @@ def crop_boxes(classes: np.ndarray, image_id: str, config: ConvertConfig, traini
     if positions is not None:
         positions.add(classes)
     draws = crops.CropDraws(height, width, size, config.seed, image_id, config.oversample_fraction, positions)
-    dominated = None
-    if config.cat_max_ratio < 1.0:
-        def dominated(box):
-            return crops.is_dominated(crops.cut(classes, box, IGNORE_LABEL), config.cat_max_ratio)
-    return [crops.pick(draws.draws(k), dominated) for k in range(count)]
+    def dominated(box):
+        return crops.is_dominated(crops.cut(classes, box, IGNORE_LABEL), config.cat_max_ratio)
+
+    return [crops.pick(draws.draws(k), dominated if config.cat_max_ratio < 1.0 else None) for k in range(count)]
 
 
 def encode_crop(image_id: str, box: crops.CropBox, image: np.ndarray, classes: np.ndarray,

@@ -131,6 +131,7 @@ class ClassPositions:
         self._named[list(classes)] = True
         self._named[IGNORE_LABEL] = False
         self._kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # class → (hashes uint64, positions int64)
+        self._bound = np.full(256, np.iinfo(np.uint64).max, np.uint64)  # a full class's largest kept hash
 
     def add(self, classes: np.ndarray, y0: int = 0, x0: int = 0) -> ClassPositions:
         """Adds the pixels of a part of the image's class map whose top-left pixel is (`y0`, `x0`)."""
@@ -142,8 +143,11 @@ class ClassPositions:
             if not flat.size:
                 continue
             labels = band.ravel()[flat]
-            positions = (flat // width + (y0 + r0)) * self.width + (flat % width + x0)
+            starts = np.arange(y0 + r0, y0 + r0 + band.shape[0], dtype=np.int64) * self.width
+            positions = np.add.outer(starts, np.arange(x0, x0 + width, dtype=np.int64)).ravel()[flat]  # y × W + x
             hashes = _mix(positions.astype(np.uint64) ^ self._salt)
+            chance = hashes <= np.take(self._bound, labels)  # could still be among its class's smallest
+            labels, hashes, positions = labels[chance], hashes[chance], positions[chance]
             for c in np.flatnonzero(np.bincount(labels, minlength=256)):
                 held = labels == c
                 self._keep(int(c), hashes[held], positions[held])
@@ -162,6 +166,7 @@ class ClassPositions:
             cut = np.partition(hashes, self.limit - 1)[self.limit - 1]
             keep = hashes <= cut  # the `limit` smallest: `_mix` is a bijection, so distinct pixels never tie
             hashes, positions = hashes[keep], positions[keep]
+            self._bound[c] = cut
         self._kept[c] = hashes, positions
 
     @property

@@ -77,3 +77,50 @@ def test_stable_hash_is_stable():
     assert crops.stable_hash(0, "a", 1) == crops.stable_hash(0, "a", 1) != crops.stable_hash(0, "a", 2)
     # Pinned: a change here would silently reshuffle every dataset made with the same seed.
     assert crops.stable_hash("x") == 0x4F586EF96743DF4A
+
+
+def test_class_positions_are_a_uniform_sample_whatever_the_parts_and_their_order():
+    classes = np.zeros((300, 400), np.uint8)
+    classes[:, :200] = 3  # the left half
+    classes[100:110, 300:305] = 7  # 50 px
+    whole = crops.ClassPositions(1, "img", 400, [3, 7], limit=500).add(classes)
+    assert whole.present == [3, 7]
+    parts = [(y, x) for y in range(0, 300, 70) for x in range(0, 400, 90)]
+    np.random.default_rng(0).shuffle(parts)
+    pieces = [crops.ClassPositions(1, "img", 400, [3, 7], limit=500).add(classes[y:y + 70, x:x + 90], y, x)
+              for y, x in parts]
+    merged = pieces[0]
+    for piece in pieces[1:]:
+        merged.merge(piece)
+    for c in (3, 7):
+        np.testing.assert_array_equal(merged.ordered(c), whole.ordered(c))
+    assert sorted(whole.ordered(7).tolist()) == sorted((np.flatnonzero(classes.ravel() == 7)).tolist())  # all 50
+    ys, xs = np.divmod(whole.ordered(3), 400)
+    assert len(ys) == 500 and len(set(whole.ordered(3).tolist())) == 500 and (classes[ys, xs] == 3).all()
+    assert abs(xs.mean() - 99.5) < 8 and abs(ys.mean() - 149.5) < 12  # spread over the half, not its first rows
+    other = crops.ClassPositions(2, "img", 400, [3, 7], limit=500).add(classes)  # another seed, another sample
+    assert len(set(other.ordered(3).tolist()) & set(whole.ordered(3).tolist())) < 100
+
+
+def test_oversampled_crops_centre_on_named_classes_and_the_others_are_the_plain_draws():
+    classes = np.zeros((600, 800), np.uint8)
+    classes[500:510, 700:712] = 7  # near the corner: crops are moved inside the image
+    classes[40:60, 30:50] = 9
+    positions = crops.ClassPositions(0, "img", 800, [7, 9]).add(classes)
+    draws = crops.CropDraws(600, 800, 128, 0, "img", 0.5, positions)
+    held = {7: 0, 9: 0}
+    for k in range(40):
+        box = next(draws.draws(k))
+        if crops.is_oversampled(0, "img", k, 0.5):
+            window = crops.cut(classes, box, 255)
+            assert 0 <= box.y <= 600 - 128 and 0 <= box.x <= 800 - 128
+            for c in held:
+                held[c] += c in window
+            assert (window == 7).any() or (window == 9).any()
+        else:
+            assert box == crops.random_crop(600, 800, 128, 0, "img", k)
+    assert held[7] >= 5 and held[9] >= 5 and 17 <= sum(crops.is_oversampled(0, "img", k, 0.5) for k in range(40)) <= 23
+    # No named class in the image: every crop is the plain draw.
+    empty = crops.CropDraws(600, 800, 128, 0, "img", 0.5, crops.ClassPositions(0, "img", 800, [7]).add(classes * 0))
+    assert [next(empty.draws(k)) for k in range(10)] == [crops.random_crop(600, 800, 128, 0, "img", k)
+                                                          for k in range(10)]

@@ -131,3 +131,22 @@ def test_quick_reads_the_framing_and_seeks_over_the_bodies(out, monkeypatch):
     read.clear()
     full = list(records.read(shard))
     assert sum(read) == os.path.getsize(shard) and len(full) == len(framing)
+
+
+def test_a_class_list_that_disagrees_with_its_mask_is_named(out, capsys):
+    from segprep import records, schema
+
+    meta = json.load(open(os.path.join(out, "metadata.json")))
+    path = os.path.join(out, next(n for n in meta["splits"]["train"]["shards"]
+                                  if meta["splits"]["train"]["shard_records"][meta["splits"]["train"]["shards"]
+                                                                              .index(n)]))
+    kept = [data for _, data in records.read(path)]
+    features = {k: v for k, (_, v) in schema.decode_example(kept[0]).items()}
+    listed = features[schema.CLASS_PRESENT]
+    features[schema.CLASS_PRESENT] = [3]  # a valid record, checksums and all, whose list is wrong
+    with open(path, "wb") as f:
+        for data in [schema.encode_example(features)] + kept[1:]:
+            records.write(f, data)
+    assert verify.main([out]) == 1
+    assert lines(capsys)[0] == [f"verify: {path}: record 0: {schema.CLASS_PRESENT} lists [3] but the mask holds "
+                                f"classes {listed}"]

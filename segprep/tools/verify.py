@@ -65,6 +65,10 @@ def check_record(data: bytes, num_classes: int) -> list[str]:
             if bad:
                 problems.append(f"mask holds values {', '.join(map(str, bad[:5]))} outside the {num_classes} "
                                 "classes and 255")
+            listed = features.get(schema.CLASS_PRESENT)  # absent in shards written before it was recorded
+            held = [int(v) for v in present if v != IGNORE_LABEL]
+            if listed is not None and list(listed) != held:
+                problems.append(f"{schema.CLASS_PRESENT} lists {list(listed)} but the mask holds classes {held}")
     except codec.DecodeError as e:
         problems.append(f"mask: {e}")
     return problems
