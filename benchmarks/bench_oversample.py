@@ -1,7 +1,7 @@
 """(p) Rare classes on purpose: --oversample_fraction 0 vs 0.33 on a dataset where one class covers ~0.2% of the
 pixels in small objects: the share of training crops holding it, and its val IoU after the default training.
 
-    ./dev bench oversample      # about 16 minutes on 2 cores: two prepare runs, two default trainings
+    ./dev bench oversample      # about 45 minutes on 2 cores: two prepare runs, two default trainings
 
 The scenes are synthetic and learnable: a textured background (class 0), large blobs of "person" (15) and a few
 small "car" (7) rectangles, each class with its own colour under noise, so what differs between the two columns is

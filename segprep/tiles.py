@@ -24,6 +24,7 @@ whole mask gives), the samples are merged with the summaries, and the oversample
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import math
@@ -94,8 +95,9 @@ class Summary:
         if other.error is not None and (self.error is None or other.error[0] < self.error[0]):
             self.error = other.error
         self.faults += other.faults
-        if other.positions is not None:
-            self.positions = other.positions if self.positions is None else self.positions.merge(other.positions)
+        if other.positions is not None:  # a copy: `other` may be a runner's input element, never to be changed
+            self.positions = (copy.deepcopy(other.positions) if self.positions is None
+                              else self.positions.merge(other.positions))
         return self
 
 
