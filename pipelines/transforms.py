@@ -470,7 +470,8 @@ class CutTiles(beam.PTransform):
         if not oversample:
             return {"crops": [crops], STATS: done[STATS], ERRORS: done[ERRORS], FAILED: done[FAILED]}
         more, again = round_(done.oversampled, "Oversampled", second=True)
-        merged = {tag: (done[tag], again[tag]) | f"All{tag.title()}" >> beam.Flatten() for tag in (STATS, ERRORS, FAILED)}
+        merged = {tag: (done[tag], again[tag]) | f"All{tag.title()}" >> beam.Flatten()
+                  for tag in (STATS, ERRORS, FAILED)}
         return {"crops": [crops, more], **merged}
 
 

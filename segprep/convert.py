@@ -213,8 +213,7 @@ def oversampled_classes(config: ConvertConfig) -> tuple[int, ...]:
     return tuple(range(1, config.palette.num_classes))
 
 
-def class_positions(config: ConvertConfig, image_id: str, height: int, width: int,
-                    count: int) -> crops.ClassPositions | None:
+def class_positions(config: ConvertConfig, image_id: str, width: int, count: int) -> crops.ClassPositions | None:
     """An empty sample of the named classes' pixels for an image of `count` random crops; None without
     --oversample_fraction."""
     if not config.oversample_fraction:
@@ -229,7 +228,7 @@ def crop_boxes(classes: np.ndarray, image_id: str, config: ConvertConfig, traini
     if not training:
         return crops.tile_crops(height, width, size)
     count = config.crops_per_image or crops.auto_crop_count(height, width, size)
-    positions = class_positions(config, image_id, height, width, count)
+    positions = class_positions(config, image_id, width, count)
     if positions is not None:
         positions.add(classes)
     draws = crops.CropDraws(height, width, size, config.seed, image_id, config.oversample_fraction, positions)

@@ -9,9 +9,9 @@ the ignore label 255; the window's offset is always a pixel inside the source.
 
 Rare classes on purpose (`--oversample_fraction F`): a seeded draw decides, with probability F, that crop k is
 centred on a pixel of one of the named classes the image holds (the class picked uniformly among them by a second
-generator, seeded by (seed, image id, crop number)) instead of drawn at random. The pixels come from `ClassPositions`, a uniform sample of
-each class's pixels taken while the mask is converted; crops that are not oversampled are exactly the windows they
-are without the flag.
+generator, seeded by (seed, image id, crop number)) instead of drawn at random. The pixels come from
+`ClassPositions`, a uniform sample of each class's pixels taken from the converted class map, band by band; crops
+that are not oversampled are exactly the windows they are without the flag.
 """
 
 from __future__ import annotations

@@ -262,8 +262,7 @@ def _cut(window: Window, source: _Source, config: ConvertConfig, training: bool,
     cell = source.classes(window.y, window.y + window.h, window.x, window.x + window.w)
     _count_source(cell, source.index_mask, summary)
     if training:
-        summary.positions = class_positions(config, window.image_id, height, width,
-                                            crop_count(height, width, config, training))
+        summary.positions = class_positions(config, window.image_id, width, crop_count(height, width, config, training))
         if summary.positions is not None:
             summary.positions.add(cell.classes, window.y, window.x)
     classes = np.empty((y1 - y0, x1 - x0), np.uint8)
