@@ -130,7 +130,7 @@ def find(images: list[tuple[str, str, Fingerprint | None]], splits: list[str], d
                     if x[0] != y[0]:
                         note(x[:2], y[:2], kind)
     if distance >= 0:
-        by_split = {s: [(i, item) for i, item in enumerate(images) if item[0] == s and item[2] is not None
+        by_split = {s: [item for item in images if item[0] == s and item[2] is not None
                         and item[2].phash is not None] for s in splits}
         for si, first in enumerate(splits):
             for second in splits[si + 1:]:
@@ -138,13 +138,13 @@ def find(images: list[tuple[str, str, Fingerprint | None]], splits: list[str], d
                 if not left or not right:
                     continue
                 words = HASH_BITS // 64
-                b = np.frombuffer(b"".join(item[2].phash for _, item in right), np.uint64).reshape(-1, words)
-                a = np.frombuffer(b"".join(item[2].phash for _, item in left), np.uint64).reshape(-1, words)
+                b = np.frombuffer(b"".join(item[2].phash for item in right), np.uint64).reshape(-1, words)
+                a = np.frombuffer(b"".join(item[2].phash for item in left), np.uint64).reshape(-1, words)
                 step = max(1, (1 << 22) // (len(b) * words))
                 for start in range(0, len(a), step):
                     bits = np.bitwise_count(a[start:start + step, None] ^ b[None, :]).sum(-1, dtype=np.int64)
                     for i, j in zip(*np.nonzero(bits <= distance)):
-                        x, y = left[start + i][1], right[j][1]
+                        x, y = left[start + i], right[j]
                         if x[2].digest != y[2].digest:  # identical files are said as such
                             note(x[:2], y[:2], "near-duplicate", int(bits[i, j]))
     kinds_order = ("same id", "identical", "near-duplicate")
