@@ -5,7 +5,7 @@
     ./dev bench prepare         # (b) prepare throughput: DirectRunner 1 and 2 workers vs a plain loop
     ./dev bench memory          # (c) peak RSS for one 10,000 × 10,000 tile; (k) for 2 and 64 tiles of 3000×4000
     ./dev bench input           # (d, e) trainer input pipeline vs the seed recipe's loader and vs training
-    ./dev bench train           # (d, e, f) and the val mIoU of the default training run (10 minutes)
+    ./dev bench train           # (d, e, f) and the val mIoU of the default training for seeds 0-4 (5 runs)
     ./dev bench masks           # (g) restoring JPEG-damaged masks with --unknown_colors=nearest
     ./dev bench predict         # (h) peak RSS of predict on a 10,000² tile
     ./dev bench distribute      # (i) training steps/s: one device vs mirrored over 2 logical devices

@@ -83,11 +83,18 @@ def decode(serialized: tf.Tensor, crop_size: int, factors: tf.Tensor | None = No
     return image, mask
 
 
-def _affine(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int) -> tuple[tf.Tensor, tf.Tensor]:
+def _uniform(seed, lo=0.0, hi=1.0):
+    """One uniform draw: stateless from `seed` (a [2] int64 key), else from TensorFlow's global generator."""
+    if seed is None:
+        return tf.random.uniform((), lo, hi)
+    return tf.random.stateless_uniform((), seed, lo, hi)
+
+
+def _affine(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int, seeds=(None, None)):
     """One random scale/rotation about the centre, applied to both: bilinear for the image, nearest for the mask,
     padding 0 / 255."""
-    scale = tf.random.uniform((), *aug.scale) if aug.scale else tf.constant(1.0)
-    angle = tf.random.uniform((), -1.0, 1.0) * aug.rotate_degrees * math.pi / 180.0
+    scale = _uniform(seeds[0], *aug.scale) if aug.scale else tf.constant(1.0)
+    angle = _uniform(seeds[1], -1.0, 1.0) * aug.rotate_degrees * math.pi / 180.0
     c = (size - 1) / 2.0
     cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
     # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2).
@@ -103,32 +110,55 @@ def _affine(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int) -> tuple
     return image, mask
 
 
-def augment(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """One example's paired augmentation: one random draw, applied to image and mask alike."""
+def augment(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int,
+            seed: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """One example's paired augmentation: one random draw, applied to image and mask alike. With `seed` (a [2]
+    int64 key) the draws are stateless, a function of the key alone; without, they come from TensorFlow's global
+    generator."""
+    seeds = [None] * 3 if seed is None else tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     if aug.flip:
-        flip = tf.random.uniform(()) < 0.5  # one draw for both
+        flip = _uniform(seeds[0]) < 0.5  # one draw for both
         image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
         mask = tf.cond(flip, lambda: tf.reverse(mask, [1]), lambda: mask)
     if aug.scale or aug.rotate_degrees:
-        image, mask = _affine(image, mask, aug, size)
+        image, mask = _affine(image, mask, aug, size, seeds[1:])
     return image, mask
+
+
+def epoch_key(seed: int, epoch) -> tf.Tensor:
+    """The [2] int64 key every random draw of a training epoch derives from: its file order, its record order and
+    each crop's augmentation are pure functions of (seed, epoch), as prepare keys its crops by (seed, id, k)."""
+    return tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+
+
+def _fold(key, *data):
+    for d in data:
+        key = tf.random.experimental.stateless_fold_in(key, tf.cast(d, tf.int64))
+    return key
 
 
 def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
                  inputs: dict[str, int] | None = None, targets: dict[str, int] | None = None,
-                 aug: Augment = Augment(), normalize: tuple | None = None, seed: int | None = None,
+                 aug: Augment = Augment(), normalize: tuple | None = None, seed: int | None = 0,
                  shuffle_buffer: int = 2048, meta: dict | None = None, pad_batches: bool = False,
-                 crop_weights: list[float] | None = None) -> tf.data.Dataset:
+                 crop_weights: list[float] | None = None, start_epoch: int = 0) -> tf.data.Dataset:
     """Batches of ({input name: image}, {output name: mask}) for `split`.
 
     Images stay uint8 as decoded (for models that normalise themselves, as trainer.model's do), or with
     `normalize` = (mean, std) become float32 (x - mean) / std (see trainer/normalization.py). `inputs` and
     `targets` map each model input / output name to its stride: an input of stride 2 gets the image
-    at half resolution, an output of stride 8 gets the mask nearest-downsampled 8×. Training data repeats forever
-    (use `steps(meta, split, batch)` per epoch); evaluation data is one deterministic pass per epoch, repeated, so
-    `steps(...)` validation steps read it exactly once; with `pad_batches`, its last batch is padded to full size
-    with ignored examples (see `_pad_batch`). With `crop_weights` (a factor per class), each batch's targets also
-    hold `CROP_WEIGHT`: every crop's `crop_weight`, read from its class/present list."""
+    at half resolution, an output of stride 8 gets the mask nearest-downsampled 8×. With `crop_weights` (a factor
+    per class), each batch's targets also hold `CROP_WEIGHT`: every crop's `crop_weight`, read from its
+    class/present list.
+
+    Training data is a sequence of epochs from `start_epoch` on, each exactly `steps(meta, split, batch_size)`
+    batches, and each a pure function of (`seed`, epoch): the shards in an order drawn from that key, read
+    several at once in a fixed rotation, the records shuffled in blocks of `shuffle_buffer` by a key per block,
+    the last batch filled up from the epoch's own start, and every crop's augmentation drawn statelessly from a key
+    per position. So the same seed gives the same batches on every run, at any parallelism, and a run resumed at
+    epoch e (`start_epoch=e`) sees what an uninterrupted one saw from e on. `seed=None` draws a seed at random.
+    Evaluation data is one pass in record order per epoch, repeated, so `steps(...)` validation steps read it
+    exactly once; with `pad_batches`, its last batch is padded to full size with ignored examples (`_pad_batch`)."""
     meta = meta or load_metadata(data_dir)
     files = split_files(meta, data_dir, split)
     size = int(meta["crop_size"])
@@ -140,24 +170,36 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
         mean, std = (tf.constant(v, tf.float32) for v in normalize)
         norm = lambda x: (tf.cast(x, tf.float32) - mean) / std  # noqa: E731
     compression = md.compression_type(meta)
-
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if training:
-        # A new file order every epoch, then records from several shards at once, then a shuffle buffer: crops
-        # of one image were already spread across shards and positions by prepare.
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
-                       cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE, deterministic=not training)
-    if training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-
     factors = None if crop_weights is None else tf.constant(list(crop_weights) + [1.0] * (256 - len(crop_weights)),
                                                             tf.float32)
 
-    def decode_one(serialized):
+    def read(names):
+        return names.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
+                                cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE, deterministic=True)
+
+    if training:
+        if seed is None:
+            seed = int(tf.random.uniform((), 0, 2 ** 31 - 1, tf.int64))
+        per_epoch = steps(meta, split, batch_size) * batch_size
+        names = tf.constant(files)
+
+        def epoch(e):
+            key = epoch_key(seed, e)
+            order = tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(names, _fold(key, 0)))
+            blocks = read(order).batch(shuffle_buffer).enumerate()
+            records = blocks.map(lambda j, block: tf.random.experimental.stateless_shuffle(block, _fold(key, 1, j)))
+            records = records.unbatch().repeat().take(per_epoch)  # the last batch: filled from the epoch's start
+            return records.enumerate().map(lambda i, record: (record, _fold(key, 2, i)))
+
+        # One epoch after another, never crossing: an epoch's batches hold its own records only.
+        ds = tf.data.Dataset.range(start_epoch, 2 ** 62).flat_map(epoch)
+    else:
+        ds = read(tf.data.Dataset.from_tensor_slices(files)).map(lambda record: (record, tf.zeros([2], tf.int64)))
+
+    def decode_one(serialized, key):
         image, mask, *weight = decode(serialized, size, factors)
         if training:
-            image, mask = augment(image, mask, aug, size)
+            image, mask = augment(image, mask, aug, size, key)
         return (image, mask, *weight)
 
     def to_batch(images, masks, *weights):
@@ -172,11 +214,12 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
             labels[CROP_WEIGHT] = weights[0]
         return feats, labels
 
-    ds = ds.map(decode_one, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    # Parallel, in order: `deterministic=True` costs a little head-of-line waiting, and buys repeatable runs.
+    ds = ds.map(decode_one, num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=training)
     if pad_batches and not training:
         ds = ds.map(lambda images, masks: _pad_batch(images, masks, batch_size))
-    ds = ds.map(to_batch, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    ds = ds.map(to_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
     if not training:
         ds = ds.repeat()
     return ds.prefetch(AUTOTUNE)

@@ -200,10 +200,14 @@ class Loop:
         return state
 
     def fit(self, train_ds, val_ds, epochs: int, steps_per_epoch: int, val_steps: int) -> History:
+        """`train_ds`: the training batches from epoch 0 on, or a function of the first epoch to run (see
+        trainer.data.make_dataset) → them, so that a resumed run reads what an uninterrupted one would have."""
         strategy = self.steps.strategy
+        state = self.restore()
+        if callable(train_ds):
+            train_ds = train_ds(state.epoch + 1)
         train_iter = iter(strategy.experimental_distribute_dataset(train_ds))
         val_iter = iter(val_ds if self.placement.workers > 1 else strategy.experimental_distribute_dataset(val_ds))
-        state = self.restore()
         if state.epoch >= 0 and self.verbose and self.placement.is_chief:
             print(f"train: resuming from epoch {state.epoch + 2} of {epochs} (epochs 1-{state.epoch + 1} came back "
                   f"from {self.model_dir}/backup; best val mIoU so far {state.best:.3f})", flush=True)

@@ -17,6 +17,7 @@ the global batch and the peak learning rate grow with the number of replicas (se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -208,15 +209,21 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
     steps = data.steps(meta, cfg.train_split, global_batch)
     val_steps = data.steps(meta, cfg.val_split, global_batch)
     factors = repeat_factors(md.split(meta, cfg.train_split)) if cfg.class_weights == "repeat_factor" else None
-    datasets = []
-    for split, training in ((cfg.train_split, True), (cfg.val_split, False)):
+
+    def dataset(split: str, training: bool, start_epoch: int = 0):
         ds = data.make_dataset(data_dir, split, global_batch, training=training, inputs=inputs, targets=targets,
                                aug=cfg.augment, normalize=cfg.normalization.for_pipeline(meta), seed=cfg.seed,
-                               meta=meta, pad_batches=True, crop_weights=factors if training else None)
+                               meta=meta, pad_batches=True, crop_weights=factors if training else None,
+                               start_epoch=start_epoch)
         options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = distribute.shard_policy(
-            len(md.split(meta, split)["shards"]), placement.workers)
-        datasets.append(ds.with_options(options))
+        # Training data on several workers: each reads every shard and keeps its share of each global batch, so
+        # the batches are those of one device whatever the number of workers (the epochs' file order is drawn
+        # inside the pipeline, where FILE sharding cannot reach).
+        options.experimental_distribute.auto_shard_policy = (
+            distribute.shard_policy(0 if training else len(md.split(meta, split)["shards"]), placement.workers))
+        return ds.with_options(options)
+
+    datasets = (lambda start_epoch: dataset(cfg.train_split, True, start_epoch), dataset(cfg.val_split, False))
     with placement.strategy.scope():
         optimizer = make_optimizer(cfg, steps, placement.replicas)
         model.compile(optimizer=optimizer)  # so best.keras carries the optimizer (the loop computes the losses)
@@ -398,9 +405,27 @@ def run(argv: list[str] | None = None) -> loop.History:
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
-        return _train(args, meta, model_dir, placement, policy, scale)
+        with op_determinism(True):
+            return _train(args, meta, model_dir, placement, policy, scale)
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+@contextlib.contextmanager
+def op_determinism(on: bool):
+    """TensorFlow's op determinism (`tf.config.experimental.enable_op_determinism`) for the block, as it was after:
+    every op then gives the same result for the same input on the same machine, so with the seeded, stateless
+    input pipeline (trainer/data.py) and seeded initialisers, the same command trains the same weights."""
+    from tensorflow.python.framework import config as tf_config  # is_/disable_: not in the public API
+
+    before = tf_config.is_op_determinism_enabled()
+    if on and not before:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if on and not before:
+            tf_config.disable_op_determinism()
 
 
 def _train(args, meta: dict, model_dir: str, placement: distribute.Placement, policy: str, scale) -> loop.History:
