@@ -583,15 +583,29 @@ def test_predict_names_from_a_split_list_stay_inside_the_output_dir(run_dir, voc
     assert not (tmp_path / "outside.png").exists()
 
 
-def test_a_sigkilled_train_resumes_from_its_last_finished_epoch(records, tmp_path):
-    """A real SIGKILL (no finally, no callback), once epoch 1's backup is complete; the same command again says
-    where it resumes and finishes the run with one row an epoch."""
+def test_the_same_command_trains_the_same_model_and_a_sigkilled_run_resumes_into_it(records, tmp_path):
+    """Repeatable training: two runs of one command write the same log.csv and the same weights; another seed does
+    not. A real SIGKILL (no finally, no callback) once epoch 1's backup is complete, then the same command again:
+    it says where it resumes, and ends with the log and weights of the uninterrupted run (the data of the epochs
+    after the resume, their augmentation included, are those the uninterrupted run read)."""
     import signal
     import time
 
+    def args(run, seed=0):
+        return ["--data_dir", records, "--model_dir", str(run), "--epochs", "3", "--batch_size", "4", "--width", "8",
+                "--seed", str(seed)]
+
+    def result(run):
+        return open(os.path.join(run, "log.csv")).read(), keras.models.load_model(f"{run}/model.keras").get_weights()
+
+    for name, seed in (("once", 0), ("twice", 0), ("other", 1)):
+        train.run(args(tmp_path / name, seed))
+    once, twice, other = (result(tmp_path / name) for name in ("once", "twice", "other"))
+    assert once[0] == twice[0] and _same(once[1], twice[1])
+    assert once[0] != other[0] and not _same(once[1], other[1])
+
     run = str(tmp_path / "run")
-    cmd = [sys.executable, "-m", "trainer.train", "--data_dir", records, "--model_dir", run, "--epochs", "3",
-           "--batch_size", "4", "--width", "8"]
+    cmd = [sys.executable, "-m", "trainer.train"] + args(run)
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = os.path.join(run, "backup", "state.json")
@@ -610,3 +624,5 @@ def test_a_sigkilled_train_resumes_from_its_last_finished_epoch(records, tmp_pat
     assert f"train: resuming from epoch {done + 2} of 3" in again.stdout
     assert [int(r["epoch"]) for r in csv.DictReader(open(os.path.join(run, "log.csv")))] == [0, 1, 2]
     assert os.path.exists(os.path.join(run, "model.keras")) and not os.path.exists(os.path.join(run, "backup"))
+    resumed = result(run)
+    assert resumed[0] == once[0] and _same(resumed[1], once[1])
