@@ -78,11 +78,15 @@ class Steps:
         self.class_weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
         self.strategy = placement.strategy
         self._scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        self.train = tf.function(self._distributed(self._train_step))
+        self.retrace()
         if placement.workers > 1:  # each worker evaluates the whole split itself: exact, and no collectives
             self.eval = tf.function(self._eval_step)
         else:
             self.eval = tf.function(self._distributed(self._eval_step))
+
+    def retrace(self) -> None:
+        """A new train step: for a model whose trainable weights changed (a frozen backbone thawed)."""
+        self.train = tf.function(self._distributed(self._train_step))
 
     def _distributed(self, step):
         def run(x, y):
@@ -178,10 +182,11 @@ class Loop:
     """Runs epochs of `steps` over distributed datasets and keeps the run dir (see the module docstring)."""
 
     def __init__(self, steps: Steps, placement: Placement, model_dir: str, *, save_best, epoch_lr=None,
-                 callbacks: list | None = None, verbose: int = 2):
+                 callbacks: list | None = None, verbose: int = 2, epoch_begin=None):
         self.steps, self.placement, self.model_dir = steps, placement, model_dir
         self.save_best = save_best  # (path) → writes best.keras
         self.epoch_lr = epoch_lr  # (epoch) → lr, for per-epoch schedules
+        self.epoch_begin = epoch_begin  # (epoch) → True when the model's trainable weights changed (a new step)
         self.callbacks = keras.callbacks.CallbackList(callbacks or [], model=steps.model)
         self.verbose = verbose
         self.backup = placement.write_dir(model_dir, "backup")
@@ -218,6 +223,8 @@ class Loop:
             self.callbacks.on_epoch_begin(epoch)
             if self.epoch_lr is not None:
                 self.steps.optimizer.learning_rate.assign(self.epoch_lr(epoch))
+            if self.epoch_begin is not None and self.epoch_begin(epoch):
+                self.steps.retrace()
             bar = keras.utils.Progbar(steps_per_epoch, verbose=1) if self.verbose == 1 else None
             seen = _Epoch(self.steps.outputs, self.steps.num_classes)
             for i in range(steps_per_epoch):

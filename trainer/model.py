@@ -1,11 +1,19 @@
 """Segmentation models: a functional Keras model with input "image" and several named outputs.
 
-The default ("multi") is small enough to train on 2 CPU cores:
+The default ("multi") is small enough to train on 2 CPU cores from scratch:
 
     image ─ encoder (strided convs, separable blocks, dilated context at 1/8)
             ├─ "main":     transposed-convolution (deconvolution) decoder with skips → full resolution
             ├─ "upsample": conv + bilinear UpSampling2D decoder                      → full resolution
             └─ "aux":      1×1 conv on the 1/8 features (deep supervision)           → 1/8 resolution
+
+"deeplabv3plus" is DeepLabV3+ (Chen et al. 2018) on an ImageNet backbone from keras.applications (trainer/backbones.py):
+
+    image ─ the backbone's own preprocessing ─ backbone → stride-4 and stride-16 features
+            ├─ "main":     ASPP (1×1, 3×3 atrous 6/12/18, image pooling) on stride 16, upsampled 4×, joined with
+            │              the stride-4 features, two separable 3×3 convs, logits upsampled 4× → full resolution
+            ├─ "upsample": the ASPP's logits upsampled 16× (DeepLabV3 without the decoder)  → full resolution
+            └─ "aux":      1×1 conv on the backbone's stride-16 features (deep supervision) → 1/16 resolution
 
 The model takes raw RGB (0..255, uint8 or float) and normalises it itself as its first layer — with the training
 crops' mean/std from metadata.json, or the seed recipe's x/255 - 0.5 — so a saved model.keras needs no
@@ -41,10 +49,15 @@ def _sep(x, filters, stride=1, dilation=1):
 
 
 def build_model(num_classes: int, crop_size: int = 256, width: int = 32, arch: str = "multi",
-                mean: list[float] | None = None, std: list[float] | None = None) -> keras.Model:
-    """`mean`/`std` (per RGB channel, 0..255 scale): normalise with them; None: x / 255 - 0.5."""
+                mean: list[float] | None = None, std: list[float] | None = None, backbone: str = "mobilenetv2",
+                backbone_weights: str = "imagenet") -> keras.Model:
+    """`mean`/`std` (per RGB channel, 0..255 scale): normalise with them; None: x / 255 - 0.5. For
+    "deeplabv3plus", `backbone` and `backbone_weights` ("imagenet", "none" or a path) choose the encoder, which
+    brings its own normalisation (`mean`, `std` and `width` are not used)."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}. Received: {arch!r}")
+    if arch == "deeplabv3plus":
+        return deeplabv3plus(num_classes, crop_size, backbone, backbone_weights)
     if crop_size % 8:
         raise ValueError(f"crop_size must be a multiple of 8 for this model. Received: {crop_size}")
     image = keras.Input((crop_size, crop_size, 3), name="image")
@@ -76,3 +89,48 @@ def build_model(num_classes: int, crop_size: int = 256, width: int = 32, arch: s
                                                   dtype="float32")(u)  # 1/1
         outputs["aux"] = layers.Conv2D(num_classes, 1, name="aux", dtype="float32")(ctx)  # 1/8
     return keras.Model({"image": image}, outputs, name=f"segprep_{arch}")
+
+
+def _conv_bn(x, filters, kernel=1, dilation=1, separable=False, name=None):
+    conv = layers.SeparableConv2D if separable else layers.Conv2D
+    x = conv(filters, kernel, dilation_rate=dilation, padding="same", use_bias=False,
+             name=None if name is None else f"{name}_conv")(x)
+    x = layers.BatchNormalization(**_BN, name=None if name is None else f"{name}_bn")(x)
+    return layers.ReLU(name=None if name is None else f"{name}_relu")(x)
+
+
+def deeplabv3plus(num_classes: int, crop_size: int = 256, backbone: str = "mobilenetv2",
+                  backbone_weights: str = "imagenet", filters: int = 256) -> keras.Model:
+    """DeepLabV3+ with the outputs of the other archs (see the module docstring). The backbone is one nested
+    layer named "backbone" (`--freeze_backbone_epochs` freezes it); the model still takes raw uint8 RGB."""
+    from trainer import backbones
+
+    if backbone not in backbones.SPECS:
+        raise ValueError(f"backbone must be one of {tuple(backbones.SPECS)}. Received: {backbone!r}")
+    if crop_size % 16:
+        raise ValueError(f"crop_size must be a multiple of 16 for deeplabv3plus. Received: {crop_size}")
+    _, encoder = backbones.build(backbone, crop_size, backbone_weights)
+    image = keras.Input((crop_size, crop_size, 3), name="image")
+    pre = backbones.preprocess(backbone)
+    low, high = encoder(image if pre is None else pre(image))
+    side = crop_size // 16
+
+    pooled = layers.AveragePooling2D(side, name="aspp_pool")(high)
+    pooled = _conv_bn(pooled, filters, name="aspp_pool")
+    branches = [_conv_bn(high, filters, name="aspp_1x1"),
+                *[_conv_bn(high, filters, 3, rate, separable=True, name=f"aspp_{rate}") for rate in (6, 12, 18)],
+                layers.UpSampling2D(side, interpolation="nearest", name="aspp_pool_up")(pooled)]
+    aspp = _conv_bn(layers.Concatenate(name="aspp_concat")(branches), filters, name="aspp_project")
+
+    y = layers.UpSampling2D(4, interpolation="bilinear", name="decoder_up")(aspp)  # 1/16 → 1/4
+    y = layers.Concatenate(name="decoder_concat")([y, _conv_bn(low, 48, name="decoder_low")])
+    y = _conv_bn(y, filters, 3, separable=True, name="decoder_1")
+    y = _conv_bn(y, filters, 3, separable=True, name="decoder_2")
+    y = layers.Conv2D(num_classes, 1, name="decoder_logits")(y)
+    outputs = {
+        "main": layers.UpSampling2D(4, interpolation="bilinear", name="main", dtype="float32")(y),
+        "upsample": layers.UpSampling2D(16, interpolation="bilinear", name="upsample", dtype="float32")(
+            layers.Conv2D(num_classes, 1, name="aspp_logits")(aspp)),
+        "aux": layers.Conv2D(num_classes, 1, name="aux", dtype="float32")(high),
+    }
+    return keras.Model({"image": image}, outputs, name=f"segprep_deeplabv3plus_{backbone}")

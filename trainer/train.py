@@ -34,7 +34,7 @@ from segprep import storage
 from segprep.tools import cli
 from segprep.tools.cli import Parser, UsageError, examples
 from trainer.lazy import Lazy, keras, tf
-from trainer.common import (ARCH_OUTPUTS, ARCHS, STRATEGIES, Augment, DataError, exists, files,
+from trainer.common import (ARCH_OUTPUTS, ARCHS, BACKBONES, STRATEGIES, Augment, DataError, exists, files,
                             load_metadata)
 from trainer.normalization import STATS, Normalization
 
@@ -61,6 +61,7 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str = "val"
     class_weights: str = "none"  # or "median_frequency" (pixel counts), "repeat_factor" (crops holding each class)
+    freeze_backbone_epochs: int = 0  # epochs that train the head only (a model with a "backbone" layer)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,14 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the weights' initialisation, the shuffling and the augmentation, ≥ 0 "
                         "(default: %(default)s)")
     p.add_argument("--arch", choices=ARCHS, default="multi",
-                   help="multi = transposed-convolution decoder (main) plus the upsample and aux heads; deconv = "
-                        "the main output alone (default: %(default)s)")
+                   help="multi = transposed-convolution decoder (main) plus the upsample and aux heads, from "
+                        "scratch; deconv = the main output alone; deeplabv3plus = DeepLabV3+ on an ImageNet "
+                        "--backbone, with the same three outputs (default: %(default)s)")
+    p.add_argument("--backbone", choices=BACKBONES,
+                   help="the ImageNet encoder of --arch deeplabv3plus, from keras.applications: mobilenetv2 (fast), "
+                        "resnet50 (the reference papers' choice, 5× the parameters), efficientnetv2b0 "
+                        "(default: mobilenetv2)")
+    p.add_argument("--backbone_weights", metavar="imagenet|none|PATH",
+                   help="the backbone's starting weights: imagenet = Keras's ImageNet file from its cache "
+                        "(~/.keras/models or $KERAS_HOME/models; fetched there on a connected machine), none = "
+                        "random, or a weights file (default: imagenet)")
+    p.add_argument("--freeze_backbone_epochs", type=cli.integer(0), default=None,
+                   help="train only the decoder (the backbone frozen, its BatchNorm statistics too) for the first "
+                        "N epochs, then everything (default: 0)")
     p.add_argument("--width", type=cli.integer(1), default=32,
                    help="channels of the first convolution, doubled at each stage: wider is slower and can be more "
                         "accurate (default: %(default)s)")
-    p.add_argument("--normalization", choices=STATS, default="dataset",
+    p.add_argument("--normalization", choices=STATS,
                    help="the statistics of the model's first layer, which normalises raw RGB: dataset = the "
-                        "training crops' RGB mean/std from metadata.json, simple = x/255 - 0.5 (default: %(default)s)")
+                        "training crops' RGB mean/std from metadata.json, simple = x/255 - 0.5; deeplabv3plus "
+                        "applies its backbone's own preprocessing instead (default: dataset)")
     p.add_argument("--aug_scale", default=",".join(f"{v:g}" for v in Augment().scale),
                    help="random scale range MIN,MAX (e.g. 0.5,2), image and mask alike; 'off' to disable "
                         "(default: %(default)s)")
@@ -239,7 +253,8 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
         else None
     runner = loop.Loop(loop.Steps(model, optimizer, weights, num_classes, placement, class_weights), placement,
                        model_dir, save_best=lambda path: save_keras(model, path), epoch_lr=epoch_lr,
-                       callbacks=extra_callbacks, verbose=verbose)
+                       callbacks=extra_callbacks, verbose=verbose,
+                       epoch_begin=_freezer(model, cfg.freeze_backbone_epochs))
     try:
         history = _run(runner, datasets, cfg, steps, val_steps, meta, data_dir)
         path = placement.write_dir(model_dir, "model.keras")
@@ -250,7 +265,7 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
         if placement.is_chief:
             info = {"class_names": meta["class_names"], "class_colors": meta["class_colors"],
                     "ignore_colors": meta.get("ignore_colors", []), "num_classes": num_classes,
-                    "crop_size": meta["crop_size"], "normalization": cfg.normalization.to_json(meta),
+                    "crop_size": meta["crop_size"], "normalization": normalization_json(model, cfg, meta),
                     "rgb_mean": meta["rgb_mean"], "rgb_std": meta["rgb_std"], "data_dir": data_dir,
                     # how prepare made 8-bit RGB of the source images: predict reads new images the same way
                     "bands": meta.get("flags", {}).get("bands"),
@@ -261,6 +276,39 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
     finally:
         placement.remove_temp(model_dir)
     return history
+
+
+def _freezer(model: keras.Model, epochs: int):
+    """--freeze_backbone_epochs: (epoch) → whether the trainable weights changed, freezing the layer named
+    "backbone" (weights and BatchNorm statistics) before epoch `epochs` and thawing it from then on."""
+    if not epochs:
+        return None
+    try:
+        backbone = model.get_layer("backbone")
+    except ValueError:
+        raise UsageError(f"--freeze_backbone_epochs: the model {model.name} has no layer named 'backbone'.") from None
+
+    def at(epoch: int) -> bool:
+        frozen = epoch < epochs
+        if backbone.trainable != frozen:
+            return False
+        backbone.trainable = not frozen
+        return True
+
+    return at
+
+
+def normalization_json(model: keras.Model, cfg: TrainConfig, meta: dict) -> dict:
+    """segprep.json's "normalization": what the model (or the pipeline) does to raw RGB, for predict and evaluate
+    and for the user. A backbone model applies its backbone's own preprocessing, named under "preprocessing" with
+    the per-channel mean and std it equals."""
+    from trainer import backbones
+
+    for name, spec in backbones.SPECS.items():
+        if model.name == f"segprep_deeplabv3plus_{name}":
+            return {"stats": f"backbone {name}", "in_model": True, "mean": list(spec.mean), "std": list(spec.std),
+                    "preprocessing": spec.preprocessing}
+    return cfg.normalization.to_json(meta)
 
 
 def _run(runner: loop.Loop, datasets, cfg: TrainConfig, steps: int, val_steps: int, meta: dict, data_dir: str):
@@ -346,8 +394,35 @@ def _copy_tree(src: str, dst: str) -> None:
             files.copy(f"{folder}/{name}", f"{target}/{name}")
 
 
+def _arch_flags(args: argparse.Namespace) -> None:
+    """Checks the backbone flags against --arch and fills in their defaults (before TensorFlow loads)."""
+    given = [flag for flag, value in (("--backbone", args.backbone), ("--backbone_weights", args.backbone_weights),
+                                      ("--freeze_backbone_epochs", args.freeze_backbone_epochs)) if value is not None]
+    if args.arch != "deeplabv3plus":
+        if given:
+            raise UsageError(f"{given[0]} is for --arch deeplabv3plus: the {args.arch} model has no backbone.")
+        args.normalization = args.normalization or "dataset"
+        return
+    if args.normalization is not None:
+        raise UsageError("--normalization: --arch deeplabv3plus normalises with its backbone's own preprocessing "
+                         "(recorded in the run's segprep.json); leave the flag out.")
+    args.backbone = args.backbone or "mobilenetv2"
+    args.backbone_weights = args.backbone_weights or "imagenet"
+    if args.backbone_weights not in ("imagenet", "none") and not exists(args.backbone_weights):
+        raise UsageError(f"--backbone_weights {args.backbone_weights}: no such file (imagenet, none or a weights "
+                         "file).")
+    if args.freeze_backbone_epochs is None:
+        args.freeze_backbone_epochs = 0
+    if args.freeze_backbone_epochs >= args.epochs:
+        raise UsageError(f"--freeze_backbone_epochs {args.freeze_backbone_epochs} leaves no epoch of the --epochs "
+                         f"{args.epochs} to train the backbone in; choose fewer.")
+
+
 def _default_model_dir(args: argparse.Namespace) -> str:
     keys = {k: v for k, v in vars(args).items() if k not in ("model_dir", "overwrite", "verbose")}
+    for name in ("backbone", "backbone_weights", "freeze_backbone_epochs"):  # added later: old names keep their hash
+        if keys.get(name) is None:
+            keys.pop(name, None)
     for name, default in (("train_split", "train"), ("val_split", "val")):  # added later: old names keep their hash
         if keys.get(name) in (None, default):
             keys.pop(name, None)
@@ -373,6 +448,7 @@ def run(argv: list[str] | None = None) -> loop.History:
         raise UsageError("Choose one of --warmup_epochs (per epoch) and --warmup_steps (per step).")
     if args.distribution_strategy == "tpu" and not args.tpu:
         raise UsageError("--distribution_strategy tpu needs --tpu ADDRESS ('local' on a TPU VM).")
+    _arch_flags(args)
     scale = None
     if args.aug_scale and args.aug_scale != "off":
         try:
@@ -433,16 +509,18 @@ def _train(args, meta: dict, model_dir: str, placement: distribute.Placement, po
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
                       warmup_steps=args.warmup_steps, seed=args.seed,
                       augment=Augment(flip=not args.no_flip, scale=scale, rotate_degrees=args.aug_rotate),
-                      normalization=Normalization(args.normalization), class_weights=args.class_weights,
-                      train_split=args.train_split, val_split=args.val_split)
+                      normalization=Normalization(args.normalization or "dataset"),
+                      class_weights=args.class_weights, train_split=args.train_split, val_split=args.val_split,
+                      freeze_backbone_epochs=args.freeze_backbone_epochs or 0)
     with placement.strategy.scope():
         model = model_lib.build_model(int(meta["num_classes"]), int(meta["crop_size"]), args.width, args.arch,
-                                      *cfg.normalization.mean_std(meta))
+                                      *cfg.normalization.mean_std(meta), backbone=args.backbone,
+                                      backbone_weights=args.backbone_weights)
     cfg = dataclasses.replace(cfg, loss_weights=_loss_weights(args.loss_weights, list(model.output_names)))
     precision = "" if policy == "float32" else f", {policy}"
     print(f"train: {placement.describe()}{precision}; global batch {args.batch_size * placement.replicas} "
           f"({args.batch_size} per replica), peak lr {args.lr * placement.replicas:g}; {model.name}, "
-          f"{model.count_params():,} parameters, outputs {', '.join(model.output_names)}; "
+          f"{model.count_params():,} parameters{_backbone_text(args)}, outputs {', '.join(model.output_names)}; "
           f"{md.split(meta, cfg.train_split)['records']} {cfg.train_split} / "
           f"{md.split(meta, cfg.val_split)['records']} {cfg.val_split} crops → {model_dir}",
           flush=True)
@@ -453,6 +531,13 @@ def _train(args, meta: dict, model_dir: str, placement: distribute.Placement, po
     print(f"train: done in {time.time() - started:.0f} s; best val mIoU (main) {history.best:.3f} at epoch "
           f"{history.best_epoch + 1} of the whole run; model: {model_dir}/model.keras", flush=True)
     return history
+
+
+def _backbone_text(args) -> str:
+    if args.arch != "deeplabv3plus":
+        return ""
+    frozen = f", frozen for {args.freeze_backbone_epochs} epochs" if args.freeze_backbone_epochs else ""
+    return f" ({args.backbone} backbone, {args.backbone_weights} weights{frozen})"
 
 
 RUN_FILES = ("model.keras", "best.keras", "log.csv", "segprep.json")
