@@ -11,6 +11,7 @@
     ./dev bench distribute      # (i) training steps/s: one device vs mirrored over 2 logical devices
     ./dev bench scan            # (j) segprep.scan on 1,000 pairs, 1 worker vs every core; (q) its leakage checks
     ./dev bench oversample      # (p) --oversample_fraction 0 vs 0.33: crops holding a rare class, its val IoU
+    ./dev bench arch            # (r) each arch and backbone: parameters, training steps/s, peak RSS, vs input
     ./dev bench onednn          # (l) training steps/s with TensorFlow's oneDNN operations on and off
     ./dev bench formats         # (m) prepare on 5000² tiles: JPEG vs TIFF storages; listing 10,000 files by pattern
     ./dev bench verify          # (n) segprep.verify on 1 GiB of shards: --quick vs every record decoded
@@ -19,15 +20,16 @@
 
 import sys
 
-from benchmarks import (bench_distribute, bench_formats, bench_giant, bench_lookup, bench_masks, bench_memory,
-                        bench_onednn, bench_oversample, bench_predict, bench_prepare, bench_scan, bench_train,
-                        bench_verify)
+from benchmarks import (bench_arch, bench_distribute, bench_formats, bench_giant, bench_lookup, bench_masks,
+                        bench_memory, bench_onednn, bench_oversample, bench_predict, bench_prepare, bench_scan,
+                        bench_train, bench_verify)
 
 ALL = {"lookup": bench_lookup.main, "prepare": bench_prepare.main, "memory": bench_memory.main,
        "input": lambda: bench_train.main(("input",)), "train": bench_train.main, "masks": bench_masks.main,
        "predict": bench_predict.main, "distribute": bench_distribute.main,
        "scan": bench_scan.main, "onednn": bench_onednn.main, "formats": bench_formats.main,
-       "verify": bench_verify.main, "giant": bench_giant.main, "oversample": bench_oversample.main}
+       "verify": bench_verify.main, "giant": bench_giant.main, "oversample": bench_oversample.main,
+       "arch": bench_arch.main}
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["giant"]:  # takes the tile sides to run
