@@ -105,7 +105,9 @@ print(json.dumps({"name": m.name, "outputs": sorted(m.output_names)}))
 """
 
 
-def test_the_command_trains_from_the_cached_file_frozen_first_and_says_when_it_is_missing(records, tmp_path):
+def test_the_command_trains_from_the_cached_file_frozen_first_then_every_command_runs_on_it(records, tmp_path):
+    """The CLI with KERAS_HOME pointing at a cache: one line when the file is missing; with it, the run loads it,
+    keeps it frozen for the first epoch, and the run goes through plain load_model, predict, serving, evaluate."""
     data_dir, _ = records
     home = tmp_path / "keras"
     run = tmp_path / "run"
@@ -129,7 +131,8 @@ def test_the_command_trains_from_the_cached_file_frozen_first_and_says_when_it_i
     final = keras.models.load_model(run / "model.keras").get_layer("backbone").weights
     assert not all(np.array_equal(w.numpy(), by_path[w.path]) for w in final)
     info = json.load(open(run / "segprep.json"))
-    assert info["normalization"]["stats"] == "backbone mobilenetv2" and info["normalization"]["in_model"]
+    assert info["model"] == "segprep_deeplabv3plus_mobilenetv2" and info["normalization"]["in_model"]
+    assert info["normalization"]["stats"] == "backbone mobilenetv2"
     assert "127.5" in info["normalization"]["preprocessing"]
     # Plain Keras, in an interpreter that never imported segprep.
     plain = subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(run / "model.keras")], capture_output=True,
@@ -137,9 +140,30 @@ def test_the_command_trains_from_the_cached_file_frozen_first_and_says_when_it_i
     assert plain.returncode == 0, plain.stderr[-2000:]
     assert json.loads(plain.stdout.strip().splitlines()[-1]) == {"name": "segprep_deeplabv3plus_mobilenetv2",
                                                                  "outputs": ["aux", "main", "upsample"]}
+    check_commands(str(run), records[1], data_dir, tmp_path)
 
 
-@pytest.mark.parametrize("name", BACKBONES)
+def check_commands(run: str, tree, data_dir: str, tmp_path) -> None:
+    """A deeplabv3plus run through every command: plain load_model, predict (raw uint8 RGB in: the backbone's
+    preprocessing is inside the model), the SavedModel (the same classes as predict), evaluate."""
+    model = keras.models.load_model(f"{run}/model.keras")
+    assert {n: tuple(o.shape[1:3]) for n, o in zip(model.output_names, model.outputs)} == {
+        "aux": (4, 4), "main": (64, 64), "upsample": (64, 64)}
+    image = tree.images["t1"][:128, :192]  # whole windows: the SavedModel pads, predict shifts its last window
+    classes = predict.Predictor(run).predict(image, overlap=0.0)
+    assert classes.shape == image.shape[:2]
+    serve = tf.saved_model.load(f"{run}/serving").signatures["serving_default"]
+    np.testing.assert_array_equal(serve(images=tf.constant(image[None]))["classes"].numpy()[0], classes)
+    assert predict.main(["--model_dir", run, "--input", layout.image_path(tree.root, "v1"), "--output_dir",
+                         str(tmp_path / "preds")]) == 0
+    written, _ = codec.decode_mask((tmp_path / "preds" / "v1.png").read_bytes())
+    assert written.shape == tree.images["v1"].shape
+    result = evaluate.run(["--model_dir", run, "--data_dir", data_dir])
+    assert 0.0 <= result["miou"] <= 1.0 and result["pixels"] > 0
+
+
+# mobilenetv2 goes through every command in the test above, from a cached ImageNet file.
+@pytest.mark.parametrize("name", ["resnet50", "efficientnetv2b0"])
 def test_each_backbone_trains_saves_reloads_serves_predicts_and_evaluates(records, tmp_path, name, capsys):
     data_dir, tree = records
     run = str(tmp_path / "run")
@@ -149,23 +173,7 @@ def test_each_backbone_trains_saves_reloads_serves_predicts_and_evaluates(record
     assert np.isfinite(history.history["loss"][0])
     first = capsys.readouterr().out.splitlines()[0]
     assert f"segprep_deeplabv3plus_{name}" in first and "outputs aux, main, upsample" in first
-    model = keras.models.load_model(f"{run}/model.keras")
-    assert {n: tuple(o.shape[1:3]) for n, o in zip(model.output_names, model.outputs)} == {
-        "aux": (4, 4), "main": (64, 64), "upsample": (64, 64)}
-    # Raw uint8 RGB in: the backbone's preprocessing is inside; predict and the SavedModel agree.
-    image = tree.images["t1"][:128, :192]  # whole windows: the SavedModel pads, predict shifts its last window
-    p = predict.Predictor(run)
-    classes = p.predict(image, overlap=0.0)
-    assert classes.shape == image.shape[:2]
-    serve = tf.saved_model.load(f"{run}/serving").signatures["serving_default"]
-    served = serve(images=tf.constant(image[None]))["classes"].numpy()[0]
-    np.testing.assert_array_equal(served, classes)
-    assert predict.main(["--model_dir", run, "--input", layout.image_path(tree.root, "v1"), "--output_dir",
-                         str(tmp_path / "preds")]) == 0
-    written, _ = codec.decode_mask((tmp_path / "preds" / "v1.png").read_bytes())
-    assert written.shape == tree.images["v1"].shape
-    result = evaluate.run(["--model_dir", run, "--data_dir", data_dir])
-    assert 0.0 <= result["miou"] <= 1.0 and result["pixels"] > 0
+    check_commands(run, tree, data_dir, tmp_path)
 
 
 def test_backbone_flags_are_checked_before_tensorflow_loads(records, tmp_path, capsys):

@@ -5,12 +5,14 @@
     python -m trainer.train --distribution_strategy mirrored --mixed_precision   # every GPU of this machine
     python -m trainer.train --distribution_strategy tpu --tpu local --data_dir gs://B/records --model_dir gs://B/r
     python -m trainer.train --distribution_strategy multi_worker_mirrored ...    # on each worker, with TF_CONFIG
+    python -m trainer.train --arch deeplabv3plus --backbone resnet50 --freeze_backbone_epochs 2   # ImageNet weights
 
 A run dir (local or gs://) holds model.keras (loads with plain `keras.models.load_model`), best.keras (best val
 mIoU of the main output over the whole run), log.csv (epoch, losses, mIoU per output, lr), tensorboard/,
 serving/ (a SavedModel for TF Serving), segprep.json (palette and normalisation for predict) and, while
 training, backup/: run the same command again after a crash and it resumes from the last finished epoch. The
-default --model_dir is derived from the flags, so "the same command" finds its run. --batch_size is per replica;
+default --model_dir is derived from the flags, so "the same command" finds its run. Training is repeatable: the
+same command and --seed on the same machine write the same log.csv and weights, resumed or not. --batch_size is per replica;
 the global batch and the peak learning rate grow with the number of replicas (see trainer/distribute.py).
 """
 
@@ -136,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed_precision", action="store_true",
                    help="compute in 16 bits, keep weights and outputs in float32: mixed_float16 on GPUs (with loss "
                         "scaling), mixed_bfloat16 on TPUs and CPUs; the saved model.keras is float32")
+    p.add_argument("--no_op_determinism", action="store_true",
+                   help="let TensorFlow choose its fastest kernels instead of deterministic ones: the input order, "
+                        "augmentation and initial weights stay seeded, but runs of one command may then differ "
+                        "(op determinism costs about 6%% on 2 CPU cores; on GPUs it can cost more, and an op "
+                        "without a deterministic GPU kernel stops the run with an error naming it)")
     p.add_argument("--tpu", help="TPU address for --distribution_strategy tpu: 'local' on a TPU VM, or a name or "
                                  "grpc:// address")
     return p
@@ -263,7 +270,7 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
         if placement.is_chief and len(model.inputs) == 1:  # a model of several inputs has no one image to serve
             export_serving(model, f"{model_dir}/serving")
         if placement.is_chief:
-            info = {"class_names": meta["class_names"], "class_colors": meta["class_colors"],
+            info = {"model": model.name, "class_names": meta["class_names"], "class_colors": meta["class_colors"],
                     "ignore_colors": meta.get("ignore_colors", []), "num_classes": num_classes,
                     "crop_size": meta["crop_size"], "normalization": normalization_json(model, cfg, meta),
                     "rgb_mean": meta["rgb_mean"], "rgb_std": meta["rgb_std"], "data_dir": data_dir,
@@ -420,8 +427,8 @@ def _arch_flags(args: argparse.Namespace) -> None:
 
 def _default_model_dir(args: argparse.Namespace) -> str:
     keys = {k: v for k, v in vars(args).items() if k not in ("model_dir", "overwrite", "verbose")}
-    for name in ("backbone", "backbone_weights", "freeze_backbone_epochs"):  # added later: old names keep their hash
-        if keys.get(name) is None:
+    for name in ("backbone", "backbone_weights", "freeze_backbone_epochs", "no_op_determinism"):  # added later:
+        if not keys.get(name):  # runs without them keep their hash
             keys.pop(name, None)
     for name, default in (("train_split", "train"), ("val_split", "val")):  # added later: old names keep their hash
         if keys.get(name) in (None, default):
@@ -481,7 +488,7 @@ def run(argv: list[str] | None = None) -> loop.History:
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
-        with op_determinism(True):
+        with op_determinism(not args.no_op_determinism):
             return _train(args, meta, model_dir, placement, policy, scale)
     finally:
         keras.mixed_precision.set_global_policy(previous)
