@@ -93,6 +93,17 @@ def make_voc_tree(root: str) -> Tree:
     return tree
 
 
+def prepared_tree(base: str, crops_per_image: int) -> tuple[str, Tree]:
+    """`make_voc_tree` under `base`/voc, prepared into `base`/records with 64² crops: → (records dir, tree)."""
+    from pipelines import prepare
+
+    tree = make_voc_tree(os.path.join(base, "voc"))
+    out = os.path.join(base, "records")
+    assert prepare.run(["--input_dir", tree.root, "--output_dir", out, "--crop_size", "64",
+                        "--crops_per_image", str(crops_per_image), "--runner=DirectRunner"]) == 0
+    return out, tree
+
+
 def read_records(paths: list[str]) -> list[dict]:
     """Every record in `paths`, parsed with DeepLab's own feature spec (plus the crop keys) and decoded with TF's
     codecs, as DeepLab's data_generator does."""

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO
-from pipelines import prepare
+from conftest import REPO, prepared_tree
 from segprep import codec, layout
 from trainer import backbones, evaluate, predict, train
 
@@ -23,14 +22,7 @@ OFFLINE = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    from conftest import make_voc_tree
-
-    base = tmp_path_factory.mktemp("backbones")
-    tree = make_voc_tree(str(base / "voc"))
-    out = str(base / "records")
-    assert prepare.run(["--input_dir", tree.root, "--output_dir", out, "--crop_size", "64",
-                        "--crops_per_image", "4", "--runner=DirectRunner"]) == 0
-    return out, tree
+    return prepared_tree(str(tmp_path_factory.mktemp("backbones")), crops_per_image=4)
 
 
 def place_weights(keras_home, name: str, seed: int) -> list[np.ndarray]:

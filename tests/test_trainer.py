@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, make_voc_tree, read_records, shard_files
+from conftest import REPO, prepared_tree, read_records, shard_files
 from pipelines import prepare
 from segprep import codec, layout
 from segprep.palette import VOC
@@ -353,10 +353,7 @@ def test_a_folder_that_is_not_a_segprep_run_is_never_emptied(records, tmp_path, 
 def trained_run(tmp_path_factory):
     """A run trained once for the session (one epoch on `records` as the fixture makes them); tests get copies."""
     base = tmp_path_factory.mktemp("trained")
-    tree = make_voc_tree(str(base / "voc"))
-    out = str(base / "records")
-    assert prepare.run(["--input_dir", tree.root, "--output_dir", out, "--crop_size", "64",
-                        "--crops_per_image", "6", "--runner=DirectRunner"]) == 0
+    out, _ = prepared_tree(str(base), crops_per_image=6)
     run = str(base / "run")
     train.fit(build_model(21, 64, width=8), out, run, _cfg(epochs=1), verbose=0)
     return run
