@@ -12,8 +12,9 @@ mIoU of the main output over the whole run), log.csv (epoch, losses, mIoU per ou
 serving/ (a SavedModel for TF Serving), segprep.json (palette and normalisation for predict) and, while
 training, backup/: run the same command again after a crash and it resumes from the last finished epoch. The
 default --model_dir is derived from the flags, so "the same command" finds its run. Training is repeatable: the
-same command and --seed on the same machine write the same log.csv and weights, resumed or not. --batch_size is per replica;
-the global batch and the peak learning rate grow with the number of replicas (see trainer/distribute.py).
+same command and --seed on the same machine write the same log.csv and weights, resumed or not. --batch_size is
+per replica; the global batch and the peak learning rate grow with the number of replicas (see
+trainer/distribute.py).
 """
 
 from __future__ import annotations
