@@ -623,3 +623,14 @@ def test_the_same_command_trains_the_same_model_and_a_sigkilled_run_resumes_into
     # The same command, in another process, killed and resumed: the uninterrupted run's log and weights.
     resumed = result(run)
     assert resumed[0] == once[0] and _same(resumed[1], once[1])
+
+
+def test_an_op_without_a_deterministic_kernel_points_to_the_flag():
+    # TensorFlow's own words when a GPU op has no deterministic kernel under op determinism.
+    gpu = tf.errors.UnimplementedError(None, None, "Deterministic GPU implementation of unsorted segment reduction "
+                                                   "op not available.")
+    usage = train.no_deterministic_kernel(gpu)
+    assert isinstance(usage, train.UsageError) and "\n" not in str(usage)
+    assert str(usage).startswith("Deterministic GPU implementation of unsorted segment reduction op not available.")
+    assert "--no_op_determinism" in str(usage)
+    assert train.no_deterministic_kernel(tf.errors.UnimplementedError(None, None, "Conv3D on int8")) is None

@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let TensorFlow choose its fastest kernels instead of deterministic ones: the input order, "
                         "augmentation and initial weights stay seeded, but runs of one command may then differ "
                         "(op determinism costs about 6%% on 2 CPU cores; on GPUs it can cost more, and an op "
-                        "without a deterministic GPU kernel stops the run with an error naming it)")
+                        "without a deterministic GPU kernel stops the run with one line naming it and this flag)")
     p.add_argument("--tpu", help="TPU address for --distribution_strategy tpu: 'local' on a TPU VM, or a name or "
                                  "grpc:// address")
     return p
@@ -320,15 +320,29 @@ def normalization_json(model: keras.Model, cfg: TrainConfig, meta: dict) -> dict
 
 
 def _run(runner: loop.Loop, datasets, cfg: TrainConfig, steps: int, val_steps: int, meta: dict, data_dir: str):
-    """The loop, with a corrupt shard named (TF's own error names an offset, not the file)."""
+    """The loop, with a corrupt shard named (TF's own error names an offset, not the file), and an op without a
+    deterministic kernel pointed at --no_op_determinism."""
     try:
         return runner.fit(datasets[0], datasets[1], cfg.epochs, steps, val_steps)
+    except tf.errors.UnimplementedError as e:
+        raise no_deterministic_kernel(e) or e
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
         shards = data.split_files(meta, data_dir, cfg.train_split) + data.split_files(meta, data_dir, cfg.val_split)
         broken = data.find_corrupt(shards, md.compression_type(meta))
         if broken is None:
             raise
         raise DataError(f"Corrupt shard {broken}. Re-run `python -m pipelines.prepare --overwrite`.") from e
+
+
+def no_deterministic_kernel(error) -> UsageError | None:
+    """A UsageError saying what to do when `error` is TensorFlow refusing an op under op determinism (on GPUs:
+    "... deterministic GPU implementation ... not available"); None for any other error."""
+    text = (getattr(error, "message", None) or str(error)).strip()
+    if "eterministic" not in text:
+        return None
+    return UsageError(f"{text.splitlines()[0]} TensorFlow has no deterministic kernel for this op on this device, "
+                      "and trainer.train runs with op determinism for repeatable runs: pass --no_op_determinism "
+                      "(the input and initial weights stay seeded).")
 
 
 def save_keras(model: keras.Model, path: str) -> None:
