@@ -33,9 +33,9 @@ def place_weights(keras_home, name: str, seed: int) -> list[np.ndarray]:
     keras.utils.set_random_seed(seed)
     spec = backbones.SPECS[name]
     net, _ = backbones.build(name, 64, "none")
+    rng = np.random.default_rng(seed)  # one stream: no two variables alike, so a load out of order shows
     for v in net.weights:  # BatchNorm statistics too, so a frozen backbone's are seen to be the file's
-        v.assign(np.random.default_rng(seed).normal(0, 0.05, v.shape).astype(np.float32) + (
-            1.0 if "variance" in v.path else 0.0))
+        v.assign(rng.normal(0, 0.05, v.shape).astype(np.float32) + (1.0 if "variance" in v.path else 0.0))
     os.makedirs(os.path.join(keras_home, "models"), exist_ok=True)
     with h5py.File(os.path.join(keras_home, "models", spec.file), "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, net)
