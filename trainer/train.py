@@ -338,7 +338,7 @@ def no_deterministic_kernel(error) -> UsageError | None:
     """A UsageError saying what to do when `error` is TensorFlow refusing an op under op determinism (on GPUs:
     "... deterministic GPU implementation ... not available"); None for any other error."""
     text = (getattr(error, "message", None) or str(error)).strip()
-    if "eterministic" not in text:
+    if "deterministic" not in text.lower():
         return None
     return UsageError(f"{text.splitlines()[0]} TensorFlow has no deterministic kernel for this op on this device, "
                       "and trainer.train runs with op determinism for repeatable runs: pass --no_op_determinism "
