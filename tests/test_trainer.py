@@ -172,6 +172,31 @@ def test_class_weights_change_the_loss_as_weighted_cross_entropy(records):
         assert float(steps.eval(x, weighted)[0]["loss"]) == pytest.approx(want, rel=1e-4)
 
 
+def test_hard_pixels_train_on_the_hardest_share_and_validate_on_every_pixel(records):
+    placement = train.distribute.make("auto")
+    x, y = next(iter(data.make_dataset(records, "val", 4, training=False)))
+    keras.utils.set_random_seed(0)
+    model = build_model(21, 64, width=8, arch="deconv")
+    labels = y["main"].numpy()[..., 0]
+    valid = labels != 255
+
+    def cross_entropy(logits):
+        p = tf.nn.softmax(logits).numpy()
+        return -np.log(np.take_along_axis(p, np.minimum(labels, 20)[..., None], -1)[..., 0])[valid]
+
+    steps = train.loop.Steps(model, keras.optimizers.Adam(), {"main": 1.0}, 21, placement, hard_pixels=0.25)
+    # Validation: every labelled pixel, as without mining.
+    assert float(steps.eval(x, y)[0]["loss"]) == pytest.approx(cross_entropy(model.predict_on_batch(x)["main"]).mean(),
+                                                              rel=1e-4)
+    # Training: the mean over the hardest quarter, from the weights before the step's update.
+    ce = cross_entropy(model(x, training=True)["main"])
+    hardest = np.sort(ce)[::-1][:math.ceil(0.25 * ce.size)]
+    assert float(steps.train(x, y)[0]["loss"]) == pytest.approx(hardest.mean(), rel=1e-4)
+    assert hardest.mean() > 1.05 * ce.mean()  # not the mean over every pixel
+    with pytest.raises(ValueError, match="hard_pixels"):
+        train.loop.Steps(model, keras.optimizers.Adam(), {"main": 1.0}, 21, placement, hard_pixels=0.0)
+
+
 def test_repeat_factors_come_from_class_crops_and_weigh_each_crop_by_its_rarest_class(records):
     factors = train.repeat_factors({"records": 100, "class_crops": [100, 1, 0, 10, 40]})
     assert factors == pytest.approx([1.0, math.sqrt(10), 1.0, 1.0, 1.0])

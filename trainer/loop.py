@@ -8,7 +8,8 @@ the default strategy, one device, mirrored GPUs, several workers and TPUs alike,
 - **loss**: per output, sparse cross-entropy (optionally class-weighted) over the labelled pixels (255 ignored) of
   the *global* batch — each replica divides its sum by the all-reduced pixel count, and the optimizer sums
   gradients across replicas — so a step is the same on 1 or N replicas for the same global batch; outputs weighted
-  by `loss_weights`;
+  by `loss_weights`. With `hard_pixels` < 1 a training step keeps only the hardest share of each output's labelled
+  pixels on each replica (online hard example mining, DeepLab's `top_k_percent_pixels`); evaluation uses them all;
 - **metrics**: a confusion matrix per output and step, summed across replicas; mIoU as Keras's `MeanIoU` computes
   it (classes with a non-empty union);
 - **run dir** (the chief only): log.csv rewritten whole each epoch (so it works on gs://), TensorBoard scalars,
@@ -70,8 +71,11 @@ class Steps:
     """The distributed train and eval steps for one model, optimizer and set of outputs."""
 
     def __init__(self, model: keras.Model, optimizer, loss_weights: dict[str, float], num_classes: int,
-                 placement: Placement, class_weights=None):
+                 placement: Placement, class_weights=None, hard_pixels: float = 1.0):
+        if not 0 < hard_pixels <= 1:
+            raise ValueError(f"Argument `hard_pixels` must be in (0, 1]. Received: hard_pixels={hard_pixels}")
         self.model, self.optimizer = model, optimizer
+        self.hard_pixels = float(hard_pixels)
         self.outputs = list(model.output_names)
         self.weights = {k: float(loss_weights.get(k, 0.0)) for k in self.outputs}
         self.num_classes = num_classes
@@ -95,8 +99,9 @@ class Steps:
                                          values)
         return run
 
-    def _losses(self, y: dict, out: dict) -> dict:
-        """Per output: this replica's share of the global batch's mean over labelled pixels."""
+    def _losses(self, y: dict, out: dict, training: bool = False) -> dict:
+        """Per output: this replica's share of the global batch's mean over labelled pixels (in training, over
+        the hardest `hard_pixels` share of them)."""
         ctx = tf.distribute.get_replica_context()  # None outside strategy.run (multi-worker evaluation)
         losses = {}
         for name in self.outputs:
@@ -107,6 +112,8 @@ class Steps:
                                                                        logits=tf.cast(out[name], tf.float32))
             if self.class_weights is not None:
                 per_pixel *= tf.gather(self.class_weights, labels)
+            if training and self.hard_pixels < 1:
+                valid = tf.logical_and(valid, per_pixel >= _hardest(per_pixel, valid, self.hard_pixels))
             weight = tf.cast(valid, tf.float32)
             if CROP_WEIGHT in y:  # a crop of weight r counts as r copies of it: numerator and denominator
                 weight *= tf.reshape(y[CROP_WEIGHT], [-1] + [1] * (weight.shape.rank - 1))
@@ -136,7 +143,7 @@ class Steps:
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             out = self.model(x, training=True)
-            losses = self._losses(y, out)
+            losses = self._losses(y, out, training=True)
             total = tf.add_n([self.weights[k] * v for k, v in losses.items()])
             if self.model.losses:  # regularisers: each replica adds its share
                 total += tf.add_n(self.model.losses) / self.strategy.num_replicas_in_sync
@@ -150,6 +157,15 @@ class Steps:
         losses = self._losses(y, out)
         total = tf.add_n([self.weights[k] * v for k, v in losses.items()])
         return self._logs(losses, total), self._confusion(y, out)
+
+
+def _hardest(per_pixel, valid, share: float):
+    """The loss value at which the hardest `share` of the `valid` pixels begins (a threshold, not a gather, so the
+    gradient stays dense and deterministic). Cross-entropy is ≥ 0, so unlabelled pixels, set to -1, rank last."""
+    flat = tf.reshape(tf.where(valid, per_pixel, -1.0), [-1])
+    labelled = tf.reduce_sum(tf.cast(valid, tf.float32))
+    k = tf.clip_by_value(tf.cast(tf.math.ceil(share * labelled), tf.int32), 1, tf.size(flat))
+    return tf.stop_gradient(tf.reduce_min(tf.math.top_k(flat, k, sorted=False).values))
 
 
 class _Epoch:

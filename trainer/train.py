@@ -64,6 +64,7 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str = "val"
     class_weights: str = "none"  # or "median_frequency" (pixel counts), "repeat_factor" (crops holding each class)
+    hard_pixels: float = 1.0  # the share of each output's labelled pixels a training step's loss keeps, hardest first
     freeze_backbone_epochs: int = 0  # epochs that train the head only (a model with a "backbone" layer)
 
 
@@ -92,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"max(1, sqrt({REPEAT_THRESHOLD:g} / f)) of the rarest class it holds, f the share of "
                         "training crops holding that class (LVIS's repeat-factor sampling, as a weight: from "
                         "metadata.json's class_crops and each record's class/present) (default: %(default)s)")
+    p.add_argument("--hard_pixels", metavar="SHARE", type=cli.number(0.0, 1.0, low_open=True),
+                   default=TrainConfig.hard_pixels,
+                   help="online hard example mining: each training step's loss averages only the hardest SHARE of "
+                        "each output's labelled pixels on each replica (DeepLab's top_k_percent_pixels), so the "
+                        "many easy background pixels stop drowning the confused ones; 1 = every pixel; "
+                        "validation always uses every pixel (default: %(default)s)")
     p.add_argument("--loss_weights", metavar="NAME=W,...",
                    help="each output's weight in the total loss, e.g. main=1,upsample=0.5,aux=0.2 "
                         "(default: 1 for main, 0.2 for the others)")
@@ -259,7 +266,8 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
                                                                  "started": time.time()}) + "\n")
     class_weights = median_frequency(md.split(meta, cfg.train_split)) if cfg.class_weights == "median_frequency" \
         else None
-    runner = loop.Loop(loop.Steps(model, optimizer, weights, num_classes, placement, class_weights), placement,
+    runner = loop.Loop(loop.Steps(model, optimizer, weights, num_classes, placement, class_weights,
+                                  cfg.hard_pixels), placement,
                        model_dir, save_best=lambda path: save_keras(model, path), epoch_lr=epoch_lr,
                        callbacks=extra_callbacks, verbose=verbose,
                        epoch_begin=_freezer(model, cfg.freeze_backbone_epochs))
@@ -532,7 +540,8 @@ def _train(args, meta: dict, model_dir: str, placement: distribute.Placement, po
                       warmup_steps=args.warmup_steps, seed=args.seed,
                       augment=Augment(flip=not args.no_flip, scale=scale, rotate_degrees=args.aug_rotate),
                       normalization=Normalization(args.normalization or "dataset"),
-                      class_weights=args.class_weights, train_split=args.train_split, val_split=args.val_split,
+                      class_weights=args.class_weights, hard_pixels=args.hard_pixels,
+                      train_split=args.train_split, val_split=args.val_split,
                       freeze_backbone_epochs=args.freeze_backbone_epochs or 0)
     with placement.strategy.scope():
         model = model_lib.build_model(int(meta["num_classes"]), int(meta["crop_size"]), args.width, args.arch,
