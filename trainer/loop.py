@@ -8,8 +8,8 @@ the default strategy, one device, mirrored GPUs, several workers and TPUs alike,
 - **loss**: per output, sparse cross-entropy (optionally class-weighted) over the labelled pixels (255 ignored) of
   the *global* batch — each replica divides its sum by the all-reduced pixel count, and the optimizer sums
   gradients across replicas — so a step is the same on 1 or N replicas for the same global batch; outputs weighted
-  by `loss_weights`. With `hard_pixels` < 1 a training step keeps only the hardest share of each output's labelled
-  pixels on each replica (online hard example mining, DeepLab's `top_k_percent_pixels`); evaluation uses them all;
+  by `loss_weights`. With `hard_pixels` < 1 a training step keeps only the hardest share of each output's pixels on
+  each replica (online hard example mining, DeepLab's `top_k_percent_pixels`); evaluation uses them all;
 - **metrics**: a confusion matrix per output and step, summed across replicas; mIoU as Keras's `MeanIoU` computes
   it (classes with a non-empty union);
 - **run dir** (the chief only): log.csv rewritten whole each epoch (so it works on gs://), TensorBoard scalars,
@@ -101,7 +101,7 @@ class Steps:
 
     def _losses(self, y: dict, out: dict, training: bool = False) -> dict:
         """Per output: this replica's share of the global batch's mean over labelled pixels (in training, over
-        the hardest `hard_pixels` share of them)."""
+        those among the hardest `hard_pixels` share of all pixels)."""
         ctx = tf.distribute.get_replica_context()  # None outside strategy.run (multi-worker evaluation)
         losses = {}
         for name in self.outputs:
@@ -160,11 +160,14 @@ class Steps:
 
 
 def _hardest(per_pixel, valid, share: float):
-    """The loss value at which the hardest `share` of the `valid` pixels begins (a threshold, not a gather, so the
-    gradient stays dense and deterministic). Cross-entropy is ≥ 0, so unlabelled pixels, set to -1, rank last."""
+    """The loss value at which the hardest `share` of the batch's pixels begins: a threshold, not a gather, so the
+    gradient stays dense and deterministic. As DeepLab's top_k_percent_pixels, the share is of every pixel, so k is
+    static where the shape is (XLA and TPUs need that); unlabelled pixels, set to -1 below any cross-entropy, rank
+    last, and when fewer than k are labelled every labelled pixel is kept."""
     flat = tf.reshape(tf.where(valid, per_pixel, -1.0), [-1])
-    labelled = tf.reduce_sum(tf.cast(valid, tf.float32))
-    k = tf.clip_by_value(tf.cast(tf.math.ceil(share * labelled), tf.int32), 1, tf.size(flat))
+    size = flat.shape[0]
+    k = max(1, math.ceil(share * size)) if size is not None else tf.maximum(
+        1, tf.cast(tf.math.ceil(share * tf.cast(tf.size(flat), tf.float32)), tf.int32))
     return tf.stop_gradient(tf.reduce_min(tf.math.top_k(flat, k, sorted=False).values))
 
 

@@ -64,7 +64,7 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str = "val"
     class_weights: str = "none"  # or "median_frequency" (pixel counts), "repeat_factor" (crops holding each class)
-    hard_pixels: float = 1.0  # the share of each output's labelled pixels a training step's loss keeps, hardest first
+    hard_pixels: float = 1.0  # the share of each output's pixels a training step's loss keeps, hardest first
     freeze_backbone_epochs: int = 0  # epochs that train the head only (a model with a "backbone" layer)
 
 
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hard_pixels", metavar="SHARE", type=cli.number(0.0, 1.0, low_open=True),
                    default=TrainConfig.hard_pixels,
                    help="online hard example mining: each training step's loss averages only the hardest SHARE of "
-                        "each output's labelled pixels on each replica (DeepLab's top_k_percent_pixels), so the "
+                        "each output's pixels on each replica (DeepLab's top_k_percent_pixels; unlabelled ones never count), so the "
                         "many easy background pixels stop drowning the confused ones; 1 = every pixel; "
                         "validation always uses every pixel (default: %(default)s)")
     p.add_argument("--loss_weights", metavar="NAME=W,...",
