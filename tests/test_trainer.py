@@ -193,6 +193,11 @@ def test_hard_pixels_train_on_the_hardest_share_and_validate_on_every_pixel(reco
     hardest = np.sort(ce)[::-1][:math.ceil(0.25 * labels.size)]  # a quarter of all pixels, as DeepLab counts
     assert float(steps.train(x, y)[0]["loss"]) == pytest.approx(hardest.mean(), rel=1e-4)
     assert hardest.mean() > 1.05 * ce.mean()  # not the mean over every pixel
+    # The threshold compiles under XLA (a static k), as TPUs need.
+    per_pixel = tf.random.stateless_uniform((2, 8, 8), (0, 1))
+    keep = tf.random.stateless_uniform((2, 8, 8), (0, 2)) > 0.2
+    xla = tf.function(lambda a, b: train.loop._hardest(a, b, 0.25), jit_compile=True)(per_pixel, keep)
+    assert float(xla) == np.sort(per_pixel.numpy()[keep.numpy()])[::-1][31]  # the 32nd of 128, among the kept
     with pytest.raises(ValueError, match="hard_pixels"):
         train.loop.Steps(model, keras.optimizers.Adam(), {"main": 1.0}, 21, placement, hard_pixels=0.0)
 

@@ -96,9 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hard_pixels", metavar="SHARE", type=cli.number(0.0, 1.0, low_open=True),
                    default=TrainConfig.hard_pixels,
                    help="online hard example mining: each training step's loss averages only the hardest SHARE of "
-                        "each output's pixels on each replica (DeepLab's top_k_percent_pixels; unlabelled ones never count), so the "
-                        "many easy background pixels stop drowning the confused ones; 1 = every pixel; "
-                        "validation always uses every pixel (default: %(default)s)")
+                        "each output's pixels on each replica (DeepLab's top_k_percent_pixels; unlabelled pixels "
+                        "never count), so the many easy background pixels stop drowning the confused ones; 1 = "
+                        "every pixel; validation always scores every pixel (default: %(default)s)")
     p.add_argument("--loss_weights", metavar="NAME=W,...",
                    help="each output's weight in the total loss, e.g. main=1,upsample=0.5,aux=0.2 "
                         "(default: 1 for main, 0.2 for the others)")
@@ -453,7 +453,8 @@ def _default_model_dir(args: argparse.Namespace) -> str:
     for name in ("backbone", "backbone_weights", "freeze_backbone_epochs", "no_op_determinism"):  # added later:
         if not keys.get(name):  # runs without them keep their hash
             keys.pop(name, None)
-    for name, default in (("train_split", "train"), ("val_split", "val")):  # added later: old names keep their hash
+    for name, default in (("train_split", "train"), ("val_split", "val"),  # added later: old names keep their hash
+                          ("hard_pixels", 1.0)):
         if keys.get(name) in (None, default):
             keys.pop(name, None)
     digest = hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
