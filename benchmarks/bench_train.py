@@ -8,11 +8,13 @@
   (f) val mIoU of the default `python -m trainer.train` on the bundled sample for each of --seed 0-4, measured
       with `trainer.evaluate` on model.keras, with each training's wall time, side by side, then min, median and
       max. Goal: ≥ 0.8 for every seed, each within 10 minutes on 2 cores. Training is repeatable (the same seed
-      gives the same log.csv), so each figure is the recipe's, not a draw. SEEDS=0,3 runs some of them.
+      gives the same log.csv), so each figure is the recipe's, not a draw. SEEDS=0,3 runs some of them;
+      TRAIN_FLAGS="--hard_pixels 0.2 --epochs 12" measures another recipe the same way.
 """
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -95,15 +97,15 @@ def train_rate(records):
     return count * BATCH / (time.perf_counter() - t)
 
 
-def default_training(work: str, seed: int):
+def default_training(work: str, seed: int, flags=()):
     """The README's train and evaluate commands as a user runs them, in `work` (where prepare's defaults wrote
-    data/records), with `--seed seed`: → (mIoU of `trainer.evaluate` on model.keras, the final model, not the best
-    epoch's; best val mIoU while training; training seconds)."""
+    data/records), with `--seed seed` and `flags`: → (mIoU of `trainer.evaluate` on model.keras, the final model,
+    not the best epoch's; best val mIoU while training; training seconds)."""
     env = dict(os.environ, PYTHONPATH=REPO)
     model_dir = os.path.join(work, "runs", f"seed{seed}")
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "trainer.train", "--seed", str(seed), "--model_dir", model_dir],
-                          cwd=work, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "trainer.train", "--seed", str(seed), "--model_dir", model_dir,
+                           *flags], cwd=work, env=env, capture_output=True, text=True)
     secs = time.perf_counter() - t
     if proc.returncode:
         sys.exit(proc.stderr[-3000:])
@@ -116,19 +118,20 @@ def default_training(work: str, seed: int):
     return final, best, secs
 
 
-def seeds_table(tmp: str, seeds=(0, 1, 2, 3, 4)) -> None:
+def seeds_table(tmp: str, seeds=(0, 1, 2, 3, 4), flags=()) -> None:
     import statistics
 
     work = os.path.join(tmp, "work")
     os.makedirs(work)
     subprocess.run([sys.executable, "-m", "pipelines.prepare", "--runner=DirectRunner"], cwd=work, check=True,
                    env=dict(os.environ, PYTHONPATH=REPO), capture_output=True)
-    print("(f) default `python -m trainer.train --seed S` on the sample, `trainer.evaluate` on model.keras "
+    command = " ".join(["python -m trainer.train --seed S", *flags])
+    print(f"(f) {'default ' if not flags else ''}`{command}` on the sample, `trainer.evaluate` on model.keras "
           "(goal: ≥ 0.8 for every seed, each within 10 min on 2 cores)")
     print(f"{'seed':>6} {'val mIoU':>9} {'best epoch':>11} {'train min':>10}")
     finals, times = [], []
     for seed in seeds:
-        final, best, secs = default_training(work, seed)
+        final, best, secs = default_training(work, seed, flags)
         finals.append(final)
         times.append(secs / 60)
         print(f"{seed:>6} {final:>9.3f} {best:>11.3f} {secs / 60:>10.1f}", flush=True)
@@ -148,7 +151,7 @@ def main(which=("input", "train")):
               f"pipeline / training = {ours / step:.1f}× (goal ≥ 2×)")
         if "train" in which:
             seeds = tuple(int(v) for v in os.environ.get("SEEDS", "0,1,2,3,4").split(","))
-            seeds_table(tmp, seeds)
+            seeds_table(tmp, seeds, shlex.split(os.environ.get("TRAIN_FLAGS", "")))
 
 
 if __name__ == "__main__":
