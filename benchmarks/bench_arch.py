@@ -26,6 +26,7 @@ import json, resource, sys, time
 import keras
 from trainer import data, distribute, loop
 from trainer.model import build_model
+from trainer.train import TrainConfig
 
 records, arch, backbone, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 meta = data.load_metadata(records)
@@ -37,7 +38,8 @@ one = data.make_dataset(records, "train", %(batch)d, training=True, inputs=input
 optimizer = keras.optimizers.Adam(1e-3)
 optimizer.build(model.trainable_variables)
 weights = {name: (1.0 if name == "main" else 0.2) for name in model.output_names}
-step = loop.Steps(model, optimizer, weights, meta["num_classes"], distribute.make("auto"))
+step = loop.Steps(model, optimizer, weights, meta["num_classes"], distribute.make("auto"),
+                  hard_pixels=TrainConfig.hard_pixels)  # the loss trainer.train trains with
 batches = iter(one.repeat())
 for _ in range(2):
     step.train(*next(batches))

@@ -67,7 +67,7 @@ def build_model(num_classes: int, crop_size: int = 256, width: int = 32, arch: s
     else:
         x = layers.Rescaling(1 / 255, offset=-0.5, name="normalize", dtype="float32")(image)
     x = _conv(x, width, stride=2)  # 1/2
-    s2 = _conv(x, width)
+    s2 = _sep(x, width)
     x = _sep(s2, 2 * width, stride=2)  # 1/4
     s4 = _sep(x, 2 * width)
     x = _sep(s4, 4 * width, stride=2)  # 1/8
@@ -77,9 +77,10 @@ def build_model(num_classes: int, crop_size: int = 256, width: int = 32, arch: s
     y = layers.Conv2DTranspose(2 * width, 4, strides=2, padding="same")(ctx)  # 1/4
     y = _sep(layers.Concatenate()([y, s4]), 2 * width)
     y = layers.Conv2DTranspose(width, 4, strides=2, padding="same")(y)  # 1/2
-    y = _conv(layers.Concatenate()([y, s2]), width)
-    # Outputs in float32 under a mixed-precision policy too: softmax and losses need the range.
-    main = layers.Conv2DTranspose(num_classes, 4, strides=2, padding="same", name="main", dtype="float32")(y)
+    y = _sep(layers.Concatenate()([y, s2]), width)
+    # Outputs in float32 under a mixed-precision policy too: softmax and losses need the range. A 2×2 kernel at
+    # stride 2: each full-resolution pixel comes from the one 1/2-resolution pixel above it (no checkerboard).
+    main = layers.Conv2DTranspose(num_classes, 2, strides=2, padding="same", name="main", dtype="float32")(y)
     outputs = {"main": main}
     if arch == "multi":
         u = layers.UpSampling2D(2, interpolation="bilinear")(ctx)  # 1/4

@@ -37,8 +37,8 @@ from segprep import storage
 from segprep.tools import cli
 from segprep.tools.cli import Parser, UsageError, examples
 from trainer.lazy import Lazy, keras, tf
-from trainer.common import (ARCH_OUTPUTS, ARCHS, BACKBONES, STRATEGIES, Augment, DataError, exists, files,
-                            load_metadata)
+from trainer.common import (ARCH_OUTPUTS, ARCHS, BACKBONES, MODEL_REVISION, STRATEGIES, Augment, DataError, exists,
+                            files, load_metadata)
 from trainer.normalization import STATS, Normalization
 
 # Imported at first use (TensorFlow, quietly): --help and usage mistakes answer without them.
@@ -64,7 +64,7 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str = "val"
     class_weights: str = "none"  # or "median_frequency" (pixel counts), "repeat_factor" (crops holding each class)
-    hard_pixels: float = 1.0  # the share of each output's pixels a training step's loss keeps, hardest first
+    hard_pixels: float = 0.2  # the share of each output's pixels a training step's loss keeps, hardest first
     freeze_backbone_epochs: int = 0  # epochs that train the head only (a model with a "backbone" layer)
 
 
@@ -457,6 +457,8 @@ def _default_model_dir(args: argparse.Namespace) -> str:
                           ("hard_pixels", 1.0)):
         if keys.get(name) in (None, default):
             keys.pop(name, None)
+    if keys.get("arch") in ("multi", "deconv"):
+        keys["model_revision"] = MODEL_REVISION
     digest = hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
     name = os.path.basename(args.data_dir.rstrip("/")) or "data"
     return os.path.join(RUNS, f"{name}-{digest}")
