@@ -5,7 +5,8 @@ Each model trains in its own process (its peak RSS is its own), from one cached 
 shards (no input cost), after two warm-up steps (tracing). Backbones start from random weights (`none`): the cost
 does not depend on them. The input pipeline is measured alone, as trainer.train builds it (decode, paired
 augmentation, batches). "input ÷ step" is how many times faster the pipeline feeds crops than the model eats
-them here; a device that trains N× faster than these 2 cores needs it above N.
+them here; a device that trains N× faster than these 2 cores needs it above N. ARCHS=multi,deconv (or
+deeplabv3plus:resnet50) measures some of them.
 """
 
 import json
@@ -83,7 +84,10 @@ def main(steps: int = 10):
               f"pipeline ({crops:.0f} crops/s alone)")
         print(f"{'arch':>14} {'backbone':>17} {'parameters':>11} {'steps/s':>8} {'crops/s':>8} {'peak RSS':>9} "
               f"{'input ÷ step':>13}")
+        chosen = os.environ.get("ARCHS")  # e.g. ARCHS=multi,deconv or ARCHS=deeplabv3plus:resnet50
         for arch, backbone in MODELS:
+            if chosen and arch not in chosen.split(",") and f"{arch}:{backbone}" not in chosen.split(","):
+                continue
             r = one_model(records, arch, backbone, steps)
             rate = r["steps_s"] * BATCH
             print(f"{arch:>14} {backbone or '-':>17} {r['params']:>11,} {r['steps_s']:>8.2f} {rate:>8.1f} "
