@@ -66,8 +66,8 @@ for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
     logs, cms = steps.train(*batch)
     result[name] = {"replicas": strategy.num_replicas_in_sync, "loss": float(logs["loss"]),
                     "pixels": int(cms["main"].numpy().sum()),
-                    "weights": [w.tolist() for w in model.get_weights()],
-                    "initial": [w.tolist() for w in initial]}
+                    "weights": [w.tolist() for w in model.get_weights()]}
+result["initial"] = [w.tolist() for w in initial]
 print(json.dumps(result))
 """
 
@@ -86,7 +86,7 @@ def test_mirrored_over_two_devices_takes_the_same_step_as_one_device(records):
     # a few times what the reversed batch's does, and no more.
     assert len(one["weights"]) == len(two["weights"]) == len(rev["weights"]) > 0
     updated = 0
-    for i, a, b, r in zip(one["initial"], one["weights"], two["weights"], rev["weights"]):
+    for i, a, b, r in zip(result["initial"], one["weights"], two["weights"], rev["weights"]):
         i, a, b, r = (np.array(v) for v in (i, a, b, r))
         step = np.abs(a - i).max()
         assert np.abs(b - a).max() <= max(1e-5, 4 * np.abs(r - a).max()), (np.abs(b - a).max(), np.abs(r - a).max())
