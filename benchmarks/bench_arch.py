@@ -84,9 +84,9 @@ def main(steps: int = 10):
               f"pipeline ({crops:.0f} crops/s alone)")
         print(f"{'arch':>14} {'backbone':>17} {'parameters':>11} {'steps/s':>8} {'crops/s':>8} {'peak RSS':>9} "
               f"{'input ÷ step':>13}")
-        chosen = os.environ.get("ARCHS")  # e.g. ARCHS=multi,deconv or ARCHS=deeplabv3plus:resnet50
+        chosen = os.environ.get("ARCHS", "").split(",")  # e.g. ARCHS=multi,deconv or ARCHS=deeplabv3plus:resnet50
         for arch, backbone in MODELS:
-            if chosen and arch not in chosen.split(",") and f"{arch}:{backbone}" not in chosen.split(","):
+            if chosen != [""] and arch not in chosen and f"{arch}:{backbone}" not in chosen:
                 continue
             r = one_model(records, arch, backbone, steps)
             rate = r["steps_s"] * BATCH
