@@ -176,7 +176,8 @@ def test_backbone_flags_are_checked_before_tensorflow_loads(records, tmp_path, c
                          (["--arch", "deeplabv3plus", "--backbone_weights", str(tmp_path / "nope.h5")],
                           "nope.h5: no such file"),
                          (["--arch", "deeplabv3plus", "--epochs", "2", "--freeze_backbone_epochs", "2"],
-                          "leaves no epoch")):
+                          "leaves no epoch"),
+                         (["--arch", "deeplabv3plus", "--train_crop_size", "32"], "built for whole 64×64 crops")):
         assert train.main(base + args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err

@@ -81,6 +81,64 @@ def test_paired_augmentation_keeps_image_and_mask_aligned():
         assert agree.mean() > 0.8
 
 
+def test_training_windows_are_parts_of_the_augmented_crop_at_one_offset_for_image_and_mask(records):
+    """--train_crop_size: a training crop is a random window of what the whole crop's augmentation gives (flips,
+    scale, rotation), cut at one corner for image and mask, drawn from the crop's own key; evaluation stays whole."""
+    size, window = 64, 40
+    rows, cols = np.mgrid[:size, :size]
+    image = np.stack([cols * 4, rows * 4, np.full_like(rows, 9)], -1).astype(np.uint8)  # each pixel names its place
+    classes = ((rows // 16 + cols // 16) % 5).astype(np.uint8)[..., None]
+    corners = set()
+    for aug in (data.Augment(scale=None, rotate_degrees=0), data.Augment(scale=(0.7, 1.4), rotate_degrees=30)):
+        for k in range(8):
+            key = tf.constant([7, k], tf.int64)
+            whole_image, whole_mask = (np.asarray(t) for t in data.augment(image, classes, aug, size, key))
+            part_image, part_mask = (np.asarray(t) for t in data.augment(image, classes, aug, size, key, window))
+            assert part_image.shape == (window, window, 3) and part_mask.shape == (window, window, 1)
+            gap = {(r, c): np.abs(part_image.astype(np.float32) - whole_image[r:r + window, c:c + window]).max()
+                   for r in range(size - window + 1) for c in range(size - window + 1)}
+            (r, c), best = min(gap.items(), key=lambda item: item[1])
+            assert best < 0.01, best  # the same pixels (the warp computes only the window's)
+            agree = (part_mask == whole_mask[r:r + window, c:c + window]).mean()
+            assert agree == 1.0 if aug.scale is None else agree > 0.999
+            corners.add((r, c))
+            again = data.augment(image, classes, aug, size, key, window)
+            assert all(np.array_equal(a, b) for a, b in zip(again, (part_image, part_mask)))  # a pure function
+    assert len(corners) >= 6 and max(max(rc) for rc in corners) > size - window - 8  # drawn, across the range
+    # Through the pipeline: training batches are windows with their targets cut alike, validation whole crops.
+    ds = data.make_dataset(records, "train", 4, training=True, targets={"main": 1, "aux": 8}, window=48)
+    x, y = next(iter(ds))
+    assert x["image"].shape == (4, 48, 48, 3) and y["main"].shape == (4, 48, 48, 1) and y["aux"].shape == (4, 6, 6, 1)
+    np.testing.assert_array_equal(y["aux"].numpy(), y["main"].numpy()[:, 4::8, 4::8])
+    x, _ = next(iter(data.make_dataset(records, "val", 4, training=False, window=48)))
+    assert x["image"].shape == (4, 64, 64, 3)
+
+
+def test_train_crop_size_trains_windows_through_the_models_own_weights_and_saves_it_whole(records, tmp_path,
+                                                                                         capsys):
+    model = build_model(21, 64, width=8)
+    assert train.train_crops(model, None, 64) == (64, model) == train.train_crops(model, 64, 64)  # whole crops
+    window, twin = train.train_crops(model, 48, 64)
+    assert window == 48 and twin.inputs[0].shape[1:3] == (48, 48)
+    assert len(twin.weights) == len(model.weights) and all(a is b for a, b in zip(twin.weights, model.weights))
+    for bad in (60, 72):
+        with pytest.raises(train.UsageError, match=f"--train_crop_size {bad}: must be a multiple of 8"):
+            train.train_crops(model, bad, 64)
+    run = str(tmp_path / "run")
+    train.run(["--data_dir", records, "--model_dir", run, "--epochs", "2", "--width", "8", "--train_crop_size", "48"])
+    assert "crops, trained as 48×48 windows →" in capsys.readouterr().out
+    saved = keras.models.load_model(f"{run}/model.keras")
+    assert saved.inputs[0].shape[1:3] == (64, 64)  # whole crops in, as predict and serving use it
+    rows = list(csv.DictReader(open(f"{run}/log.csv")))
+    assert float(rows[1]["loss"]) < float(rows[0]["loss"])  # the twin's steps trained the saved model's weights
+    assert json.load(open(f"{run}/segprep.json"))["config"]["train_crop_size"] == 48
+    for size, needle in (("60", "must be a multiple of 8"), ("128", "at most prepare's crop size 64")):
+        assert train.main(["--data_dir", records, "--model_dir", str(tmp_path / "r"), "--epochs", "1",
+                           "--train_crop_size", size]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+
+
 def test_seed_recipe_epoch_warmup_matches_numpy():
     lr_init, num = 0.01, 5
     ref = np.where(np.arange(1, 31) < num, lr_init * np.arange(1, 31) / num, lr_init)
@@ -671,6 +729,7 @@ def test_the_default_run_dir_changes_with_the_recipe_and_the_model_revision(monk
     assert run_dir() == default
     assert run_dir("--hard_pixels", "1") != default  # the default trains on the hardest 20% of the pixels
     assert run_dir("--seed", "1") != default
+    assert run_dir("--train_crop_size", "192") != default
     deconv, backbone = run_dir("--arch", "deconv"), run_dir("--arch", "deeplabv3plus", "--hard_pixels", "1")
     monkeypatch.setattr(train, "MODEL_REVISION", train.MODEL_REVISION - 1)
     assert run_dir() != default and run_dir("--arch", "deconv") != deconv

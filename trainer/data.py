@@ -90,19 +90,33 @@ def _uniform(seed, lo=0.0, hi=1.0):
     return tf.random.stateless_uniform((), seed, lo, hi)
 
 
-def _affine(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int, seeds=(None, None)):
+def _window_offset(seed, size: int, window: int) -> tf.Tensor:
+    """The [2] (row, column) corner of a random window × window part of a size × size crop."""
+    if seed is None:
+        return tf.random.uniform([2], 0, size - window + 1, tf.int32)
+    return tf.random.stateless_uniform([2], seed, 0, size - window + 1, tf.int32)
+
+
+def _affine(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int, seeds=(None, None), window: int | None = None,
+            offset: tf.Tensor | None = None):
     """One random scale/rotation about the centre, applied to both: bilinear for the image, nearest for the mask,
-    padding 0 / 255."""
+    padding 0 / 255. With `window` and `offset`, only that window × window part of the result is computed."""
     scale = _uniform(seeds[0], *aug.scale) if aug.scale else tf.constant(1.0)
     angle = _uniform(seeds[1], -1.0, 1.0) * aug.rotate_degrees * math.pi / 180.0
     c = (size - 1) / 2.0
     cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-    # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2).
-    transform = tf.stack([cos, -sin, c - cos * c + sin * c, sin, cos, c - sin * c - cos * c, 0.0, 0.0])[None]
+    # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2); a window's pixel (x, y) is the whole
+    # output's (x + column, y + row).
+    a2, b2 = c - cos * c + sin * c, c - sin * c - cos * c
+    out = size
+    if window is not None:
+        row, col = tf.unstack(tf.cast(offset, tf.float32))
+        a2, b2, out = a2 + cos * col - sin * row, b2 + sin * col + cos * row, window
+    transform = tf.stack([cos, -sin, a2, sin, cos, b2, 0.0, 0.0])[None]
 
     def warp(x, interpolation, fill):
         return tf.raw_ops.ImageProjectiveTransformV3(
-            images=x[None], transforms=transform, output_shape=[size, size], fill_value=fill,
+            images=x[None], transforms=transform, output_shape=[out, out], fill_value=fill,
             interpolation=interpolation, fill_mode="CONSTANT")[0]
 
     image = warp(tf.cast(image, tf.float32), "BILINEAR", 0.0)
@@ -111,17 +125,25 @@ def _affine(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int, seeds=(N
 
 
 def augment(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int,
-            seed: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+            seed: tf.Tensor | None = None, window: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """One example's paired augmentation: one random draw, applied to image and mask alike. With `seed` (a [2]
     int64 key) the draws are stateless, a function of the key alone; without, they come from TensorFlow's global
-    generator."""
+    generator. With `window` < `size`, the result is a random window × window part of the augmented crop (its corner
+    drawn from the same key): the smaller crops of `--train_crop_size`."""
     seeds = [None] * 3 if seed is None else tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    offset = None
+    if window is not None and window < size:
+        offset = _window_offset(None if seed is None else tf.random.experimental.stateless_fold_in(seed, 3), size,
+                                window)
     if aug.flip:
         flip = _uniform(seeds[0]) < 0.5  # one draw for both
         image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
         mask = tf.cond(flip, lambda: tf.reverse(mask, [1]), lambda: mask)
     if aug.scale or aug.rotate_degrees:
-        image, mask = _affine(image, mask, aug, size, seeds[1:])
+        return _affine(image, mask, aug, size, seeds[1:], None if offset is None else window, offset)
+    if offset is not None:
+        image = tf.slice(image, [offset[0], offset[1], 0], [window, window, 3])
+        mask = tf.slice(mask, [offset[0], offset[1], 0], [window, window, 1])
     return image, mask
 
 
@@ -141,7 +163,8 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
                  inputs: dict[str, int] | None = None, targets: dict[str, int] | None = None,
                  aug: Augment = Augment(), normalize: tuple | None = None, seed: int | None = 0,
                  shuffle_buffer: int = 2048, meta: dict | None = None, pad_batches: bool = False,
-                 crop_weights: list[float] | None = None, start_epoch: int = 0) -> tf.data.Dataset:
+                 crop_weights: list[float] | None = None, start_epoch: int = 0,
+                 window: int | None = None) -> tf.data.Dataset:
     """Batches of ({input name: image}, {output name: mask}) for `split`.
 
     Images stay uint8 as decoded (for models that normalise themselves, as trainer.model's do), or with
@@ -155,13 +178,16 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
     batches, and each a pure function of (`seed`, epoch): the shards in an order drawn from that key, read
     several at once in a fixed rotation, the records shuffled in blocks of `shuffle_buffer` by a key per block,
     the last batch filled up from the epoch's own start, and every crop's augmentation drawn statelessly from a key
-    per position. So the same seed gives the same batches on every run, at any parallelism, and a run resumed at
+    per position; with `window` smaller than the crop size, each training crop is a random window × window part of
+    the augmented crop (evaluation data stays whole). So the same seed gives the same batches on every run, at any parallelism, and a run resumed at
     epoch e (`start_epoch=e`) sees what an uninterrupted one saw from e on. `seed=None` draws a seed at random.
     Evaluation data is one pass in record order per epoch, repeated, so `steps(...)` validation steps read it
     exactly once; with `pad_batches`, its last batch is padded to full size with ignored examples (`_pad_batch`)."""
     meta = meta or load_metadata(data_dir)
     files = split_files(meta, data_dir, split)
     size = int(meta["crop_size"])
+    if window is not None and not 0 < window <= size:
+        raise ValueError(f"Argument `window` must be in [1, crop size {size}]. Received: window={window}")
     inputs = inputs or {"image": 1}
     targets = targets or {"main": 1}
     if normalize is None:
@@ -199,14 +225,15 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
     def decode_one(serialized, key):
         image, mask, *weight = decode(serialized, size, factors)
         if training:
-            image, mask = augment(image, mask, aug, size, key)
+            image, mask = augment(image, mask, aug, size, key, window)
         return (image, mask, *weight)
 
     def to_batch(images, masks, *weights):
         # Normalisation and targets run on whole batches: far fewer ops than per example. (Flips stay per
         # example: a tf.cond reverses only when drawn, where a batched tf.where costs more than decoding.)
         x = norm(images)
-        feats = {name: (x if s == 1 else tf.image.resize(tf.cast(x, tf.float32), (size // s, size // s),
+        side = images.shape[1]  # the crop size, or the training window
+        feats = {name: (x if s == 1 else tf.image.resize(tf.cast(x, tf.float32), (side // s, side // s),
                                                          antialias=True))
                  for name, s in inputs.items()}
         labels = {name: (masks if s == 1 else masks[:, s // 2::s, s // 2::s]) for name, s in targets.items()}

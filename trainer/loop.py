@@ -68,13 +68,17 @@ class RunState:
 
 
 class Steps:
-    """The distributed train and eval steps for one model, optimizer and set of outputs."""
+    """The distributed train and eval steps for one model, optimizer and set of outputs. With `train_model` (the
+    model's own layers on another input size), training steps call it and evaluation steps `model`."""
 
     def __init__(self, model: keras.Model, optimizer, loss_weights: dict[str, float], num_classes: int,
-                 placement: Placement, class_weights=None, hard_pixels: float = 1.0):
+                 placement: Placement, class_weights=None, hard_pixels: float = 1.0,
+                 train_model: keras.Model | None = None):
         if not 0 < hard_pixels <= 1:
             raise ValueError(f"Argument `hard_pixels` must be in (0, 1]. Received: hard_pixels={hard_pixels}")
         self.model, self.optimizer = model, optimizer
+        # What training steps call: `model` itself, or its layers on smaller crops (trainer.model.at_size).
+        self.train_model = model if train_model is None else train_model
         self.hard_pixels = float(hard_pixels)
         self.outputs = list(model.output_names)
         self.weights = {k: float(loss_weights.get(k, 0.0)) for k in self.outputs}
@@ -142,7 +146,7 @@ class Steps:
     def _train_step(self, x, y):
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
-            out = self.model(x, training=True)
+            out = self.train_model(x, training=True)
             losses = self._losses(y, out, training=True)
             total = tf.add_n([self.weights[k] * v for k, v in losses.items()])
             if self.model.losses:  # regularisers: each replica adds its share

@@ -92,6 +92,25 @@ def build_model(num_classes: int, crop_size: int = 256, width: int = 32, arch: s
     return keras.Model({"image": image}, outputs, name=f"segprep_{arch}")
 
 
+def at_size(model: keras.Model, size: int) -> keras.Model:
+    """`model`'s own layers (the same weights) on size × size inputs, for a fully convolutional model to train on
+    smaller crops than it is saved and evaluated at (`--train_crop_size`); an input of stride s gets size / s. A
+    ValueError when the model's layers cannot take that size (deeplabv3plus's backbone is built for its crop)."""
+    full = model.inputs[0].shape[1]
+    if size == full:
+        return model
+
+    def spec(t):
+        side = size * t.shape[1] // full
+        return keras.Input((side, side, *t.shape[3:]), name=t.name, dtype=t.dtype)
+
+    twin = keras.models.clone_model(model, input_tensors=keras.tree.map_structure(spec, model.input),
+                                    clone_function=lambda layer: layer)
+    if any(a is not b for a, b in zip(twin.weights, model.weights)) or len(twin.weights) != len(model.weights):
+        raise ValueError(f"{model.name} could not be rebuilt on {size} × {size} inputs with its own weights")
+    return twin
+
+
 def _conv_bn(x, filters, kernel=1, dilation=1, separable=False, name=None):
     conv = layers.SeparableConv2D if separable else layers.Conv2D
     x = conv(filters, kernel, dilation_rate=dilation, padding="same", use_bias=False,
