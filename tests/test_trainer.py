@@ -358,6 +358,11 @@ def test_a_killed_run_resumes_weights_optimizer_log_and_best_of_the_whole_run(re
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert os.path.isdir(f"{run}/backup") and not os.path.exists(f"{run}/model.keras")
     first = {e: (_arrays(snaps / f"weights{e}.npz"), _arrays(snaps / f"optimizer{e}.npz")) for e in (0, 1)}
+    # Another model in that dir (an explicit --model_dir reused with other flags): one line, and the backup kept.
+    with pytest.raises(train.UsageError, match=r"interrupted run of another model \(segprep_multi, [\d,]+ parameters;"
+                                               r" now segprep_multi, [\d,]+ parameters\).*--overwrite") as e:
+        train.fit(build_model(21, 64, width=16), records, run, _cfg(epochs=4), verbose=0)
+    assert "\n" not in str(e.value) and os.path.isdir(f"{run}/backup")
     second = _Watch()
     history = train.fit(build_model(21, 64, width=8), records, run, _cfg(epochs=4), verbose=0,
                         extra_callbacks=[second])

@@ -23,6 +23,7 @@ schedule goes on where it was), the best value and the log all come back.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -31,6 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from segprep.tools.cli import UsageError
 from trainer import common
 from trainer.common import CROP_WEIGHT, files
 from trainer.distribute import Placement
@@ -50,12 +52,15 @@ class History:
 
 @dataclasses.dataclass
 class RunState:
-    """What backup/state.json holds: the last finished epoch, the best so far, every row of the log."""
+    """What backup/state.json holds: the last finished epoch, the best so far, every row of the log, and which
+    model the checkpoint is of (`model_key`; empty in backups written before it was recorded)."""
 
     epoch: int = -1
     best: float = -math.inf
     best_epoch: int = -1
     rows: list[dict] = dataclasses.field(default_factory=list)
+    model: str = ""  # name and parameter count, for the message
+    model_key: str = ""
 
     @classmethod
     def load(cls, path: str) -> RunState | None:
@@ -196,6 +201,13 @@ class _Epoch:
         return out
 
 
+def model_identity(model: keras.Model) -> tuple[str, str]:
+    """(name and parameter count, a key of its weights' kinds and shapes, in order): what a checkpoint must be of
+    to be restored into `model`. Not the weights' paths: Keras numbers its layers' names per process."""
+    layout = json.dumps([(w.name, list(w.shape)) for w in model.weights])
+    return f"{model.name}, {model.count_params():,} parameters", hashlib.sha1(layout.encode()).hexdigest()
+
+
 def current_lr(optimizer) -> float:
     lr = optimizer.learning_rate
     return float(keras.ops.convert_to_numpy(lr))
@@ -222,9 +234,16 @@ class Loop:
         restored), or a fresh one."""
         state = RunState.load(f"{self.model_dir}/backup/state.json")
         latest = tf.train.latest_checkpoint(f"{self.model_dir}/backup")
+        model, key = model_identity(self.steps.model)
         if state is None or latest is None:
-            return RunState()
+            return RunState(model=model, model_key=key)
+        if state.model_key and state.model_key != key:
+            # Restoring would fill the matching weights and silently leave the others as initialised.
+            raise UsageError(f"{self.model_dir} holds an interrupted run of another model ({state.model}; now "
+                             f"{model}): run the command that started it to resume, or pass --overwrite to start "
+                             "over.")
         self.checkpoint.restore(latest).expect_partial()
+        state.model, state.model_key = model, key
         return state
 
     def fit(self, train_ds, val_ds, epochs: int, steps_per_epoch: int, val_steps: int) -> History:
