@@ -181,8 +181,9 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
     per position; with `window` smaller than the crop size, each training crop is a random window × window part of
     the augmented crop (evaluation data stays whole). So the same seed gives the same batches on every run, at any
     parallelism, and a run resumed at epoch e (`start_epoch=e`) sees what an uninterrupted one saw from e on.
-    `seed=None` draws a seed at random. Evaluation data is one pass in record order per epoch, repeated, so `steps(...)` validation steps read it
-    exactly once; with `pad_batches`, its last batch is padded to full size with ignored examples (`_pad_batch`)."""
+    `seed=None` draws a seed at random. Evaluation data is one pass in record order per epoch, repeated, so
+    `steps(...)` validation steps read it exactly once; with `pad_batches`, its last batch is padded to full size
+    with ignored examples (`_pad_batch`)."""
     meta = meta or load_metadata(data_dir)
     files = split_files(meta, data_dir, split)
     size = int(meta["crop_size"])
