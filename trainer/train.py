@@ -67,8 +67,12 @@ class TrainConfig:
     hard_pixels: float = 0.2  # the share of each output's pixels a training step's loss keeps, hardest first
     freeze_backbone_epochs: int = 0  # epochs that train the head only (a model with a "backbone" layer)
     # The side of the crops training steps see: random windows of each augmented crop (validation sees whole
-    # crops); None: whole crops. Only for a model whose layers take another input size (multi and deconv).
+    # crops). None: TRAIN_CROP_SHARE of the crop, a multiple of 8 (224 for 256), for a model whose layers take
+    # another input size (multi and deconv), else the whole crop (deeplabv3plus).
     train_crop_size: int | None = None
+
+
+TRAIN_CROP_SHARE = 0.875
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,13 +308,24 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
     return history
 
 
+def default_train_crop(crop: int, stride: int = 8) -> int:
+    """TRAIN_CROP_SHARE of the crop size, rounded down to a multiple of `stride`."""
+    return max(stride, int(crop * TRAIN_CROP_SHARE) // stride * stride)
+
+
 def train_crops(model: keras.Model, size: int | None, crop: int) -> tuple[int, keras.Model]:
     """TrainConfig.train_crop_size → (the training crops' side, the model that takes them: `model` itself for whole
     crops, else its own layers on that size). A UsageError for a size the model cannot take."""
-    if size is None or size == crop:
-        return crop, model
     _, targets = data.strides_of(model)
     stride = max(8, *targets.values())
+    if size is None:
+        window = default_train_crop(crop, stride)
+        try:
+            return window, model_lib.at_size(model, window)
+        except ValueError:  # a model built for its crop size (deeplabv3plus): whole crops
+            return crop, model
+    if size == crop:
+        return crop, model
     if size > crop or size % stride:
         raise UsageError(_train_crop_error(size, crop, stride))
     try:
@@ -609,8 +624,9 @@ def _train(args, meta: dict, model_dir: str, placement: distribute.Placement, po
 
 
 def _window_text(args, meta: dict) -> str:
-    window = args.train_crop_size
-    return "" if window in (None, int(meta["crop_size"])) else f", trained as {window}×{window} windows"
+    crop = int(meta["crop_size"])
+    window = args.train_crop_size or (crop if args.arch == "deeplabv3plus" else default_train_crop(crop))
+    return "" if window == crop else f", trained as {window}×{window} windows"
 
 
 def _backbone_text(args) -> str:
