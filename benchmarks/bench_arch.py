@@ -1,6 +1,5 @@
-"""(r) What each model costs: parameters, CPU training steps/s at batch 8 as trainer.train trains it (multi and
-deconv on their default training windows, 224² of the 256² crops; deeplabv3plus on whole crops), peak RSS of the
-training process, beside the input pipeline's crops/s, so a user sees which model a faster device would starve.
+"""(r) What each model costs: parameters, CPU training steps/s at batch 8 on 256² crops, peak RSS of the training
+process, beside the input pipeline's crops/s, so a user sees which model a faster device would starve.
 
 Each model trains in its own process (its peak RSS is its own), from one cached batch of the bundled sample's
 shards (no input cost), after two warm-up steps (tracing). Backbones start from random weights (`none`): the cost
@@ -28,7 +27,7 @@ import json, resource, sys, time
 import keras
 from trainer import data, distribute, loop
 from trainer.model import build_model
-from trainer.train import TrainConfig, train_crops
+from trainer.train import TrainConfig
 
 records, arch, backbone, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 meta = data.load_metadata(records)
@@ -36,14 +35,12 @@ keras.utils.set_random_seed(0)
 model = build_model(meta["num_classes"], meta["crop_size"], 32, arch, meta["rgb_mean"], meta["rgb_std"],
                     backbone=backbone if backbone != "-" else "mobilenetv2", backbone_weights="none")
 inputs, targets = data.strides_of(model)
-window, twin = train_crops(model, TrainConfig.train_crop_size, meta["crop_size"])  # trainer.train's crops
-one = data.make_dataset(records, "train", %(batch)d, training=True, inputs=inputs, targets=targets,
-                        window=window).take(1).cache()
+one = data.make_dataset(records, "train", %(batch)d, training=True, inputs=inputs, targets=targets).take(1).cache()
 optimizer = keras.optimizers.Adam(1e-3)
 optimizer.build(model.trainable_variables)
 weights = {name: (1.0 if name == "main" else 0.2) for name in model.output_names}
 step = loop.Steps(model, optimizer, weights, meta["num_classes"], distribute.make("auto"),
-                  hard_pixels=TrainConfig.hard_pixels, train_model=twin)  # the loss trainer.train trains with
+                  hard_pixels=TrainConfig.hard_pixels)  # the loss trainer.train trains with
 batches = iter(one.repeat())
 for _ in range(2):
     step.train(*next(batches))
@@ -52,18 +49,16 @@ for _ in range(steps):
     logs, _ = step.train(*next(batches))
 float(logs["loss"])
 rate = steps / (time.perf_counter() - t)
-print(json.dumps({"params": model.count_params(), "steps_s": rate, "window": window,
+print(json.dumps({"params": model.count_params(), "steps_s": rate,
                   "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """ % {"batch": BATCH}
 
 
 def input_rate(records: str, batches: int = 60) -> float:
     """Crops/s of trainer.train's training pipeline (targets of the three-output models), alone."""
-    from trainer import data, train
+    from trainer import data
 
-    window = train.default_train_crop(data.load_metadata(records)["crop_size"])
-    ds = data.make_dataset(records, "train", BATCH, training=True, targets={"main": 1, "upsample": 1, "aux": 16},
-                           window=window)
+    ds = data.make_dataset(records, "train", BATCH, training=True, targets={"main": 1, "upsample": 1, "aux": 16})
     it = iter(ds)
     next(it)
     t = time.perf_counter()
@@ -85,18 +80,17 @@ def main(steps: int = 10):
     with tempfile.TemporaryDirectory() as tmp:
         records = _sample_records(tmp)
         crops = input_rate(records)
-        print(f"(r) each model's training cost on 2 CPU cores, batch {BATCH} of the 256² crops, beside the input "
+        print(f"(r) each model's training cost on 2 CPU cores, batch {BATCH} of 256² crops, beside the input "
               f"pipeline ({crops:.0f} crops/s alone)")
-        print(f"{'arch':>14} {'backbone':>17} {'parameters':>11} {'trains on':>9} {'steps/s':>8} {'crops/s':>8} "
-              f"{'peak RSS':>9} {'input ÷ step':>13}")
+        print(f"{'arch':>14} {'backbone':>17} {'parameters':>11} {'steps/s':>8} {'crops/s':>8} {'peak RSS':>9} "
+              f"{'input ÷ step':>13}")
         chosen = os.environ.get("ARCHS", "").split(",")  # e.g. ARCHS=multi,deconv or ARCHS=deeplabv3plus:resnet50
         for arch, backbone in MODELS:
             if chosen != [""] and arch not in chosen and f"{arch}:{backbone}" not in chosen:
                 continue
             r = one_model(records, arch, backbone, steps)
             rate = r["steps_s"] * BATCH
-            print(f"{arch:>14} {backbone or '-':>17} {r['params']:>11,} {r['window']:>7}² {r['steps_s']:>8.2f} "
-                  f"{rate:>8.1f} "
+            print(f"{arch:>14} {backbone or '-':>17} {r['params']:>11,} {r['steps_s']:>8.2f} {rate:>8.1f} "
                   f"{r['rss_mib']:>6.0f} MiB {crops / rate:>12.0f}×", flush=True)
 
 

@@ -82,19 +82,17 @@ def train_rate(records):
 
     from trainer import data, distribute, loop
     from trainer.model import build_model
-    from trainer.train import TrainConfig, train_crops
+    from trainer.train import TrainConfig
 
     meta = data.load_metadata(records)
     placement = distribute.make("auto")
     model = build_model(meta["num_classes"], meta["crop_size"])
     inputs, targets = data.strides_of(model)
-    window, twin = train_crops(model, TrainConfig.train_crop_size, meta["crop_size"])  # trainer.train's crops
-    one = data.make_dataset(records, "train", BATCH, training=True, inputs=inputs, targets=targets,
-                            window=window).take(1).cache()
+    one = data.make_dataset(records, "train", BATCH, training=True, inputs=inputs, targets=targets).take(1).cache()
     optimizer = keras.optimizers.Adam(1e-3)
     optimizer.build(model.trainable_variables)
     steps = loop.Steps(model, optimizer, {"main": 1.0, "upsample": 0.2, "aux": 0.2}, meta["num_classes"], placement,
-                       hard_pixels=TrainConfig.hard_pixels, train_model=twin)
+                       hard_pixels=TrainConfig.hard_pixels)
     batches = iter(one.repeat())
     for _ in range(3):  # build and trace
         steps.train(*next(batches))

@@ -12,7 +12,7 @@ ARCH_OUTPUTS = {"multi": ("main", "upsample", "aux"), "deconv": ("main",),
 BACKBONES = ("mobilenetv2", "resnet50", "efficientnetv2b0")  # trainer.backbones, for --arch deeplabv3plus
 # The revision of trainer.model's own layers ("multi", "deconv"): a default run dir of another revision is
 # another dir, so a changed model never resumes from the checkpoint of an earlier one.
-MODEL_REVISION = 3
+MODEL_REVISION = 2
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker_mirrored", "tpu")  # trainer.distribute
 BEST_METRIC = "val_main_miou"  # trainer.loop: what best.keras is the best of
 CROP_WEIGHT = "_crop_weight"  # a target beside the outputs' masks: each crop's loss weight (--class_weights)

@@ -74,13 +74,12 @@ def build_model(num_classes: int, crop_size: int = 256, width: int = 32, arch: s
     x = _sep(x, 4 * width, dilation=2)
     ctx = _sep(x, 4 * width, dilation=4)
 
-    # Each transposed convolution doubles the resolution with a 2×2 kernel at stride 2: every output pixel comes from
-    # the one input pixel above it (no overlap, so no checkerboard); the separable 3×3 after it mixes neighbours.
-    y = layers.Conv2DTranspose(2 * width, 2, strides=2, padding="same")(ctx)  # 1/4
+    y = layers.Conv2DTranspose(2 * width, 4, strides=2, padding="same")(ctx)  # 1/4
     y = _sep(layers.Concatenate()([y, s4]), 2 * width)
-    y = layers.Conv2DTranspose(width, 2, strides=2, padding="same")(y)  # 1/2
+    y = layers.Conv2DTranspose(width, 4, strides=2, padding="same")(y)  # 1/2
     y = _sep(layers.Concatenate()([y, s2]), width)
-    # Outputs in float32 under a mixed-precision policy too: softmax and losses need the range.
+    # Outputs in float32 under a mixed-precision policy too: softmax and losses need the range. A 2×2 kernel at
+    # stride 2: each full-resolution pixel comes from the one 1/2-resolution pixel above it (no checkerboard).
     main = layers.Conv2DTranspose(num_classes, 2, strides=2, padding="same", name="main", dtype="float32")(y)
     outputs = {"main": main}
     if arch == "multi":
