@@ -305,16 +305,17 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
 
 
 def train_crops(model: keras.Model, size: int | None, crop: int) -> tuple[int, keras.Model]:
-    """TrainConfig.train_crop_size → (the training crops' side, the model that takes them: `model` itself for whole
-    crops, else its own layers on that size). A UsageError for a size the model cannot take."""
+    """TrainConfig.train_crop_size → (the training crops' side, the model a training step calls: `model`'s own
+    layers on that size, BatchNorm fused; see trainer.model.for_training). A UsageError for a size the model
+    cannot take."""
     if size is None or size == crop:
-        return crop, model
+        return crop, model_lib.for_training(model)
     _, targets = data.strides_of(model)
     stride = max(8, *targets.values())
     if size > crop or size % stride:
         raise UsageError(_train_crop_error(size, crop, stride))
     try:
-        return size, model_lib.at_size(model, size)
+        return size, model_lib.for_training(model, size)
     except ValueError:
         raise UsageError(_train_crop_error(size, crop, stride, model.name)) from None
 
