@@ -26,7 +26,7 @@ ONE = """
 import json, resource, sys, time
 import keras
 from trainer import data, distribute, loop
-from trainer.model import build_model
+from trainer.model import build_model, for_training
 from trainer.train import TrainConfig
 
 records, arch, backbone, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -40,7 +40,8 @@ optimizer = keras.optimizers.Adam(1e-3)
 optimizer.build(model.trainable_variables)
 weights = {name: (1.0 if name == "main" else 0.2) for name in model.output_names}
 step = loop.Steps(model, optimizer, weights, meta["num_classes"], distribute.make("auto"),
-                  hard_pixels=TrainConfig.hard_pixels)  # the loss trainer.train trains with
+                  hard_pixels=TrainConfig.hard_pixels,  # the loss and the step trainer.train trains with
+                  train_model=for_training(model))
 batches = iter(one.repeat())
 for _ in range(2):
     step.train(*next(batches))

@@ -19,13 +19,14 @@ def steps_per_second(records, placement, warmup=3, measured=15):
     import time
     import keras
     from trainer import data, loop
-    from trainer.model import build_model
+    from trainer.model import build_model, for_training
 
     with placement.strategy.scope():
         model = build_model(21, 256)
         optimizer = keras.optimizers.Adam(1e-3)
         optimizer.build(model.trainable_variables)
-    steps = loop.Steps(model, optimizer, {"main": 1.0, "upsample": 0.2, "aux": 0.2}, 21, placement)
+    steps = loop.Steps(model, optimizer, {"main": 1.0, "upsample": 0.2, "aux": 0.2}, 21, placement,
+                       train_model=for_training(model))  # the step trainer.train runs
     ds = data.make_dataset(records, "train", 8, training=True, targets={"main": 1, "upsample": 1, "aux": 8})
     batches = iter(placement.strategy.experimental_distribute_dataset(ds.take(1).cache().repeat()))
     for _ in range(warmup):

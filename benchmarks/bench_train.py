@@ -7,7 +7,8 @@
       loader does not do. No goal of its own: both decode a JPEG and a PNG per crop, which bounds the ratio
       (1203 examples/s flips-only on 2 cores is 1.7 ms of a core per crop); the goal that matters is (e).
   (e) the same input pipeline vs the default model's training rate fed from one cached batch (no input cost).
-      Goal ≥ 2×: training is never input-bound.
+      Goal ≥ 2×: training is never input-bound. Beside it, the same step as plain Keras and TensorFlow compute
+      it (see `train_rate`), measured in the same run: what trainer.loop's step gains over them.
   (f) val mIoU of the default `python -m trainer.train` on the bundled sample for each of --seed 0-4, measured
       with `trainer.evaluate` on model.keras, with each training's wall time, side by side, then min, median and
       max. Goal: ≥ 0.8 for every seed, each within 10 minutes on 2 cores. Training is repeatable (the same seed
@@ -76,31 +77,44 @@ def input_rates(records, tmp):
     return flips, seed_recipe, ours
 
 
-def train_rate(records):
-    """Examples/s of the training step trainer.train runs (trainer.loop), fed one cached batch."""
+def train_rate(records, plain: bool = False):
+    """Examples/s of the training step trainer.train runs (trainer.loop), fed one cached batch. `plain`: the same
+    step as Keras and TensorFlow give it, for comparison: Keras's BatchNormalization layers (moments and
+    normalisation as separate ops), TensorFlow's sparse cross-entropy (under op determinism: a log-softmax and a
+    gather) and `top_k` for the hard-pixel threshold."""
     import keras
+    import tensorflow as tf
 
     from trainer import data, distribute, loop
-    from trainer.model import build_model
-    from trainer.train import TrainConfig
+    from trainer.model import build_model, for_training
+    from trainer.train import TrainConfig, op_determinism
 
     meta = data.load_metadata(records)
     placement = distribute.make("auto")
+    keras.utils.set_random_seed(0)
     model = build_model(meta["num_classes"], meta["crop_size"])
     inputs, targets = data.strides_of(model)
     one = data.make_dataset(records, "train", BATCH, training=True, inputs=inputs, targets=targets).take(1).cache()
     optimizer = keras.optimizers.Adam(1e-3)
     optimizer.build(model.trainable_variables)
     steps = loop.Steps(model, optimizer, {"main": 1.0, "upsample": 0.2, "aux": 0.2}, meta["num_classes"], placement,
-                       hard_pixels=TrainConfig.hard_pixels)
+                       hard_pixels=TrainConfig.hard_pixels, train_model=None if plain else for_training(model))
+    ours = loop.cross_entropy, loop.kth_largest
+    if plain:  # the step is traced below, with these
+        loop.cross_entropy = lambda labels, logits: tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        loop.kth_largest = lambda values, k: tf.reduce_min(tf.math.top_k(values, k, sorted=False).values)
     batches = iter(one.repeat())
-    for _ in range(3):  # build and trace
-        steps.train(*next(batches))
-    count = 20
-    t = time.perf_counter()
-    for _ in range(count):
-        logs, _ = steps.train(*next(batches))
-    float(logs["loss"])
+    try:
+        with op_determinism(True):  # as trainer.train runs
+            for _ in range(3):  # build and trace
+                steps.train(*next(batches))
+            count = 20
+            t = time.perf_counter()
+            for _ in range(count):
+                logs, _ = steps.train(*next(batches))
+            float(logs["loss"])
+    finally:
+        loop.cross_entropy, loop.kth_largest = ours
     return count * BATCH / (time.perf_counter() - t)
 
 
@@ -154,9 +168,10 @@ def main(which=("input", "train")):
         print(f"(d) input pipeline, flips only: tf.data from shards {flips:.0f} examples/s, seed recipe's zipped "
               f"ImageDataGenerator.flow_from_directory {seed:.0f} examples/s → {flips / seed:.1f}×; "
               f"with trainer.train's scale and rotation too: {ours:.0f} examples/s")
-        step = train_rate(records)
+        plain, step = train_rate(records, plain=True), train_rate(records)
         print(f"(e) training step (default model, batch {BATCH}, cached input): {step:.1f} examples/s; input "
-              f"pipeline / training = {ours / step:.1f}× (goal ≥ 2×)")
+              f"pipeline / training = {ours / step:.1f}× (goal ≥ 2×). The same step with Keras's BatchNorm, "
+              f"TensorFlow's cross-entropy and top_k: {plain:.1f} examples/s (trainer's {step / plain:.2f}×)")
         if "train" in which:
             seeds = tuple(int(v) for v in os.environ.get("SEEDS", "0,1,2,3,4").split(","))
             seeds_table(tmp, seeds, shlex.split(os.environ.get("TRAIN_FLAGS", "")))

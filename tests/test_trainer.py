@@ -117,10 +117,12 @@ def test_training_windows_are_parts_of_the_augmented_crop_at_one_offset_for_imag
 def test_train_crop_size_trains_windows_through_the_models_own_weights_and_saves_it_whole(records, tmp_path,
                                                                                          capsys):
     model = build_model(21, 64, width=8)
-    assert train.train_crops(model, None, 64) == (64, model) == train.train_crops(model, 64, 64)  # whole crops
+    for size in (None, 64):  # whole crops: the model's training twin at its own size
+        window, twin = train.train_crops(model, size, 64)
+        assert window == 64 and twin.inputs[0].shape[1:3] == (64, 64)
     window, twin = train.train_crops(model, 48, 64)
     assert window == 48 and twin.inputs[0].shape[1:3] == (48, 48)
-    assert len(twin.weights) == len(model.weights) and all(a is b for a, b in zip(twin.weights, model.weights))
+    assert len(twin.weights) == len(model.weights) and {id(w) for w in twin.weights} == {id(w) for w in model.weights}
     for bad in (60, 72):
         with pytest.raises(train.UsageError, match=f"--train_crop_size {bad}: must be a multiple of 8"):
             train.train_crops(model, bad, 64)
@@ -258,6 +260,94 @@ def test_hard_pixels_train_on_the_hardest_share_and_validate_on_every_pixel(reco
     assert float(xla) == np.sort(per_pixel.numpy()[keep.numpy()])[::-1][31]  # the 32nd of 128, among the kept
     with pytest.raises(ValueError, match="hard_pixels"):
         train.loop.Steps(model, keras.optimizers.Adam(), {"main": 1.0}, 21, placement, hard_pixels=0.0)
+
+
+def test_the_hard_pixel_threshold_is_top_ks_exactly():
+    """kth_largest (bisection on bit patterns) against min(top_k): ties, the -1 of unlabelled pixels, ±0, ±inf,
+    tiny and huge magnitudes, every k from 1 to the size; eagerly, in a graph and under XLA."""
+    rng = np.random.default_rng(0)
+    graph = tf.function(train.loop.kth_largest)
+    xla = tf.function(train.loop.kth_largest, jit_compile=True)
+    for trial in range(120):
+        values = (rng.standard_normal(int(rng.integers(1, 600))) * 10.0 ** rng.uniform(-30, 30)).astype(np.float32)
+        if trial % 4 == 1:
+            values = np.round(values * 4 / np.abs(values).max()).astype(np.float32)  # many ties
+        elif trial % 4 == 2:
+            values = np.where(rng.random(values.size) < 0.6, -1.0, np.abs(values)).astype(np.float32)
+        elif trial % 4 == 3:
+            values = np.concatenate([values, [0.0, -0.0, np.inf, -np.inf, np.float32(1e-45)]]).astype(np.float32)
+        for k in {1, values.size, int(rng.integers(1, values.size + 1))}:
+            want = np.sort(values)[::-1][k - 1]
+            assert want == float(tf.reduce_min(tf.math.top_k(values, k).values))
+            assert float(graph(tf.constant(values), tf.constant(k))) == want, (trial, k)
+        assert float(xla(tf.constant(values), tf.constant(k))) == want
+    assert float(train.loop.kth_largest(tf.constant([3.0, 1.0, 2.0]), 2)) == 2.0  # eager
+
+
+def test_cross_entropy_equals_tensorflows_in_value_and_gradient():
+    """loop.cross_entropy (gradient written out) against tf.nn.sparse_softmax_cross_entropy_with_logits, on logits
+    up to ±90 (exp would overflow unshifted) and a weighted sum as the loss; XLA gives the same values."""
+    rng = np.random.default_rng(1)
+    logits = tf.constant(rng.standard_normal((2, 8, 8, 21)).astype(np.float32) * 30)
+    labels = tf.constant(rng.integers(0, 21, (2, 8, 8)).astype(np.int32))
+    weight = tf.constant(rng.random((2, 8, 8)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(logits)
+        ours = train.loop.cross_entropy(labels, logits)
+        theirs = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        ours_total, theirs_total = tf.reduce_sum(ours * weight), tf.reduce_sum(theirs * weight)
+    assert np.isfinite(ours.numpy()).all() and float(tf.reduce_max(theirs)) > 50
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tape.gradient(ours_total, logits), tape.gradient(theirs_total, logits), atol=1e-6)
+    xla = tf.function(train.loop.cross_entropy, jit_compile=True)(labels, logits)
+    np.testing.assert_allclose(xla, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_the_training_twin_computes_what_the_model_computes_through_fused_batch_norm(records):
+    """trainer.model.for_training: every BatchNormalization of the model runs through the fused kernel in training,
+    with the model's own weights; outputs, gradients and moving statistics are the layer's own to float32
+    rounding, inference is the layer itself, and the model (what is saved) keeps Keras's layers."""
+    from trainer.model import FusedBatchNorm, for_training
+
+    keras.utils.set_random_seed(0)
+    model = build_model(21, 64, width=8)
+    twin = for_training(model)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    fused = [layer for layer in twin.layers if isinstance(layer, FusedBatchNorm)]
+    assert len(norms) == len(fused) > 5 and {id(f.batch_norm) for f in fused} == {id(n) for n in norms}
+    assert {id(w) for w in twin.weights} == {id(w) for w in model.weights}
+    x, _ = next(iter(data.make_dataset(records, "train", 4, training=True, seed=0)))
+    start = [w.numpy() for w in model.non_trainable_weights]
+    results = []
+    for net in (model, twin):
+        for w, value in zip(model.non_trainable_weights, start):
+            w.assign(value)
+        with tf.GradientTape() as tape:
+            out = net(x, training=True)
+            loss = sum(tf.reduce_mean(tf.square(v)) for v in out.values())
+        results.append((out, tape.gradient(loss, model.trainable_weights),
+                        [w.numpy() for w in model.non_trainable_weights]))
+    (out_k, grads_k, stats_k), (out_f, grads_f, stats_f) = results
+    for name in out_k:
+        np.testing.assert_allclose(out_f[name], out_k[name], rtol=1e-4, atol=1e-4 * float(np.abs(out_k[name]).max()))
+    for a, b in zip(grads_f, grads_k):
+        np.testing.assert_allclose(a, b, atol=1e-3 * float(np.abs(b).max()) + 1e-9)
+    for a, b, before in zip(stats_f, stats_k, start):
+        assert not np.array_equal(b, before)  # the moving statistics moved ...
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # ... as the layer moves them (biased variance)
+    for name, value in model(x, training=False).items():
+        assert np.array_equal(twin(x, training=False)[name], value)
+    norms[0].trainable = False  # a frozen layer: inference statistics, no update, as Keras does
+    before = norms[0].moving_mean.numpy()
+    np.testing.assert_allclose(twin(x, training=True)["main"], model(x, training=True)["main"], rtol=1e-4,
+                               atol=1e-4 * float(np.abs(out_k["main"]).max()))
+    assert np.array_equal(norms[0].moving_mean.numpy(), before)
+    assert not any(isinstance(layer, FusedBatchNorm) for layer in model.layers)
+    # A nested model's BatchNorms too: deeplabv3plus's backbone.
+    deeplab = build_model(21, 64, arch="deeplabv3plus", backbone="mobilenetv2", backbone_weights="none")
+    backbone, twin_backbone = deeplab.get_layer("backbone"), for_training(deeplab).get_layer("backbone")
+    assert (sum(isinstance(layer, FusedBatchNorm) for layer in twin_backbone.layers)
+            == sum(isinstance(layer, keras.layers.BatchNormalization) for layer in backbone.layers) > 10)
 
 
 def test_repeat_factors_come_from_class_crops_and_weigh_each_crop_by_its_rarest_class(records):

@@ -207,7 +207,7 @@ def _hardest(per_pixel, valid, share: float):
 def kth_largest(values, k):
     """The k-th largest of a 1-D float32 tensor (k ≥ 1, at most its size), exactly `min(top_k(values, k))`, found by
     bisection on the values' bit patterns: 32 passes that count how many values lie above a candidate. A top_k over
-    the half million losses of a batch of 256² crops costs ~4× as much on CPU (it selects and moves values; the
+    the half million losses of a batch of 256² crops costs ~2.5× as much on CPU (it selects and moves values; the
     passes only compare and add), and the counts are integers, so the result is the same on every device."""
     bits = tf.bitcast(values, tf.int32)
     # Integer order = float order: negative floats' bit patterns count down as the value goes down, so flip them.

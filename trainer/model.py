@@ -24,7 +24,9 @@ loss weights, metrics and targets are keyed by.
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import layers
+from keras.src.models.functional import Functional  # nested models' class: not in the public API
 
 from trainer.common import ARCHS  # noqa: E402,F401 - re-exported
 from trainer.normalization import STD_FLOOR
@@ -95,9 +97,9 @@ def build_model(num_classes: int, crop_size: int = 256, width: int = 32, arch: s
 def for_training(model: keras.Model, size: int | None = None, fuse_batch_norm: bool = True) -> keras.Model:
     """`model`'s own layers and weights as a training step calls them: on size × size inputs (`--train_crop_size`:
     a fully convolutional model trains on smaller crops than it is saved and evaluated at; an input of stride s
-    gets size / s), and with every top-level BatchNormalization's training statistics computed by TensorFlow's
-    fused kernel (`FusedBatchNorm`). The model itself, checkpointed and saved, keeps Keras's layers. A ValueError
-    when the model's layers cannot take that size (deeplabv3plus's backbone is built for its crop)."""
+    gets size / s), and with every BatchNormalization's training statistics, nested models' included, computed by
+    TensorFlow's fused kernel (`FusedBatchNorm`). The model itself, checkpointed and saved, keeps Keras's layers.
+    A ValueError when the model's layers cannot take that size (deeplabv3plus's backbone is built for its crop)."""
     full = model.inputs[0].shape[1]
 
     def spec(t):
@@ -107,6 +109,8 @@ def for_training(model: keras.Model, size: int | None = None, fuse_batch_norm: b
     def layer(original):
         if fuse_batch_norm and type(original) is layers.BatchNormalization:
             return FusedBatchNorm(original)
+        if fuse_batch_norm and isinstance(original, Functional):  # a nested model: deeplabv3plus's backbone
+            return for_training(original)
         return original
 
     resized = size is not None and size != full
@@ -120,7 +124,7 @@ def for_training(model: keras.Model, size: int | None = None, fuse_batch_norm: b
 class FusedBatchNorm(layers.Layer):
     """One of a model's BatchNormalization layers, its own weights, in a training step through TensorFlow's fused
     kernel: one op forward and one back where Keras 3 computes moments, square, normalisation and their gradients
-    as a dozen separate ops over the whole tensor (a training step of the default model is ~20% faster on CPU). The
+    as a dozen separate ops over the whole tensor (a training step of the default model is 15-20% faster on CPU). The
     same batch statistics, output and moving-average updates as the layer's own training call, to float32
     rounding. Not for saving (trainer.model.for_training builds it for the training step only): whatever it cannot
     do as the layer would (inference, a frozen layer, statistics synchronised over several replicas, renorm, a
@@ -131,8 +135,6 @@ class FusedBatchNorm(layers.Layer):
         self.batch_norm = batch_norm
 
     def call(self, inputs, training=None, mask=None):
-        import tensorflow as tf
-
         bn = self.batch_norm
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         if (not (training and bn.trainable) or mask is not None or (bn.synchronized and replicas > 1) or bn.renorm
