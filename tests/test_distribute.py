@@ -42,7 +42,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras, numpy as np
 from trainer import data, distribute, loop, train
-from trainer.model import build_model, for_training
+from trainer.model import build_model
 
 records = sys.argv[1]
 meta = data.load_metadata(records)
@@ -61,9 +61,7 @@ for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
         model.set_weights(initial)
         optimizer = keras.optimizers.SGD(1.0)  # the update is the gradient itself (see the test)
         optimizer.build(model.trainable_variables)
-    # trainer.train's step: BatchNorm fused on one device, the layers' synchronised statistics on two
-    steps = loop.Steps(model, optimizer, {"main": 1.0, "upsample": 0.2, "aux": 0.2}, 21, placement,
-                       train_model=for_training(model))
+    steps = loop.Steps(model, optimizer, {"main": 1.0, "upsample": 0.2, "aux": 0.2}, 21, placement)
     batch = next(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((x, y)))))
     logs, cms = steps.train(*batch)
     result[name] = {"replicas": strategy.num_replicas_in_sync, "loss": float(logs["loss"]),
