@@ -13,11 +13,13 @@ retry finishes what an attempt started, and a shard already moved into place is 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
+import socket
 import time
 
-from segprep import layout, metadata, storage
+from segprep import layout, metadata, runlock, storage
 from segprep.convert import Stats
 from segprep.palette import Palette
 
@@ -41,43 +43,182 @@ class RunSpec:
     started: float
 
 
-def existing_outputs(out: str) -> tuple[list[str], list[str]]:
-    """→ (files of a finished or partial run: shards, errors, metadata; leftover temp files of crashed runs)."""
-    done = [p for p in storage.match(layout.join(out, "*")) if layout.is_shard(p) or p.endswith("/" + layout.METADATA)]
-    done += storage.match(layout.join(out, layout.ERRORS_DIR, "*.jsonl"))
-    temp = storage.match(layout.join(out, layout.TEMP_PREFIX + "*", "*"))
-    temp += storage.match(layout.join(out, layout.TEMP_PREFIX + "*", SPILL_DIR, "*"))  # a crashed local run's
-    # A local run killed before writing any file leaves its temp folder (and spill/) empty: named as it is.
-    holding = {p[len(out) + 1:].split("/", 1)[0] for p in temp}
-    temp += [f for f in storage.local_folders(out, layout.TEMP_PREFIX) if os.path.basename(f) not in holding]
-    return sorted(done), sorted(temp)
-
-
+MARKER = layout.TEMP_MARKER
+JOURNAL = layout.TEMP_JOURNAL
 SPILL_DIR = "spill"  # a local run's spill files: OUT/.segprep-tmp-RUN/spill/
 
 
-def clear(paths: list[str]) -> None:
-    """Deletes `paths` (files, and local temp folders holding none), then the temp folders they leave empty (local
-    ones; an object store has no folders). A folder is only ever removed empty."""
-    empty = [p for p in paths if not storage.is_remote(p) and os.path.isdir(p)]
-    files = [p for p in paths if p not in empty]
+@dataclasses.dataclass
+class Inventory:
+    """What an output dir holds, sorted by who wrote it. Only `recorded` and `unfinished` are ever deleted
+    (--overwrite); everything else stays where it is."""
+
+    recorded: list[str] = dataclasses.field(default_factory=list)  # a finished run's: metadata.json, shards, errors
+    unfinished: list[str] = dataclasses.field(default_factory=list)  # segprep temp dirs' files, journal-named files
+    temp_dirs: list[str] = dataclasses.field(default_factory=list)  # segprep temp dirs (local), removed once empty
+    blocking: list[str] = dataclasses.field(default_factory=list)  # not segprep's, under a name a run writes
+    foreign: list[str] = dataclasses.field(default_factory=list)  # not segprep's, left alone and named
+
+    def ours(self) -> list[str]:
+        return self.recorded + self.unfinished
+
+
+def _recorded_names(data: bytes) -> list[str] | None:
+    """The file names (relative to OUT) that a metadata.json records as its run's, or None when the file is not a
+    segprep metadata.json (any schema version: an old run's files are segprep's too)."""
+    try:
+        meta = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(meta, dict) or "schema_version" not in meta or not isinstance(meta.get("splits"), dict):
+        return None
+    names = [layout.METADATA]
+    for split, entry in meta["splits"].items():
+        if not isinstance(entry, dict):
+            continue
+        shards = entry.get("shards") if isinstance(entry.get("shards"), list) else []
+        names += [n for n in shards if isinstance(n, str) and "/" not in n and layout.is_shard(n)]
+        if entry.get("errors_file") == layout.errors_path("", str(split)).lstrip("/"):
+            names.append(entry["errors_file"])
+    return names
+
+
+def inventory(out: str, splits: tuple[str, ...] | list[str] = ()) -> Inventory:
+    """Sorts what `out` holds (see Inventory). Never follows a symbolic link: a link is never segprep's. `splits`
+    are the new run's: a file no run recorded at errors/SPLIT.jsonl of one of them is in the way."""
+    inv = Inventory()
+    remote = storage.is_remote(out)
+    top = _top_entries(out, remote)  # {name: "file" | "dir" | "link" | "other"}
+    recorded: set[str] = set()
+    if top.get(layout.METADATA) == "file":
+        recorded = set(_recorded_names(storage.read_bytes(layout.join(out, layout.METADATA))) or ())
+    journaled: set[str] = set()
+    for name, kind in sorted(top.items()):
+        if not name.startswith(layout.TEMP_PREFIX):
+            continue
+        path = layout.join(out, name)
+        if kind != "dir":
+            inv.foreign.append(path)
+            continue
+        files, folders, odd = _walk(path, remote)
+        if layout.join(path, MARKER) in files or not files:  # ours, or nothing in it to lose
+            inv.unfinished += files
+            inv.temp_dirs += folders
+            inv.foreign += odd
+            if layout.join(path, JOURNAL) in files:
+                journaled |= _journal_names(layout.join(path, JOURNAL))
+        else:
+            inv.foreign.append(path)
+    for name, kind in sorted(top.items()):
+        path = layout.join(out, name)
+        if name.startswith(layout.TEMP_PREFIX) or name == runlock.LOCK_NAME:
+            continue
+        if name == layout.ERRORS_DIR and kind == "dir":
+            _sort_errors(inv, out, remote, recorded, journaled, splits)
+        elif kind == "file" and name in recorded:
+            inv.recorded.append(path)
+        elif kind == "file" and name in journaled:
+            inv.unfinished.append(path)
+        elif layout.is_shard(name) or name in (layout.METADATA, layout.ERRORS_DIR):
+            inv.blocking.append(path)
+        else:
+            inv.foreign.append(path)
+    return inv
+
+
+def _sort_errors(inv: Inventory, out: str, remote: bool, recorded: set[str], journaled: set[str], splits) -> None:
+    for name, kind in sorted(_entries(layout.join(out, layout.ERRORS_DIR), remote).items()):
+        rel = f"{layout.ERRORS_DIR}/{name}"
+        path = layout.join(out, rel)
+        if kind == "file" and rel in recorded:
+            inv.recorded.append(path)
+        elif kind == "file" and rel in journaled:
+            inv.unfinished.append(path)
+        elif name in {f"{s}.jsonl" for s in splits}:
+            inv.blocking.append(path)
+        else:
+            inv.foreign.append(path)
+
+
+def _top_entries(folder: str, remote: bool) -> dict[str, str]:
+    """{name: "file" | "dir" | "link" | "other"} of what is directly in `folder` (nothing when it is absent)."""
+    if not remote:
+        return _entries(folder, remote)
+    prefix = folder.rstrip("/") + "/"
+    found = {storage.basename(p): "file" for p in storage.match(prefix + "*")}
+    for path in storage.match(prefix + "*/**"):  # an object store's folders are the prefixes of deeper names
+        found.setdefault(path[len(prefix):].split("/", 1)[0], "dir")
+    return found
+
+
+def _entries(folder: str, remote: bool) -> dict[str, str]:
+    if remote:
+        return {storage.basename(p): "file" for p in storage.match(layout.join(folder, "*"))}
+    try:
+        with os.scandir(folder) as it:
+            return {e.name: _kind(e) for e in it}
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+
+
+def _kind(entry: os.DirEntry) -> str:
+    if entry.is_symlink():
+        return "link"
+    if entry.is_dir(follow_symlinks=False):
+        return "dir"
+    return "file" if entry.is_file(follow_symlinks=False) else "other"
+
+
+def _walk(folder: str, remote: bool) -> tuple[list[str], list[str], list[str]]:
+    """(regular files, folders, links and other odd entries) under `folder`, never through a link."""
+    if remote:  # an object store has files only
+        return storage.match(layout.join(folder, "**")), [], []
+    files, folders, odd = [], [], []
+    for here, dirs, names in os.walk(folder):  # os.walk does not descend into links to folders
+        folders.append(here)
+        for name in dirs + names:
+            path = os.path.join(here, name)
+            if os.path.islink(path) or not (os.path.isdir(path) or os.path.isfile(path)):
+                odd.append(path)
+            elif name in names:
+                files.append(path)
+    return files, folders, odd
+
+
+def _journal_names(path: str) -> set[str]:
+    try:
+        names = json.loads(storage.read_bytes(path))
+    except (OSError, ValueError):
+        return set()
+    return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+
+
+def clear(inv: Inventory) -> int:
+    """Deletes what `inv` names as segprep's (never a link, nothing outside the output dir), then the temp folders
+    that leaves empty (a folder is only ever removed empty); → files deleted."""
+    files = inv.ours()
     if files:
         storage.remove(files)
-    folders = {f for p in empty for f in (p, os.path.join(p, SPILL_DIR))}
-    for p in files:
-        if storage.is_remote(p):
-            continue
-        folder = os.path.dirname(p)
-        while os.path.basename(folder).startswith(layout.TEMP_PREFIX) or (
-                os.path.basename(folder) == SPILL_DIR
-                and os.path.basename(os.path.dirname(folder)).startswith(layout.TEMP_PREFIX)):
-            folders.add(folder)
-            folder = os.path.dirname(folder)
-    for folder in sorted(folders, key=len, reverse=True):  # deepest first
+    for folder in sorted(inv.temp_dirs, key=len, reverse=True):  # deepest first
         try:
             os.rmdir(folder)
-        except OSError:  # not empty, or gone
+        except OSError:  # not empty (a link left in it), or gone
             pass
+    return len(files)
+
+
+def mark(run: RunSpec) -> None:
+    """Makes the run's temp dir with its marker in it, before anything else goes there: a folder holding the marker
+    is segprep's (--overwrite may empty it); one that does not is left alone."""
+    text = json.dumps({"written_by": "segprep pipelines.prepare", "pid": os.getpid(), "host": socket.gethostname(),
+                       "started": run.started}) + "\n"
+    path = layout.join(run.temp_dir, MARKER)
+    if storage.is_remote(path):
+        storage.write_bytes(path, text.encode())
+        return
+    os.makedirs(run.temp_dir)
+    with open(path, "x") as f:  # its name marks the folder, not its content: a kill mid-write still leaves it
+        f.write(text)
 
 
 def _write_text(path: str, text: str) -> None:
@@ -95,23 +236,39 @@ def write_errors(run: RunSpec, errors: list) -> dict[str, int]:
     return failed
 
 
-def split_shards(run: RunSpec, shards: list) -> dict[str, list[metadata.Shard]]:
-    """Every shard of every split, in order: the written ones and, for shard numbers that got no crops, empty
-    files made here, so each split has exactly its `-of-N` count of files. Moves them all into OUT."""
-    present = {storage.basename(p) for p in storage.match(layout.join(run.temp_dir, "*"))}
-    final = {storage.basename(p) for p in storage.match(layout.join(run.output_dir, "*")) if layout.is_shard(p)}
-    result, moves = {}, []
+def plan_shards(run: RunSpec, shards: list) -> dict[str, list[tuple[str, object]]]:
+    """{split: [(final name, its ShardResult or None for a shard number that got no crops)]}: exactly the
+    `-of-N` count of each split."""
+    result = {}
     for split in run.splits:
         written = {r.shard: r for r in shards if r.split == split}
         counts = {r.num_shards for r in written.values()}
         if len(counts) > 1:
             raise RuntimeError(f"split {split}: shards of different counts {sorted(counts)}")
         n = run.num_shards or (counts.pop() if counts else 1)
+        result[split] = [(layout.shard_name(split, i, n, run.compressed), written.get(i)) for i in range(n)]
+    return result
+
+
+def write_journal(run: RunSpec, planned: dict, failed_splits: list[str]) -> None:
+    """Names, in the run's temp dir, every file finalize is about to put into OUT: a run killed while moving them
+    leaves a record that they are segprep's, so --overwrite can remove them and nothing else."""
+    names = [name for entries in planned.values() for name, _ in entries]
+    names += [layout.errors_path("", split).lstrip("/") for split in failed_splits]
+    _write_text(layout.join(run.temp_dir, JOURNAL), json.dumps(names) + "\n")
+
+
+def split_shards(run: RunSpec, planned: dict) -> dict[str, list[metadata.Shard]]:
+    """Every planned shard of every split, in order: the written ones and, for shard numbers that got no crops,
+    empty files made here. Moves them all into OUT."""
+    present = {storage.basename(p) for p in storage.match(layout.join(run.temp_dir, "*"))}
+    final = {storage.basename(p) for p in storage.match(layout.join(run.output_dir, "*")) if layout.is_shard(p)}
+    result, moves = {}, []
+    for split, entries in planned.items():
         result[split] = []
-        for i in range(n):
-            name = layout.shard_name(split, i, n, run.compressed)
-            if i in written:
-                result[split].append(metadata.Shard(name, written[i].records, written[i].bytes))
+        for name, written in entries:
+            if written is not None:
+                result[split].append(metadata.Shard(name, written.records, written.bytes))
             else:
                 if name not in present and name not in final:
                     storage.create(layout.join(run.temp_dir, name), gzip=run.compressed).close()
@@ -135,12 +292,14 @@ def remove_temp_dir(run: RunSpec) -> None:
 
 
 def finalize(run: RunSpec, shards: list, stats: list, errors: list) -> dict:
-    """Errors files, then every shard (empty ones included) moved into place, then metadata.json last. Safe to
-    run again after a partial attempt. Returns the metadata."""
+    """A journal of what goes into OUT, errors files, every shard (empty ones included) moved into place,
+    metadata.json, and last the temp dir removed. Safe to run again after a partial attempt. Returns the
+    metadata."""
     stats = dict(stats)
+    planned = plan_shards(run, shards)
+    write_journal(run, planned, sorted({e.split for e in errors}))
     failed = write_errors(run, errors)
-    by_split = split_shards(run, shards)
-    remove_temp_dir(run)
+    by_split = split_shards(run, planned)
     splits = {split: metadata.SplitResult(shards=by_split[split], stats=stats.get(split, Stats()),
                                           random_crops=split in run.random_splits,
                                           images_listed=run.listed.get(split, 0), inputs_failed=failed[split])
@@ -149,4 +308,5 @@ def finalize(run: RunSpec, shards: list, stats: list, errors: list) -> dict:
                           compressed=run.compressed, seed=run.seed, splits=splits, flags=run.flags,
                           seconds=time.time() - run.started)
     _write_text(layout.metadata_path(run.output_dir), metadata.dumps(meta))
+    remove_temp_dir(run)  # after metadata.json: a run killed before it still has its journal
     return meta

@@ -29,7 +29,7 @@ import time
 import uuid
 
 from pipelines import beam_flags, output
-from segprep import convert, layout, lookup, pairs, sample, storage
+from segprep import convert, layout, lookup, pairs, runlock, sample, storage
 from segprep.tools import cli
 from segprep.tools.cli import Parser, UsageError
 from segprep.convert import ConvertConfig
@@ -141,25 +141,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_output(out: str, overwrite: bool) -> None:
-    """An output dir holding an earlier run is refused without --overwrite."""
-    done, _ = output.existing_outputs(out)
-    if done and not overwrite:
-        raise UsageError(f"--output_dir {out} already holds {len(done)} files of an earlier run "
-                         f"(e.g. {done[0].rsplit('/', 1)[-1]}); pass --overwrite to replace them, or choose another "
+def _check_output(out: str, overwrite: bool, splits) -> output.Inventory:
+    """What --output_dir holds; a UsageError when the run may not write there: a file no segprep run recorded under
+    a name the run writes (never replaced), or an earlier run without --overwrite (named by segprep's files only)."""
+    inv = output.inventory(out, splits)
+    if inv.blocking:
+        more = f" (and {len(inv.blocking) - 1} more)" if len(inv.blocking) > 1 else ""
+        raise UsageError(f"--output_dir {out} holds {_rel(out, inv.blocking[0])}{more}, which no segprep run "
+                         "recorded, under a name prepare writes; prepare never replaces what it did not write: move "
+                         "it elsewhere, or choose another --output_dir.")
+    earlier = inv.recorded + [p for p in inv.unfinished if not _rel(out, p).startswith(layout.TEMP_PREFIX)]
+    if earlier and not overwrite:
+        shards = [p for p in earlier if layout.is_shard(p)]
+        what = "a finished segprep run" if inv.recorded else "files of an unfinished segprep run"
+        example = f", e.g. {_rel(out, shards[0])}" if shards else ""
+        raise UsageError(f"--output_dir {out} already holds {what} ({len(earlier)} files: {len(shards)} shards"
+                         f"{example}); pass --overwrite to delete them (and only them), or choose another "
                          "--output_dir.")
+    return inv
 
 
-def _clear_output(out: str, overwrite: bool) -> None:
-    done, temp = output.existing_outputs(out)
+def _rel(out: str, path: str) -> str:
+    return path[len(out.rstrip("/")) + 1:] if path.startswith(out.rstrip("/") + "/") else path
+
+
+def _clear_output(out: str, overwrite: bool, inv: output.Inventory) -> None:
     if overwrite:
-        output.clear(done + temp)
-        if done or temp:
-            print(f"prepare: --overwrite: deleted {len(done) + len(temp)} files of an earlier run in {out}",
+        deleted = output.clear(inv)
+        left = [_rel(out, p) for p in inv.foreign]
+        if deleted or left:
+            kept = ""
+            if left:
+                shown = ", ".join(left[:4]) + (f" (+{len(left) - 4} more)" if len(left) > 4 else "")
+                kept = f"; left in place {len(left)} that no segprep run recorded: {shown}"
+            print(f"prepare: --overwrite: deleted {deleted} files of earlier segprep runs in {out}{kept}",
                   file=sys.stderr)
-    elif temp:
-        print(f"prepare: {out} holds {len(temp)} temp files of an unfinished run; --overwrite removes them",
-              file=sys.stderr)
+    elif inv.unfinished:
+        print(f"prepare: {out} holds {len(inv.unfinished)} temp files of an unfinished run; --overwrite removes "
+              "them", file=sys.stderr)
 
 
 def local_runner(options) -> bool:
@@ -359,7 +378,9 @@ def plan(argv: list[str] | None = None) -> Job:
                          "option.")
     spec = pairs.spec_from_args(args)
     out = args.output_dir.rstrip("/")
-    _check_output(out, args.overwrite)
+    _check_folder("--output_dir", out)
+    if args.spill_dir:
+        _check_folder("--spill_dir", args.spill_dir)
     root = run_input(args).rstrip("/")
     try:
         for flag, text in (("--images", spec.images), ("--masks", spec.masks)):
@@ -385,6 +406,7 @@ def plan(argv: list[str] | None = None) -> Job:
         raise UsageError(str(e)) from None
     for split, why in listing.skipped.items():
         print(f"prepare: split {split} left out: {why}", file=sys.stderr)
+    _check_output(out, args.overwrite, found)
 
     flags = {k: v for k, v in vars(args).items()}
     flags["input_dir"] = root
@@ -417,23 +439,32 @@ def pipeline(job: Job, spill_dir: str | None = None):
 
 def run(argv: list[str] | None = None) -> int:
     """Runs the pipeline; → exit status (0 ok, 1 some inputs failed). Raises UsageError for user mistakes, before
-    anything is written (see `plan`)."""
+    anything is written (see `plan`), and when another run is writing the same --output_dir."""
     job = plan(argv)
+    try:
+        with runlock.hold(job.spec.output_dir, "python -m pipelines.prepare"):
+            return _run(job)
+    except runlock.FolderError as e:
+        raise UsageError(f"--output_dir: {e}") from None
+
+
+def _check_folder(flag: str, folder: str) -> None:
+    """A local folder a run will write in must be one (or not exist yet)."""
+    if not storage.is_remote(folder) and os.path.lexists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"{flag} {folder} is a file, not a folder: choose another {flag}.")
+
+
+def _run(job: Job) -> int:
     out = job.spec.output_dir
-    _clear_output(out, job.args.overwrite)  # the only destructive step: every check is done before it
+    # Under the lock, looked at again: what another run did meanwhile is seen (and refused) here.
+    inv = _check_output(out, job.args.overwrite, job.spec.splits)
+    _clear_output(out, job.args.overwrite, inv)  # the only destructive step: every check is done before it
     spill_dir = None
-    if job.spill:  # next to the output when it is local: the disk that must hold the output anyway
-        if job.args.spill_dir:  # a folder of its own inside the user's: only that one is removed afterwards
-            os.makedirs(job.args.spill_dir, exist_ok=True)
-            spill_dir = tempfile.mkdtemp(prefix="segprep-spill-", dir=job.args.spill_dir)
-        elif not storage.is_remote(out):
-            spill_dir = layout.join(job.spec.temp_dir, output.SPILL_DIR)
-        else:
-            spill_dir = tempfile.mkdtemp(prefix="segprep-spill-")
-        spill_dir = os.path.abspath(spill_dir)
-        os.makedirs(spill_dir, exist_ok=True)
     finished = False
     try:
+        output.mark(job.spec)
+        if job.spill:
+            spill_dir = _spill_dir(job)
         with pipeline(job, spill_dir):
             pass  # runs on leaving the block
         finished = True
@@ -450,6 +481,25 @@ def run(argv: list[str] | None = None) -> int:
                 output.remove_temp_dir(job.spec)
     meta = parse_metadata(read_bytes(layout.metadata_path(out)), layout.metadata_path(out))
     return report(meta, out, time.time() - job.spec.started, job.args.max_failed_inputs)
+
+
+def _spill_dir(job: Job) -> str:
+    """Where the spill files go: next to the output when it is local (the disk that must hold the output anyway),
+    else in a folder of our own in --spill_dir or the system's temp dir (only that folder is removed afterwards)."""
+    out = job.spec.output_dir
+    if job.args.spill_dir:
+        try:
+            runlock.make_folder(job.args.spill_dir)
+        except runlock.FolderError as e:
+            raise UsageError(f"--spill_dir: {e}") from None
+        spill_dir = tempfile.mkdtemp(prefix="segprep-spill-", dir=job.args.spill_dir)
+    elif not storage.is_remote(out):
+        spill_dir = layout.join(job.spec.temp_dir, output.SPILL_DIR)
+    else:
+        spill_dir = tempfile.mkdtemp(prefix="segprep-spill-")
+    spill_dir = os.path.abspath(spill_dir)
+    os.makedirs(spill_dir, exist_ok=True)
+    return spill_dir
 
 
 _OUT_OF_SPACE = re.compile(r"\[Errno (?:%d|%d)\] (.*?)(?: \[while running .*)?$" % (errno.ENOSPC, errno.EDQUOT), re.S)

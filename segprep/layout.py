@@ -20,7 +20,9 @@ MASK_DIR = "SegmentationClass"
 SPLIT_DIR = "ImageSets/Segmentation"
 METADATA = "metadata.json"
 ERRORS_DIR = "errors"
-TEMP_PREFIX = ".segprep-tmp-"
+TEMP_PREFIX = ".segprep-tmp-"  # OUT/.segprep-tmp-RUN/: a run's shards until they are moved into place
+TEMP_MARKER = ".segprep-run.json"  # in each run's temp dir, written first: this folder is segprep's
+TEMP_JOURNAL = ".segprep-moves.json"  # in a temp dir, written before a run moves files into OUT: what they will be
 
 SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<shard>\d{5})-of-(?P<num>\d{5})\.tfrecord(\.gz)?$")
 

@@ -2,6 +2,7 @@
 Beam's shuffle on 1 and 2 workers, nothing left behind, and a job graph that does not carry the ids."""
 
 import os
+import shutil
 import random
 import struct
 
@@ -157,16 +158,24 @@ def test_a_crashed_runs_temp_dir_and_spill_files_are_named_by_verify_and_removed
 
     out = tmp_path / "out"
     assert run(voc_tree.root, out, "--crop_size", "64") == 0
-    crashed = out / (layout.TEMP_PREFIX + "abc123") / "spill"  # as a killed run leaves it
+    crashed = out / (layout.TEMP_PREFIX + "abc123") / "spill"  # as a killed run leaves it: its marker first
     crashed.mkdir(parents=True)
+    (crashed.parent / layout.TEMP_MARKER).write_text('{"written_by": "segprep pipelines.prepare"}')
     (crashed / "0001.spill").write_bytes(b"x" * 100)
     (crashed.parent / "train-00000-of-00001.tfrecord").write_bytes(b"")
     (out / (layout.TEMP_PREFIX + "def456") / "spill").mkdir(parents=True)  # killed before it wrote a file
+    mine = out / (layout.TEMP_PREFIX + "mine")  # a user's folder that happens to look like one: no marker
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
     problems, _ = verify.verify(str(out), quick=True)
     assert problems == [f"{out}/{layout.TEMP_PREFIX}{name}: temp dir of an unfinished run (prepare --overwrite "
-                        "removes it)" for name in ("abc123", "def456")]
+                        "removes it)" for name in ("abc123", "def456")] + [
+        f"{mine}: named like a run's temp dir, but without segprep's marker in it: prepare --overwrite leaves it; "
+        "remove it yourself if it is not yours"]
     assert run(voc_tree.root, out, "--crop_size", "64", "--overwrite") == 0
-    assert not [n for n in os.listdir(out) if n.startswith(layout.TEMP_PREFIX)]
+    assert [n for n in os.listdir(out) if n.startswith(layout.TEMP_PREFIX)] == [mine.name]
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    shutil.rmtree(mine)
     assert verify.verify(str(out), quick=True)[0] == []
 
 

@@ -33,7 +33,7 @@ import tempfile
 import time
 
 from segprep import metadata as md
-from segprep import storage
+from segprep import runlock, storage
 from segprep.tools import cli
 from segprep.tools.cli import Parser, UsageError, examples
 from trainer.lazy import Lazy, keras, tf
@@ -543,13 +543,28 @@ def run(argv: list[str] | None = None) -> loop.History:
             raise UsageError(_train_crop_error(args.train_crop_size, crop, 8, fixed))
     model_dir = (args.model_dir or _default_model_dir(args)).rstrip("/")
     check_run_dir(model_dir)
+    check_finished(model_dir, args.overwrite)
+    placement = distribute.make(args.distribution_strategy, args.tpu)
+    try:  # one run per run dir: only the chief writes there
+        with runlock.hold(model_dir, "python -m trainer.train") if placement.is_chief else contextlib.nullcontext():
+            if placement.is_chief:  # under the lock, looked at again: another run may have finished meanwhile
+                check_run_dir(model_dir)
+                check_finished(model_dir, args.overwrite)
+            if args.overwrite and placement.is_chief:
+                clear_run(model_dir)
+            return _train_with_policy(args, meta, model_dir, placement, scale)
+    except runlock.FolderError as e:
+        raise UsageError(f"--model_dir: {e}") from None
+
+
+def check_finished(model_dir: str, overwrite: bool) -> None:
     finished = exists(f"{model_dir}/model.keras") and not exists(f"{model_dir}/backup")
-    if finished and not args.overwrite:
+    if finished and not overwrite:
         raise UsageError(f"--model_dir {model_dir} holds a finished run (model.keras); pass --overwrite to train "
                          "it again, or choose another --model_dir.")
-    placement = distribute.make(args.distribution_strategy, args.tpu)
-    if args.overwrite and placement.is_chief:
-        clear_run(model_dir)
+
+
+def _train_with_policy(args, meta: dict, model_dir: str, placement, scale) -> loop.History:
     policy = mixed_precision_policy(placement) if args.mixed_precision else "float32"
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
@@ -635,26 +650,37 @@ def is_run_dir(model_dir: str) -> bool:
 def check_run_dir(model_dir: str) -> None:
     """A --model_dir that holds anything but a segprep run is refused before anything is written or deleted in it:
     a run deletes its backup/ and replaces serving/ there, and --overwrite deletes a run's files."""
+    if not storage.is_remote(model_dir) and os.path.lexists(model_dir) and not os.path.isdir(model_dir):
+        raise UsageError(f"--model_dir {model_dir} is a file, not a folder: choose another --model_dir.")
     if not files.isdir(model_dir):
         return
-    names = sorted(files.listdir(model_dir))
+    names = sorted(n for n in files.listdir(model_dir) if n != runlock.LOCK_NAME)
     if names and not is_run_dir(model_dir):
         raise UsageError(f"--model_dir {model_dir} holds files no segprep run wrote (e.g. {names[0]}), and a run "
                          "deletes and replaces files in its dir: choose a new or empty --model_dir.")
 
 
-def clear_run(model_dir: str) -> None:
+def clear_run(model_dir: str) -> list[str]:
     """--overwrite: everything a run and `evaluate` wrote in `model_dir`, so the new run starts clean; only in a
-    segprep run's folder (see `check_run_dir`)."""
+    segprep run's folder (see `check_run_dir`), never through a symbolic link: a link named like a run's file is
+    left in place. → the names left in place."""
     if not files.isdir(model_dir):
-        return
+        return []
     check_run_dir(model_dir)
-    for name in files.listdir(model_dir):
+    left = []
+    for name in sorted(files.listdir(model_dir)):
         path = f"{model_dir}/{name}"
-        if name in RUN_DIRS:
+        ours = name in RUN_DIRS or name in RUN_FILES or (name.startswith("eval-") and name.endswith(".json"))
+        if ours and not storage.is_remote(path) and os.path.islink(path):
+            left.append(name)
+        elif name in RUN_DIRS:
             files.rmtree(path)
-        elif name in RUN_FILES or (name.startswith("eval-") and name.endswith(".json")):
+        elif ours:
             files.remove([path])
+    if left:
+        print(f"train: --overwrite: left in place {', '.join(left)} in {model_dir}: symbolic links, never followed "
+              "or deleted", file=sys.stderr)
+    return left
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ Exit status 0 when whole; 1 with one line per problem naming the file (and recor
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -94,11 +95,13 @@ def verify(out: str, quick: bool = False, jobs: int = -1) -> tuple[list[str], st
         if layout.is_shard(name) and name not in listed:
             problems.append(f"{layout.join(out, name)}: a shard metadata.json does not list (an earlier run's? "
                             "prepare --overwrite removes them; readers that glob would read it twice)")
-    temp_dirs = {p[len(out) + 1:].split("/", 1)[0]
-                 for p in storage.match(layout.join(out, layout.TEMP_PREFIX + "*", "*"))}
-    temp_dirs |= {storage.basename(p) for p in storage.local_folders(out, layout.TEMP_PREFIX)}  # empty ones too
-    for name in sorted(temp_dirs):
-        problems.append(f"{layout.join(out, name)}: temp dir of an unfinished run (prepare --overwrite removes it)")
+    for name in sorted(temp_dirs(out)):
+        if storage.exists(layout.join(out, name, layout.TEMP_MARKER)) or not _holds_files(layout.join(out, name)):
+            problems.append(f"{layout.join(out, name)}: temp dir of an unfinished run (prepare --overwrite removes "
+                            "it)")
+        else:
+            problems.append(f"{layout.join(out, name)}: named like a run's temp dir, but without segprep's marker "
+                            "in it: prepare --overwrite leaves it; remove it yourself if it is not yours")
     tasks = []
     for name, (split, i) in listed.items():
         if name not in present:
@@ -114,6 +117,18 @@ def verify(out: str, quick: bool = False, jobs: int = -1) -> tuple[list[str], st
     summary = (f"{len(listed)} shards, {total:,} records in {len(meta['splits'])} splits "
                f"({'names and counts' if quick else 'every record decoded'})")
     return problems, summary
+
+
+def temp_dirs(out: str) -> set[str]:
+    """Names of the folders in `out` named like a run's temp dir, empty ones included."""
+    found = {p[len(out) + 1:].split("/", 1)[0] for p in storage.match(layout.join(out, layout.TEMP_PREFIX + "*", "*"))}
+    return found | {storage.basename(p) for p in storage.local_folders(out, layout.TEMP_PREFIX)}
+
+
+def _holds_files(folder: str) -> bool:
+    if storage.is_remote(folder):
+        return bool(storage.match(layout.join(folder, "**")))
+    return any(names for _, _, names in os.walk(folder))
 
 
 def _check_all(tasks, num_classes, quick, jobs, remote, problems) -> None:
@@ -143,8 +158,7 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = args.output_dir.rstrip("/")
     if not storage.exists(layout.metadata_path(out)) and not storage.match(layout.join(out, "*")) and not \
-            storage.match(layout.join(out, layout.TEMP_PREFIX + "*", "*")) and not \
-            storage.local_folders(out, layout.TEMP_PREFIX):
+            temp_dirs(out):
         raise UsageError(f"{out} holds no prepare output (no metadata.json, no shards): pass prepare's "
                          "--output_dir.")
     problems, summary = verify(args.output_dir, args.quick, args.jobs)
