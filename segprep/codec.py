@@ -192,11 +192,11 @@ def decode_image(data: bytes, bands: tuple[int, ...] | None = None,
         return _order(tiff_image(_tiff_read(data), bands, value_range), bgr)
     wide = fmt == "png" and png_color_type(data)[1] == 16
     if not wide and bands is None and value_range is None:  # the common case, in one decode
-        out = cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD_IMAGE)
+        out = _imdecode(data, _IMREAD_IMAGE)
         if out is None:
             raise DecodeError(f"corrupt {fmt.upper()}: the decoder could not read it")
         return out if bgr else cv2.cvtColor(out, cv2.COLOR_BGR2RGB, dst=out)  # in place: no second copy
-    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    raw = _imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if raw is None:
         raise DecodeError(f"corrupt {fmt.upper()}: the decoder could not read it")
     alpha = None
@@ -204,6 +204,19 @@ def decode_image(data: bytes, bands: tuple[int, ...] | None = None,
         raw = raw[..., [2, 1, 0, 3][:raw.shape[2]]] if raw.shape[2] >= 3 else raw  # BGR(A) → RGB(A)
         alpha = 3 if raw.shape[2] == 4 else (1 if raw.shape[2] == 2 else None)
     return _order(to_rgb8(raw, bands, value_range, alpha), bgr)
+
+
+def _imdecode(data, flags: int) -> np.ndarray | None:
+    """cv2.imdecode, its refusals (an assertion on a size beyond OpenCV's own limit, a broken stream) turned into a
+    DecodeError of one line; None, as OpenCV says, for data it cannot read."""
+    buf = data if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)
+    try:
+        return cv2.imdecode(buf, flags)
+    except cv2.error as e:
+        text = str(e)
+        why = "it is larger than OpenCV decodes" if "pixels" in text.lower() or "size" in text.lower() else \
+            "the decoder refused it"
+        raise DecodeError(f"cannot decode: {why}") from None
 
 
 def _order(rgb: np.ndarray, bgr: bool) -> np.ndarray:
@@ -393,7 +406,7 @@ def decode_mask(data: bytes, max_value: int = 255, bgr: bool = False) -> tuple[n
         kind = MASK_KINDS[color_type]
         if kind == "index":
             return _decode_index(buf, depth, max_value), kind
-    out = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # palette PNGs expand to their colours here
+    out = _imdecode(buf, cv2.IMREAD_COLOR)  # palette PNGs expand to their colours here
     if out is None:
         raise DecodeError(f"corrupt {fmt.upper()} mask: the decoder could not read it")
     return (out if bgr else cv2.cvtColor(out, cv2.COLOR_BGR2RGB, dst=out)), kind
@@ -444,7 +457,7 @@ def _decode_index(buf: np.ndarray, depth: int, max_value: int = 255) -> np.ndarr
 
     libpng widens 1-, 2- and 4-bit grey to 8 bits by bit replication (a 1-bit 1 becomes 255, a 2-bit 1 becomes
     85), which is multiplication by 255 / (2^depth - 1): dividing by it gives the stored values back exactly."""
-    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    arr = _imdecode(buf, cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise DecodeError("corrupt PNG: the decoder could not read it")
     if arr.ndim == 3:  # grey + alpha: keep the grey channel

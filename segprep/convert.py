@@ -189,14 +189,21 @@ def check_headers(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig) 
     MB: decoding it would take 7.5 GB) and a pair whose sizes differ; raises `InputError`."""
     image, mask = _header(image_bytes), _header(mask_bytes)
     for what, info in (("image", image), ("mask", mask)):
-        if info is not None and info.width * info.height > config.max_pixels:
-            raise InputError("too_large", f"{what}: its header says {info.width}×{info.height} (w×h) = "
-                                          f"{info.width * info.height:,} px, above --max_pixels "
-                                          f"{config.max_pixels:,} (about 11 bytes a pixel to decode whole); raise "
-                                          "--max_pixels if the workers have the memory, or convert image and mask "
-                                          "to tiled TIFFs, which are read window by window")
+        why = info and too_large(info.width, info.height, config.max_pixels,
+                                 "convert image and mask to tiled TIFFs, which are read window by window")
+        if why:
+            raise InputError("too_large", f"{what}: {why}")
     if image is not None and mask is not None:
         check_sizes((image.width, image.height), (mask.width, mask.height))
+
+
+def too_large(width: int, height: int, max_pixels: int, remedy: str) -> str | None:
+    """Why an image whose header says `width` × `height` is not decoded whole (`max_pixels`, every command's
+    --max_pixels), or None when it may be; `remedy` is the way out besides a larger limit."""
+    if width * height <= max_pixels:
+        return None
+    return (f"its header says {width}×{height} (w×h) = {width * height:,} px, above --max_pixels {max_pixels:,} "
+            f"(about 11 bytes a pixel to decode whole); raise --max_pixels if there is the memory, or {remedy}")
 
 
 def check_sizes(image: tuple[int, int], mask: tuple[int, int]) -> None:

@@ -182,3 +182,26 @@ def pil_png(array: np.ndarray, mode: str, bits: int | None = None, palette: np.n
     buf = io.BytesIO()
     image.save(buf, "PNG", **({"bits": bits} if bits else {}))
     return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A run trained once for the session (one epoch on `make_voc_tree`'s pairs, 64² crops, 6 a training image,
+    a width-8 model); tests get copies."""
+    from trainer import train
+    from trainer.model import build_model
+
+    base = tmp_path_factory.mktemp("trained")
+    out, _ = prepared_tree(str(base), crops_per_image=6)
+    run = str(base / "run")
+    train.fit(build_model(21, 64, width=8), out, run, train.TrainConfig(epochs=1, batch_size=4, lr=2e-3), verbose=0)
+    return run
+
+
+@pytest.fixture
+def run_dir(trained_run, tmp_path):
+    """A copy of the session's trained run, for this test to read and write."""
+    import shutil
+
+    shutil.copytree(trained_run, tmp_path / "run")
+    return str(tmp_path / "run")

@@ -220,7 +220,7 @@ def test_sizes_come_from_headers_and_a_png_bomb_is_an_error_record_not_a_decode(
     assert {k: e["reason"] for k, e in errors.items()} == {"bomb": "too_large", "wide": "size_mismatch"}
     assert errors["bomb"]["error"] == (
         "image: its header says 50000×50000 (w×h) = 2,500,000,000 px, above --max_pixels 178,956,970 (about 11 "
-        "bytes a pixel to decode whole); raise --max_pixels if the workers have the memory, or convert image and "
+        "bytes a pixel to decode whole); raise --max_pixels if there is the memory, or convert image and "
         "mask to tiled TIFFs, which are read window by window")
     assert errors["wide"]["error"] == "mask is 31×20 (w×h) but its image is 30×20; they must be the same size"
     meta = metadata(out)

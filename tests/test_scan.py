@@ -10,7 +10,7 @@ import pytest
 
 from conftest import jpeg_damaged, write_lists, write_pair
 from pipelines import prepare
-from segprep import codec, layout
+from segprep import codec, layout, pairs
 from segprep.tools import scan
 
 POTSDAM = {"impervious": (255, 255, 255), "building": (0, 0, 255), "low_vegetation": (0, 255, 255),
@@ -161,3 +161,61 @@ def test_scan_finds_leaks_between_splits_and_none_among_distinct_images(tmp_path
     # A wider threshold is the user's to choose; -1 leaves only ids and identical files; one split has no pairs.
     assert scan.main(["--input_dir", root, "--jobs", "2", "--duplicate_distance", "-1", "--splits", "train"]) == 0
     assert "leakage: one split (train): nothing to compare" in capsys.readouterr().out.splitlines()
+
+
+def test_a_mask_whose_header_declares_more_than_max_pixels_is_named_not_decoded(voc_tree, tmp_path):
+    """A 1-bit PNG of a few KB declaring 8000² (64 Mpx, a real one): refused from its header under --max_pixels 10,000,000, as
+    prepare refuses it, within a small peak; a 50,000² header at the default limit too, in one line and without
+    OpenCV's words."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, grey_png
+    from test_predict import png_header
+
+    side = 8000
+    values = np.zeros((side, side), np.uint8)
+    values[::97, ::89] = 1  # a sparse pattern: the file stays small (9 KB), the pixels are 64 M
+    data = grey_png(values, 1)
+    del values
+    assert len(data) < 100_000, len(data)
+    (tmp_path / "voc" / layout.MASK_DIR / "t1.png").write_bytes(data)
+    (tmp_path / "voc" / layout.MASK_DIR / "t2.png").write_bytes(png_header(50_000, 50_000))
+    env = dict(os.environ, PYTHONPATH=REPO)
+    # The peak of the scan's own process (VmHWM, which exec resets; a forked child's getrusage would count this
+    # test's memory too).
+    wrapper = ("import atexit, runpy, sys\n"
+               "atexit.register(lambda: sys.stderr.write(open('/proc/self/status').read().split('VmHWM:')[1]"
+               ".split()[0] + ' kB peak\\n'))\n"
+               "sys.argv = sys.argv[1:]\nrunpy.run_module('segprep.scan', run_name='__main__', alter_sys=True)\n")
+    for flags, shown in ((["--max_pixels", "10000000"], ("t1", "t2")), ([], ("t2",))):
+        proc = subprocess.run([sys.executable, "-c", wrapper, "scan", "--input_dir", voc_tree.root, "--jobs", "1",
+                               "--no_leakage", *flags], env=env, capture_output=True, text=True, timeout=300)
+        *said, peak = proc.stderr.strip().splitlines()
+        assert proc.returncode == 0 and said == [], proc.stderr
+        for image_id, (w, h) in (("t1", (side, side)), ("t2", (50_000, 50_000))):
+            line = f"    {image_id}: its header says {w}×{h} (w×h) = {w * h:,} px, above --max_pixels"
+            assert (line in proc.stdout) == (image_id in shown), proc.stdout
+        assert "cv2" not in proc.stdout and "OpenCV" not in proc.stdout
+        if flags:
+            assert int(peak.split()[0]) < 300 * 1024, peak
+
+
+def test_a_tiled_tiff_mask_above_max_pixels_is_counted_a_band_at_a_time_as_it_would_be_whole(tmp_path, monkeypatch):
+    import tifffile
+
+    root = tmp_path / "aerial"
+    colors = np.array(list(POTSDAM.values()), np.uint8)
+    classes = np.kron(np.random.default_rng(4).integers(0, 6, (30, 20)), np.ones((11, 13), np.int64))
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "images" / "a.png").write_bytes(codec.encode_image(np.zeros((330, 260, 3), np.uint8), "png"))
+    tifffile.imwrite(root / "masks" / "a.tif", colors[classes], tile=(32, 32), photometric="rgb")
+    pair = pairs.Pair("train", "a", "images/a.png", "masks/a.tif")
+    whole = scan.scan_pair(str(root), pair)
+    monkeypatch.setattr(scan, "_BAND", 260 * 40)  # bands of 40 rows, across the 32-row tiles
+    banded = scan.scan_pair(str(root), pair, max_pixels=10_000)
+    assert whole.error is None and banded.error is None
+    assert (banded.kind, banded.width, banded.height) == (whole.kind, whole.width, whole.height) == ("color", 260, 330)
+    for key in ("keys", "counts", "solid"):
+        np.testing.assert_array_equal(getattr(banded, key), getattr(whole, key))

@@ -532,23 +532,6 @@ def test_a_folder_that_is_not_a_segprep_run_is_never_emptied(records, tmp_path, 
     assert (mine / "log.csv").exists()
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory):
-    """A run trained once for the session (one epoch on `records` as the fixture makes them); tests get copies."""
-    base = tmp_path_factory.mktemp("trained")
-    out, _ = prepared_tree(str(base), crops_per_image=6)
-    run = str(base / "run")
-    train.fit(build_model(21, 64, width=8), out, run, _cfg(epochs=1), verbose=0)
-    return run
-
-
-@pytest.fixture
-def run_dir(trained_run, tmp_path):
-    """A copy of the session's trained run, for this test to read and write."""
-    shutil.copytree(trained_run, tmp_path / "run")
-    return str(tmp_path / "run")
-
-
 def test_predict_stitches_windows_and_writes_palette_pngs(run_dir, tmp_path):
     p = predict.Predictor(run_dir)
     rng = np.random.default_rng(0)

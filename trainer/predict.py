@@ -8,7 +8,10 @@ For each image, writes ID.png (colour mask in the dataset's palette, or with --f
 and ID_overlay.jpg (mask over the photo). Images larger than the training crop are predicted with overlapping
 sliding windows whose class probabilities are summed; windows run one row of windows at a time into a buffer one
 window high, so a 10,000 × 10,000 tile stays within 2 GB with TensorFlow loaded. Images smaller than the crop are
-padded as in training and cut back.
+padded as in training and cut back. A tiled TIFF above --max_pixels is read window by window and gives ID.tif.
+
+predict never replaces a file it did not write (trainer/prediction_output.py): names that would, or that two
+inputs share, are found before anything is written.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ import time
 import cv2
 import numpy as np
 
-from segprep import codec, layout, pairs, storage
+from segprep import codec, layout, pairs, runlock, storage
+from segprep.convert import DEFAULT_MAX_PIXELS, too_large
 from segprep.tools import cli
 from segprep.tools.cli import Parser, UsageError, examples
 from segprep.palette import Palette
 from segprep.tools.progress import Progress
-from trainer import common
+from trainer import common, prediction_output
 from trainer import lazy
 from trainer.lazy import keras, tf
 from trainer.normalization import Normalization
@@ -77,17 +81,24 @@ class Predictor:
         return tf.nn.softmax(logits, axis=-1)
 
     def predict(self, image: np.ndarray, overlap: float = 0.25, batch: int = 8) -> np.ndarray:
-        """(H, W, 3) uint8 RGB → (H, W) uint8 class indices.
+        """(H, W, 3) uint8 RGB → (H, W) uint8 class indices (see `predict_rows`)."""
+        h, w = image.shape[:2]
+        out = np.empty((h, w), np.uint8)
+        for start, rows in self.predict_rows(lambda y0, y1: image[y0:y1], h, w, overlap, batch):
+            out[start:start + len(rows)] = rows
+        return out
+
+    def predict_rows(self, read, h: int, w: int, overlap: float = 0.25, batch: int = 8):
+        """Class indices of an H × W image whose rows [y0, y1) `read(y0, y1)` gives as (rows, W, 3) uint8 RGB:
+        yields (first row, (n, W) uint8 rows), top to bottom, each row once.
 
         Windows of the crop size every `(1 - overlap)` crop, the last one flush with the edge; their
         probabilities are summed in a ring buffer of one window's height (row r lives in buffer row r mod S), so
-        memory is the class map plus S × W × C floats, whatever the image's height."""
-        h, w = image.shape[:2]
+        memory is S × W × C floats and one band of S image rows, whatever the image's height: rows no later window
+        reaches are final and leave at once."""
         s = self.crop
         stride = max(1, int(round(s * (1 - overlap))))
-        out = np.empty((h, w), np.uint8)
-        pad_h, pad_w = max(h, s), max(w, s)
-        padded = image if (pad_h, pad_w) == (h, w) else np.pad(image, ((0, pad_h - h), (0, pad_w - w), (0, 0)))
+        pad_w = max(w, s)
         ring = np.zeros((s, pad_w, self.num_classes), np.float32)
 
         def pieces(start: int, stop: int):
@@ -103,43 +114,84 @@ class Predictor:
             for rows, ring_rows in pieces(start, stop):
                 keep = slice(rows.start, min(rows.stop, h))
                 if keep.stop > keep.start:
-                    out[keep] = np.argmax(ring[ring_rows], -1)[: keep.stop - keep.start, :w]
+                    yield keep.start, np.argmax(ring[ring_rows], -1)[: keep.stop - keep.start, :w].astype(np.uint8)
                 ring[ring_rows] = 0
 
         done = 0
         xs = _starts(w, s, stride)
         for y in _starts(h, s, stride):
-            flush(done, y)
+            yield from flush(done, y)
             done = y
+            band = read(y, min(y + s, h))
+            if band.shape[:2] != (s, pad_w):  # an image smaller than a window: padded as in training
+                band = np.pad(band, ((0, s - band.shape[0]), (0, pad_w - band.shape[1]), (0, 0)))
             for j in range(0, len(xs), batch):
                 group = xs[j:j + batch]
-                probs = self.probabilities(np.stack([padded[y:y + s, x:x + s] for x in group]))
+                probs = self.probabilities(np.stack([band[:, x:x + s] for x in group]))
                 for x, p in zip(group, probs):
                     offset = 0
                     for rows, ring_rows in pieces(y, y + s):
                         n = rows.stop - rows.start
                         ring[ring_rows, x:x + s] += p[offset:offset + n]
                         offset += n
-        flush(done, done + s)
-        return out
+        yield from flush(done, done + s)
 
-    def write(self, image: np.ndarray, classes: np.ndarray, out_dir: str, name: str, fmt: str = "color",
-              overlay: bool = True) -> list[str]:
-        """ID.png (`fmt` "color": the dataset's palette colours; "index": 8-bit class indices, what evaluation
-        tools read) and ID_overlay.jpg (the colours over the photo, half and half). Works in uint8 and in place —
-        `image` is used up — so a 10,000² tile needs one more image-sized buffer, not float64 ones."""
+    def encode(self, image: np.ndarray, classes: np.ndarray, fmt: str = "color",
+               overlay: bool = True) -> list[tuple[str, bytes]]:
+        """[(".png", the mask), ("_overlay.jpg", the overlay)]: the mask as the dataset's palette colours (`fmt`
+        "color") or 8-bit class indices ("index", what evaluation tools read), and the colours over the photo, half
+        and half. Works in uint8 and in place — `image` is used up — so a 10,000² tile needs one more image-sized
+        buffer, not float64 ones."""
         colors = self.palette.colorize(classes)
-        paths, data = [], []
+        out = []
         if overlay:
             cv2.addWeighted(image, 0.5, colors, 0.5, 0.0, dst=image)
-            paths.append(f"{out_dir}/{name}_overlay.jpg")
-            data.append(codec.encode_image(image, "jpeg", 90, consume=True))
-        paths.insert(0, f"{out_dir}/{name}.png")
-        data.insert(0, codec.encode_index_png(classes) if fmt == "index" else
-                    codec.encode_image(colors, "png", consume=True))
-        for path, payload in zip(paths, data):
-            common.files.write_bytes(path, payload)
-        return paths
+            out.append((prediction_output.SUFFIXES[1], codec.encode_image(image, "jpeg", 90, consume=True)))
+        mask = codec.encode_index_png(classes) if fmt == "index" else codec.encode_image(colors, "png", consume=True)
+        return [(prediction_output.SUFFIXES[0], mask)] + out
+
+    def write_tiled(self, regions, path: str, fmt: str, overlap: float, bands, value_range) -> bytes:
+        """A tiled TIFF read window by window (`segprep.regions.TiffRegions`) → its prediction as a tiled,
+        deflate-compressed 8-bit TIFF of class indices (with the palette as its colour map for `fmt` "color"),
+        written at `path` (local), one band of window rows at a time; → the file's bytes (for the manifest)."""
+        import tifffile
+
+        h, w = regions.height, regions.width
+
+        def read(y0: int, y1: int) -> np.ndarray:
+            return codec.tiff_image(regions.tiff(regions.read(y0, y1, 0, w)), bands, value_range)
+
+        rows = self.predict_rows(read, h, w, overlap)
+        colormap = None
+        if fmt == "color":
+            colormap = self.palette.color_array().T.astype(np.uint16) * 257
+        tifffile.imwrite(path, _tiles(rows, w, TIFF_TILE), shape=(h, w), dtype=np.uint8,
+                         tile=(TIFF_TILE, TIFF_TILE), compression="zlib",
+                         photometric="palette" if colormap is not None else "minisblack", colormap=colormap)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+TIFF_TILE = 256
+
+
+def _tiles(rows, width: int, tile: int):
+    """Rows of class indices, top to bottom ((first row, (n, W)) pieces) → the TIFF's tiles in file order, each
+    (tile, tile), the last row and column of tiles padded with 0: one band of `tile` rows in memory."""
+    cols = -(-width // tile)
+    band = np.zeros((tile, cols * tile), np.uint8)
+    filled = 0
+    for _, piece in rows:
+        while len(piece):
+            n = min(tile - filled, len(piece))
+            band[filled:filled + n, :width] = piece[:n]
+            filled, piece = filled + n, piece[n:]
+            if filled == tile:
+                yield from (band[:, c * tile:(c + 1) * tile].copy() for c in range(cols))
+                band[:] = 0
+                filled = 0
+    if filled:
+        yield from (band[:, c * tile:(c + 1) * tile].copy() for c in range(cols))
 
 
 def read_run_info(model_dir: str) -> dict:
@@ -211,6 +263,11 @@ def build_parser() -> Parser:
     p.add_argument("--format", choices=("color", "index"), default="color",
                    help="ID.png as the dataset's palette colours, or as 8-bit class indices (what evaluation tools "
                         "read); ID_overlay.jpg is written either way (default: %(default)s)")
+    p.add_argument("--max_pixels", type=cli.integer(1), default=DEFAULT_MAX_PIXELS,
+                   help="an image whose header declares more pixels is not decoded whole: a tiled or stripped TIFF "
+                        "is predicted window by window into ID.tif (a tiled TIFF of class indices, no overlay), "
+                        "anything else is refused. The default, %(default)s px (about 13,400²), takes about 2 GB "
+                        "(~11 bytes a pixel), as in prepare")
     return p
 
 
@@ -218,40 +275,106 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model_dir = args.model_dir.rstrip("/")
     read_run_info(model_dir)  # a wrong --model_dir or --input is answered before TensorFlow loads
-    inputs = list_inputs(args.input, args.split)
     out_dir = args.output_dir.rstrip("/")
+    if not storage.is_remote(out_dir) and os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f"--output_dir {out_dir} is a file, not a folder: choose another --output_dir.")
+    inputs = list_inputs(args.input, args.split)
+    bad = [(name, path) for name, path in inputs if pairs.bad_id(name)]  # ids that would name a path outside
+    inputs = [item for item in inputs if item not in bad]
+    try:
+        with runlock.hold(out_dir, "python -m trainer.predict"):
+            manifest = prediction_output.Manifest(out_dir)
+            inputs = prediction_output.exclude_predictions(inputs, manifest)  # never predictions of predictions
+            if not inputs and not bad:
+                raise UsageError(f"--input {args.input} holds no images but predict's own earlier outputs.")
+            targets = prediction_output.plan(inputs)
+            prediction_output.check(targets, manifest)  # before anything is written
+            return _predict_all(args, model_dir, targets, manifest, bad)
+    except runlock.FolderError as e:
+        raise UsageError(f"--output_dir: {e}") from None
+
+
+def _predict_all(args, model_dir: str, targets: list, manifest, bad: list) -> int:
+    out_dir = manifest.out_dir
     predictor = Predictor(model_dir, args.output)
-    common.files.makedirs(out_dir)
     started = time.time()
-    bar = Progress("predict", len(inputs), "images")
+    total = len(targets) + len(bad)
+    bar = Progress("predict", total, "images")
     failed = pixels = 0
     last = None
+    for name, path in bad:
+        print(f"predict: {path}: id {name!r} holds {pairs.bad_id(name)}: its output would leave --output_dir; "
+              "skipped", file=sys.stderr)
+        failed += 1
     info = predictor.info  # the run's prepare made 8-bit RGB this way: new images are read the same way
     bands = tuple(info["bands"]) if info.get("bands") else None
     value_range = tuple(info["image_range"]) if info.get("image_range") else None
-    for name, path in inputs:
+    for target in targets:
         try:
-            why = pairs.bad_id(name)
-            if why:  # an id from a split list that would name a file outside --output_dir (or the root)
-                raise ValueError(f"id {name!r} holds {why}: its output would leave --output_dir; skipped")
-            image = codec.decode_image(common.read_bytes(path), bands, value_range)
-            pixels += image.shape[0] * image.shape[1]
-            classes = predictor.predict(image, args.overlap)
-            last = predictor.write(image, classes, out_dir, name, args.format)  # an id "a/b" writes OUT/a/b.png
+            written, size = _predict_one(predictor, target, args, bands, value_range)
+            for suffix, data in written:  # an id "a/b" writes OUT/a/b.png
+                name = target.name + suffix
+                if suffix != prediction_output.WINDOWED:  # written in place already
+                    common.files.write_bytes(f"{out_dir}/{name}", data)
+                manifest.add(name, target.source, data)
+            manifest.save()
+            pixels += size
+            last = f"{out_dir}/{target.name}{written[0][0]}"
         except (codec.DecodeError, OSError, ValueError, tf.errors.OpError) as e:
             bar.close()
-            print(f"predict: {path}: {e}", file=sys.stderr)
+            print(f"predict: {target.path}: {e}", file=sys.stderr)
             failed += 1
             bar.update(1, f"{failed} failed")
             continue
         bar.update(1, f"{pixels / 1e6:,.1f} Mpx" + (f", {failed} failed" if failed else ""))
     bar.close()
     seconds = time.time() - started
-    done = len(inputs) - failed
-    where = last[0] if done == 1 and last else f"{out_dir}/"
-    print(f"predict: {done} of {len(inputs)} images ({pixels / 1e6:,.1f} Mpx) in {seconds:.1f} s "
+    done = total - failed
+    where = last if done == 1 and last else f"{out_dir}/"
+    print(f"predict: {done} of {total} images ({pixels / 1e6:,.1f} Mpx) in {seconds:.1f} s "
           f"({pixels / 1e6 / max(seconds, 1e-9):.2f} Mpx/s), {failed} failed → {where}")
     return 1 if failed else 0
+
+
+def _predict_one(predictor: Predictor, target, args, bands, value_range) -> tuple[list, int]:
+    """One input → ([(suffix, bytes, or None for a file already written in place)], its pixels). The size comes
+    from the header first: an image above --max_pixels is predicted window by window when it is a tiled or
+    stripped TIFF, and refused (ValueError) otherwise, never decoded whole."""
+    f = common.files.open_read(target.path)
+    try:
+        info = codec.probe(f)
+        if not too_large(info.width, info.height, args.max_pixels, ""):
+            f.seek(0)
+            image = codec.decode_image(f.read(), bands, value_range)
+            classes = predictor.predict(image, args.overlap)
+            return predictor.encode(image, classes, args.format), info.width * info.height
+        regions = None
+        if info.format == "tiff":
+            from segprep.regions import TiffRegions
+
+            f.seek(0)
+            regions = TiffRegions(f)
+        if regions is None or not regions.region_readable:
+            raise ValueError(too_large(info.width, info.height, args.max_pixels,
+                                       "convert it to a tiled TIFF, which predict reads window by window"))
+        name = f"{target.name}{prediction_output.WINDOWED}"
+        final = f"{args.output_dir.rstrip('/')}/{name}"
+        local = final if not storage.is_remote(final) else None
+        fd, temp = tempfile.mkstemp(prefix=".segprep-", suffix=".tif",
+                                    dir=os.path.dirname(os.path.abspath(final)) if local else None)
+        os.close(fd)
+        try:
+            data = predictor.write_tiled(regions, temp, args.format, args.overlap, bands, value_range)
+            if local:
+                os.replace(temp, final)
+            else:
+                common.files.copy(temp, final)
+        finally:
+            if os.path.exists(temp):
+                os.remove(temp)
+        return [(prediction_output.WINDOWED, data)], info.width * info.height
+    finally:
+        f.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,9 +69,10 @@ def thumbnail(data: bytes, width: int = 0, height: int = 0) -> np.ndarray | None
     return grey if grey is not None and grey.size else None
 
 
-def fingerprint(f, width: int = 0, height: int = 0) -> Fingerprint:
+def fingerprint(f, width: int = 0, height: int = 0, max_pixels: int | None = None) -> Fingerprint:
     """The `Fingerprint` of the image file open in `f` (read from its start, in chunks: a giant file is digested
-    without being held)."""
+    without being held). No thumbnail (so no perceptual hash) for an image whose header declares more than
+    `max_pixels`: it is never decoded whole."""
     f.seek(0)
     digest = hashlib.blake2b(digest_size=16)
     kept: list[bytes] | None = []
@@ -83,6 +84,8 @@ def fingerprint(f, width: int = 0, height: int = 0) -> Fingerprint:
             kept.append(chunk)
             if size > MAX_THUMBNAIL_BYTES:
                 kept = None
+    if max_pixels is not None and width * height > max_pixels:
+        kept = None
     grey = thumbnail(b"".join(kept), width, height) if kept is not None else None
     return Fingerprint(digest.digest(), phash(grey) if grey is not None else None)
 

@@ -37,6 +37,7 @@ import time
 import numpy as np
 
 from segprep import codec, layout, lookup, pairs, storage
+from segprep.convert import DEFAULT_MAX_PIXELS, too_large
 from segprep.palette import (IGNORE_LABEL, PALETTES, VOC, VOC_BORDER_COLOR, Palette, PaletteError, colormap,
                              load_palette)
 from segprep.tools import cli, leakage
@@ -86,12 +87,21 @@ def _solid(keys: np.ndarray) -> np.ndarray:
 
 def _count(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(distinct values, pixel counts, solid pixel counts) of a 2-D key array, in bands of rows."""
-    total, solid = lookup.ColorCounter(), lookup.ColorCounter()
     step = max(1, _BAND // max(1, keys.shape[1]))
-    for y in range(0, keys.shape[0], step):
-        top, bottom = max(0, y - 1), min(keys.shape[0], y + step + 1)
-        ctx = keys[top:bottom]
-        inner = slice(y - top, y - top + min(step, keys.shape[0] - y))
+    return _count_bands(_bands(lambda y0, y1: keys[y0:y1], keys.shape[0], step))
+
+
+def _bands(read, height: int, step: int):
+    """(rows with one row of context above and below, the slice of them that is the band) for each band of `step`
+    rows; `read(y0, y1)` gives the 2-D keys of rows [y0, y1)."""
+    for y in range(0, height, step):
+        top, bottom = max(0, y - 1), min(height, y + step + 1)
+        yield read(top, bottom), slice(y - top, y - top + min(step, height - y))
+
+
+def _count_bands(bands) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    total, solid = lookup.ColorCounter(), lookup.ColorCounter()
+    for ctx, inner in bands:
         band = ctx[inner]
         total.add(band.ravel())
         solid.add(band[_solid(ctx)[inner]])
@@ -102,10 +112,55 @@ def _count(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return found, counts, solid_per_key
 
 
-def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255, fingerprint: bool = False) -> MaskScan:
+def _keys(mask: np.ndarray) -> np.ndarray:
+    return mask.astype(np.uint32) if mask.ndim == 2 else lookup.color_keys(mask)
+
+
+def _scan_mask(f, result: MaskScan, max_value: int, max_pixels: int) -> None:
+    """Kind, size and colour counts of the mask open in `f`: decoded whole, or — a tiled or stripped TIFF above
+    `max_pixels` — a band of rows at a time; another file above it is an error, never decoded."""
+    info = codec.probe(f)
+    result.fmt = info.format
+    result.width, result.height = info.width, info.height
+    why = too_large(info.width, info.height, max_pixels, "convert it to a tiled TIFF, which is read window by window")
+    regions = None
+    if why and info.format == "tiff":
+        from segprep.regions import TiffRegions
+
+        f.seek(0)
+        regions = TiffRegions(f)
+        why = None if regions.region_readable else why
+    if why:
+        result.error = why
+        return
+    if regions is None:
+        f.seek(0)
+        data = f.read()
+        mask, result.kind = codec.decode_mask(data, max_value)
+        if result.fmt == "png":
+            result.depth = codec.png_color_type(data)[1]
+        elif result.fmt == "tiff":
+            result.depth = mask.dtype.itemsize * 8 if mask.ndim == 2 else 8
+        result.keys, result.counts, result.solid = _count(_keys(mask))
+        return
+    kinds = []
+
+    def read(y0: int, y1: int) -> np.ndarray:
+        mask, kind = codec.tiff_mask(regions.tiff(regions.read(y0, y1, 0, regions.width)), max_value)
+        if not kinds:
+            kinds.append((kind, mask.dtype.itemsize * 8 if mask.ndim == 2 else 8))
+        return _keys(mask)
+
+    step = max(1, _BAND // max(1, regions.width))
+    result.keys, result.counts, result.solid = _count_bands(_bands(read, regions.height, step))
+    result.kind, result.depth = kinds[0]
+
+
+def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255, fingerprint: bool = False,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> MaskScan:
     """Reads and decodes one mask and the header of its image (with `fingerprint`, the whole image: its digest and
     perceptual hash, for the leakage checks); a file that cannot be read is reported in `error` / `image_error`,
-    and the scan goes on."""
+    and the scan goes on. Sizes come from the headers first: nothing above `max_pixels` is decoded whole."""
     result = MaskScan(pair.split, pair.image_id)
     if pair.reason:
         result.error = pair.error
@@ -115,7 +170,7 @@ def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255, fingerprint: bo
         with storage.open_read(image_path) as f:
             result.image = codec.probe(f)
             if fingerprint:
-                result.fingerprint = leakage.fingerprint(f, result.image.width, result.image.height)
+                result.fingerprint = leakage.fingerprint(f, result.image.width, result.image.height, max_pixels)
     except codec.DecodeError as e:
         result.image_error = str(e)
     except Exception as e:  # noqa: BLE001 - missing or unreadable: reported, the scan goes on
@@ -123,22 +178,14 @@ def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255, fingerprint: bo
             f"{type(e).__name__}: {e}"
     path = layout.join(root, pair.mask)
     try:
-        data = storage.read_bytes(path)
-        mask, result.kind = codec.decode_mask(data, max_value)
-        result.fmt = codec.sniff(data)
-        if result.fmt == "png":
-            result.depth = codec.png_color_type(data)[1]
-        elif result.fmt == "tiff":
-            result.depth = mask.dtype.itemsize * 8 if mask.ndim == 2 else 8
+        with storage.open_read(path) as f:
+            _scan_mask(f, result, max_value, max_pixels)
     except codec.DecodeError as e:
         result.error = str(e)
-        return result
     except Exception as e:  # noqa: BLE001 - missing or unreadable: reported, the scan goes on
         result.error = f"no mask at {path}" if storage.absent(path) else f"{type(e).__name__}: {e}"
-        return result
-    result.height, result.width = mask.shape[:2]
-    keys = mask.astype(np.uint32) if mask.ndim == 2 else lookup.color_keys(mask)
-    result.keys, result.counts, result.solid = _count(keys)
+    if result.error:
+        result.keys = result.counts = result.solid = None
     return result
 
 
@@ -334,7 +381,8 @@ def report(scans: list[MaskScan], lists, palette: Palette, palette_name: str, to
     return lines
 
 
-def _scan_all(root: str, listing: pairs.Listing, jobs: int, max_value: int, fingerprint: bool) -> list[MaskScan]:
+def _scan_all(root: str, listing: pairs.Listing, jobs: int, max_value: int, fingerprint: bool,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> list[MaskScan]:
     from joblib import Parallel, delayed
 
     tasks = [pair for split in listing.splits for pair in listing.pairs(split)]
@@ -342,7 +390,7 @@ def _scan_all(root: str, listing: pairs.Listing, jobs: int, max_value: int, fing
     backend = "threading" if storage.is_remote(root) else "loky"  # gs:// is I/O-bound; decoding is not
     results = []
     run = Parallel(n_jobs=jobs, backend=backend, return_as="generator", batch_size="auto")
-    for scan in run(delayed(scan_pair)(root, pair, max_value, fingerprint) for pair in tasks):
+    for scan in run(delayed(scan_pair)(root, pair, max_value, fingerprint, max_pixels) for pair in tasks):
         results.append(scan)
         progress.update()
     progress.close()
@@ -407,6 +455,11 @@ def build_parser() -> Parser:
                         "this many bits are reported as near-duplicates; copies re-encoded and resized to 90%% "
                         "measured up to 42, distinct scenes 70 and more; -1 checks only ids and identical files "
                         "(default: %(default)s)")
+    p.add_argument("--max_pixels", type=cli.integer(1), default=DEFAULT_MAX_PIXELS,
+                   help="as prepare's: a mask or image whose header declares more pixels is never decoded whole "
+                        "(a few-KB PNG can declare 50,000² px): a tiled or stripped TIFF mask is read a band of rows "
+                        "at a time, another file is reported, and an image is not hashed for near-duplicates "
+                        "(default: %(default)s, about 13,400²)")
     p.add_argument("--no_leakage", action="store_true",
                    help="skip the leakage checks between splits (images are then read for their headers only)")
     p.add_argument("--all", action="store_true", help="list every colour, noise included, and every leakage "
@@ -430,7 +483,7 @@ def run(argv: list[str] | None = None) -> int:
     for split, why in listing.skipped.items():
         print(f"scan: split {split} left out: {why}", file=sys.stderr)
     started = time.time()
-    scans = _scan_all(root, listing, args.jobs, palette.max_index, not args.no_leakage)
+    scans = _scan_all(root, listing, args.jobs, palette.max_index, not args.no_leakage, args.max_pixels)
     name = args.palette or "Pascal VOC"
     values_by_kind = values_of(scans, args.tolerance)
     lines = report(scans, listing.splits, palette, name, args.tolerance, time.time() - started, args.all,

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from segprep import codec, layout, pairs, records, schema, storage
-from segprep.convert import ConvertConfig, InputError, decode_pair
+from segprep.convert import DEFAULT_MAX_PIXELS, ConvertConfig, InputError, decode_pair
 from segprep import metadata as md
 from segprep.palette import IGNORE_LABEL, Palette, PaletteError, load_palette
 from segprep.tools import cli
@@ -163,7 +163,7 @@ def from_records(out: str, split: str | None, count: int, seed: int):
 
 
 def from_dataset(root: str, spec: pairs.LayoutSpec, split: str | None, count: int, seed: int, palette: Palette,
-                 bands=None, value_range=None):
+                 bands=None, value_range=None, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Samples, title and pixel counts for a dataset root: whole pairs, masks through the palette."""
     try:
         listing = pairs.find(root, spec, split, seed=seed)
@@ -175,7 +175,8 @@ def from_dataset(root: str, spec: pairs.LayoutSpec, split: str | None, count: in
     rng = np.random.default_rng(seed)
     chosen = [listed[i] for i in sorted(rng.choice(len(listed), min(count, len(listed)), replace=False))]
     samples, counts, problems = [], np.zeros(256, np.int64), len(every) - len(listed)
-    config = ConvertConfig(palette=palette, unknown_colors="ignore", bands=bands, image_range=value_range)
+    config = ConvertConfig(palette=palette, unknown_colors="ignore", bands=bands, image_range=value_range,
+                           max_pixels=max_pixels)
     for pair in chosen:
         try:  # prepare's own decode and checks, off-palette colours drawn as ignore
             image, classes, _ = decode_pair(storage.read_bytes(layout.join(root, pair.image)),
@@ -207,6 +208,9 @@ def build_parser() -> Parser:
     p.add_argument("--bands", type=cli.bands, metavar="B,B,B", help="for a dataset root: as prepare's --bands")
     p.add_argument("--image_range", type=cli.value_range, metavar="LO,HI", help="for a dataset root: as prepare's "
                                                                        "--image_range")
+    p.add_argument("--max_pixels", type=cli.integer(1), default=DEFAULT_MAX_PIXELS,
+                   help="for a dataset root, as prepare's: a pair whose header declares more pixels is not decoded "
+                        "(it is named and skipped) (default: %(default)s, about 13,400²)")
     return p
 
 
@@ -222,7 +226,8 @@ def run(argv: list[str] | None = None) -> int:
         except (OSError, PaletteError) as e:
             raise UsageError(f"--palette {args.palette}: {e}") from None
         samples, title, pixels, problems = from_dataset(source, pairs.spec_from_args(args), args.split, args.count,
-                                                        args.seed, palette, args.bands, args.image_range)
+                                                        args.seed, palette, args.bands, args.image_range,
+                                                        args.max_pixels)
     else:
         samples, palette, title, pixels = from_records(source, args.split, args.count, args.seed)
     if not samples:
