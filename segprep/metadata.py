@@ -17,7 +17,7 @@ import dataclasses
 import json
 import re
 
-from segprep import layout
+from segprep import fields, layout
 from segprep.convert import Stats
 from segprep.palette import IGNORE_LABEL, Palette
 
@@ -117,19 +117,73 @@ def dumps(meta: dict) -> str:
     return re.sub(r"\[\s+([-\d.,\s]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text) + "\n"
 
 
+_REMEDY = "it was edited, or not written by this segprep; re-run `python -m pipelines.prepare --overwrite`."
+
+_TOP = {
+    "class_names": fields.Field("a list of class names", lambda v: fields.list_of(fields.text)(v) and bool(v)),
+    "class_colors": fields.Field("a list of [r, g, b] colours, one per class", fields.list_of(fields.color)),
+    "ignore_colors": fields.Field("a list of [r, g, b] colours", fields.list_of(fields.color), required=False),
+    "num_classes": fields.Field("the number of class names", fields.integer(1)),
+    "ignore_label": fields.Field("an integer", fields.integer(0), required=False),
+    "crop_size": fields.Field("a positive integer", fields.integer(1)),
+    "image_format": fields.Field("'jpeg' or 'png'", lambda v: v in ("jpeg", "png"), required=False),
+    "compression": fields.Field("'gzip' or 'none'", lambda v: v in ("gzip", "none"), required=False),
+    "seed": fields.Field("an integer", fields.integer(0), required=False),
+    "random_crop_splits": fields.Field("a list of split names", fields.list_of(fields.text), required=False),
+    "rgb_mean": fields.Field("three numbers", fields.list_of(fields.number, 3)),
+    "rgb_std": fields.Field("three numbers", fields.list_of(fields.number, 3)),
+    "splits": fields.Field("an object {split: {...}}", lambda v: isinstance(v, dict)),
+    "flags": fields.Field("an object", lambda v: isinstance(v, dict), required=False),
+}
+_SPLIT = {
+    "records": fields.Field("an integer ≥ 0", fields.integer(0)),
+    "shards": fields.Field("a list of shard file names",
+                           fields.list_of(lambda n: isinstance(n, str) and "/" not in n and layout.is_shard(n))),
+    "shard_records": fields.Field("a list of integers ≥ 0, one per shard", fields.list_of(fields.integer(0))),
+    "class_pixels": fields.Field("a list of integers ≥ 0", fields.list_of(fields.integer(0)), required=False),
+    "class_crops": fields.Field("a list of integers ≥ 0", fields.list_of(fields.integer(0)), required=False),
+    "images_listed": fields.Field("an integer ≥ 0", fields.integer(0), required=False),
+    "images_used": fields.Field("an integer ≥ 0", fields.integer(0), required=False),
+    "inputs_failed": fields.Field("an integer ≥ 0", fields.integer(0), required=False),
+    "source_pixels": fields.Field("an integer ≥ 0", fields.integer(0), required=False),
+    "errors_file": fields.Field("a path or null", fields.optional(fields.text), required=False),
+}
+
+
 def parse(text: str | bytes, where: str = "metadata.json") -> dict:
+    """metadata.json's text → its dict, every key a reader uses checked (`MetadataError` naming the key)."""
     try:
         meta = json.loads(text)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MetadataError(f"{where} is not valid JSON ({e}); re-run `python -m pipelines.prepare`.") from None
     version = meta.get("schema_version") if isinstance(meta, dict) else None
     if version != SCHEMA_VERSION:
         raise MetadataError(f"{where} has schema_version {version!r}; this segprep reads version {SCHEMA_VERSION}. "
                             "Re-run `python -m pipelines.prepare --overwrite` with this version.")
-    for key in ("splits", "class_names", "class_colors", "crop_size"):
-        if key not in meta:
-            raise MetadataError(f"{where} has no {key!r}; it was not written by `python -m pipelines.prepare`.")
+    check(meta, where)
     return meta
+
+
+def check(meta: dict, where: str = "metadata.json") -> None:
+    """Every key a reader uses, with its type and what ties keys together (a colour per class, a count per shard);
+    `MetadataError` naming the first that is wrong."""
+    try:
+        fields.check(meta, _TOP, where, _REMEDY)
+        for name, entry in meta["splits"].items():
+            fields.check(entry, _SPLIT, f"{where}, split {name!r}", _REMEDY)
+    except fields.FieldError as e:
+        raise MetadataError(str(e)) from None
+    problems = []
+    if len(meta["class_colors"]) != len(meta["class_names"]):
+        problems.append(f"{len(meta['class_names'])} class names but {len(meta['class_colors'])} colours")
+    if meta["num_classes"] != len(meta["class_names"]):
+        problems.append(f"num_classes {meta['num_classes']} but {len(meta['class_names'])} class names")
+    for name, entry in meta["splits"].items():
+        if len(entry["shard_records"]) != len(entry["shards"]):
+            problems.append(f"split {name!r} lists {len(entry['shards'])} shards but {len(entry['shard_records'])} "
+                            "record counts")
+    if problems:
+        raise MetadataError(f"{where}: {problems[0]}: {_REMEDY}")
 
 
 def palette(meta: dict) -> Palette:

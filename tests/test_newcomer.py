@@ -190,3 +190,114 @@ def test_readme_and_docs_links_resolve_inside_the_repository():
     dev = open(os.path.join(REPO, "dev")).read()
     for path in re.findall(r"\b(benchmarks/[\w./]+|docs/[\w./]+)", dev):
         assert os.path.exists(os.path.join(REPO, path)), f"./dev points to {path}"
+
+
+# --- every mistake one line: hand-edited files, damaged shards, outputs that cannot be written ------------------
+
+def _records_copy(trained_run, tmp_path):
+    """A copy of the records the session's trained run was trained on, for this test to damage."""
+    import shutil
+
+    info = json.load(open(os.path.join(trained_run, "segprep.json")))
+    shutil.copytree(info["data_dir"], tmp_path / "records")
+    return str(tmp_path / "records")
+
+
+def _edit_json(path, edit):
+    with open(path) as f:
+        obj = json.load(f)
+    edit(obj)
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda m: m.pop("crop_size"), "has no 'crop_size'"),
+    (lambda m: m.update(crop_size="abc"), "'crop_size' must be a positive integer, not 'abc'"),
+    (lambda m: m.update(class_colors=[[0, 0, 0]]), "21 class names but 1 colours"),
+    (lambda m: m["splits"]["val"].update(shards="val.tfrecord"), "split 'val': 'shards' must be a list of shard"),
+    (lambda m: m["splits"]["train"].pop("records"), "split 'train' has no 'records'"),
+])
+def test_a_hand_edited_metadata_json_is_one_line_in_every_reader(trained_run, run_dir, tmp_path, capsys, edit, key):
+    from segprep.tools import sheet, verify
+    from trainer import evaluate, train
+
+    records = _records_copy(trained_run, tmp_path)
+    _edit_json(f"{records}/metadata.json", edit)
+    for name, main, argv, status in (
+            ("verify", verify.main, [records], 1),
+            ("train", train.main, ["--data_dir", records, "--model_dir", str(tmp_path / "r")], 2),
+            ("evaluate", evaluate.main, ["--model_dir", run_dir, "--data_dir", records], 2),
+            ("inspect", sheet.main, [records, "--output", str(tmp_path / "s.png")], 2)):
+        assert main(argv) == status, name
+        captured = capsys.readouterr()
+        lines = (captured.out + captured.err).strip().splitlines()
+        assert len(lines) == (2 if name == "verify" else 1), (name, lines)  # verify: the problem, then its count
+        assert f"{records}/metadata.json" in lines[0] and key in lines[0], (name, lines[0])
+        assert "Traceback" not in captured.err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize("text, key", [
+    ("{not json", "is not valid JSON"),
+    (None, "'crop_size' must be a positive integer, not '64'"),
+    ("[]", "is not a JSON object"),
+])
+def test_a_damaged_segprep_json_is_one_line_in_predict_and_evaluate(run_dir, tmp_path, capsys, text, key):
+    from trainer import evaluate, predict
+
+    path = os.path.join(run_dir, "segprep.json")
+    if text is None:
+        _edit_json(path, lambda info: info.update(crop_size="64"))
+    else:
+        open(path, "w").write(text)
+    image = tmp_path / "a.png"
+    image.write_bytes(b"\x89PNG")
+    for main, argv in ((predict.main, ["--model_dir", run_dir, "--input", str(image), "--output_dir",
+                                       str(tmp_path / "p")]),
+                       (evaluate.main, ["--model_dir", run_dir])):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{path}" in err[0] and key in err[0], err
+    assert not (tmp_path / "p").exists()
+
+
+def _damage_a_png_inside(shard):
+    """Rewrites the shard with its first record's mask PNG cut short, framed as a valid record (good checksums):
+    only decoding finds it."""
+    from segprep import records, schema
+
+    entries = [data for _, data in records.read(shard)]
+    features = {k: v for k, (_, v) in schema.decode_example(entries[0]).items()}
+    features[schema.MASK_ENCODED] = [features[schema.MASK_ENCODED][0][:40]]
+    entries[0] = schema.encode_example(features)
+    with open(shard, "wb") as f:
+        for data in entries:
+            records.write(f, data)
+
+
+@pytest.mark.parametrize("damage", ["png inside", "truncated"])
+def test_a_damaged_shard_names_the_shard_and_record_in_train_and_evaluate(trained_run, run_dir, tmp_path, capsys,
+                                                                          damage):
+    from trainer import evaluate, train
+
+    records = _records_copy(trained_run, tmp_path)
+    meta = json.load(open(f"{records}/metadata.json"))
+    for split in ("train", "val"):
+        shard = f"{records}/{meta['splits'][split]['shards'][0]}"
+        if damage == "png inside":
+            _damage_a_png_inside(shard)
+        else:
+            data = open(shard, "rb").read()
+            open(shard, "wb").write(data[:len(data) // 2])
+    for name, main, argv, split in (
+            ("train", train.main, ["--data_dir", records, "--model_dir", str(tmp_path / "r"), "--epochs", "1",
+                                   "--width", "8", "--batch_size", "4"], "train"),
+            ("evaluate", evaluate.main, ["--model_dir", run_dir, "--data_dir", records], "val")):
+        assert main(argv) == 2, name
+        captured = capsys.readouterr()
+        err = [line for line in captured.err.strip().splitlines() if line.startswith(f"{name}: error")]
+        assert len(err) == 1 and "Traceback" not in captured.err, captured.err
+        shard = f"{records}/{meta['splits'][split]['shards'][0]}"
+        assert err[0].startswith(f"{name}: error: damaged shard {shard}: "), err[0]
+        assert ("record 0: mask:" if damage == "png inside" else "cut short") in err[0], err[0]

@@ -645,7 +645,7 @@ def test_clear_errors(records, tmp_path):
     shard = f"{records}/{meta['splits']['train']['shards'][0]}"
     raw = open(shard, "rb").read()
     open(shard, "wb").write(raw[:100] + b"\x00" * 50 + raw[150:])
-    with pytest.raises(data.DataError, match="Corrupt shard .*train-00000"):
+    with pytest.raises(data.DataError, match="damaged shard .*train-00000.*record 0"):
         train.fit(build_model(21, 64, width=8), records, str(tmp_path / "r"), _cfg(epochs=1), verbose=0)
     os.remove(shard)
     with pytest.raises(data.DataError, match="not there"):

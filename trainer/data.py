@@ -37,16 +37,31 @@ def split_files(meta: dict, data_dir: str, split: str) -> list[str]:
     return files
 
 
-def find_corrupt(files: list[str], compression: str | None = None) -> str | None:
-    """The first shard that fails to read to the end, with TF's reason; None if all read. Used only after a read
-    failed, since TF's own error names an offset but not the file."""
-    for path in files:
-        try:
-            for _ in tf.data.TFRecordDataset(path, compression_type=compression):
-                pass
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-            return f"{path}: {e.message.splitlines()[0]}"
+def find_damage(meta: dict, data_dir: str, splits: list[str]) -> str | None:
+    """"SHARD: record N: what is wrong" for the first damaged record (broken framing, a cut-short file, an image
+    or mask that does not decode, a mask value that is no class) in the splits' shards, as `segprep.verify`
+    finds it; None if every record reads. Used only after a read failed: TensorFlow's own error names an offset
+    or an op, not the file."""
+    from segprep.tools import verify
+
+    for split in splits:
+        entry = md.split(meta, split)
+        for name, expected in zip(entry["shards"], entry["shard_records"]):
+            _, problems = verify.check_shard(layout.join(data_dir.rstrip("/"), name), expected,
+                                             int(meta["num_classes"]), quick=False)
+            if problems:
+                return problems[0]
     return None
+
+
+def damaged(error: Exception, meta: dict, data_dir: str, splits: list[str]) -> DataError | None:
+    """A one-line DataError naming the damaged record behind a TensorFlow read `error`, or None when the shards
+    are whole (then the error is not the data's)."""
+    broken = find_damage(meta, data_dir, splits)
+    if broken is None:
+        return None
+    return DataError(f"damaged shard {broken}. Re-run `python -m pipelines.prepare --overwrite` (`python -m "
+                     f"segprep.verify {data_dir}` lists every damaged record).")
 
 
 def steps(meta: dict, split: str, batch_size: int) -> int:

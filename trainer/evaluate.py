@@ -21,7 +21,7 @@ from segprep.tools.cli import Parser, UsageError, examples
 from segprep.tools.progress import Progress
 from trainer import common
 from trainer.common import DataError, load_metadata
-from trainer.lazy import Lazy
+from trainer.lazy import Lazy, tf
 from trainer.predict import Predictor, read_run_info
 
 data = Lazy("trainer.data")
@@ -71,7 +71,10 @@ def build_parser() -> Parser:
 def run(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     info = read_run_info(args.model_dir.rstrip("/"))  # wrong dirs are answered before TensorFlow loads
-    data_dir = args.data_dir or info["data_dir"]
+    data_dir = args.data_dir or info.get("data_dir")
+    if not data_dir:
+        raise UsageError(f"{args.model_dir.rstrip('/')}/segprep.json does not say which data the run trained on: "
+                         "pass --data_dir.")
     try:
         meta = load_metadata(data_dir)
         args.split = args.split or md.validation_split(meta)
@@ -89,7 +92,11 @@ def run(argv: list[str] | None = None) -> dict:
                            normalize=predictor.pipeline_normalization, meta=meta)
     steps = data.steps(meta, args.split, args.batch_size)
     bar = Progress("evaluate", steps, "batches")
-    cm = confusion(model, ds, steps, int(meta["num_classes"]), args.output, bar)
+    try:
+        cm = confusion(model, ds, steps, int(meta["num_classes"]), args.output, bar)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        bar.close()
+        raise data.damaged(e, meta, data_dir, [args.split]) or e
     bar.close()
     result = scores(cm, list(meta["class_names"]))
     result.update(split=args.split, data_dir=data_dir, output=args.output)

@@ -25,7 +25,7 @@ import time
 import cv2
 import numpy as np
 
-from segprep import codec, layout, pairs, runlock, storage
+from segprep import codec, fields, layout, pairs, runlock, storage
 from segprep.convert import DEFAULT_MAX_PIXELS, too_large
 from segprep.tools import cli
 from segprep.tools.cli import Parser, UsageError, examples
@@ -200,7 +200,45 @@ def read_run_info(model_dir: str) -> dict:
     for name in ("model.keras", "segprep.json"):
         if not common.exists(f"{model_dir}/{name}"):
             raise UsageError(f"No {model_dir}/{name}: --model_dir must be a finished `python -m trainer.train` run.")
-    return json.loads(common.read_bytes(f"{model_dir}/segprep.json"))
+    path = f"{model_dir}/segprep.json"
+    remedy = "it was edited, or not written by this segprep's trainer.train; train the run again (--overwrite)."
+    try:
+        info = json.loads(common.read_bytes(path))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path} is not valid JSON ({e}): {remedy}") from None
+    try:
+        fields.check(info, RUN_INFO, path, remedy)
+        if isinstance(info.get("normalization"), dict):
+            fields.check(info["normalization"], NORMALIZATION, f"{path}, 'normalization'", remedy)
+    except fields.FieldError as e:
+        raise UsageError(str(e)) from None
+    if len(info["class_colors"]) != len(info["class_names"]) or info["num_classes"] != len(info["class_names"]):
+        raise UsageError(f"{path}: {len(info['class_names'])} class names, {len(info['class_colors'])} colours and "
+                         f"num_classes {info['num_classes']} do not agree: {remedy}")
+    return info
+
+
+# segprep.json, as trainer.train writes it: the keys predict and evaluate read (see trainer/train.py `fit`).
+RUN_INFO = {
+    "class_names": fields.Field("a list of class names", lambda v: fields.list_of(fields.text)(v) and bool(v)),
+    "class_colors": fields.Field("a list of [r, g, b] colours", fields.list_of(fields.color)),
+    "ignore_colors": fields.Field("a list of [r, g, b] colours", fields.list_of(fields.color), required=False),
+    "num_classes": fields.Field("a positive integer", fields.integer(1)),
+    "crop_size": fields.Field("a positive integer", fields.integer(1)),
+    "normalization": fields.Field("an object", lambda v: isinstance(v, dict), required=False),
+    "rgb_mean": fields.Field("three numbers", fields.list_of(fields.number, 3), required=False),
+    "rgb_std": fields.Field("three numbers", fields.list_of(fields.number, 3), required=False),
+    "data_dir": fields.Field("a path", fields.text, required=False),
+    "bands": fields.Field("a list of band numbers or null", fields.optional(fields.list_of(fields.integer(1))),
+                          required=False),
+    "image_range": fields.Field("[low, high] or null", fields.optional(fields.list_of(fields.number, 2)),
+                                required=False),
+}
+NORMALIZATION = {
+    "in_model": fields.Field("true or false", lambda v: isinstance(v, bool)),
+    "mean": fields.Field("three numbers", fields.list_of(fields.number, 3)),
+    "std": fields.Field("three positive numbers", lambda v: fields.list_of(fields.number, 3)(v) and min(v) > 0),
+}
 
 
 def _starts(size: int, crop: int, stride: int) -> list[int]:

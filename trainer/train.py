@@ -369,11 +369,7 @@ def _run(runner: loop.Loop, datasets, cfg: TrainConfig, steps: int, val_steps: i
     except tf.errors.UnimplementedError as e:
         raise no_deterministic_kernel(e) or e
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-        shards = data.split_files(meta, data_dir, cfg.train_split) + data.split_files(meta, data_dir, cfg.val_split)
-        broken = data.find_corrupt(shards, md.compression_type(meta))
-        if broken is None:
-            raise
-        raise DataError(f"Corrupt shard {broken}. Re-run `python -m pipelines.prepare --overwrite`.") from e
+        raise data.damaged(e, meta, data_dir, [cfg.train_split, cfg.val_split]) or e
 
 
 def no_deterministic_kernel(error) -> UsageError | None:

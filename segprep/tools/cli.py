@@ -194,8 +194,9 @@ class UsageError(Exception):
 
 def main(name: str, run, argv: list[str] | None = None, errors: tuple = ()) -> int:
     """Runs a command's `run(argv)`; usage mistakes (and the command's own input `errors`) print one line and
-    exit 2, a remote store that could not be asked (storage.StorageError) one line and exit 1. An int that `run`
-    returns is the exit status; anything else means 0."""
+    exit 2, a remote store that could not be asked (storage.StorageError) or a local file the system refused
+    (OSError: permissions, a read-only or full disk) one line and exit 1. An int that `run` returns is the exit
+    status; anything else means 0."""
     from segprep.storage import StorageError
 
     try:
@@ -205,6 +206,12 @@ def main(name: str, run, argv: list[str] | None = None, errors: tuple = ()) -> i
         return 2
     except StorageError as e:  # a remote store that could not be asked: one line, never a traceback
         print(f"{name}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the machine's answer (no permission, a read-only or full disk): one line; -v: all of it
+        if verbose():
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"{name}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
     except SystemExit as e:  # argparse: --help (0) or a bad flag (2, its line already printed)
         return e.code if isinstance(e.code, int) else 2
