@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how crops' images are encoded (default: %(default)s)")
     p.add_argument("--jpeg_quality", type=cli.integer(1, maximum=100), default=95,
                    help="JPEG quality of the crops' images, 1-100 (default: %(default)s)")
+    p.add_argument("--exif", choices=convert.EXIF_MODES, default="auto",
+                   help="a JPEG's or PNG's EXIF orientation (phones store photos sideways and say how to turn "
+                        "them): apply = read images as viewers show them, ignore = as stored, auto = the way its "
+                        "mask fits; a mask that fits both ways (a square image, or an upside-down one) is then an "
+                        "error record naming the orientation (default: auto)")
     p.add_argument("--max_pixels", type=cli.integer(1), default=convert.DEFAULT_MAX_PIXELS,
                    help="an image or mask decoded whole whose header declares more pixels is an error record, "
                         "never decoded (a few-MB PNG can declare 50,000² px). The default, %(default)s px (about "
@@ -366,7 +371,7 @@ def plan(argv: list[str] | None = None) -> Job:
                                jpeg_quality=args.jpeg_quality, cat_max_ratio=args.cat_max_ratio, bands=args.bands,
                                image_range=args.image_range, max_pixels=args.max_pixels,
                                window_size=args.window_size, oversample_fraction=args.oversample_fraction,
-                               oversample_classes=_classes(args.oversample_classes, palette))
+                               oversample_classes=_classes(args.oversample_classes, palette), exif=args.exif)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.spill_dir and storage.is_remote(args.spill_dir):
@@ -540,6 +545,10 @@ def report(meta: dict, out: str, seconds: float, max_failed: int) -> int:
                           ("unknown_pixels_ignored", "ignored (255)")):
             if s.get(key):
                 notes.append(f"{s[key]:,} off-palette mask pixels {what}")
+        for key, what in (("exif_applied", "turned as their EXIF orientation says"),
+                          ("exif_as_stored", "read as stored despite an EXIF orientation")):
+            if s.get(key):
+                notes.append(f"{s[key]} images {what}")
         if s["inputs_failed"]:
             notes.append(f"{s['inputs_failed']} failed → {layout.join(out, s['errors_file'])}")
         lines.append(f"  {name}: " + ", ".join(notes))

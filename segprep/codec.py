@@ -10,8 +10,9 @@ read. Images leave here as (H, W, 3) uint8 RGB, whatever they were stored as:
   0..255 and clipped. Without it the image is refused with its value range, never squeezed silently.
 Decoders reject what OpenCV would silently accept: empty files, truncated JPEGs (libjpeg fills the missing part
 with grey and only warns) and truncated PNGs, found by walking the file's segments or chunks to its end marker;
-bytes after the end marker (a phone's Motion Photo video, a maker's trailer) are allowed. JPEG EXIF orientation
-is ignored, as VOC's masks are not rotated.
+bytes after the end marker (a phone's Motion Photo video, a maker's trailer) are allowed. Pixels are decoded as
+stored: a JPEG's or PNG's EXIF orientation (`exif_orientation`) is applied by the caller, who knows whether the
+mask was drawn on the stored pixels or on the photo as viewers show it (`segprep.convert`, --exif).
 
 Mask PNGs come in three kinds, told apart by the PNG header's colour type:
 - "color":   RGB(A) colour masks (type 2 or 6) → (H, W, 3) RGB;
@@ -129,6 +130,70 @@ def _png_end(data: bytes) -> int:
         if tag == b"IEND" and pos <= size:
             return pos
     raise DecodeError(f"truncated PNG: the data ends before the IEND chunk ({size} bytes)")
+
+
+EXIF_ROTATION = {2: "mirrored", 3: "rotated 180°", 4: "mirrored upside down", 5: "mirrored and rotated 90°",
+                 6: "rotated 90° clockwise", 7: "mirrored and rotated 90°", 8: "rotated 90° anticlockwise"}
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF Orientation tag (1-8) of a JPEG (APP1 "Exif") or PNG (eXIf chunk): how viewers turn the stored
+    pixels to show them. 1 (as stored) when there is none or it cannot be read."""
+    tiff = None
+    if data.startswith(_JPEG_SOI):
+        for marker, pos in _jpeg_markers(data):
+            if marker == 0xE1 and data[pos:pos + 6] == b"Exif\x00\x00":
+                length = int.from_bytes(data[pos - 2:pos], "big")
+                tiff = data[pos + 6:pos - 2 + length]
+                break
+            if marker in (0xDA, 0xD9):  # EXIF comes before the first scan
+                break
+    elif data.startswith(_PNG_SIGNATURE):
+        pos = len(_PNG_SIGNATURE)
+        while pos + 12 <= len(data):
+            length, tag = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+            if tag == b"eXIf":
+                tiff = data[pos + 8:pos + 8 + length]
+                break
+            if tag in (b"IDAT", b"IEND"):
+                break
+            pos += 12 + length
+    return _tiff_orientation(tiff) if tiff else 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """Tag 274 (Orientation) of the first IFD of an EXIF block (a little TIFF), or 1."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    (offset,) = struct.unpack(order + "I", tiff[4:8])
+    if offset + 2 > len(tiff):
+        return 1
+    (count,) = struct.unpack(order + "H", tiff[offset:offset + 2])
+    for i in range(count):
+        entry = tiff[offset + 2 + 12 * i:offset + 14 + 12 * i]
+        if len(entry) < 12:
+            break
+        tag, kind = struct.unpack(order + "HH", entry[:4])
+        if tag == 0x0112 and kind == 3:  # SHORT
+            (value,) = struct.unpack(order + "H", entry[8:10])
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """The stored pixels (H, W[, C]) as viewers show them under EXIF `orientation` (1-8); 5-8 swap height and
+    width."""
+    if orientation in (5, 6, 7, 8):
+        image = np.swapaxes(image, 0, 1)  # transposed: 5 as it is, 6 and 8 mirrored, 7 both
+        orientation = {5: 1, 6: 2, 7: 3, 8: 4}[orientation]
+    if orientation == 2:
+        image = image[:, ::-1]
+    elif orientation == 3:
+        image = image[::-1, ::-1]
+    elif orientation == 4:
+        image = image[::-1]
+    return np.ascontiguousarray(image)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,6 +386,7 @@ class ImageInfo:
     kind: str = ""  # PNG/TIFF: "palette" for palette-mode files
     tiling: str = ""  # TIFF: "tiled" or "stripped"
     compression: str = ""  # TIFF: "none", "deflate", "lzw", "jpeg", ...
+    orientation: int = 1  # JPEG/PNG: the EXIF orientation (1: as stored), when it is in the first 64 KiB
 
     @property
     def label(self) -> str:
@@ -341,7 +407,7 @@ def probe(f) -> ImageInfo:
         color_type, depth = png_color_type(head)
         width, height = struct.unpack(">II", head[16:24])
         return ImageInfo("png", width, height, _PNG_BANDS.get(color_type, 0), f"{depth}-bit",
-                         "palette" if color_type == 3 else "")
+                         "palette" if color_type == 3 else "", orientation=exif_orientation(head))
     if fmt == "jpeg":
         sof = _jpeg_sof(head)
         if sof is None:
@@ -349,7 +415,7 @@ def probe(f) -> ImageInfo:
         if sof is None:
             raise DecodeError("corrupt JPEG: no frame header (SOF)")
         bits, height, width, bands = sof
-        return ImageInfo("jpeg", width, height, bands, f"{bits}-bit")
+        return ImageInfo("jpeg", width, height, bands, f"{bits}-bit", orientation=exif_orientation(head))
     import tifffile
 
     f.seek(0)
@@ -406,7 +472,7 @@ def decode_mask(data: bytes, max_value: int = 255, bgr: bool = False) -> tuple[n
         kind = MASK_KINDS[color_type]
         if kind == "index":
             return _decode_index(buf, depth, max_value), kind
-    out = _imdecode(buf, cv2.IMREAD_COLOR)  # palette PNGs expand to their colours here
+    out = _imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # palettes expand to their colours
     if out is None:
         raise DecodeError(f"corrupt {fmt.upper()} mask: the decoder could not read it")
     return (out if bgr else cv2.cvtColor(out, cv2.COLOR_BGR2RGB, dst=out)), kind

@@ -37,6 +37,9 @@ DEFAULT_WINDOW_SIZE = 4096
 DEFAULT_MAX_PIXELS = 178_956_970
 
 
+EXIF_MODES = ("auto", "apply", "ignore")
+
+
 @dataclasses.dataclass(frozen=True)
 class ConvertConfig:
     crop_size: int = 256
@@ -54,6 +57,7 @@ class ConvertConfig:
     window_size: int = DEFAULT_WINDOW_SIZE  # tiled/stripped TIFFs wider or taller than this are read window by window
     oversample_fraction: float = 0.0  # share of random crops centred on a pixel of a named class the image holds
     oversample_classes: tuple[int, ...] | None = None  # the named classes (None: every class but class 0)
+    exif: str = "auto"  # a JPEG's or PNG's EXIF orientation: auto (by which way the mask fits), apply, ignore
 
     def __post_init__(self) -> None:
         if self.crop_size < 1:
@@ -88,6 +92,8 @@ class ConvertConfig:
             if bad or not self.oversample_classes:
                 raise ValueError(f"oversample_classes must name classes 0..{self.palette.num_classes - 1}. "
                                  f"Received: {','.join(map(str, self.oversample_classes))}")
+        if self.exif not in EXIF_MODES:
+            raise ValueError(f"exif must be one of {', '.join(EXIF_MODES)}. Received: {self.exif!r}")
         if self.window_size < self.crop_size:
             raise ValueError(f"window_size must be at least crop_size ({self.crop_size}). Received: "
                              f"{self.window_size}")
@@ -110,6 +116,8 @@ class Stats:
     source_pixels: int = 0
     source_ignore_pixels: int = 0  # source mask pixels that are the ignore label
     binary_masks: int = 0  # index masks holding only 0 and 255 (255 = ignore) with no index map: likely 0/255 labels
+    exif_applied: int = 0  # images with an EXIF orientation, read as displayed (their masks fit that way)
+    exif_as_stored: int = 0  # images with an EXIF orientation, read as stored
 
     def add(self, other: Stats) -> Stats:
         self.images += other.images
@@ -124,6 +132,8 @@ class Stats:
         self.source_pixels += other.source_pixels
         self.source_ignore_pixels += other.source_ignore_pixels
         self.binary_masks += other.binary_masks
+        self.exif_applied += other.exif_applied
+        self.exif_as_stored += other.exif_as_stored
         return self
 
     def rgb_mean_std(self) -> tuple[list[float], list[float]]:
@@ -140,11 +150,13 @@ def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig,
     snapped); the image is RGB, or BGR with `bgr` (as the decoder gives it and the encoder takes it). Raises
     `InputError` naming what is wrong. Sizes come from the headers first: a pair whose sizes differ, or an image
     above `config.max_pixels`, is refused before a pixel is decoded."""
-    check_headers(image_bytes, mask_bytes, config)
+    orientation = check_headers(image_bytes, mask_bytes, config)
     try:
         image = codec.decode_image(image_bytes, config.bands, config.image_range, bgr=bgr)
     except codec.DecodeError as e:
         raise InputError(e.reason or "bad_image", f"image: {e}") from None
+    if orientation > 1:
+        image = codec.orient(image, orientation)
     try:
         mask, _ = codec.decode_mask(mask_bytes, config.palette.max_index, bgr=bgr)
     except codec.DecodeError as e:
@@ -152,7 +164,8 @@ def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig,
     check_sizes(image.shape[1::-1], mask.shape[1::-1])
     conversion = convert_classes(mask, config, bgr=bgr)
     stats = Stats(images=1, source_pixels=int(conversion.classes.size), binary_masks=int(conversion.binary),
-                  source_ignore_pixels=conversion.ignore_pixels)
+                  source_ignore_pixels=conversion.ignore_pixels, exif_applied=int(orientation > 1),
+                  exif_as_stored=int(orientation < 0))
     if config.unknown_colors == "nearest":
         stats.unknown_pixels_snapped = conversion.unknown_pixels
     else:
@@ -184,17 +197,51 @@ def _header(data: bytes) -> codec.ImageInfo | None:
         return None
 
 
-def check_headers(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig) -> None:
+def check_headers(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig) -> int:
     """Refuses, from the headers alone, an image above `config.max_pixels` (a file may declare 50,000² px in a few
-    MB: decoding it would take 7.5 GB) and a pair whose sizes differ; raises `InputError`."""
+    MB: decoding it would take 7.5 GB) and a pair whose sizes differ; raises `InputError`. → the EXIF orientation
+    to apply to the image (see `exif_orientation`): > 1 to apply, -1 for one read as stored, 1 for none."""
     image, mask = _header(image_bytes), _header(mask_bytes)
     for what, info in (("image", image), ("mask", mask)):
         why = info and too_large(info.width, info.height, config.max_pixels,
                                  "convert image and mask to tiled TIFFs, which are read window by window")
         if why:
             raise InputError("too_large", f"{what}: {why}")
-    if image is not None and mask is not None:
-        check_sizes((image.width, image.height), (mask.width, mask.height))
+    if image is None or mask is None:
+        return 1
+    return exif_orientation(image_bytes, (image.width, image.height), (mask.width, mask.height), config.exif)
+
+
+def exif_orientation(image_bytes: bytes, image: tuple[int, int], mask: tuple[int, int], mode: str) -> int:
+    """Whether to turn the image as its EXIF orientation says (what every viewer and most annotation tools show),
+    by --exif `mode`: "apply" or "ignore", or "auto": the way its mask fits, by size. A mask that fits both ways
+    (orientations 2-4, or a square image) is an error record ("exif_ambiguous") naming the orientation, and one
+    that fits neither a "size_mismatch" that says both. → the orientation to apply (> 1), -1 when an orientation
+    is there and the image is read as stored, 1 when there is none; raises `InputError`."""
+    orientation = codec.exif_orientation(image_bytes)
+    if orientation == 1:
+        check_sizes(image, mask)
+        return 1
+    turned = (image[1], image[0]) if orientation >= 5 else image
+    how = f"EXIF orientation {orientation} ({codec.EXIF_ROTATION[orientation]} for display)"
+    stored, displayed = tuple(mask) == tuple(image), tuple(mask) == turned
+    if mode == "auto" and stored and displayed:
+        raise InputError("exif_ambiguous", f"image has {how}, and its mask fits it both as stored and as displayed: "
+                                           "pass --exif apply if the masks were drawn on the photos as viewers show "
+                                           "them (most annotation tools), or --exif ignore if on the stored pixels")
+    if mode == "apply" or (mode == "auto" and displayed):
+        if not displayed:
+            raise InputError("size_mismatch", f"mask is {mask[0]}×{mask[1]} (w×h) but its image, with its {how} "
+                                              f"applied (--exif apply), is {turned[0]}×{turned[1]}"
+                                              + ("; as stored it fits: pass --exif ignore" if stored else ""))
+        return orientation
+    if not stored:
+        raise InputError("size_mismatch", f"mask is {mask[0]}×{mask[1]} (w×h) but its image is {image[0]}×{image[1]} "
+                                          f"as stored" + (f" and {turned[0]}×{turned[1]} as displayed ({how})"
+                                                          if mode == "auto" else
+                                                          f" (--exif ignore); with its {how} applied it fits: pass "
+                                                          "--exif apply" if displayed else f"; it has {how}"))
+    return -1
 
 
 def too_large(width: int, height: int, max_pixels: int, remedy: str) -> str | None:

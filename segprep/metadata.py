@@ -106,6 +106,9 @@ def _split_entry(name: str, result: SplitResult, num_classes: int) -> dict:
         "binary_masks": st.binary_masks,
         "unknown_pixels_ignored": st.unknown_pixels_ignored,
         "unknown_pixels_snapped": st.unknown_pixels_snapped,
+        # images with an EXIF orientation: read as displayed (their masks fit that way), or as stored (--exif)
+        "exif_applied": st.exif_applied,
+        "exif_as_stored": st.exif_as_stored,
         "rgb_mean": mean,
         "rgb_std": std,
     }

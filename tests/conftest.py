@@ -205,3 +205,18 @@ def run_dir(trained_run, tmp_path):
 
     shutil.copytree(trained_run, tmp_path / "run")
     return str(tmp_path / "run")
+
+
+def with_exif(jpeg: bytes, orientation: int) -> bytes:
+    """A JPEG with an APP1 EXIF segment holding only the Orientation tag, as a phone writes a photo it stored
+    sideways."""
+    import struct
+
+    tiff = (b"MM\x00\x2a" + struct.pack(">IH", 8, 1) + struct.pack(">HHI", 0x0112, 3, 1)
+            + struct.pack(">HH", orientation, 0) + b"\x00\x00\x00\x00")
+    app1 = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+
+
+# The orientation that undoes each: a photo shown as D is stored as orient(D, UNDO[o]).
+EXIF_UNDO = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}

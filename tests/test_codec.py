@@ -1,3 +1,5 @@
+import io
+
 import cv2
 import numpy as np
 import pytest
@@ -301,3 +303,21 @@ def test_probe_reads_headers_only():
     assert codec.probe(io.BytesIO(jpeg)).label == "JPEG 3-band 8-bit"
     info = codec.probe(io.BytesIO(codec.encode_palette_png(np.zeros((5, 7), np.uint8), VOC.color_array()[:2])))
     assert (info.width, info.height, info.label) == (7, 5, "PNG palette 8-bit")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_read_and_applied_as_opencv_applies_it(orientation):
+    from conftest import EXIF_UNDO, with_exif
+
+    rng = np.random.default_rng(orientation)
+    shown = cv2.resize(rng.integers(0, 255, (4, 6, 3), dtype=np.uint8), (60, 40), interpolation=cv2.INTER_NEAREST)
+    stored = codec.orient(shown, EXIF_UNDO[orientation])
+    data = with_exif(codec.encode_image(stored, "jpeg", 100), orientation)
+    assert codec.exif_orientation(data) == orientation
+    assert codec.probe(io.BytesIO(data)).orientation == orientation
+    as_stored = codec.decode_image(data)  # decoders give the stored pixels; the caller decides
+    assert as_stored.shape == stored.shape
+    turned = codec.orient(as_stored, orientation)
+    by_opencv = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(turned, by_opencv)  # OpenCV's own reading of the tag
+    assert turned.shape == shown.shape and np.abs(turned.astype(int) - shown).mean() < 12  # JPEG: colour edges

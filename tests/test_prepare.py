@@ -4,6 +4,7 @@ import itertools
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 
@@ -350,3 +351,46 @@ def test_voc_runs_write_the_same_bytes_as_the_release_before_layouts_by_pattern(
                     records.write(f, schema.encode_example(features))
             h.update(open(old, "rb").read())
     assert h.hexdigest() == digest
+
+
+def test_exif_orientation_is_applied_when_the_mask_fits_the_photo_as_shown(tmp_path):
+    """Phones store photos sideways with an EXIF orientation; annotation tools draw masks on the photo as shown.
+    "six" (90°) with a mask on the shown photo is turned; "six_stored" with a mask on the stored pixels is not;
+    "three" (180°: the mask fits both ways) is an error record naming the orientation, until --exif says which."""
+    from conftest import EXIF_UNDO, with_exif
+
+    root, rng = str(tmp_path / "voc"), np.random.default_rng(11)
+    shown = {}
+    for image_id, orientation, drawn_on in (("six", 6, "shown"), ("three", 3, "shown"), ("six_stored", 6, "stored")):
+        photo = cv2.resize(rng.integers(0, 255, (3, 5, 3), dtype=np.uint8), (80, 48), interpolation=cv2.INTER_CUBIC)
+        classes = np.kron(rng.integers(0, 21, (3, 5)), np.ones((16, 16), np.int64)).astype(np.uint8)
+        stored = codec.orient(photo, EXIF_UNDO[orientation])
+        mask = classes if drawn_on == "shown" else codec.orient(classes, EXIF_UNDO[orientation])
+        write_pair(root, image_id, stored, mask)
+        with open(layout.image_path(root, image_id), "wb") as f:
+            f.write(with_exif(codec.encode_image(stored, "jpeg", 97), orientation))
+        shown[image_id] = (photo, classes) if drawn_on == "shown" else (stored, mask)
+    write_lists(root, {"val": list(shown)})
+    for flags, ok, failed in (([], ("six", "six_stored"), {"three": "exif_ambiguous"}),
+                              (["--exif", "apply"], ("six", "three"), {"six_stored": "size_mismatch"})):
+        out = tmp_path / f"out{len(flags)}"
+        assert run(root, out, "--crop_size", "32", *flags) == 1
+        errors = {e["id"]: e for e in map(json.loads, open(out / "errors" / "val.jsonl"))}
+        assert {k: e["reason"] for k, e in errors.items()} == failed
+        if "three" in errors:
+            assert "EXIF orientation 3 (rotated 180° for display)" in errors["three"]["error"]
+            assert "pass --exif apply" in errors["three"]["error"]
+        else:
+            assert errors["six_stored"]["error"].endswith("; as stored it fits: pass --exif ignore")
+        split = metadata(out)["splits"]["val"]
+        assert (split["exif_applied"], split["exif_as_stored"]) == ((1, 1) if not flags else (2, 0))
+        for image_id in ok:  # the tiles put back together are the photo and mask as the mask was drawn
+            photo, classes = shown[image_id]
+            image, mask = np.zeros_like(photo), np.zeros_like(classes)
+            for r in read_records(shard_files(str(out), "val")):
+                if r["image/source_id"].decode() == image_id:
+                    y, x = r["image/crop/offset"]
+                    h, w = min(32, photo.shape[0] - y), min(32, photo.shape[1] - x)
+                    image[y:y + h, x:x + w], mask[y:y + h, x:x + w] = r["image"][:h, :w], r["mask"][:h, :w]
+            np.testing.assert_array_equal(mask, classes)
+            assert np.abs(image.astype(int) - photo).mean() < 4, image_id

@@ -8,7 +8,8 @@ For each image, writes ID.png (colour mask in the dataset's palette, or with --f
 and ID_overlay.jpg (mask over the photo). Images larger than the training crop are predicted with overlapping
 sliding windows whose class probabilities are summed; windows run one row of windows at a time into a buffer one
 window high, so a 10,000 × 10,000 tile stays within 2 GB with TensorFlow loaded. Images smaller than the crop are
-padded as in training and cut back. A tiled TIFF above --max_pixels is read window by window and gives ID.tif.
+padded as in training and cut back. A photo with an EXIF orientation is predicted as viewers show it. A tiled TIFF
+above --max_pixels is read window by window and gives ID.tif.
 
 predict never replaces a file it did not write (trainer/prediction_output.py): names that would, or that two
 inputs share, are found before anything is written.
@@ -383,8 +384,9 @@ def _predict_one(predictor: Predictor, target, args, bands, value_range) -> tupl
         info = codec.probe(f)
         if not too_large(info.width, info.height, args.max_pixels, ""):
             f.seek(0)
-            image = codec.decode_image(f.read(), bands, value_range)
-            classes = predictor.predict(image, args.overlap)
+            data = f.read()
+            image = codec.orient(codec.decode_image(data, bands, value_range), codec.exif_orientation(data))
+            classes = predictor.predict(image, args.overlap)  # as viewers show the photo (EXIF applied)
             return predictor.encode(image, classes, args.format), info.width * info.height
         regions = None
         if info.format == "tiff":

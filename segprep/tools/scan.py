@@ -315,9 +315,12 @@ def report(scans: list[MaskScan], lists, palette: Palette, palette_name: str, to
             if s.split == split and s.image is not None:
                 images[s.image.label] = images.get(s.image.label, 0) + 1
         bad_images = [s for s in scans if s.split == split and s.image_error is not None and s.error is None]
+        turned = sum(1 for s in scans if s.split == split and s.image is not None and s.image.orientation != 1)
         if images or bad_images:
             lines.append(f"  {split}: images " + ", ".join(f"{k} ×{n}" for k, n in sorted(images.items()))
-                         + (f"; {len(bad_images)} unreadable" if bad_images else ""))
+                         + (f"; {len(bad_images)} unreadable" if bad_images else "")
+                         + (f"; {turned} with an EXIF orientation (viewers turn them; prepare --exif auto reads "
+                            "each the way its mask fits)" if turned else ""))
             lines += [f"    {s.image_id}: image: {s.image_error}" for s in bad_images[:5]]
         line = f"  {split}: {len(ok)} masks"
         if ok:
