@@ -41,6 +41,7 @@ class RunSpec:
     num_shards: int  # per split; 0 = automatic (then each split's count is in its shards' names)
     flags: dict
     started: float
+    repeated: dict = dataclasses.field(default_factory=dict)  # split → ids its list repeats (each used once)
 
 
 MARKER = layout.TEMP_MARKER
@@ -302,7 +303,8 @@ def finalize(run: RunSpec, shards: list, stats: list, errors: list) -> dict:
     by_split = split_shards(run, planned)
     splits = {split: metadata.SplitResult(shards=by_split[split], stats=stats.get(split, Stats()),
                                           random_crops=split in run.random_splits,
-                                          images_listed=run.listed.get(split, 0), inputs_failed=failed[split])
+                                          images_listed=run.listed.get(split, 0), inputs_failed=failed[split],
+                                          repeated_ids=len(run.repeated.get(split, ())))
               for split in run.splits}
     meta = metadata.build(palette=run.palette, crop_size=run.crop_size, image_format=run.image_format,
                           compressed=run.compressed, seed=run.seed, splits=splits, flags=run.flags,

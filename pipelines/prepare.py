@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random_crop_splits",
                    help="splits that get random crops; the others get tiles covering each image exactly once "
                         "(default: the splits whose name starts with 'train', in any case: train, training, Train)")
+    p.add_argument("--allow_shared_ids", action="store_true",
+                   help="let an id that two split lists hold go into both splits (by default the later split "
+                        "gets an error record for it: one image in train and val makes validation scores lie)")
     p.add_argument("--bands", type=cli.bands, metavar="B,B,B",
                    help="for images with more than 3 bands (or to reorder them): the 1-based bands to keep, in "
                         "order, 3 (or 1 for grey), e.g. 4,1,2 makes IR-R-G of R-G-B-IR (default: 1 or 3 bands "
@@ -211,7 +214,7 @@ def build(p, args: argparse.Namespace, config: ConvertConfig, run: output.RunSpe
     if listing.lists is not None:
         listed = (p
                   | "SplitLists" >> beam.Create(list(listing.lists.items()))
-                  | "ReadIds" >> ReadSplitLists(listing.images, listing.masks, args.limit))  # Pair
+                  | "ReadIds" >> ReadSplitLists(listing.images, listing.masks, args.limit, listing.shared))  # Pair
     else:
         listed = p | "Manifest" >> beam.Create([manifest]) | "ReadManifest" >> ReadManifest()  # Pair
     listed = listed | "Distribute" >> beam.Reshuffle()  # so reading and decoding fan out over workers
@@ -395,7 +398,8 @@ def plan(argv: list[str] | None = None) -> Job:
                      if args.splits else sample.SPLITS)
             if args.random_crop_splits is not None:
                 pairs.check_names("--random_crop_splits", args.random_crop_splits, names, "this run has")
-        listing = pairs.find(root, spec, args.splits, args.limit, args.seed) if args.input_dir else None
+        listing = (pairs.find(root, spec, args.splits, args.limit, args.seed, args.allow_shared_ids)
+                   if args.input_dir else None)
     except pairs.LayoutError as e:
         raise UsageError(str(e)) from None
     options = _pipeline_options(beam_args)  # imports Beam: every cheap check is done
@@ -403,7 +407,7 @@ def plan(argv: list[str] | None = None) -> Job:
     try:
         if listing is None:
             sample.ensure_sample(SAMPLE_DIR)
-            listing = pairs.find(root, spec, args.splits, args.limit, args.seed)
+            listing = pairs.find(root, spec, args.splits, args.limit, args.seed, args.allow_shared_ids)
         found = listing.splits
         random_splits = (pairs.check_names("--random_crop_splits", args.random_crop_splits, found, "this run has")
                          if args.random_crop_splits is not None else [s for s in found if pairs.is_training(s)])
@@ -411,6 +415,10 @@ def plan(argv: list[str] | None = None) -> Job:
         raise UsageError(str(e)) from None
     for split, why in listing.skipped.items():
         print(f"prepare: split {split} left out: {why}", file=sys.stderr)
+    for split, ids in listing.repeated.items():
+        shown = ", ".join(ids[:5]) + (f" (+{len(ids) - 5} more)" if len(ids) > 5 else "")
+        print(f"prepare: split {split}: its list repeats {len(ids)} id{'s' if len(ids) > 1 else ''} ({shown}); each "
+              "is used once", file=sys.stderr)
     _check_output(out, args.overwrite, found)
 
     flags = {k: v for k, v in vars(args).items()}
@@ -420,7 +428,7 @@ def plan(argv: list[str] | None = None) -> Job:
         output_dir=out, temp_dir=layout.join(out, layout.TEMP_PREFIX + uuid.uuid4().hex[:12]),
         splits=tuple(found), random_splits=tuple(random_splits), listed=listing.counts,
         palette=palette, crop_size=args.crop_size, image_format=args.image_format, compressed=args.compress,
-        seed=args.seed, num_shards=args.num_shards, flags=flags, started=started)
+        seed=args.seed, num_shards=args.num_shards, flags=flags, started=started, repeated=listing.repeated)
     spill_ = args.shuffle == "spill" or (args.shuffle == "auto" and local_runner(options))
     return Job(args, options, config, run_spec, spill_, listing)
 

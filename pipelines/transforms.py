@@ -147,17 +147,18 @@ class ReadSplitLists(beam.PTransform):
     """Reads the ids of each split list inside the pipeline (the job graph carries only the lists' paths), the
     first `limit` of each when given, and makes their pairs with the layout's patterns."""
 
-    def __init__(self, images: pairs_.Pattern, masks: pairs_.Pattern, limit: int | None = None):
+    def __init__(self, images: pairs_.Pattern, masks: pairs_.Pattern, limit: int | None = None,
+                 shared: dict[str, dict[str, str]] | None = None):
         super().__init__()
-        self._images, self._masks, self._limit = images, masks, limit
+        self._images, self._masks, self._limit, self._shared = images, masks, limit, shared or {}
 
     def expand(self, lists):
-        """(split, list path) → Pair."""
-        images, masks, limit = self._images, self._masks, self._limit
+        """(split, list path) → Pair (an error Pair for an id an earlier split lists too: `shared`)."""
+        images, masks, limit, shared = self._images, self._masks, self._limit, self._shared
 
         def read(element):
             split, path = element
-            return pairs_.pairs_from_ids(split, pairs_.read_list(path, limit), images, masks)
+            return pairs_.pairs_from_ids(split, pairs_.read_list(path, limit), images, masks, shared.get(split))
 
         return lists | beam.FlatMap(read)
 
@@ -187,7 +188,11 @@ class _ReadPairFn(beam.DoFn):
     def process(self, pair: pairs_.Pair):
         split, image_id = pair.split, pair.image_id
         paths = tuple(layout.join(self._root, p) if p else "" for p in (pair.image, pair.mask))
-        if pair.reason:  # known before reading: no partner, a bad id
+        escapes = [f"{what}: {why}" for what, path in zip(("image", "mask"), paths)
+                   if path and (why := pairs_.outside_root(self._root, path))]
+        if escapes and not pair.reason:
+            pair = dataclasses.replace(pair, reason="outside_root", error=escapes[0])
+        if pair.reason:  # known before reading: no partner, a bad id, a link out of the root
             self._progress.count("images_failed")
             yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(split, image_id, pair.reason, pair.error,
                                                                tuple(p for p in paths if p)))

@@ -43,9 +43,10 @@ def split_path(root: str, split: str) -> str:
     return join(root, SPLIT_DIR, f"{split}.txt")
 
 
-def parse_split_list(text: str) -> list[str]:
+def parse_split_list(text: str, repeated: list[str] | None = None) -> list[str]:
     """IDs from an ImageSets file: one a line, blank lines and surrounding space ignored, first column only
-    (VOC's per-class lists add a ±1 column), duplicates dropped keeping the first."""
+    (VOC's per-class lists add a ±1 column), duplicates dropped keeping the first (each named once in
+    `repeated`, when given, so that the caller can say so)."""
     ids = []
     seen = set()
     for line in text.splitlines():
@@ -53,6 +54,8 @@ def parse_split_list(text: str) -> list[str]:
         if fields and fields[0] not in seen:
             seen.add(fields[0])
             ids.append(fields[0])
+        elif fields and repeated is not None and fields[0] not in repeated:
+            repeated.append(fields[0])
     return ids
 
 

@@ -46,6 +46,7 @@ class SplitResult:
     random_crops: bool
     images_listed: int
     inputs_failed: int
+    repeated_ids: int = 0  # ids the split's list repeats (each used once)
 
 
 def build(*, palette: Palette, crop_size: int, image_format: str, compressed: bool, seed: int,
@@ -92,6 +93,7 @@ def _split_entry(name: str, result: SplitResult, num_classes: int) -> dict:
         "bytes": sum(s.bytes for s in result.shards),
         "crop_mode": "random" if result.random_crops else "tiles",
         "images_listed": result.images_listed,
+        "repeated_ids": result.repeated_ids,
         "images_used": st.images,
         "inputs_failed": result.inputs_failed,
         "errors_file": layout.errors_path("", name).lstrip("/") if result.inputs_failed else None,

@@ -262,6 +262,8 @@ class Listing:
     lists: dict[str, str] | None = None  # split → its list's path
     limit: int | None = None
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # split → why it was left out
+    repeated: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # split → ids its list repeats
+    shared: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # split → {id: an earlier split}
 
     @property
     def splits(self) -> list[str]:
@@ -270,20 +272,44 @@ class Listing:
     def pairs(self, split: str) -> list[Pair]:
         if self.listed is not None:
             return self.listed[split]
-        return pairs_from_ids(split, read_list(self.lists[split], self.limit), self.images, self.masks)
+        return pairs_from_ids(split, read_list(self.lists[split], self.limit), self.images, self.masks,
+                              self.shared.get(split))
 
 
-def pairs_from_ids(split: str, ids: list[str], images: Pattern, masks: Pattern) -> list[Pair]:
-    """The pairs of listed ids whose paths the patterns make (no `*`); a bad id is an error record."""
+def pairs_from_ids(split: str, ids: list[str], images: Pattern, masks: Pattern,
+                   shared: dict[str, str] | None = None) -> list[Pair]:
+    """The pairs of listed ids whose paths the patterns make (no `*`); a bad id, or one that an earlier split
+    lists too (`shared`: {id: that split}), is an error record."""
     out = []
     for image_id in ids:
         why = bad_id(image_id)
         if why:
             out.append(Pair(split, image_id, None, None, "bad_id",
                             f"id {image_id!r} holds {why}: ids name files under --input_dir"))
+        elif shared and image_id in shared:
+            out.append(shared_pair(split, image_id, shared[image_id]))
         else:
             out.append(Pair(split, image_id, images.format(image_id, split), masks.format(image_id, split)))
     return out
+
+
+def shared_pair(split: str, image_id: str, first: str) -> Pair:
+    return Pair(split, image_id, None, None, "shared_id",
+                f"id {image_id!r} is in split {first!r} too: one image in two splits leaks from one into the "
+                "other (scores that look better than they are); fix the lists, or pass --allow_shared_ids if it "
+                "is meant")
+
+
+def outside_root(root: str, path: str) -> str | None:
+    """Why the local file at `path` may not be read as part of the dataset at `root`: a symbolic link (of the file
+    or a folder on its way) that leads outside `root`; None when it stays inside (or on an object store, which has
+    no links)."""
+    if storage.is_remote(path):
+        return None
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    if real == top or real.startswith(top.rstrip(os.sep) + os.sep):
+        return None
+    return f"{path} leads to {real}, outside --input_dir {root} (a symbolic link); files are read from inside it only"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,9 +359,11 @@ def check_names(flag: str, value: str, known, where: str) -> list[str]:
 
 
 def find(root: str, spec: LayoutSpec, wanted: str | None = None, limit: int | None = None,
-         seed: int = 0) -> Listing:
+         seed: int = 0, allow_shared: bool = True) -> Listing:
     """Every pair of every split (or of the comma list `wanted`), the first `limit` of each; raises
-    `LayoutError` for a usage mistake (bad pattern, unknown split, no split to be found)."""
+    `LayoutError` for a usage mistake (bad pattern, unknown split, no split to be found). With split lists, an id
+    that a later split lists again is an error record there unless `allow_shared`, and a split that is the union
+    of others (VOC's trainval) is left out unless `wanted` names it."""
     root = root.rstrip("/")
     images = Pattern.parse("--images", spec.images)
     masks = Pattern.parse("--masks", spec.masks)
@@ -364,7 +392,7 @@ def find(root: str, spec: LayoutSpec, wanted: str | None = None, limit: int | No
             raise LayoutError(f"--val_fraction: {root} already has split lists ({spec.split_lists}: "
                               f"{', '.join(lists)}); drop --val_fraction, or point --split_lists elsewhere.")
         if lists:
-            listing = _by_lists(root, images, masks, lists, wanted)
+            listing = _by_lists(root, images, masks, lists, wanted, limit, allow_shared)
         elif spec.val_fraction is not None:
             listing = _by_fraction(root, images, masks, spec.val_fraction, group, seed, wanted)
         else:
@@ -403,24 +431,60 @@ def _split_lists(root: str, text: str) -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
-def read_list(path: str, limit: int | None = None) -> list[str]:
-    """The ids of a split list (one a line; see layout.parse_split_list), the first `limit` of them."""
-    ids = layout.parse_split_list(storage.read_bytes(path).decode("utf-8", "replace"))
+def read_list(path: str, limit: int | None = None, repeated: list[str] | None = None) -> list[str]:
+    """The ids of a split list (one a line; see layout.parse_split_list), the first `limit` of them; ids the list
+    repeats are added to `repeated` when given."""
+    ids = layout.parse_split_list(storage.read_bytes(path).decode("utf-8", "replace"), repeated)
     return ids[:limit] if limit else ids
 
 
-def _by_lists(root: str, images: Pattern, masks: Pattern, lists: dict[str, str], wanted: str | None) -> Listing:
+def _by_lists(root: str, images: Pattern, masks: Pattern, lists: dict[str, str], wanted: str | None,
+              limit: int | None, allow_shared: bool) -> Listing:
     names = check_names("--splits", wanted, list(lists), f"{root} lists") if wanted else list(lists)
+    repeated: dict[str, list[str]] = {}
+    ids = {}
+    for split in names:
+        repeated[split] = []
+        ids[split] = read_list(lists[split], limit, repeated[split])
+    skipped = {} if wanted else _unions(ids)
+    names = [n for n in names if n not in skipped]
     lists = {split: lists[split] for split in names}
+    shared = {} if allow_shared else _shared({split: ids[split] for split in names})
+    notes = dict(skipped=skipped, repeated={s: r for s, r in repeated.items() if r and s in lists}, shared=shared)
     if not images.stars:  # the ids make the paths: nothing to list
-        return Listing(root, images, masks, "lists", {s: len(read_list(p)) for s, p in lists.items()}, lists=lists)
+        return Listing(root, images, masks, "lists", {s: len(ids[s]) for s in names}, lists=lists, **notes)
     index = _index(root, images, masks)
     listed = {}
     for split in names:
         listed[split] = []
-        for pair in pairs_from_ids(split, read_list(lists[split]), images, masks):
+        for pair in pairs_from_ids(split, ids[split], images, masks, shared.get(split)):
             listed[split].append(pair if pair.reason else _from_index(index, images, masks, split, pair.image_id))
-    return Listing(root, images, masks, "lists", {s: len(p) for s, p in listed.items()}, listed=listed)
+    return Listing(root, images, masks, "lists", {s: len(p) for s, p in listed.items()}, listed=listed, **notes)
+
+
+def _unions(ids: dict[str, list[str]]) -> dict[str, str]:
+    """{split: why it is left out} for the splits that hold every id of two or more others (VOC's trainval: train
+    and val together): read by default, they would repeat those splits' images."""
+    sets = {split: set(found) for split, found in ids.items()}
+    out = {}
+    for split, held in sets.items():
+        parts = [other for other, theirs in sets.items() if other != split and theirs and theirs <= held
+                 and theirs != held]
+        if len(parts) >= 2:
+            out[split] = f"it lists every id of {' and '.join(parts)} (their union); pass --splits to read it"
+    return out
+
+
+def _shared(ids: dict[str, list[str]]) -> dict[str, dict[str, str]]:
+    """{split: {id: the earlier split that lists it}} for ids listed by more than one split (in split order)."""
+    first: dict[str, str] = {}
+    shared: dict[str, dict[str, str]] = {}
+    for split, found in ids.items():
+        for image_id in found:
+            owner = first.setdefault(image_id, split)
+            if owner != split:
+                shared.setdefault(split, {})[image_id] = owner
+    return shared
 
 
 def _index(root: str, images: Pattern, masks: Pattern) -> tuple[dict, dict]:

@@ -20,6 +20,7 @@ Colours are always RGB, never BGR.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 
@@ -56,6 +57,13 @@ class PaletteError(ValueError):
     """A palette file or palette value that cannot be used."""
 
 
+JSON_KEYS = ("names", "colors", "ignore_colors", "index_map", "about")  # a palette file's keys
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON's true is no colour value
+
+
 @dataclasses.dataclass(frozen=True)
 class Palette:
     """Class names and their RGB colours; `ignore_colors` map to `IGNORE_LABEL`."""
@@ -77,15 +85,15 @@ class Palette:
         seen: dict[tuple[int, int, int], str] = {}
         for name, color in zip(self.names + ("<ignore>",) * len(self.ignore_colors),
                                self.colors + self.ignore_colors):
-            if len(color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in color):
+            if len(color) != 3 or not all(_integer(c) and 0 <= c <= 255 for c in color):
                 raise PaletteError(f"Colours must be three integers in 0..255. Received: {color!r} for {name!r}.")
             if tuple(color) in seen and not self.index_map:
                 raise PaletteError(f"Colour {tuple(color)} is used by both {seen[tuple(color)]!r} and {name!r}.")
             seen.setdefault(tuple(color), name)
         for value, target in self.index_map:
-            if not (isinstance(value, int) and 0 <= value <= 65535):
+            if not (_integer(value) and 0 <= value <= 65535):
                 raise PaletteError(f"index_map keys must be mask values 0..65535. Received: {value!r}.")
-            if not (isinstance(target, int) and (0 <= target < len(self.names) or target == IGNORE_LABEL)):
+            if not (_integer(target) and (0 <= target < len(self.names) or target == IGNORE_LABEL)):
                 raise PaletteError(f"index_map maps {value} to {target!r}: a value must be a class id "
                                    f"0..{len(self.names) - 1} or {IGNORE_LABEL} (ignore).")
 
@@ -131,9 +139,26 @@ class Palette:
 
     @classmethod
     def from_json(cls, obj: dict) -> Palette:
+        """A palette file's object, checked strictly: its keys (a misspelt one is named, never ignored), names a
+        list of distinct strings, colours lists of three integers 0-255."""
         if not isinstance(obj, dict) or "names" not in obj or "colors" not in obj:
             raise PaletteError('A palette is a JSON object with "names" and "colors" lists '
                                '(and optional "ignore_colors" and "index_map").')
+        for key in obj:
+            if key not in JSON_KEYS:
+                close = difflib.get_close_matches(key, JSON_KEYS, n=1, cutoff=0.5)
+                raise PaletteError(f"Unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                                   + f"; a palette's keys are {', '.join(JSON_KEYS)}.")
+        names = obj["names"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise PaletteError(f'"names" must be a list of strings, one per class. Received: {names!r:.60}.')
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise PaletteError(f"Class names must differ; {twice[0]!r} is there more than once.")
+        for key in ("colors", "ignore_colors"):
+            value = obj.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(c, list) for c in value):
+                raise PaletteError(f'"{key}" must be a list of [r, g, b] colours. Received: {value!r:.60}.')
         raw_map = obj.get("index_map") or {}
         if not isinstance(raw_map, dict):
             raise PaletteError('"index_map" must be an object {"mask value": class id or 255, ...}.')
@@ -145,7 +170,7 @@ class Palette:
                 raise PaletteError(f'index_map keys must be mask values such as "7". Received: {key!r}.') from None
             index_map.append((value, target))
         try:
-            return cls(names=tuple(str(n) for n in obj["names"]),
+            return cls(names=tuple(names),
                        colors=tuple(tuple(c) for c in obj["colors"]),
                        ignore_colors=tuple(tuple(c) for c in obj.get("ignore_colors", ())),
                        index_map=tuple(sorted(index_map)))

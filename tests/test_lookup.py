@@ -180,6 +180,13 @@ def test_user_palette_json(tmp_path):
     ('{"names": ["a"], "colors": [[0,0,300]]}', "0..255"),
     ('{"colors": []}', '"names"'),
     ("not json", "not valid JSON"),
+    ('{"names": "ab", "colors": [[0,0,0],[9,9,9]]}', '"names" must be a list of strings'),
+    ('{"names": ["a", "a"], "colors": [[0,0,0],[9,9,9]]}', "'a' is there more than once"),
+    ('{"names": ["a"], "colors": [[true,0,0]]}', r"three integers in 0\.\.255. Received: \(True, 0, 0\)"),
+    ('{"names": ["a"], "colors": [[0,0,0]], "ignore_colors": [[0.5,0,0]]}', "three integers"),
+    ('{"names": ["a"], "colors": [[0,0,0]], "colours": [[1,1,1]]}', "Unknown key 'colours' \\(did you mean 'colors'"),
+    ('{"names": ["a"], "colors": [[0,0,0]], "indexmap": {"1": 0}}', "did you mean 'index_map'"),
+    ('{"names": ["a"], "colors": [[0,0,0]], "index_map": {"1": true}}', "maps 1 to True"),
 ])
 def test_bad_palette_files_say_what_is_wrong(tmp_path, text, message):
     p = tmp_path / "pal.json"

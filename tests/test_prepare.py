@@ -394,3 +394,45 @@ def test_exif_orientation_is_applied_when_the_mask_fits_the_photo_as_shown(tmp_p
                     image[y:y + h, x:x + w], mask[y:y + h, x:x + w] = r["image"][:h, :w], r["mask"][:h, :w]
             np.testing.assert_array_equal(mask, classes)
             assert np.abs(image.astype(int) - photo).mean() < 4, image_id
+
+
+def test_split_lists_that_share_ids_or_repeat_them_never_do_it_in_silence(voc_tree, tmp_path, capsys):
+    """An id in train.txt and val.txt is an error record in val (unless --allow_shared_ids); a repeated line is
+    named and counted; VOC's trainval (train and val together) is left out unless --splits names it."""
+    write_lists(voc_tree.root, {"train": ["t1", "t2", "t2", "t3", "t1"], "val": ["v1", "v2", "t3"],
+                                "trainval": ["t1", "t2", "t3", "v1", "v2"]})
+    out = tmp_path / "out"
+    assert run(voc_tree.root, out, "--crop_size", "64") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "prepare: split trainval left out: it lists every id of train and val (their union); pass --splits to " \
+           "read it" in err
+    assert "prepare: split train: its list repeats 2 ids (t2, t1); each is used once" in err
+    errors = [json.loads(line) for line in open(out / "errors" / "val.jsonl")]
+    assert [(e["id"], e["reason"]) for e in errors] == [("t3", "shared_id")]
+    assert "id 't3' is in split 'train' too" in errors[0]["error"] and "--allow_shared_ids" in errors[0]["error"]
+    meta = metadata(out)
+    assert sorted(meta["splits"]) == ["train", "val"]
+    assert meta["splits"]["train"]["repeated_ids"] == 2 and meta["splits"]["val"]["images_used"] == 2
+    assert {r["image/source_id"] for r in read_records(shard_files(str(out), "val"))} == {b"v1", b"v2"}
+    out = tmp_path / "shared"
+    assert run(voc_tree.root, out, "--crop_size", "64", "--allow_shared_ids", "--splits", "train,val") == 0
+    assert {r["image/source_id"] for r in read_records(shard_files(str(out), "val"))} == {b"v1", b"v2", b"t3"}
+
+
+def test_a_link_inside_the_input_root_that_leads_outside_is_an_error_record(voc_tree, tmp_path):
+    """An id with '..' is refused; a symbolic link that goes out of the root is refused the same way."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.replace(layout.image_path(voc_tree.root, "t2"), elsewhere / "t2.jpg")
+    os.symlink(elsewhere / "t2.jpg", layout.image_path(voc_tree.root, "t2"))
+    os.symlink(layout.image_path(voc_tree.root, "t1"), layout.image_path(voc_tree.root, "t1b"))  # stays inside
+    os.symlink(layout.mask_path(voc_tree.root, "t1"), layout.mask_path(voc_tree.root, "t1b"))
+    write_lists(voc_tree.root, {"train": ["t1", "t1b", "t2"], "val": ["v1"]})
+    out = tmp_path / "out"
+    assert run(voc_tree.root, out, "--crop_size", "64") == 1
+    errors = [json.loads(line) for line in open(out / "errors" / "train.jsonl")]
+    assert [(e["id"], e["reason"]) for e in errors] == [("t2", "outside_root")]
+    assert errors[0]["error"] == (f"image: {layout.image_path(voc_tree.root, 't2')} leads to {elsewhere}/t2.jpg, "
+                                  f"outside --input_dir {voc_tree.root} (a symbolic link); files are read from "
+                                  "inside it only")
+    assert metadata(out)["splits"]["train"]["images_used"] == 2

@@ -219,3 +219,24 @@ def test_a_tiled_tiff_mask_above_max_pixels_is_counted_a_band_at_a_time_as_it_wo
     assert (banded.kind, banded.width, banded.height) == (whole.kind, whole.width, whole.height) == ("color", 260, 330)
     for key in ("keys", "counts", "solid"):
         np.testing.assert_array_equal(getattr(banded, key), getattr(whole, key))
+
+
+def test_a_tree_of_masks_only_is_said_so_and_exits_1(voc_tree, tmp_path, capsys):
+    import shutil
+
+    shutil.rmtree(os.path.join(voc_tree.root, layout.IMAGE_DIR))
+    assert scan.main(["--input_dir", voc_tree.root, "--no_leakage"]) == 1
+    captured = capsys.readouterr()
+    assert "prepare this tree with" not in captured.out
+    assert captured.err.strip().splitlines() == [
+        "scan: none of the 5 masks has an image (--images 'JPEGImages/{id}.jpg'): this tree holds masks only, and "
+        "prepare needs each mask's image; pass the dataset's root as --input_dir, or the images' place as --images"]
+
+
+def test_a_link_out_of_the_root_is_named_not_read(voc_tree, tmp_path, capsys):
+    outside = tmp_path / "outside.png"
+    os.replace(layout.mask_path(voc_tree.root, "t1"), outside)
+    os.symlink(outside, layout.mask_path(voc_tree.root, "t1"))
+    assert scan.main(["--input_dir", voc_tree.root, "--no_leakage"]) == 0
+    out = capsys.readouterr().out
+    assert f"    t1: mask: {layout.mask_path(voc_tree.root, 't1')} leads to {outside}, outside --input_dir " in out

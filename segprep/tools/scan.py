@@ -166,6 +166,12 @@ def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255, fingerprint: bo
         result.error = pair.error
         return result
     image_path = layout.join(root, pair.image)
+    path = layout.join(root, pair.mask)
+    for what, where in (("image", image_path), ("mask", path)):
+        why = pairs.outside_root(root, where)
+        if why:
+            result.error = f"{what}: {why}"
+            return result
     try:
         with storage.open_read(image_path) as f:
             result.image = codec.probe(f)
@@ -176,7 +182,6 @@ def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255, fingerprint: bo
     except Exception as e:  # noqa: BLE001 - missing or unreadable: reported, the scan goes on
         result.image_error = f"no image at {image_path}" if storage.absent(image_path) else \
             f"{type(e).__name__}: {e}"
-    path = layout.join(root, pair.mask)
     try:
         with storage.open_read(path) as f:
             _scan_mask(f, result, max_value, max_pixels)
@@ -504,6 +509,11 @@ def run(argv: list[str] | None = None) -> int:
         print(f"scan: wrote {args.write_palette}: {len(written['names'])} classes"
               + (f", {len(written['ignore_colors'])} ignore colour" if written["ignore_colors"] else "")
               + f"; use it with --palette {args.write_palette}")
+    if scans and all(s.image is None for s in scans):
+        print(f"scan: none of the {len(scans)} masks has an image (--images {spec.images!r}): this tree holds "
+              "masks only, and prepare needs each mask's image; pass the dataset's root as --input_dir, or the "
+              "images' place as --images", file=sys.stderr)
+        return 1
     command, notes = prepare_command(root, spec, listing, args.write_palette or args.palette, scans, values_by_kind,
                                      args.splits)
     print("prepare this tree with:\n  " + command)

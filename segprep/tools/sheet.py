@@ -179,6 +179,10 @@ def from_dataset(root: str, spec: pairs.LayoutSpec, split: str | None, count: in
                            max_pixels=max_pixels)
     for pair in chosen:
         try:  # prepare's own decode and checks, off-palette colours drawn as ignore
+            for path in (pair.image, pair.mask):
+                why = pairs.outside_root(root, layout.join(root, path))
+                if why:
+                    raise InputError("outside_root", why)
             image, classes, _ = decode_pair(storage.read_bytes(layout.join(root, pair.image)),
                                             storage.read_bytes(layout.join(root, pair.mask)), config)
         except (InputError, OSError) as e:
