@@ -158,8 +158,11 @@ def _hold_remote(folder: str, command: str) -> Iterator[None]:
         return
     from google.api_core import exceptions
 
-    blob = _gcs_blob(path)
     me = Holder.me(command)
+    try:
+        blob = _gcs_blob(path)
+    except Exception as e:  # noqa: BLE001 - no credentials, no client: the store cannot be asked
+        raise storage.StorageError(f"cannot lock {folder}: {type(e).__name__}: {e}") from e
     try:
         blob.upload_from_string(me.to_json(), if_generation_match=0)
     except exceptions.PreconditionFailed:

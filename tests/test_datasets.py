@@ -248,4 +248,4 @@ def test_the_chain_follows_the_archives_split_names_and_bands(tmp_path, capsys):
     assert os.path.exists(os.path.join(run_dir, "eval-Val.json"))
     preds = str(tmp_path / "preds")
     assert predict.main(["--model_dir", run_dir, "--input", f"{root}/Val/images/0.tif", "--output_dir", preds]) == 0
-    assert sorted(os.listdir(preds)) == ["0.png", "0_overlay.jpg"]
+    assert sorted(os.listdir(preds)) == [".segprep-predictions.jsonl", "0.png", "0_overlay.jpg"]

@@ -284,3 +284,64 @@ def test_a_giant_tiff_on_gcs_is_read_window_by_window_through_faults(emulator, t
     assert meta["splits"]["train"]["records"] == 20 and meta["splits"]["val"]["records"] == 11 * 15
     print("faults injected:", faults.injected, "of", faults.requests, "requests")
     assert sum(faults.injected.values()) > 0
+
+
+@pytest.fixture
+def preconditions(emulator, monkeypatch):
+    """The emulator honours an upload's ifGenerationMatch as GCS does (it ignores it otherwise): the condition the
+    gs:// run lock is made of."""
+    from http import HTTPStatus
+
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    real = objects.insert
+
+    def insert(request, response, storage, *args, **kwargs):
+        match = request.query.get("ifGenerationMatch")
+        if match:
+            name = request.data["meta"].get("name") if request.query.get("uploadType") == ["multipart"] else None
+            name = request.query.get("name", [name])[0]
+            try:
+                current = str(storage.get_file_obj(request.params["bucket_name"], name)["generation"])
+            except NotFound:
+                current = "0"
+            if current != match[0]:
+                response.status = HTTPStatus.PRECONDITION_FAILED
+                response.json({"error": {"code": 412, "message": "conditionNotMet"}})
+                return
+        return real(request, response, storage, *args, **kwargs)
+
+    monkeypatch.setattr(objects, "insert", insert)
+    for _, handlers in server.HANDLERS:
+        for method, handler in list(handlers.items()):
+            if handler is real:
+                monkeypatch.setitem(handlers, method, insert)
+
+
+def test_one_run_at_a_time_in_a_gcs_dir_and_a_dead_runs_lock_is_taken_over(gcs, preconditions, voc_tree):
+    import time
+
+    from apache_beam.io.filesystems import FileSystems
+    from segprep import runlock
+
+    out = f"{gcs}/records"
+    lock = f"{out}/{runlock.LOCK_NAME}"
+    with runlock.hold(out, "python -m pipelines.prepare"):
+        assert json.loads(FileSystems.open(lock).read())["pid"] == os.getpid()
+        with pytest.raises(runlock.FolderError, match=f"{out} is being written by `python -m pipelines.prepare` "
+                                                      f"\\(pid {os.getpid()} on "):
+            with runlock.hold(out, "python -m trainer.train"):
+                pass
+        with pytest.raises(prepare.UsageError, match="is being written by"):
+            prepare.run(["--input_dir", voc_tree.root, "--output_dir", out, "--runner=DirectRunner"])
+    assert not FileSystems.exists(lock)  # released
+    # A lock whose holder stopped beating long ago belongs to a run that died: taken over.
+    dead = time.time() - runlock.STALE - 60
+    with FileSystems.create(lock) as f:
+        f.write(json.dumps({"command": "killed", "pid": 1, "host": "gone", "started": dead, "beat": dead}).encode())
+    with runlock.hold(out, "python -m pipelines.prepare"):
+        assert json.loads(FileSystems.open(lock).read())["command"] == "python -m pipelines.prepare"
+    assert prepare.run(["--input_dir", voc_tree.root, "--output_dir", out, "--crop_size", "64",
+                        "--runner=DirectRunner"]) == 0

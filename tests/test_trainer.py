@@ -713,7 +713,8 @@ def test_predict_and_evaluate_commands_are_quiet_show_progress_and_summarise(run
     assert "predict: 3/3 images" in progress[-1]
     assert re.fullmatch(r"predict: 3 of 3 images \([\d.]+ Mpx\) in [\d.]+ s \([\d.]+ Mpx/s\), 0 failed → "
                         + re.escape(str(out)) + "/\n", proc.stdout), proc.stdout
-    assert sorted(os.listdir(out)) == sorted(f"{i}{s}" for i in ("t1", "t2", "t3") for s in (".png", "_overlay.jpg"))
+    assert sorted(os.listdir(out)) == sorted([".segprep-predictions.jsonl"] + [f"{i}{s}" for i in ("t1", "t2", "t3")
+                                                                               for s in (".png", "_overlay.jpg")])
     proc = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--model_dir", run_dir, "--batch_size", "2"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -744,7 +745,8 @@ def test_predict_names_from_a_split_list_stay_inside_the_output_dir(run_dir, voc
     err = capsys.readouterr().err
     assert "'../../outside' holds a '.' or '..' path segment" in err and "'/etc/x' holds an absolute path" in err
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert written == ["sub/deep.png", "sub/deep_overlay.jpg", "t1.png", "t1_overlay.jpg"]  # the others went on
+    assert written == [".segprep-predictions.jsonl", "sub/deep.png", "sub/deep_overlay.jpg", "t1.png",
+                       "t1_overlay.jpg"]  # the others went on
     assert not (tmp_path / "outside.png").exists()
 
 

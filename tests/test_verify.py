@@ -67,6 +67,7 @@ def test_corrupt_bytes_missing_shards_and_wrong_counts(out, capsys):
 def test_mask_values_outside_the_classes_and_an_unfinished_run(out, capsys):
     meta = json.load(open(os.path.join(out, "metadata.json")))
     meta["num_classes"] = 2  # the records hold aeroplane (1), boat (4) and person (15)
+    meta["class_names"], meta["class_colors"] = meta["class_names"][:2], meta["class_colors"][:2]
     open(os.path.join(out, "metadata.json"), "w").write(json.dumps(meta))
     assert verify.main([out]) == 1
     found = lines(capsys)[0]
