@@ -389,6 +389,7 @@ def plan(argv: list[str] | None = None) -> Job:
     _check_folder("--output_dir", out)
     if args.spill_dir:
         _check_folder("--spill_dir", args.spill_dir)
+    _check_output(out, args.overwrite, ())  # before Beam loads and the sample is made; the splits' errors files below
     root = run_input(args).rstrip("/")
     try:
         for flag, text in (("--images", spec.images), ("--masks", spec.masks)):

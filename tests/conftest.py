@@ -184,6 +184,17 @@ def pil_png(array: np.ndarray, mode: str, bits: int | None = None, palette: np.n
     return buf.getvalue()
 
 
+@pytest.fixture
+def records(voc_tree, tmp_path):
+    """`voc_tree` prepared into tmp_path/records: 64² crops, 6 a training image."""
+    from pipelines import prepare
+
+    out = str(tmp_path / "records")
+    assert prepare.run(["--input_dir", voc_tree.root, "--output_dir", out, "--crop_size", "64",
+                        "--crops_per_image", "6", "--runner=DirectRunner"]) == 0
+    return out
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A run trained once for the session (one epoch on `make_voc_tree`'s pairs, 64² crops, 6 a training image,

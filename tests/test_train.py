@@ -2,19 +2,8 @@
 
 import os
 
-import pytest
-
-from pipelines import prepare
 from segprep import runlock
 from trainer import train
-
-
-@pytest.fixture
-def records(voc_tree, tmp_path):
-    out = str(tmp_path / "records")
-    assert prepare.run(["--input_dir", voc_tree.root, "--output_dir", out, "--crop_size", "64",
-                        "--crops_per_image", "2", "--runner=DirectRunner"]) == 0
-    return out
 
 
 def test_a_second_run_into_a_run_dir_being_written_refuses_naming_the_first(records, tmp_path, capsys):
@@ -36,22 +25,21 @@ def test_a_run_dir_that_is_a_file_is_one_line(records, tmp_path, capsys):
     assert mine.read_text() == "mine"
 
 
-def test_overwrite_leaves_links_named_like_a_runs_files_and_what_they_point_to(tmp_path, capsys):
+def test_a_link_named_like_a_runs_file_stops_the_run_and_both_stay(records, tmp_path, capsys):
+    """A run writes model.keras, log.csv, tensorboard/, ... and --overwrite deletes them: through a link it would
+    write into (or empty) the user's folder elsewhere. Refused, with or without --overwrite."""
     run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     run.mkdir()
     elsewhere.mkdir()
     (elsewhere / "events.out").write_text("the user's")
-    (elsewhere / "log.csv").write_text("the user's")
     (run / train.RUN_MARKER).write_text("{}")
     (run / "model.keras").write_bytes(b"an earlier run's")
-    (run / "backup").mkdir()
-    (run / "backup" / "state.json").write_text("{}")
     os.symlink(elsewhere, run / "tensorboard")
-    os.symlink(elsewhere / "log.csv", run / "log.csv")
-    assert train.clear_run(str(run)) == ["log.csv", "tensorboard"]
-    assert sorted(os.listdir(run)) == [train.RUN_MARKER, "log.csv", "tensorboard"]
-    assert sorted(os.listdir(elsewhere)) == ["events.out", "log.csv"]
-    assert (elsewhere / "log.csv").read_text() == "the user's"
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"train: --overwrite: left in place log.csv, tensorboard in {run}: symbolic links, never followed "
-                   "or deleted"]
+    for flags in ([], ["--overwrite"]):
+        assert train.main(["--data_dir", records, "--model_dir", str(run), "--epochs", "1", *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"train: error: --model_dir {run} holds tensorboard, a symbolic link to {elsewhere}, under a "
+                       "name a run writes and deletes: a run never writes or deletes through a link; remove the "
+                       "link, or choose another --model_dir."]
+    assert sorted(os.listdir(run)) == [train.RUN_MARKER, "model.keras", "tensorboard"]
+    assert os.listdir(elsewhere) == ["events.out"] and (run / "model.keras").read_bytes() == b"an earlier run's"

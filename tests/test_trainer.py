@@ -23,14 +23,6 @@ from trainer.model import build_model
 from trainer.normalization import Normalization
 
 
-@pytest.fixture
-def records(voc_tree, tmp_path):
-    out = str(tmp_path / "records")
-    assert prepare.run(["--input_dir", voc_tree.root, "--output_dir", out, "--crop_size", "64",
-                        "--crops_per_image", "6", "--runner=DirectRunner"]) == 0
-    return out
-
-
 def test_input_pipeline_shapes_dtypes_and_values(records):
     meta = data.load_metadata(records)
     # Flips only: the crops stay uint8 (scaling and rotation resample the image in float32).

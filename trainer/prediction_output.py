@@ -84,6 +84,9 @@ class Manifest:
         self.path = f"{self.out_dir}/{MANIFEST}"
         self.records: dict[str, Record] = {}
         self._pending: list[Record] = []
+        if not storage.is_remote(self.path) and os.path.islink(self.path):
+            raise UsageError(f"{self.path} is a symbolic link: predict appends to this file and never writes "
+                             "through a link; remove it, or choose another --output_dir.")
         if common.exists(self.path):
             for number, line in enumerate(common.read_bytes(self.path).decode("utf-8", "replace").splitlines(), 1):
                 if not line.strip():

@@ -654,29 +654,32 @@ def check_run_dir(model_dir: str) -> None:
     if names and not is_run_dir(model_dir):
         raise UsageError(f"--model_dir {model_dir} holds files no segprep run wrote (e.g. {names[0]}), and a run "
                          "deletes and replaces files in its dir: choose a new or empty --model_dir.")
+    links = [n for n in names if _run_file(n) and not storage.is_remote(model_dir)
+             and os.path.islink(os.path.join(model_dir, n))]
+    if links:
+        raise UsageError(f"--model_dir {model_dir} holds {links[0]}, a symbolic link to "
+                         f"{os.path.realpath(os.path.join(model_dir, links[0]))}, under a name a run writes and "
+                         "deletes: a run never writes or deletes through a link; remove the link, or choose another "
+                         "--model_dir.")
 
 
-def clear_run(model_dir: str) -> list[str]:
+def _run_file(name: str) -> bool:
+    """Whether a run (or `evaluate`) writes `name` in its run dir: what --overwrite deletes."""
+    return name in RUN_DIRS or name in RUN_FILES or (name.startswith("eval-") and name.endswith(".json"))
+
+
+def clear_run(model_dir: str) -> None:
     """--overwrite: everything a run and `evaluate` wrote in `model_dir`, so the new run starts clean; only in a
-    segprep run's folder (see `check_run_dir`), never through a symbolic link: a link named like a run's file is
-    left in place. → the names left in place."""
+    segprep run's folder without links under those names (see `check_run_dir`)."""
     if not files.isdir(model_dir):
-        return []
+        return
     check_run_dir(model_dir)
-    left = []
-    for name in sorted(files.listdir(model_dir)):
+    for name in files.listdir(model_dir):
         path = f"{model_dir}/{name}"
-        ours = name in RUN_DIRS or name in RUN_FILES or (name.startswith("eval-") and name.endswith(".json"))
-        if ours and not storage.is_remote(path) and os.path.islink(path):
-            left.append(name)
-        elif name in RUN_DIRS:
+        if name in RUN_DIRS:
             files.rmtree(path)
-        elif ours:
+        elif _run_file(name):
             files.remove([path])
-    if left:
-        print(f"train: --overwrite: left in place {', '.join(left)} in {model_dir}: symbolic links, never followed "
-              "or deleted", file=sys.stderr)
-    return left
 
 
 def main(argv: list[str] | None = None) -> int:
