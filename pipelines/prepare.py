@@ -30,8 +30,8 @@ import uuid
 
 from pipelines import beam_flags, output
 from segprep import convert, layout, lookup, pairs, runlock, sample, storage
-from segprep.tools import cli
-from segprep.tools.cli import Parser, UsageError
+from segprep import cli
+from segprep.cli import Parser, UsageError
 from segprep.convert import ConvertConfig
 from segprep.metadata import parse as parse_metadata
 from segprep.palette import PALETTES, PaletteError, load_palette

@@ -33,7 +33,7 @@ from apache_beam.metrics import Metrics
 
 from segprep import codec, layout, pairs as pairs_, records, storage, tiles
 
-from segprep.tools import progress
+from segprep import progress
 from segprep.convert import ConvertConfig, InputError, Stats, check_sizes, decode_pair, encode_crops
 from segprep.crops import stable_hash
 

@@ -1,8 +1,531 @@
-"""`python -m segprep.scan` (what is in a dataset, before prepare): the command lives in segprep/tools/scan.py."""
+"""What is in a dataset, before prepare: image formats, mask sizes and kinds, and every mask colour or value.
 
+    python -m segprep.scan --input_dir VOC_ROOT
+    python -m segprep.scan --input_dir gs://B/aerial --splits train --write_palette palette.json
+    python -m pipelines.prepare --input_dir gs://B/aerial --palette palette.json   # one class per colour
+    python -m segprep.scan --input_dir ~/cityscapes --palette cityscapes \
+        --images 'leftImg8bit/{split}/*/{id}_leftImg8bit.png' --masks 'gtFine/{split}/*/{id}_gtFine_labelIds.png'
+
+Takes prepare's layout flags (--images, --masks, --split_lists, --val_fraction, --group_by, --splits). Reads the
+masks and images whole (in parallel with joblib: processes for local files, threads for gs://); with --no_leakage,
+the images' headers only.
+Per split: how many pairs, the image formats (JPEG / PNG / TIFF, bands, bit depth, tiled or stripped, compression),
+the mask sizes (min / median / max) and kinds (colour, palette, index, with bit depth). Then every colour (or index
+value) with its pixel and image counts and what the active --palette (default Pascal VOC) makes of it. Index masks
+holding only 0 and 255 are named: with a palette that has no index_map, their 255 is the ignore label. Then leakage
+between splits, one line a pair of images (segprep/tools/leakage.py): the same id in two splits, byte-identical
+image files, and near-duplicates by perceptual hash (re-encoded, resized; --duplicate_distance sets how near). Last,
+the prepare command that reads this tree.
+
+Which colours are classes: a colour that is "solid" (a pixel whose 3×3 neighbourhood is all that colour) at
+MIN_SOLID = 9 or more pixels across the dataset — one 5×5 patch is enough, a 1–2 px line never is — is a class
+candidate, unless it lies within --tolerance of a more frequent class colour: then it is compression noise around
+that colour (a mask saved as JPEG once), as are colours short of that (edges, ringing, anti-aliasing). --write_palette writes the class colours as a palette file prepare accepts: Pascal VOC's names
+where the colours are VOC's, class_N otherwise, and VOC's border colour (224, 224, 192) as an ignore colour. From
+lossy masks the colours are estimates: each is put back on a VOC colour, or on 0 / 255, within 2 levels (JPEG
+moves a flat (0, 0, 255) to (0, 0, 254)); check the file, and prepare such masks with --unknown_colors nearest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
 import sys
+import time
 
-from segprep.tools.scan import main
+import numpy as np
+
+from segprep import codec, layout, lookup, pairs, storage
+from segprep.convert import DEFAULT_MAX_PIXELS, too_large
+from segprep.palette import (IGNORE_LABEL, PALETTES, VOC, VOC_BORDER_COLOR, Palette, PaletteError, colormap,
+                             load_palette)
+from segprep import cli
+from segprep.tools import leakage
+from segprep.cli import Parser, UsageError, examples
+from segprep.progress import Progress
+
+MIN_SOLID = 9  # solid pixels (centres of 3×3 blocks of one colour) a colour needs, dataset-wide, to be a class
+_BAND = 1 << 20
+
+
+@dataclasses.dataclass
+class MaskScan:
+    """One mask: its kind and size, and its colours (or index values) with pixel and solid-pixel counts."""
+
+    split: str
+    image_id: str
+    kind: str = ""  # "color", "palette", "index" (or "" when it could not be read)
+    depth: int = 8
+    fmt: str = "png"
+    height: int = 0
+    width: int = 0
+    keys: np.ndarray | None = None  # colour keys (r << 16 | g << 8 | b), or index values
+    counts: np.ndarray | None = None
+    solid: np.ndarray | None = None
+    error: str | None = None
+    image: codec.ImageInfo | None = None  # the image's header
+    image_error: str | None = None
+    fingerprint: leakage.Fingerprint | None = None  # for the leakage checks
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {'JPEG' if self.fmt == 'jpeg' else f'{self.depth}-bit'}" + (
+            " TIFF" if self.fmt == "tiff" else "")
+
+
+def _solid(keys: np.ndarray) -> np.ndarray:
+    """Pixels whose 3×3 neighbourhood has their own value (outside the image counts as agreeing)."""
+    p = np.pad(keys, 1, mode="edge")
+    h, w = keys.shape
+    solid = np.ones((h, w), bool)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            if dy != 1 or dx != 1:
+                solid &= p[dy:dy + h, dx:dx + w] == keys
+    return solid
+
+
+def _count(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct values, pixel counts, solid pixel counts) of a 2-D key array, in bands of rows."""
+    step = max(1, _BAND // max(1, keys.shape[1]))
+    return _count_bands(_bands(lambda y0, y1: keys[y0:y1], keys.shape[0], step))
+
+
+def _bands(read, height: int, step: int):
+    """(rows with one row of context above and below, the slice of them that is the band) for each band of `step`
+    rows; `read(y0, y1)` gives the 2-D keys of rows [y0, y1)."""
+    for y in range(0, height, step):
+        top, bottom = max(0, y - 1), min(height, y + step + 1)
+        yield read(top, bottom), slice(y - top, y - top + min(step, height - y))
+
+
+def _count_bands(bands) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    total, solid = lookup.ColorCounter(), lookup.ColorCounter()
+    for ctx, inner in bands:
+        band = ctx[inner]
+        total.add(band.ravel())
+        solid.add(band[_solid(ctx)[inner]])
+    found, counts = total.merged()
+    solid_keys, solid_counts = solid.merged()
+    solid_per_key = np.zeros(found.size, np.int64)
+    solid_per_key[np.searchsorted(found, solid_keys)] = solid_counts
+    return found, counts, solid_per_key
+
+
+def _keys(mask: np.ndarray) -> np.ndarray:
+    return mask.astype(np.uint32) if mask.ndim == 2 else lookup.color_keys(mask)
+
+
+def _scan_mask(f, result: MaskScan, max_value: int, max_pixels: int) -> None:
+    """Kind, size and colour counts of the mask open in `f`: decoded whole, or — a tiled or stripped TIFF above
+    `max_pixels` — a band of rows at a time; another file above it is an error, never decoded."""
+    info = codec.probe(f)
+    result.fmt = info.format
+    result.width, result.height = info.width, info.height
+    why = too_large(info.width, info.height, max_pixels, "convert it to a tiled TIFF, which is read window by window")
+    regions = None
+    if why and info.format == "tiff":
+        from segprep.regions import TiffRegions
+
+        f.seek(0)
+        regions = TiffRegions(f)
+        why = None if regions.region_readable else why
+    if why:
+        result.error = why
+        return
+    if regions is None:
+        f.seek(0)
+        data = f.read()
+        mask, result.kind = codec.decode_mask(data, max_value)
+        if result.fmt == "png":
+            result.depth = codec.png_color_type(data)[1]
+        elif result.fmt == "tiff":
+            result.depth = mask.dtype.itemsize * 8 if mask.ndim == 2 else 8
+        result.keys, result.counts, result.solid = _count(_keys(mask))
+        return
+    kinds = []
+
+    def read(y0: int, y1: int) -> np.ndarray:
+        mask, kind = codec.tiff_mask(regions.tiff(regions.read(y0, y1, 0, regions.width)), max_value)
+        if not kinds:
+            kinds.append((kind, mask.dtype.itemsize * 8 if mask.ndim == 2 else 8))
+        return _keys(mask)
+
+    step = max(1, _BAND // max(1, regions.width))
+    result.keys, result.counts, result.solid = _count_bands(_bands(read, regions.height, step))
+    result.kind, result.depth = kinds[0]
+
+
+def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255, fingerprint: bool = False,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> MaskScan:
+    """Reads and decodes one mask and the header of its image (with `fingerprint`, the whole image: its digest and
+    perceptual hash, for the leakage checks); a file that cannot be read is reported in `error` / `image_error`,
+    and the scan goes on. Sizes come from the headers first: nothing above `max_pixels` is decoded whole."""
+    result = MaskScan(pair.split, pair.image_id)
+    if pair.reason:
+        result.error = pair.error
+        return result
+    image_path = layout.join(root, pair.image)
+    path = layout.join(root, pair.mask)
+    for what, where in (("image", image_path), ("mask", path)):
+        why = pairs.outside_root(root, where)
+        if why:
+            result.error = f"{what}: {why}"
+            return result
+    try:
+        with storage.open_read(image_path) as f:
+            result.image = codec.probe(f)
+            if fingerprint:
+                result.fingerprint = leakage.fingerprint(f, result.image.width, result.image.height, max_pixels)
+    except codec.DecodeError as e:
+        result.image_error = str(e)
+    except Exception as e:  # noqa: BLE001 - missing or unreadable: reported, the scan goes on
+        result.image_error = f"no image at {image_path}" if storage.absent(image_path) else \
+            f"{type(e).__name__}: {e}"
+    try:
+        with storage.open_read(path) as f:
+            _scan_mask(f, result, max_value, max_pixels)
+    except codec.DecodeError as e:
+        result.error = str(e)
+    except Exception as e:  # noqa: BLE001 - missing or unreadable: reported, the scan goes on
+        result.error = f"no mask at {path}" if storage.absent(path) else f"{type(e).__name__}: {e}"
+    if result.error:
+        result.keys = result.counts = result.solid = None
+    return result
+
+
+@dataclasses.dataclass
+class Value:
+    """One colour (or index value) over the whole dataset."""
+
+    key: int
+    pixels: int
+    images: int
+    solid: int
+    role: str = ""  # "class", "noise", "thin"
+    near: int | None = None  # for noise: the class colour it surrounds
+
+    def color(self) -> tuple[int, int, int]:
+        return lookup.key_color(self.key)
+
+
+def aggregate(scans: list[MaskScan], index: bool) -> list[Value]:
+    """Every colour (index=False) or index value (True) over the masks of that family, most pixels first."""
+    parts = [s for s in scans if s.keys is not None and (s.kind == "index") == index]
+    if not parts:
+        return []
+    keys = np.concatenate([s.keys for s in parts])
+    found, inverse = np.unique(keys, return_inverse=True)
+    pixels = np.bincount(inverse, np.concatenate([s.counts for s in parts]).astype(np.float64), found.size)
+    solid = np.bincount(inverse, np.concatenate([s.solid for s in parts]).astype(np.float64), found.size)
+    images = np.bincount(inverse, minlength=found.size)
+    values = [Value(int(k), int(p), int(i), int(s)) for k, p, i, s in zip(found, pixels, images, solid)]
+    return sorted(values, key=lambda v: (-v.pixels, v.key))
+
+
+def classify(values: list[Value], tolerance: float) -> None:
+    """Sets each colour's role: class colours (solid somewhere, not within `tolerance` of a more frequent class
+    colour), noise around a class colour, or thin (never solid, far from every class colour)."""
+    classes: list[Value] = []
+    for v in values:  # most pixels first
+        c = np.array(v.color())
+        near = min(classes, key=lambda k: np.sum((np.array(k.color()) - c) ** 2), default=None)
+        close = near is not None and np.sqrt(np.sum((np.array(near.color()) - c) ** 2)) <= tolerance
+        if v.solid >= MIN_SOLID and not close:
+            v.role = "class"
+            classes.append(v)
+        elif close:
+            v.role, v.near = "noise", near.key
+        else:
+            v.role = "thin"
+
+
+def _voc_name(color) -> str | None:
+    if tuple(color) in VOC.colors:
+        return VOC.names[VOC.colors.index(tuple(color))]
+    return None
+
+
+def _snap(color: tuple[int, int, int], slack: int = 2) -> tuple[int, int, int]:
+    """A colour read from lossy masks, put back where JPEG most likely moved it from: onto a Pascal VOC colour
+    (or VOC's border colour) within `slack` levels per channel, else each channel within `slack` of 0 or 255 onto
+    it (JPEG turns a flat (0, 0, 255) into (0, 0, 254))."""
+    for known in VOC.colors + (VOC_BORDER_COLOR,):
+        if max(abs(a - b) for a, b in zip(color, known)) <= slack:
+            return known
+    return tuple(0 if c <= slack else 255 if c >= 255 - slack else c for c in color)
+
+
+def is_binary(indices: list[Value]) -> bool:
+    """Index values exactly 0 and 255: a 0/255 label map, whose 255 is the ignore label without an index map."""
+    return sorted(v.key for v in indices) == [0, IGNORE_LABEL]
+
+
+def palette_for(colors: list[Value], indices: list[Value]) -> dict:
+    """The palette file --write_palette writes (see the module docstring)."""
+    if indices and not colors and is_binary(indices):  # 0/255 labels: 255 is a class, not "ignore"
+        return {"names": ["class_0", "class_1"], "colors": [[0, 0, 0], [255, 255, 255]], "ignore_colors": [],
+                "index_map": {"0": 0, "255": 1}}
+    if indices and not colors:  # index masks: one class per value, drawn in VOC's colour map
+        top = max((v.key for v in indices if v.key != IGNORE_LABEL), default=0)
+        return {"names": [f"class_{i}" for i in range(top + 1)],
+                "colors": [list(c) for c in colormap(top + 1)], "ignore_colors": []}
+    classes = [v.color() for v in colors if v.role == "class"]
+    if any(v.role == "noise" for v in colors):  # lossy masks: JPEG moves flat colours by a level or two
+        classes = [_snap(c) for c in classes]
+    classes = sorted(set(classes))
+    ignore = [list(c) for c in classes if c == VOC_BORDER_COLOR]
+    classes = [c for c in classes if c != VOC_BORDER_COLOR]
+    if classes and all(_voc_name(c) for c in classes):  # VOC colours: keep VOC's ids and names
+        return VOC.to_json()
+    names = [_voc_name(c) or f"class_{i}" for i, c in enumerate(classes)]
+    return {"names": names, "colors": [list(c) for c in classes], "ignore_colors": ignore}
+
+
+def _in_palette(v: Value, palette: Palette, index: bool) -> str:
+    if index:
+        target = dict(palette.index_map).get(v.key) if palette.index_map else (
+            v.key if v.key < palette.num_classes or v.key == IGNORE_LABEL else None)
+        if target is None:
+            return "NOT IN PALETTE"
+        if target == IGNORE_LABEL:
+            return "ignore (255)"
+        return palette.names[target]
+    color = v.color()
+    if color in palette.colors:
+        return palette.names[palette.colors.index(color)]
+    if color in palette.ignore_colors:
+        return "ignore"
+    return "NOT IN PALETTE"
+
+
+def values_of(scans: list[MaskScan], tolerance: float) -> tuple[list[Value], list[Value]]:
+    """(every colour, every index value) over the dataset, colours classified: computed once for the report, the
+    prepare command and --write_palette."""
+    colors, indices = aggregate(scans, False), aggregate(scans, True)
+    classify(colors, tolerance)
+    for v in indices:
+        v.role = "class"
+    return colors, indices
+
+
+def report(scans: list[MaskScan], lists, palette: Palette, palette_name: str, tolerance: float,
+           seconds: float, show_all: bool, values_by_kind: tuple[list[Value], list[Value]]) -> list[str]:
+    lines = [f"scan: {len(scans)} masks in {len(lists)} split{'s' if len(lists) != 1 else ''}, {seconds:.1f} s"]
+    for split in lists:
+        ok = [s for s in scans if s.split == split and s.error is None]
+        failed = [s for s in scans if s.split == split and s.error is not None]
+        images: dict[str, int] = {}
+        for s in scans:
+            if s.split == split and s.image is not None:
+                images[s.image.label] = images.get(s.image.label, 0) + 1
+        bad_images = [s for s in scans if s.split == split and s.image_error is not None and s.error is None]
+        turned = sum(1 for s in scans if s.split == split and s.image is not None and s.image.orientation != 1)
+        if images or bad_images:
+            lines.append(f"  {split}: images " + ", ".join(f"{k} ×{n}" for k, n in sorted(images.items()))
+                         + (f"; {len(bad_images)} unreadable" if bad_images else "")
+                         + (f"; {turned} with an EXIF orientation (viewers turn them; prepare --exif auto reads "
+                            "each the way its mask fits)" if turned else ""))
+            lines += [f"    {s.image_id}: image: {s.image_error}" for s in bad_images[:5]]
+        line = f"  {split}: {len(ok)} masks"
+        if ok:
+            by_area = sorted(ok, key=lambda s: (s.height * s.width, s.width))
+            median = by_area[len(by_area) // 2]
+            line += (f", sizes {by_area[0].width}×{by_area[0].height} / {median.width}×{median.height} / "
+                     f"{by_area[-1].width}×{by_area[-1].height} (w×h: min / median / max)")
+            kinds: dict[str, int] = {}
+            for s in ok:
+                kinds[s.label] = kinds.get(s.label, 0) + 1
+            line += "; " + ", ".join(f"{k} ×{n}" for k, n in sorted(kinds.items()))
+        if failed:
+            line += f"; {len(failed)} unreadable"
+        lines.append(line)
+        lines += [f"    {s.image_id}: {s.error}" for s in failed[:10]]
+        if len(failed) > 10:
+            lines.append(f"    ... {len(failed) - 10} more")
+    for index in (False, True):
+        values = values_by_kind[index]
+        if not values:
+            continue
+        total = sum(v.pixels for v in values)
+        shown = [v for v in values if show_all or v.role == "class"]
+        what = "index values" if index else "colours"
+        lines.append(f"mask {what}: {len(values):,} distinct, {sum(v.role == 'class' for v in values)} look like "
+                     f"classes; against the {palette_name} palette:")
+        lines.append(f"  {'value' if index else 'colour':17s} {'pixels':>14s} {'share':>7s} {'images':>7s}  "
+                     f"{'palette':18s} note")
+        for v in shown:
+            label = str(v.key) if index else str(v.color())
+            note = {"class": "", "thin": "thin: edges or specks only"}.get(
+                v.role, f"noise near {lookup.key_color(v.near or 0)}")
+            lines.append(f"  {label:17s} {v.pixels:14,d} {100 * v.pixels / total:6.2f}% {v.images:7,d}  "
+                         f"{_in_palette(v, palette, index):18s} {note}".rstrip())
+        if not index:
+            noise = [v for v in values if v.role == "noise"]
+            thin = [v for v in values if v.role == "thin"]
+            if noise and not show_all:
+                lines.append(f"  + {len(noise):,} colours ({100 * sum(v.pixels for v in noise) / total:.2f}% of "
+                             f"pixels) within {tolerance:g} of the colours above: compression noise "
+                             "(prepare --unknown_colors nearest restores them)")
+            if thin and not show_all:
+                lines.append(f"  + {len(thin):,} colours ({100 * sum(v.pixels for v in thin) / total:.2f}% of "
+                             f"pixels) solid (3×3 of one colour) at fewer than {MIN_SOLID} pixels: edges, ringing or "
+                             "anti-aliasing")
+            missing = [v for v in values if v.role == "class" and _in_palette(v, palette, False) == "NOT IN PALETTE"]
+            if missing:
+                lines.append(f"  {len(missing)} class colours are not in the {palette_name} palette: write a "
+                             "palette with --write_palette FILE and pass prepare --palette FILE")
+        elif is_binary(values) and not palette.index_map:
+            masks = sum(1 for s in scans if s.kind == "index" and s.keys is not None)
+            lines.append(f"  the index masks ({masks}) hold only 0 / 255: with the {palette_name} palette 255 is the "
+                         "ignore label, so every 255 pixel would be ignored and a model never learns what it "
+                         "marks. If 255 is a class (a building, a road): prepare --palette inria, or a palette with "
+                         '"index_map": {"0": 0, "255": 1} (--write_palette FILE writes one)')
+        elif index:
+            missing = [v for v in values if _in_palette(v, palette, True) == "NOT IN PALETTE"]
+            if missing:
+                lines.append(f"  {len(missing)} index values are not classes of the {palette_name} palette: pass "
+                             "a palette whose index_map maps them (or --write_palette FILE)")
+    return lines
+
+
+def _scan_all(root: str, listing: pairs.Listing, jobs: int, max_value: int, fingerprint: bool,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> list[MaskScan]:
+    from joblib import Parallel, delayed
+
+    tasks = [pair for split in listing.splits for pair in listing.pairs(split)]
+    progress = Progress("scan", len(tasks), "masks")
+    backend = "threading" if storage.is_remote(root) else "loky"  # gs:// is I/O-bound; decoding is not
+    results = []
+    run = Parallel(n_jobs=jobs, backend=backend, return_as="generator", batch_size="auto")
+    for scan in run(delayed(scan_pair)(root, pair, max_value, fingerprint, max_pixels) for pair in tasks):
+        results.append(scan)
+        progress.update()
+    progress.close()
+    return results
+
+
+def prepare_command(root: str, spec: pairs.LayoutSpec, listing: pairs.Listing, palette_arg: str | None,
+                    scans: list[MaskScan], values_by_kind: tuple[list[Value], list[Value]],
+                    splits: str | None = None) -> tuple[str, list[str]]:
+    """The prepare command that reads this tree (with `palette_arg`, the user's or the one just written), and notes
+    on the flags it chose."""
+    args = ["python", "-m", "pipelines.prepare", "--input_dir", root, "--output_dir", "OUT", *spec.flags()]
+    notes = []
+    if splits or listing.skipped:
+        args += ["--splits", ",".join(listing.splits)]
+    colors, indices = values_by_kind
+    palette_flag = palette_arg
+    if indices and not colors and is_binary(indices) and palette_arg is None:
+        palette_flag = "inria"
+        notes.append("--palette inria reads 0 as background and 255 as building; for another class, write your own "
+                     "with scan --write_palette FILE")
+    if palette_flag:
+        args += ["--palette", palette_flag]
+    if any(v.role == "noise" for v in colors):
+        args += ["--unknown_colors", "nearest"]
+        notes.append("--unknown_colors nearest: the masks hold compression noise around their class colours")
+    infos = [s.image for s in scans if s.image is not None]
+    bands = max((i.bands for i in infos if not i.kind), default=3)
+    if bands > 3:
+        args += ["--bands", "1,2,3"]
+        notes.append(f"--bands: the images have {bands} bands; pick the 3 to keep, in order (e.g. 4,1,2 for IR-R-G)")
+    wide = sorted({i.bits for i in infos if i.bits not in ("8-bit", "1-bit")})
+    if wide:
+        args += ["--image_range", "0,65535"]
+        notes.append(f"--image_range: the images are {', '.join(wide)}; narrow the range to your data's (12-bit "
+                     "sensors: 0,4095)")
+    args.append("--runner=DirectRunner")
+    return shlex.join(args), notes
+
+
+def build_parser() -> Parser:
+    p = Parser("scan", prog="python -m segprep.scan", description=__doc__.split("\n")[0], epilog=examples(__doc__))
+    p.add_argument("--input_dir", required=True, help="dataset root, local or gs://")
+    cli.layout_flags(p)
+    p.add_argument("--splits", help="comma list of the splits to scan (default: every split found that has masks)")
+    p.add_argument("--palette", help=f"palette to compare against: a shipped name ({', '.join(PALETTES)}) or a "
+                                     "palette JSON file (default: voc)")
+    p.add_argument("--write_palette", metavar="FILE",
+                   help="write the class colours found as a palette JSON for prepare --palette (local or gs://)")
+    p.add_argument("--tolerance", type=cli.number(0.0, lookup.MAX_TOLERANCE, low_open=True),
+                   default=lookup.DEFAULT_TOLERANCE,
+                   help=f"RGB distance (0-{lookup.MAX_TOLERANCE:g}] within which a rarer colour counts as noise "
+                        "around a class colour (default: %(default)s)")
+    p.add_argument("--limit", type=cli.integer(1), default=None, metavar="N",
+                   help="scan only the first N ids of each split: a quick look at a large dataset")
+    p.add_argument("--jobs", type=cli.jobs, default=-1,
+                   help="masks read in parallel (processes for local files, threads for gs://); -1 = one per core "
+                        "(default: %(default)s)")
+    p.add_argument("--duplicate_distance", type=cli.integer(-1, maximum=leakage.HASH_BITS),
+                   default=leakage.DEFAULT_DISTANCE, metavar="BITS",
+                   help=f"images in two splits whose perceptual hashes ({leakage.HASH_BITS} bits) differ in at most "
+                        "this many bits are reported as near-duplicates; copies re-encoded and resized to 90%% "
+                        "measured up to 42, distinct scenes 70 and more; -1 checks only ids and identical files "
+                        "(default: %(default)s)")
+    p.add_argument("--max_pixels", type=cli.integer(1), default=DEFAULT_MAX_PIXELS,
+                   help="as prepare's: a mask or image whose header declares more pixels is never decoded whole "
+                        "(a few-KB PNG can declare 50,000² px): a tiled or stripped TIFF mask is read a band of rows "
+                        "at a time, another file is reported, and an image is not hashed for near-duplicates "
+                        "(default: %(default)s, about 13,400²)")
+    p.add_argument("--no_leakage", action="store_true",
+                   help="skip the leakage checks between splits (images are then read for their headers only)")
+    p.add_argument("--all", action="store_true", help="list every colour, noise included, and every leakage "
+                                                      "finding")
+    return p
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cli.steady_malloc()  # one mask after another: without it, 60% of the time goes to page faults
+    try:
+        palette = load_palette(args.palette)
+    except (OSError, PaletteError) as e:
+        raise UsageError(f"--palette {args.palette}: {e}") from None
+    root = args.input_dir.rstrip("/")
+    spec = pairs.spec_from_args(args)
+    try:
+        listing = pairs.find(root, spec, args.splits, args.limit)
+    except pairs.LayoutError as e:
+        raise UsageError(str(e)) from None
+    for split, why in listing.skipped.items():
+        print(f"scan: split {split} left out: {why}", file=sys.stderr)
+    started = time.time()
+    scans = _scan_all(root, listing, args.jobs, palette.max_index, not args.no_leakage, args.max_pixels)
+    name = args.palette or "Pascal VOC"
+    values_by_kind = values_of(scans, args.tolerance)
+    lines = report(scans, listing.splits, palette, name, args.tolerance, time.time() - started, args.all,
+                   values_by_kind)
+    if not args.no_leakage:
+        images = [(s.split, s.image_id, s.fingerprint) for s in scans]
+        findings = leakage.find(images, list(listing.splits), args.duplicate_distance)
+        compared = sum(1 for s in scans if s.fingerprint is not None and s.fingerprint.phash is not None)
+        lines += leakage.report(findings, len(scans), compared, list(listing.splits), args.duplicate_distance,
+                                None if args.all else 50)
+    print("\n".join(lines))
+    if args.write_palette:
+        written = palette_for(*values_by_kind)
+        storage.write_bytes(args.write_palette, (json.dumps(written, indent=1) + "\n").encode())
+        print(f"scan: wrote {args.write_palette}: {len(written['names'])} classes"
+              + (f", {len(written['ignore_colors'])} ignore colour" if written["ignore_colors"] else "")
+              + f"; use it with --palette {args.write_palette}")
+    if scans and all(s.image is None for s in scans):
+        print(f"scan: none of the {len(scans)} masks has an image (--images {spec.images!r}): this tree holds "
+              "masks only, and prepare needs each mask's image; pass the dataset's root as --input_dir, or the "
+              "images' place as --images", file=sys.stderr)
+        return 1
+    command, notes = prepare_command(root, spec, listing, args.write_palette or args.palette, scans, values_by_kind,
+                                     args.splits)
+    print("prepare this tree with:\n  " + command)
+    for note in notes:
+        print(f"  ({note})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main("scan", run, argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -74,7 +74,8 @@ def run_prepare(heading: str, root: str, out: str, *extra: str, status: int = 0)
 
 def run_tools(heading: str, root: str, tmp_path, capsys) -> str:
     """scan and inspect on the tree with the command's layout flags; → scan's output."""
-    from segprep.tools import sheet as inspect, scan
+    from segprep import scan
+    from segprep.tools import sheet as inspect
 
     flags = readme_command(heading)
     capsys.readouterr()
@@ -179,7 +180,7 @@ def test_inria(tmp_path, capsys):
 
 
 def test_inria_without_its_palette_warns_and_scan_names_the_fix(tmp_path, capsys):
-    from segprep.tools import scan
+    from segprep import scan
 
     root, out = str(tmp_path / "AerialImageDataset"), str(tmp_path / "out")
     a = archives.inria(root)

@@ -101,7 +101,7 @@ def test_prepare_reads_and_writes_gcs(gcs, voc_tree, tmp_path):
     listed = [m.path for m in FileSystems.match([f"{out}/**"])[0].metadata_list]
     assert not [p for p in listed if ".segprep-tmp-" in p]  # temp files moved or removed
     # The dataset tools read gs:// too.
-    from segprep.tools import scan, verify
+    from segprep import scan, verify
 
     assert verify.main([out]) == 0 and verify.main([out, "--quick"]) == 0
     assert scan.main(["--input_dir", f"{gcs}/voc", "--write_palette", f"{gcs}/palette.json"]) == 0
@@ -244,7 +244,7 @@ def test_a_pattern_layout_on_gcs_is_listed_once_a_pattern_and_prepared(gcs, tmp_
 def test_a_remote_store_that_cannot_be_asked_is_one_line_not_empty(gcs, tmp_path, capsys):
     """A bucket that does not exist (as one without permission does) is not an empty dataset, and not a missing
     earlier run: the listing fails, and the command ends with one line naming the path and the cause."""
-    from segprep.tools import scan
+    from segprep import scan
 
     out = str(tmp_path / "out")
     for argv in (["--input_dir", "gs://no-such-bucket/voc", "--output_dir", out, "--runner=DirectRunner"],

@@ -40,7 +40,7 @@ def run_module(module, *args, cwd):
 
 
 MODULES = ["pipelines.prepare", "trainer.train", "trainer.predict", "trainer.evaluate", "segprep.scan",
-           "segprep.verify", "segprep.inspect", "segprep.tools.commands"]
+           "segprep.verify", "segprep.inspect", "segprep.commands"]
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -70,7 +70,7 @@ def test_help_imports_neither_tensorflow_nor_beam_and_ends_with_examples(module,
     ("segprep.inspect", [".", "--count", "0"], "--count: must be an integer from 1 to 200"),
     ("segprep.inspect", [".", "--output", "x.gif"], "--output x.gif: the sheet is written as PNG or JPEG"),
     ("segprep.verify", ["/no/such/dir"], "/no/such/dir holds no prepare output (no metadata.json, no shards)"),
-    ("segprep.tools.commands", ["trian"], "unknown command 'trian'"),
+    ("segprep.commands", ["trian"], "unknown command 'trian'"),
 ])
 def test_usage_mistakes_answer_in_one_line_without_tensorflow_or_beam(module, args, message, tmp_path):
     status, out, err, heavy = run_module(module, *args, cwd=tmp_path)
@@ -219,7 +219,8 @@ def _edit_json(path, edit):
     (lambda m: m["splits"]["train"].pop("records"), "split 'train' has no 'records'"),
 ])
 def test_a_hand_edited_metadata_json_is_one_line_in_every_reader(trained_run, run_dir, tmp_path, capsys, edit, key):
-    from segprep.tools import sheet, verify
+    from segprep import verify
+    from segprep.tools import sheet
     from trainer import evaluate, train
 
     records = _records_copy(trained_run, tmp_path)

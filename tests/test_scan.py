@@ -11,7 +11,7 @@ import pytest
 from conftest import jpeg_damaged, write_lists, write_pair
 from pipelines import prepare
 from segprep import codec, layout, pairs
-from segprep.tools import scan
+from segprep import scan
 
 POTSDAM = {"impervious": (255, 255, 255), "building": (0, 0, 255), "low_vegetation": (0, 255, 255),
            "tree": (0, 255, 0), "car": (255, 255, 0), "clutter": (255, 0, 0)}

@@ -154,7 +154,7 @@ def test_the_job_graph_does_not_carry_the_ids_of_a_million_id_list(tmp_path):
 
 
 def test_a_crashed_runs_temp_dir_and_spill_files_are_named_by_verify_and_removed_by_overwrite(voc_tree, tmp_path):
-    from segprep.tools import verify
+    from segprep import verify
 
     out = tmp_path / "out"
     assert run(voc_tree.root, out, "--crop_size", "64") == 0

@@ -8,7 +8,7 @@ import pytest
 
 from pipelines import prepare
 from segprep import layout
-from segprep.tools import verify
+from segprep import verify
 
 
 @pytest.fixture

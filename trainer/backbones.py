@@ -24,7 +24,7 @@ import numpy as np
 from keras import layers
 
 from segprep import storage
-from segprep.tools.cli import UsageError
+from segprep.cli import UsageError
 from trainer.common import files
 
 _KERAS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"

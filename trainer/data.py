@@ -42,7 +42,7 @@ def find_damage(meta: dict, data_dir: str, splits: list[str]) -> str | None:
     or mask that does not decode, a mask value that is no class) in the splits' shards, as `segprep.verify`
     finds it; None if every record reads. Used only after a read failed: TensorFlow's own error names an offset
     or an op, not the file."""
-    from segprep.tools import verify
+    from segprep import verify
 
     for split in splits:
         entry = md.split(meta, split)

@@ -16,9 +16,9 @@ import time
 import numpy as np
 
 from segprep import metadata as md
-from segprep.tools import cli
-from segprep.tools.cli import Parser, UsageError, examples
-from segprep.tools.progress import Progress
+from segprep import cli
+from segprep.cli import Parser, UsageError, examples
+from segprep.progress import Progress
 from trainer import common
 from trainer.common import DataError, load_metadata
 from trainer.lazy import Lazy, tf

@@ -22,7 +22,7 @@ import re
 import sys
 import tempfile
 
-from segprep.tools import cli
+from segprep import cli
 
 BANNER = re.compile("|".join([
     r"All log messages before absl::InitializeLog\(\) is called are written to STDERR",

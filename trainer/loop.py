@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from segprep.tools.cli import UsageError
+from segprep.cli import UsageError
 from trainer import common
 from trainer.common import CROP_WEIGHT, files
 from trainer.distribute import Placement

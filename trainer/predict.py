@@ -28,10 +28,10 @@ import numpy as np
 
 from segprep import codec, fields, layout, pairs, runlock, storage
 from segprep.convert import DEFAULT_MAX_PIXELS, too_large
-from segprep.tools import cli
-from segprep.tools.cli import Parser, UsageError, examples
+from segprep import cli
+from segprep.cli import Parser, UsageError, examples
 from segprep.palette import Palette
-from segprep.tools.progress import Progress
+from segprep.progress import Progress
 from trainer import common, prediction_output
 from trainer import lazy
 from trainer.lazy import keras, tf

@@ -20,7 +20,7 @@ import json
 import os
 
 from segprep import storage
-from segprep.tools.cli import UsageError
+from segprep.cli import UsageError
 from trainer import common
 
 MANIFEST = ".segprep-predictions.jsonl"

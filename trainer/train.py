@@ -34,8 +34,8 @@ import time
 
 from segprep import metadata as md
 from segprep import runlock, storage
-from segprep.tools import cli
-from segprep.tools.cli import Parser, UsageError, examples
+from segprep import cli
+from segprep.cli import Parser, UsageError, examples
 from trainer.lazy import Lazy, keras, tf
 from trainer.common import (ARCH_OUTPUTS, ARCHS, BACKBONES, MODEL_REVISION, STRATEGIES, Augment, DataError, exists,
                             files, load_metadata)

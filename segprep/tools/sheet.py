@@ -26,8 +26,8 @@ from segprep import codec, layout, pairs, records, schema, storage
 from segprep.convert import DEFAULT_MAX_PIXELS, ConvertConfig, InputError, decode_pair
 from segprep import metadata as md
 from segprep.palette import IGNORE_LABEL, Palette, PaletteError, load_palette
-from segprep.tools import cli
-from segprep.tools.cli import Parser, UsageError, examples
+from segprep import cli
+from segprep.cli import Parser, UsageError, examples
 
 PANEL = 192  # the longest side of a panel, in pixels
 GAP = 8
