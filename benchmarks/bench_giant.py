@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from benchmarks.bench_memory import make_tile
-from segprep import records, schema
+from segprep.formats import tfrecord, records
 from tests.tiffs import pattern_classes, pattern_image, region, write_tiff
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,17 +99,17 @@ def check_crops(out: str, every: int = 8) -> tuple[int, float, int]:
     for name in sorted(os.listdir(out)):
         if not name.endswith(".tfrecord"):
             continue
-        for _, data in records.read(os.path.join(out, name)):
-            f = {key: values for key, (_, values) in schema.decode_example(data).items()}
-            (y, x), side = f[schema.CROP_OFFSET], f[schema.SOURCE_HEIGHT][0]
-            height = width = f[schema.IMAGE_HEIGHT][0]
+        for _, data in tfrecord.read(os.path.join(out, name)):
+            f = {key: values for key, (_, values) in records.decode_example(data).items()}
+            (y, x), side = f[records.CROP_OFFSET], f[records.SOURCE_HEIGHT][0]
+            height = width = f[records.IMAGE_HEIGHT][0]
             want = np.full((height, width), 255, np.uint8)
             h, w = min(height, side - y), min(width, side - x)
             want[:h, :w] = region(pattern_classes, y, y + h, x, x + w)
-            mask = cv2.imdecode(np.frombuffer(f[schema.MASK_ENCODED][0], np.uint8), cv2.IMREAD_UNCHANGED)
+            mask = cv2.imdecode(np.frombuffer(f[records.MASK_ENCODED][0], np.uint8), cv2.IMREAD_UNCHANGED)
             if not np.array_equal(mask, want):
                 sys.exit(f"crop at {(y, x)} of {out}: its mask differs from the source")
-            image = cv2.imdecode(np.frombuffer(f[schema.IMAGE_ENCODED][0], np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+            image = cv2.imdecode(np.frombuffer(f[records.IMAGE_ENCODED][0], np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
             error = _error(image, y, x, h, w)
             worst = max(worst, error)
             if checked % every == 0:

@@ -27,6 +27,7 @@ import numpy as np
 
 from benchmarks.bench_prepare import write_tree
 from segprep import layout
+from segprep.formats.shards import is_shard
 from segprep.palette import VOC
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,7 +106,7 @@ def make_scale_tree(root, count):
 
 
 def output_bytes(out):
-    return sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out) if layout.is_shard(n))
+    return sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out) if is_shard(n))
 
 
 def main_scale():

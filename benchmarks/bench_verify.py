@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 
-from segprep import records
+from segprep.formats import tfrecord
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = 1 << 30
@@ -26,7 +26,7 @@ def make_output(tmp: str) -> tuple[str, int, int]:
                     "--runner=DirectRunner"], env=env, check=True, capture_output=True)
     meta = json.load(open(os.path.join(sample_out, "metadata.json")))
     pool = [data for name in meta["splits"]["train"]["shards"]
-            for _, data in records.read(os.path.join(sample_out, name))]
+            for _, data in tfrecord.read(os.path.join(sample_out, name))]
     out = os.path.join(tmp, "big")
     os.makedirs(out)
     names, counts, size, total = [], [], 0, 0
@@ -35,7 +35,7 @@ def make_output(tmp: str) -> tuple[str, int, int]:
         count = 0
         with open(os.path.join(out, name), "wb") as f:
             while size < TARGET * (s + 1) // SHARDS:
-                size += records.write(f, pool[total % len(pool)])
+                size += tfrecord.write(f, pool[total % len(pool)])
                 count += 1
                 total += 1
         names.append(name)

@@ -19,8 +19,11 @@ import shutil
 import socket
 import time
 
-from segprep import layout, metadata, runlock, storage
-from segprep.convert import Stats
+from segprep import layout, runlock, storage
+from segprep.formats.shards import TEMP_JOURNAL, TEMP_MARKER, TEMP_PREFIX, is_shard, shard_name
+from segprep.formats.metadata import ERRORS_DIR, METADATA, errors_path, metadata_path
+from segprep.formats import metadata
+from segprep.formats.metadata import Stats
 from segprep.palette import Palette
 
 
@@ -44,8 +47,8 @@ class RunSpec:
     repeated: dict = dataclasses.field(default_factory=dict)  # split → ids its list repeats (each used once)
 
 
-MARKER = layout.TEMP_MARKER
-JOURNAL = layout.TEMP_JOURNAL
+MARKER = TEMP_MARKER
+JOURNAL = TEMP_JOURNAL
 SPILL_DIR = "spill"  # a local run's spill files: OUT/.segprep-tmp-RUN/spill/
 
 
@@ -73,13 +76,13 @@ def _recorded_names(data: bytes) -> list[str] | None:
         return None
     if not isinstance(meta, dict) or "schema_version" not in meta or not isinstance(meta.get("splits"), dict):
         return None
-    names = [layout.METADATA]
+    names = [METADATA]
     for split, entry in meta["splits"].items():
         if not isinstance(entry, dict):
             continue
         shards = entry.get("shards") if isinstance(entry.get("shards"), list) else []
-        names += [n for n in shards if isinstance(n, str) and "/" not in n and layout.is_shard(n)]
-        if entry.get("errors_file") == layout.errors_path("", str(split)).lstrip("/"):
+        names += [n for n in shards if isinstance(n, str) and "/" not in n and is_shard(n)]
+        if entry.get("errors_file") == errors_path("", str(split)).lstrip("/"):
             names.append(entry["errors_file"])
     return names
 
@@ -91,11 +94,11 @@ def inventory(out: str, splits: tuple[str, ...] | list[str] = ()) -> Inventory:
     remote = storage.is_remote(out)
     top = _top_entries(out, remote)  # {name: "file" | "dir" | "link" | "other"}
     recorded: set[str] = set()
-    if top.get(layout.METADATA) == "file":
-        recorded = set(_recorded_names(storage.read_bytes(layout.join(out, layout.METADATA))) or ())
+    if top.get(METADATA) == "file":
+        recorded = set(_recorded_names(storage.read_bytes(layout.join(out, METADATA))) or ())
     journaled: set[str] = set()
     for name, kind in sorted(top.items()):
-        if not name.startswith(layout.TEMP_PREFIX):
+        if not name.startswith(TEMP_PREFIX):
             continue
         path = layout.join(out, name)
         if kind != "dir":
@@ -112,15 +115,15 @@ def inventory(out: str, splits: tuple[str, ...] | list[str] = ()) -> Inventory:
             inv.foreign.append(path)
     for name, kind in sorted(top.items()):
         path = layout.join(out, name)
-        if name.startswith(layout.TEMP_PREFIX) or name == runlock.LOCK_NAME:
+        if name.startswith(TEMP_PREFIX) or name == runlock.LOCK_NAME:
             continue
-        if name == layout.ERRORS_DIR and kind == "dir":
+        if name == ERRORS_DIR and kind == "dir":
             _sort_errors(inv, out, remote, recorded, journaled, splits)
         elif kind == "file" and name in recorded:
             inv.recorded.append(path)
         elif kind == "file" and name in journaled:
             inv.unfinished.append(path)
-        elif layout.is_shard(name) or name in (layout.METADATA, layout.ERRORS_DIR):
+        elif is_shard(name) or name in (METADATA, ERRORS_DIR):
             inv.blocking.append(path)
         else:
             inv.foreign.append(path)
@@ -128,8 +131,8 @@ def inventory(out: str, splits: tuple[str, ...] | list[str] = ()) -> Inventory:
 
 
 def _sort_errors(inv: Inventory, out: str, remote: bool, recorded: set[str], journaled: set[str], splits) -> None:
-    for name, kind in sorted(_entries(layout.join(out, layout.ERRORS_DIR), remote).items()):
-        rel = f"{layout.ERRORS_DIR}/{name}"
+    for name, kind in sorted(_entries(layout.join(out, ERRORS_DIR), remote).items()):
+        rel = f"{ERRORS_DIR}/{name}"
         path = layout.join(out, rel)
         if kind == "file" and rel in recorded:
             inv.recorded.append(path)
@@ -233,7 +236,7 @@ def write_errors(run: RunSpec, errors: list) -> dict[str, int]:
         errs = sorted((e for e in errors if e.split == split), key=lambda e: e.image_id)
         failed[split] = len(errs)
         if errs:
-            _write_text(layout.errors_path(run.output_dir, split), "".join(e.to_json() + "\n" for e in errs))
+            _write_text(errors_path(run.output_dir, split), "".join(e.to_json() + "\n" for e in errs))
     return failed
 
 
@@ -247,7 +250,7 @@ def plan_shards(run: RunSpec, shards: list) -> dict[str, list[tuple[str, object]
         if len(counts) > 1:
             raise RuntimeError(f"split {split}: shards of different counts {sorted(counts)}")
         n = run.num_shards or (counts.pop() if counts else 1)
-        result[split] = [(layout.shard_name(split, i, n, run.compressed), written.get(i)) for i in range(n)]
+        result[split] = [(shard_name(split, i, n, run.compressed), written.get(i)) for i in range(n)]
     return result
 
 
@@ -255,7 +258,7 @@ def write_journal(run: RunSpec, planned: dict, failed_splits: list[str]) -> None
     """Names, in the run's temp dir, every file finalize is about to put into OUT: a run killed while moving them
     leaves a record that they are segprep's, so --overwrite can remove them and nothing else."""
     names = [name for entries in planned.values() for name, _ in entries]
-    names += [layout.errors_path("", split).lstrip("/") for split in failed_splits]
+    names += [errors_path("", split).lstrip("/") for split in failed_splits]
     _write_text(layout.join(run.temp_dir, JOURNAL), json.dumps(names) + "\n")
 
 
@@ -263,7 +266,7 @@ def split_shards(run: RunSpec, planned: dict) -> dict[str, list[metadata.Shard]]
     """Every planned shard of every split, in order: the written ones and, for shard numbers that got no crops,
     empty files made here. Moves them all into OUT."""
     present = {storage.basename(p) for p in storage.match(layout.join(run.temp_dir, "*"))}
-    final = {storage.basename(p) for p in storage.match(layout.join(run.output_dir, "*")) if layout.is_shard(p)}
+    final = {storage.basename(p) for p in storage.match(layout.join(run.output_dir, "*")) if is_shard(p)}
     result, moves = {}, []
     for split, entries in planned.items():
         result[split] = []
@@ -309,6 +312,6 @@ def finalize(run: RunSpec, shards: list, stats: list, errors: list) -> dict:
     meta = metadata.build(palette=run.palette, crop_size=run.crop_size, image_format=run.image_format,
                           compressed=run.compressed, seed=run.seed, splits=splits, flags=run.flags,
                           seconds=time.time() - run.started)
-    _write_text(layout.metadata_path(run.output_dir), metadata.dumps(meta))
+    _write_text(metadata_path(run.output_dir), metadata.dumps(meta))
     remove_temp_dir(run)  # after metadata.json: a run killed before it still has its journal
     return meta

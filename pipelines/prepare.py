@@ -30,10 +30,12 @@ import uuid
 
 from pipelines import beam_flags, output
 from segprep import convert, layout, lookup, pairs, runlock, sample, storage
+from segprep.formats.shards import TEMP_PREFIX, is_shard
+from segprep.formats.metadata import metadata_path
 from segprep import cli
 from segprep.cli import Parser, UsageError
 from segprep.convert import ConvertConfig
-from segprep.metadata import parse as parse_metadata
+from segprep.formats.metadata import parse as parse_metadata
 from segprep.palette import PALETTES, PaletteError, load_palette
 from segprep.storage import read_bytes
 
@@ -158,9 +160,9 @@ def _check_output(out: str, overwrite: bool, splits) -> output.Inventory:
         raise UsageError(f"--output_dir {out} holds {_rel(out, inv.blocking[0])}{more}, which no segprep run "
                          "recorded, under a name prepare writes; prepare never replaces what it did not write: move "
                          "it elsewhere, or choose another --output_dir.")
-    earlier = inv.recorded + [p for p in inv.unfinished if not _rel(out, p).startswith(layout.TEMP_PREFIX)]
+    earlier = inv.recorded + [p for p in inv.unfinished if not _rel(out, p).startswith(TEMP_PREFIX)]
     if earlier and not overwrite:
-        shards = [p for p in earlier if layout.is_shard(p)]
+        shards = [p for p in earlier if is_shard(p)]
         what = "a finished segprep run" if inv.recorded else "files of an unfinished segprep run"
         example = f", e.g. {_rel(out, shards[0])}" if shards else ""
         raise UsageError(f"--output_dir {out} already holds {what} ({len(earlier)} files: {len(shards)} shards"
@@ -426,7 +428,7 @@ def plan(argv: list[str] | None = None) -> Job:
     flags["input_dir"] = root
     flags["beam_args"] = beam_args
     run_spec = output.RunSpec(
-        output_dir=out, temp_dir=layout.join(out, layout.TEMP_PREFIX + uuid.uuid4().hex[:12]),
+        output_dir=out, temp_dir=layout.join(out, TEMP_PREFIX + uuid.uuid4().hex[:12]),
         splits=tuple(found), random_splits=tuple(random_splits), listed=listing.counts,
         palette=palette, crop_size=args.crop_size, image_format=args.image_format, compressed=args.compress,
         seed=args.seed, num_shards=args.num_shards, flags=flags, started=started, repeated=listing.repeated)
@@ -493,7 +495,7 @@ def _run(job: Job) -> int:
         if not finished:  # a run that raised leaves nothing of its own behind (a killed one: see verify)
             with contextlib.suppress(Exception):
                 output.remove_temp_dir(job.spec)
-    meta = parse_metadata(read_bytes(layout.metadata_path(out)), layout.metadata_path(out))
+    meta = parse_metadata(read_bytes(metadata_path(out)), metadata_path(out))
     return report(meta, out, time.time() - job.spec.started, job.args.max_failed_inputs)
 
 

@@ -29,7 +29,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines.transforms import TARGET_SHARD_BYTES, auto_shard_count, crop_hashes, shard_of, write_shard
+from pipelines.transforms import counted, crop_hashes, shard_of
+from segprep.formats.shards import TARGET_SHARD_BYTES, auto_shard_count, write_shard
 from segprep.tiles import image_key
 
 BUCKET_BITS = 6  # 64 buckets: a shard reads about 64 / num_shards files per bundle, each once
@@ -203,8 +204,8 @@ class _WriteSpilledFn(beam.DoFn):
         self._compressed = compressed
 
     def process(self, task: ShardTask, failed=()):
-        yield write_shard(self._temp_dir, self._compressed, task.split, task.shard, task.num_shards,
-                          read_shard(task, frozenset(failed)))
+        yield counted(write_shard(self._temp_dir, self._compressed, task.split, task.shard, task.num_shards,
+                                  read_shard(task, frozenset(failed))))
 
 
 class WriteSpilled(beam.PTransform):

@@ -20,8 +20,6 @@ without a trace. A tile that fails in one window has crops from its other window
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import pickle
 import traceback
@@ -31,30 +29,16 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from segprep import codec, layout, pairs as pairs_, records, storage, tiles
-
-from segprep import progress
-from segprep.convert import ConvertConfig, InputError, Stats, check_sizes, decode_pair, encode_crops
+from segprep import codec, layout, pairs as pairs_, progress, storage, tiles
+from segprep.convert import ConvertConfig, InputError, check_sizes, decode_pair, encode_crops
 from segprep.crops import stable_hash
+from segprep.formats.metadata import ErrorRecord, Stats
+from segprep.formats.shards import TARGET_SHARD_BYTES, ShardResult, auto_shard_count, write_shard
 
 ERRORS = "errors"
 STATS = "stats"
 TILED = "tiled"
 FAILED = "failed"
-TARGET_SHARD_BYTES = 128 << 20  # automatic shard count: ~128 MiB a shard
-
-
-@dataclasses.dataclass(frozen=True)
-class ErrorRecord:
-    split: str
-    image_id: str
-    reason: str
-    error: str
-    files: tuple[str, ...] = ()
-
-    def to_json(self) -> str:
-        return json.dumps({"id": self.image_id, "split": self.split, "reason": self.reason, "error": self.error,
-                           "files": list(self.files)}, ensure_ascii=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,19 +85,6 @@ class _LargeElementCoder(beam.coders.Coder):
 
 beam.coders.registry.register_coder(PairBytes, _LargeElementCoder)
 beam.coders.registry.register_coder(DecodedPair, _LargeElementCoder)
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardResult:
-    """A shard written under the run's temp dir."""
-
-    split: str
-    shard: int
-    num_shards: int
-    name: str
-    temp_path: str
-    records: int
-    bytes: int
 
 
 class Counters:
@@ -525,11 +496,6 @@ def shard_of(shard_hash: int, num_shards: int) -> int:
     return (shard_hash * num_shards) >> 64
 
 
-def auto_shard_count(total_bytes: int, target_bytes: int = TARGET_SHARD_BYTES) -> int:
-    """Shards for a split of `total_bytes` of records: ceil(total / target), at least 1."""
-    return max(1, math.ceil(total_bytes / target_bytes))
-
-
 class _WriteShardFn(beam.DoFn):
     def __init__(self, temp_dir: str, compressed: bool):
         self._temp_dir = temp_dir
@@ -540,23 +506,14 @@ class _WriteShardFn(beam.DoFn):
         failed = set(failed)
         ordered = (data for _, key, data in sorted(records, key=lambda r: r[0])  # (order, shard hash): as spill
                    if key not in failed)
-        yield write_shard(self._temp_dir, self._compressed, split, shard, num_shards, ordered)
+        yield counted(write_shard(self._temp_dir, self._compressed, split, shard, num_shards, ordered))
 
 
-def write_shard(temp_dir: str, compressed: bool, split: str, shard: int, num_shards: int, serialized) -> ShardResult:
-    """Writes the `serialized` records, in the order given, as one TFRecord shard under the run's temp dir; counts
-    them in the Beam metrics. Both shuffle paths end here."""
-    name = layout.shard_name(split, shard, num_shards, compressed)
-    path = layout.join(temp_dir, name)
-    count = size = 0
-    with storage.create(path, gzip=compressed) as f:
-        for data in serialized:
-            records.write(f, data)
-            count += 1
-            size += len(data)
-    Metrics.counter("segprep", "crops_written").inc(count)
-    Metrics.counter("segprep", "bytes_written").inc(size)
-    return ShardResult(split, shard, num_shards, name, path, count, size)
+def counted(result: ShardResult) -> ShardResult:
+    """A shard just written, counted in the Beam metrics (both shuffle paths' writers call it)."""
+    Metrics.counter("segprep", "crops_written").inc(result.records)
+    Metrics.counter("segprep", "bytes_written").inc(result.bytes)
+    return result
 
 
 class WriteShards(beam.PTransform):

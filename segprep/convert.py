@@ -17,7 +17,8 @@ import numpy as np
 
 from segprep import codec, crops, lookup
 from segprep.palette import IGNORE_LABEL, VOC, Palette
-from segprep.schema import CropRecord
+from segprep.formats.metadata import Stats
+from segprep.formats.records import CropRecord
 
 
 class InputError(ValueError):
@@ -97,51 +98,6 @@ class ConvertConfig:
         if self.window_size < self.crop_size:
             raise ValueError(f"window_size must be at least crop_size ({self.crop_size}). Received: "
                              f"{self.window_size}")
-
-
-@dataclasses.dataclass
-class Stats:
-    """Counts that add up across images: what metadata.json reports per split. Pixel counts are exact integers;
-    the RGB sums are float64 (exact to ~1e-16 relative, far below the 4 decimals metadata.json keeps)."""
-
-    images: int = 0
-    crops: int = 0
-    class_pixels: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(256, np.int64))
-    class_crops: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(256, np.int64))  # crops holding each
-    rgb_sum: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3, np.float64))
-    rgb_sq_sum: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3, np.float64))
-    rgb_pixels: int = 0  # source pixels inside crops (padding excluded)
-    unknown_pixels_ignored: int = 0  # off-palette mask pixels made 255 (--unknown_colors=ignore)
-    unknown_pixels_snapped: int = 0  # off-palette mask pixels snapped to a present colour (nearest)
-    source_pixels: int = 0
-    source_ignore_pixels: int = 0  # source mask pixels that are the ignore label
-    binary_masks: int = 0  # index masks holding only 0 and 255 (255 = ignore) with no index map: likely 0/255 labels
-    exif_applied: int = 0  # images with an EXIF orientation, read as displayed (their masks fit that way)
-    exif_as_stored: int = 0  # images with an EXIF orientation, read as stored
-
-    def add(self, other: Stats) -> Stats:
-        self.images += other.images
-        self.crops += other.crops
-        self.class_pixels += other.class_pixels
-        self.class_crops += other.class_crops
-        self.rgb_sum += other.rgb_sum
-        self.rgb_sq_sum += other.rgb_sq_sum
-        self.rgb_pixels += other.rgb_pixels
-        self.unknown_pixels_ignored += other.unknown_pixels_ignored
-        self.unknown_pixels_snapped += other.unknown_pixels_snapped
-        self.source_pixels += other.source_pixels
-        self.source_ignore_pixels += other.source_ignore_pixels
-        self.binary_masks += other.binary_masks
-        self.exif_applied += other.exif_applied
-        self.exif_as_stored += other.exif_as_stored
-        return self
-
-    def rgb_mean_std(self) -> tuple[list[float], list[float]]:
-        if not self.rgb_pixels:
-            return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
-        mean = self.rgb_sum / self.rgb_pixels
-        var = np.maximum(self.rgb_sq_sum / self.rgb_pixels - mean ** 2, 0.0)
-        return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in np.sqrt(var)]
 
 
 def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig,

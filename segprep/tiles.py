@@ -32,7 +32,8 @@ import math
 import numpy as np
 
 from segprep import codec, crops, storage
-from segprep.convert import ConvertConfig, InputError, Stats, class_positions, convert_classes, encode_crop
+from segprep.convert import ConvertConfig, InputError, class_positions, convert_classes, encode_crop
+from segprep.formats.metadata import Stats
 from segprep.crops import CropBox, stable_hash
 from segprep.palette import IGNORE_LABEL
 from segprep.regions import TiffRegions

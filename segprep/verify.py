@@ -18,8 +18,11 @@ import sys
 
 import numpy as np
 
-from segprep import codec, layout, records, schema, storage
-from segprep import metadata as md
+from segprep import codec, layout, storage
+from segprep.formats.shards import TEMP_MARKER, TEMP_PREFIX, is_shard
+from segprep.formats.metadata import metadata_path
+from segprep.formats import tfrecord, records
+from segprep.formats import metadata as md
 from segprep.palette import IGNORE_LABEL
 from segprep import cli
 from segprep.cli import Parser, UsageError, examples
@@ -30,11 +33,11 @@ def check_shard(path: str, expected: int, num_classes: int, quick: bool) -> tupl
     """→ (records read, problems) for one shard."""
     problems, count = [], 0
     try:
-        for index, data in records.read(path, check=not quick, skip_data=quick):
+        for index, data in tfrecord.read(path, check=not quick, skip_data=quick):
             count += 1
             if not quick:
                 problems += [f"{path}: record {index}: {p}" for p in check_record(data, num_classes)]
-    except records.RecordError as e:
+    except tfrecord.RecordError as e:
         problems.append(f"{path}: {e}")
     except OSError as e:
         problems.append(f"{path}: cannot read: {e}")
@@ -44,18 +47,18 @@ def check_shard(path: str, expected: int, num_classes: int, quick: bool) -> tupl
 
 
 def check_record(data: bytes, num_classes: int) -> list[str]:
-    features, problems = schema.check_example(data)
+    features, problems = records.check_example(data)
     if problems:
         return problems
-    height, width = features[schema.IMAGE_HEIGHT][0], features[schema.IMAGE_WIDTH][0]
+    height, width = features[records.IMAGE_HEIGHT][0], features[records.IMAGE_WIDTH][0]
     try:
-        image = codec.decode_image(features[schema.IMAGE_ENCODED][0])
+        image = codec.decode_image(features[records.IMAGE_ENCODED][0])
         if image.shape[:2] != (height, width):
             problems.append(f"image is {image.shape[1]}×{image.shape[0]}, the record says {width}×{height}")
     except codec.DecodeError as e:
         problems.append(f"image: {e}")
     try:
-        mask, kind = codec.decode_mask(features[schema.MASK_ENCODED][0])
+        mask, kind = codec.decode_mask(features[records.MASK_ENCODED][0])
         if kind != "index":
             problems.append(f"mask is a {kind} PNG, not 8-bit single-channel class indices")
         elif mask.shape != (height, width):
@@ -66,10 +69,10 @@ def check_record(data: bytes, num_classes: int) -> list[str]:
             if bad:
                 problems.append(f"mask holds values {', '.join(map(str, bad[:5]))} outside the {num_classes} "
                                 "classes and 255")
-            listed = features.get(schema.CLASS_PRESENT)  # absent in shards written before it was recorded
+            listed = features.get(records.CLASS_PRESENT)  # absent in shards written before it was recorded
             held = [int(v) for v in present if v != IGNORE_LABEL]
             if listed is not None and list(listed) != held:
-                problems.append(f"{schema.CLASS_PRESENT} lists {list(listed)} but the mask holds classes {held}")
+                problems.append(f"{records.CLASS_PRESENT} lists {list(listed)} but the mask holds classes {held}")
     except codec.DecodeError as e:
         problems.append(f"mask: {e}")
     return problems
@@ -78,9 +81,9 @@ def check_record(data: bytes, num_classes: int) -> list[str]:
 def verify(out: str, quick: bool = False, jobs: int = -1) -> tuple[list[str], str]:
     """→ (problems, summary) for the output dir `out`."""
     out = out.rstrip("/")
-    path = layout.metadata_path(out)
+    path = metadata_path(out)
     if not storage.exists(path):
-        why = ("it holds shards: the prepare run did not finish" if any(layout.is_shard(p) for p in
+        why = ("it holds shards: the prepare run did not finish" if any(is_shard(p) for p in
                                                                       storage.match(layout.join(out, "*")))
                else "it is not a prepare output dir")
         return [f"{path}: missing ({why})"], ""
@@ -92,11 +95,11 @@ def verify(out: str, quick: bool = False, jobs: int = -1) -> tuple[list[str], st
     listed = {name: (split, i) for split, entry in meta["splits"].items() for i, name in enumerate(entry["shards"])}
     present = {storage.basename(p) for p in storage.match(layout.join(out, "*"))}
     for name in sorted(present):
-        if layout.is_shard(name) and name not in listed:
+        if is_shard(name) and name not in listed:
             problems.append(f"{layout.join(out, name)}: a shard metadata.json does not list (an earlier run's? "
                             "prepare --overwrite removes them; readers that glob would read it twice)")
     for name in sorted(temp_dirs(out)):
-        if storage.exists(layout.join(out, name, layout.TEMP_MARKER)) or not _holds_files(layout.join(out, name)):
+        if storage.exists(layout.join(out, name, TEMP_MARKER)) or not _holds_files(layout.join(out, name)):
             problems.append(f"{layout.join(out, name)}: temp dir of an unfinished run (prepare --overwrite removes "
                             "it)")
         else:
@@ -121,8 +124,8 @@ def verify(out: str, quick: bool = False, jobs: int = -1) -> tuple[list[str], st
 
 def temp_dirs(out: str) -> set[str]:
     """Names of the folders in `out` named like a run's temp dir, empty ones included."""
-    found = {p[len(out) + 1:].split("/", 1)[0] for p in storage.match(layout.join(out, layout.TEMP_PREFIX + "*", "*"))}
-    return found | {storage.basename(p) for p in storage.local_folders(out, layout.TEMP_PREFIX)}
+    found = {p[len(out) + 1:].split("/", 1)[0] for p in storage.match(layout.join(out, TEMP_PREFIX + "*", "*"))}
+    return found | {storage.basename(p) for p in storage.local_folders(out, TEMP_PREFIX)}
 
 
 def _holds_files(folder: str) -> bool:
@@ -157,7 +160,7 @@ def build_parser() -> Parser:
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = args.output_dir.rstrip("/")
-    if not storage.exists(layout.metadata_path(out)) and not storage.match(layout.join(out, "*")) and not \
+    if not storage.exists(metadata_path(out)) and not storage.match(layout.join(out, "*")) and not \
             temp_dirs(out):
         raise UsageError(f"{out} holds no prepare output (no metadata.json, no shards): pass prepare's "
                          "--output_dir.")

@@ -11,6 +11,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from segprep import codec, layout  # noqa: E402
+from segprep.formats.shards import is_shard
 from masks import jpeg_damaged, voc_like_mask  # noqa: E402,F401 - re-exported for the tests
 from segprep.palette import IGNORE_LABEL, VOC, VOC_BORDER_COLOR  # noqa: E402
 
@@ -136,7 +137,7 @@ def read_records(paths: list[str]) -> list[dict]:
 
 
 def shard_files(out: str, split: str) -> list[str]:
-    return sorted(os.path.join(out, n) for n in os.listdir(out) if layout.is_shard(n) and n.startswith(split + "-"))
+    return sorted(os.path.join(out, n) for n in os.listdir(out) if is_shard(n) and n.startswith(split + "-"))
 
 
 def grey_png(values: np.ndarray, depth: int) -> bytes:

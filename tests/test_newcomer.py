@@ -266,15 +266,15 @@ def test_a_damaged_segprep_json_is_one_line_in_predict_and_evaluate(run_dir, tmp
 def _damage_a_png_inside(shard):
     """Rewrites the shard with its first record's mask PNG cut short, framed as a valid record (good checksums):
     only decoding finds it."""
-    from segprep import records, schema
+    from segprep.formats import tfrecord, records
 
-    entries = [data for _, data in records.read(shard)]
-    features = {k: v for k, (_, v) in schema.decode_example(entries[0]).items()}
-    features[schema.MASK_ENCODED] = [features[schema.MASK_ENCODED][0][:40]]
-    entries[0] = schema.encode_example(features)
+    entries = [data for _, data in tfrecord.read(shard)]
+    features = {k: v for k, (_, v) in records.decode_example(entries[0]).items()}
+    features[records.MASK_ENCODED] = [features[records.MASK_ENCODED][0][:40]]
+    entries[0] = records.encode_example(features)
     with open(shard, "wb") as f:
         for data in entries:
-            records.write(f, data)
+            tfrecord.write(f, data)
 
 
 @pytest.mark.parametrize("damage", ["png inside", "truncated"])

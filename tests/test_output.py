@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO
 from pipelines import output, prepare
 from segprep import layout, runlock
+from segprep.formats.shards import TEMP_JOURNAL, TEMP_MARKER, TEMP_PREFIX
 
 BEAM = ["--runner=DirectRunner"]
 FLAGS = ["--crop_size", "64", "--crops_per_image", "2"]
@@ -41,8 +42,8 @@ def users_files(out):
     (out / "notes.txt").write_text("my notes")
     (out / "errors" / "my-own.jsonl").parent.mkdir(exist_ok=True)
     (out / "errors" / "my-own.jsonl").write_text('{"mine": true}\n')
-    (out / (layout.TEMP_PREFIX + "mine")).mkdir()
-    (out / (layout.TEMP_PREFIX + "mine") / "thesis.tex").write_text("years of work")
+    (out / (TEMP_PREFIX + "mine")).mkdir()
+    (out / (TEMP_PREFIX + "mine") / "thesis.tex").write_text("years of work")
     return {rel: data for rel, data in snapshot(out).items() if not rel.startswith(("train", "val", "metadata"))}
 
 
@@ -72,7 +73,7 @@ def test_overwrite_deletes_only_what_the_earlier_run_recorded(voc_tree, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and err[0].startswith(f"prepare: --overwrite: deleted 4 files of earlier segprep runs in "
                                                f"{out}; left in place 3 that no segprep run recorded: ")
-    assert all(name in err[0] for name in ("notes.txt", "errors/my-own.jsonl", layout.TEMP_PREFIX + "mine"))
+    assert all(name in err[0] for name in ("notes.txt", "errors/my-own.jsonl", TEMP_PREFIX + "mine"))
     after = snapshot(out)
     assert {rel: after.get(rel) for rel in mine} == mine  # every file of the user's, byte for byte
     assert json.loads(after["metadata.json"])["seed"] == 3 and b'"id": "ghost"' in after["errors/train.jsonl"]
@@ -83,12 +84,12 @@ def test_overwrite_never_follows_a_link_out_of_the_output_dir(voc_tree, tmp_path
     elsewhere.mkdir()
     (elsewhere / "train-00000-of-00001.tfrecord").write_bytes(b"the user's")
     (elsewhere / "train.jsonl").write_text("the user's")
-    (elsewhere / layout.TEMP_MARKER).write_text("{}")  # even a folder that looks like a temp dir of ours
+    (elsewhere / TEMP_MARKER).write_text("{}")  # even a folder that looks like a temp dir of ours
     assert run(voc_tree.root, out) == 0
-    os.symlink(elsewhere, out / (layout.TEMP_PREFIX + "x"))
+    os.symlink(elsewhere, out / (TEMP_PREFIX + "x"))
     before = snapshot(elsewhere)
     assert run(voc_tree.root, out, "--overwrite") == 0
-    assert snapshot(elsewhere) == before and os.path.islink(out / (layout.TEMP_PREFIX + "x"))
+    assert snapshot(elsewhere) == before and os.path.islink(out / (TEMP_PREFIX + "x"))
     assert "left in place 1 that no segprep run recorded: .segprep-tmp-x" in capsys.readouterr().err
     # Links under names prepare writes are in the way, not deleted: a shard, the errors folder.
     for name, target in (("val-00000-of-00001.tfrecord", elsewhere / "train-00000-of-00001.tfrecord"),
@@ -107,10 +108,10 @@ def test_a_run_killed_while_moving_its_shards_into_place_is_segprep_s_to_remove(
     """Its temp dir's journal names the shards it moved before it died: they are refused without --overwrite,
     deleted with it, and a file the journal does not name is not."""
     out = tmp_path / "out"
-    temp = out / (layout.TEMP_PREFIX + "killed")
+    temp = out / (TEMP_PREFIX + "killed")
     temp.mkdir(parents=True)
-    (temp / layout.TEMP_MARKER).write_text("{}")
-    (temp / layout.TEMP_JOURNAL).write_text(json.dumps(["train-00000-of-00003.tfrecord",
+    (temp / TEMP_MARKER).write_text("{}")
+    (temp / TEMP_JOURNAL).write_text(json.dumps(["train-00000-of-00003.tfrecord",
                                                          "train-00001-of-00003.tfrecord", "errors/train.jsonl"]))
     (temp / "train-00001-of-00003.tfrecord").write_bytes(b"not moved yet")
     (out / "train-00000-of-00003.tfrecord").write_bytes(b"moved")
@@ -132,7 +133,7 @@ def test_the_journal_and_marker_are_written_before_the_files_they_name(voc_tree,
     out = tmp_path / "out"
     job = prepare.plan(["--input_dir", voc_tree.root, "--output_dir", str(out), *FLAGS, *BEAM])
     output.mark(job.spec)
-    assert os.listdir(job.spec.temp_dir) == [layout.TEMP_MARKER]
+    assert os.listdir(job.spec.temp_dir) == [TEMP_MARKER]
     events = []
     real_rename, real_write = output.storage.rename, output._write_text
     output.storage.rename = lambda src, dst: (events.append(("move", [os.path.basename(d) for d in dst])),
@@ -143,7 +144,7 @@ def test_the_journal_and_marker_are_written_before_the_files_they_name(voc_tree,
         output.finalize(job.spec, [], [], [])
     finally:
         output.storage.rename, output._write_text = real_rename, real_write
-    journal = f"{os.path.basename(job.spec.temp_dir)}/{layout.TEMP_JOURNAL}"
+    journal = f"{os.path.basename(job.spec.temp_dir)}/{TEMP_JOURNAL}"
     assert events == [("write", journal), ("move", ["train-00000-of-00001.tfrecord", "val-00000-of-00001.tfrecord"]),
                       ("write", "metadata.json")]
     assert not os.path.exists(job.spec.temp_dir)

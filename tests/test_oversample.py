@@ -11,7 +11,8 @@ import tensorflow as tf
 from benchmarks.bench_oversample import RARE, make_rare_tree
 from conftest import read_records, shard_files
 from pipelines import prepare
-from segprep import crops, schema
+from segprep import crops
+from segprep.formats.records import CLASS_PRESENT
 from trainer import data
 
 BEAM = ["--runner=DirectRunner"]
@@ -40,10 +41,10 @@ def run(root, out, *flags):
 
 def _train(out):
     """Training records as DeepLab reads them, each with its class presence as segprep's trainer parses it."""
-    records = read_records(shard_files(str(out), "train"))
-    for r in records:
-        r["present"] = tf.io.parse_single_example(r["raw"], data.feature_spec())[schema.CLASS_PRESENT].numpy()
-    return records
+    train = read_records(shard_files(str(out), "train"))
+    for r in train:
+        r["present"] = tf.io.parse_single_example(r["raw"], data.feature_spec())[CLASS_PRESENT].numpy()
+    return train
 
 
 def _offsets(records):

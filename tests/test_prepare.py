@@ -12,6 +12,7 @@ from conftest import (grey_png, jpeg_damaged, mask_colors, pil_png, read_records
                       write_lists, write_pair)
 from pipelines import prepare
 from segprep import codec, crops, layout
+from segprep.formats.shards import TEMP_PREFIX, is_shard, shard_name
 from segprep.palette import IGNORE_LABEL
 
 BEAM = ["--runner=DirectRunner"]
@@ -121,10 +122,10 @@ def test_refuses_an_output_dir_holding_a_run_and_overwrite_removes_stale_shards(
         run(voc_tree.root, out, "--crop_size", "64", "--num_shards", "2")
     assert sorted(os.listdir(out)) == before
     assert run(voc_tree.root, out, "--crop_size", "64", "--num_shards", "2", "--overwrite") == 0
-    names = sorted(n for n in os.listdir(out) if layout.is_shard(n))
+    names = sorted(n for n in os.listdir(out) if is_shard(n))
     assert names == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
                      "val-00000-of-00002.tfrecord", "val-00001-of-00002.tfrecord"]
-    assert not [n for n in os.listdir(out) if n.startswith(layout.TEMP_PREFIX)]
+    assert not [n for n in os.listdir(out) if n.startswith(TEMP_PREFIX)]
 
 
 def test_gzip_shards(voc_tree, tmp_path):
@@ -312,7 +313,7 @@ def test_num_shards_n_writes_exactly_n_files_per_split_empty_ones_included(voc_t
                "--compress") == 0
     meta = metadata(out)
     for split, crops_written in (("train", 3), ("val", 5)):
-        names = [layout.shard_name(split, i, 7, compressed=True) for i in range(7)]
+        names = [shard_name(split, i, 7, compressed=True) for i in range(7)]
         assert [os.path.basename(f) for f in shard_files(str(out), split)] == names == meta["splits"][split]["shards"]
         per_shard = [len(read_records([os.path.join(out, n)])) for n in names]
         assert per_shard == meta["splits"][split]["shard_records"] and sum(per_shard) == crops_written
@@ -335,20 +336,21 @@ def test_voc_runs_write_the_same_bytes_as_the_release_before_layouts_by_pattern(
     the pipeline's own writer, so every other byte is still the release's (crop windows, order, encodings)."""
     import hashlib
 
-    from segprep import records, schema, storage
+    from segprep import storage
+    from segprep.formats import tfrecord, records
 
     out = tmp_path / "out"
     assert run(voc_tree.root, out, *flags) == 0
     h = hashlib.sha256()
     for name in sorted(os.listdir(out)):
-        if layout.is_shard(name):
+        if is_shard(name):
             h.update(name.encode())
             old = str(tmp_path / name)
             with storage.create(old, gzip=name.endswith(".gz")) as f:
-                for _, data in records.read(str(out / name)):
-                    features = {k: v for k, (_, v) in schema.decode_example(data).items()}
-                    assert features.pop(schema.CLASS_PRESENT) is not None
-                    records.write(f, schema.encode_example(features))
+                for _, data in tfrecord.read(str(out / name)):
+                    features = {k: v for k, (_, v) in records.decode_example(data).items()}
+                    assert features.pop(records.CLASS_PRESENT) is not None
+                    tfrecord.write(f, records.encode_example(features))
             h.update(open(old, "rb").read())
     assert h.hexdigest() == digest
 

@@ -15,6 +15,7 @@ from conftest import read_records, shard_files
 from pipelines import prepare, spill
 from pipelines.transforms import crop_hashes, shard_of
 from segprep import layout
+from segprep.formats.shards import TEMP_MARKER, TEMP_PREFIX, is_shard
 
 BEAM = ["--runner=DirectRunner"]
 
@@ -102,8 +103,8 @@ def _id_k(split, data):
 
 
 def _read_frames(path):
-    from segprep import records
-    return list(records.read(str(path)))
+    from segprep.formats import tfrecord
+    return list(tfrecord.read(str(path)))
 
 
 def test_spill_and_beam_shuffle_write_the_same_bytes_on_1_and_2_workers(voc_tree, tmp_path):
@@ -118,7 +119,7 @@ def test_spill_and_beam_shuffle_write_the_same_bytes_on_1_and_2_workers(voc_tree
         assert shard_bytes(tmp_path / "spill2", split) == want
         assert shard_bytes(tmp_path / "beam1", split) == want
     for out in ("spill1", "spill2", "beam1"):  # the spill files went with the temp dir
-        assert not [n for n in os.listdir(tmp_path / out) if n.startswith(layout.TEMP_PREFIX)]
+        assert not [n for n in os.listdir(tmp_path / out) if n.startswith(TEMP_PREFIX)]
 
 
 def test_spill_dir_flag_is_used_and_only_our_files_are_removed(voc_tree, tmp_path):
@@ -158,22 +159,22 @@ def test_a_crashed_runs_temp_dir_and_spill_files_are_named_by_verify_and_removed
 
     out = tmp_path / "out"
     assert run(voc_tree.root, out, "--crop_size", "64") == 0
-    crashed = out / (layout.TEMP_PREFIX + "abc123") / "spill"  # as a killed run leaves it: its marker first
+    crashed = out / (TEMP_PREFIX + "abc123") / "spill"  # as a killed run leaves it: its marker first
     crashed.mkdir(parents=True)
-    (crashed.parent / layout.TEMP_MARKER).write_text('{"written_by": "segprep pipelines.prepare"}')
+    (crashed.parent / TEMP_MARKER).write_text('{"written_by": "segprep pipelines.prepare"}')
     (crashed / "0001.spill").write_bytes(b"x" * 100)
     (crashed.parent / "train-00000-of-00001.tfrecord").write_bytes(b"")
-    (out / (layout.TEMP_PREFIX + "def456") / "spill").mkdir(parents=True)  # killed before it wrote a file
-    mine = out / (layout.TEMP_PREFIX + "mine")  # a user's folder that happens to look like one: no marker
+    (out / (TEMP_PREFIX + "def456") / "spill").mkdir(parents=True)  # killed before it wrote a file
+    mine = out / (TEMP_PREFIX + "mine")  # a user's folder that happens to look like one: no marker
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
     problems, _ = verify.verify(str(out), quick=True)
-    assert problems == [f"{out}/{layout.TEMP_PREFIX}{name}: temp dir of an unfinished run (prepare --overwrite "
+    assert problems == [f"{out}/{TEMP_PREFIX}{name}: temp dir of an unfinished run (prepare --overwrite "
                         "removes it)" for name in ("abc123", "def456")] + [
         f"{mine}: named like a run's temp dir, but without segprep's marker in it: prepare --overwrite leaves it; "
         "remove it yourself if it is not yours"]
     assert run(voc_tree.root, out, "--crop_size", "64", "--overwrite") == 0
-    assert [n for n in os.listdir(out) if n.startswith(layout.TEMP_PREFIX)] == [mine.name]
+    assert [n for n in os.listdir(out) if n.startswith(TEMP_PREFIX)] == [mine.name]
     assert (mine / "thesis.tex").read_text() == "years of work"
     shutil.rmtree(mine)
     assert verify.verify(str(out), quick=True)[0] == []
@@ -182,7 +183,7 @@ def test_a_crashed_runs_temp_dir_and_spill_files_are_named_by_verify_and_removed
 def _stage(out, stage):
     """Whether a running prepare into `out` has reached `stage`: "started" (its temp dir exists) or "writing"
     (spill files or shards are being written in it)."""
-    temps = [os.path.join(out, n) for n in os.listdir(out) if n.startswith(layout.TEMP_PREFIX)] \
+    temps = [os.path.join(out, n) for n in os.listdir(out) if n.startswith(TEMP_PREFIX)] \
         if os.path.isdir(out) else []
     if stage == "started":
         return bool(temps)
@@ -212,7 +213,7 @@ def test_a_sigkilled_prepare_leaves_no_shard_and_a_rerun_writes_the_bytes_of_a_c
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "prepare finished before it could be killed"
-    assert not [n for n in os.listdir(out) if layout.is_shard(n) or n == "metadata.json"]
+    assert not [n for n in os.listdir(out) if is_shard(n) or n == "metadata.json"]
     # The same command runs (the killed run left no shard to mix with), names what the killed one left behind,
     # and writes the clean run's bytes; --overwrite does too and removes the leftovers.
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -224,7 +225,7 @@ def test_a_sigkilled_prepare_leaves_no_shard_and_a_rerun_writes_the_bytes_of_a_c
             assert run(voc_tree.root, out, *flags, *flag) == 0
         for split in ("train", "val"):
             assert shard_bytes(out, split) == shard_bytes(tmp_path / "clean", split)
-    assert not [n for n in os.listdir(out) if n.startswith(layout.TEMP_PREFIX)]
+    assert not [n for n in os.listdir(out) if n.startswith(TEMP_PREFIX)]
 
 
 def test_a_spill_dir_that_fills_up_ends_in_one_line_and_leaves_nothing(voc_tree, tmp_path):

@@ -16,7 +16,9 @@ from pipelines import output
 from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodedPair, DecodePairs, Finalize, MergeStats, PairBytes,
                                   ReadPairs, ShardResult, SpreadCrops, WriteShards, auto_shard_count)
 from segprep import codec, layout
-from segprep.convert import ConvertConfig, Stats
+from segprep.formats.shards import TEMP_PREFIX, is_shard, shard_name
+from segprep.convert import ConvertConfig
+from segprep.formats.metadata import Stats
 from segprep.pairs import Pair
 from segprep.palette import VOC
 
@@ -158,7 +160,7 @@ def test_merge_stats_adds_exactly():
 # --- finishing: Finalize as a stage, and output.finalize run again as a runner's retry would ---------------------
 
 def _run_spec(out, num_shards=3):
-    return output.RunSpec(output_dir=str(out), temp_dir=f"{out}/{layout.TEMP_PREFIX}test", splits=("train", "val"),
+    return output.RunSpec(output_dir=str(out), temp_dir=f"{out}/{TEMP_PREFIX}test", splits=("train", "val"),
                           random_splits=("train",), listed={"train": 2, "val": 1}, palette=VOC, crop_size=64,
                           image_format="jpeg", compressed=False, seed=0, num_shards=num_shards, flags={},
                           started=0.0)
@@ -170,7 +172,7 @@ def _write_temp_shards(run, layout_by_split):
     results = []
     for split, shards in layout_by_split.items():
         for shard, records in shards.items():
-            name = layout.shard_name(split, shard, run.num_shards)
+            name = shard_name(split, shard, run.num_shards)
             with open(f"{run.temp_dir}/{name}", "wb") as f:
                 for r in records:
                     _TFRecordUtil.write_record(f, r)
@@ -190,7 +192,7 @@ def test_finalize_stage_moves_shards_adds_empty_ones_and_writes_metadata_last(tm
                                                m["splits"]["val"]["shard_records"])),
                     equal_to([([2, 0, 1], [0, 0, 0])]))
     names = sorted(os.listdir(run.output_dir))
-    assert names == ["metadata.json"] + [layout.shard_name(s, i, 3) for s in ("train", "val") for i in range(3)]
+    assert names == ["metadata.json"] + [shard_name(s, i, 3) for s in ("train", "val") for i in range(3)]
     assert raw_records(f"{run.output_dir}/train-00001-of-00003.tfrecord") == []  # empty, and a valid shard
     assert raw_records(f"{run.output_dir}/train-00002-of-00003.tfrecord") == [b"z"]
 
@@ -207,8 +209,8 @@ def test_finalize_run_again_after_a_partial_attempt_completes_it(tmp_path):
         assert meta["splits"]["val"]["shard_records"] == [1, 0, 0]
     assert raw_records(f"{run.output_dir}/train-00001-of-00003.tfrecord") == [b"b", b"c"]
     assert not os.path.exists(run.temp_dir)
-    assert sorted(n for n in os.listdir(run.output_dir) if layout.is_shard(n)) == \
-        [layout.shard_name(s, i, 3) for s in ("train", "val") for i in range(3)]
+    assert sorted(n for n in os.listdir(run.output_dir) if is_shard(n)) == \
+        [shard_name(s, i, 3) for s in ("train", "val") for i in range(3)]
 
 
 def test_finalize_refuses_to_invent_a_shard_that_was_written_and_lost(tmp_path):

@@ -7,8 +7,9 @@ import shutil
 import pytest
 
 from pipelines import prepare
-from segprep import layout
+
 from segprep import verify
+from segprep.formats.shards import TEMP_PREFIX
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_mask_values_outside_the_classes_and_an_unfinished_run(out, capsys):
     found = lines(capsys)[0]
     assert any("mask holds values 4, 15 outside the 2 classes and 255" in line for line in found), found
     os.remove(os.path.join(out, "metadata.json"))
-    os.makedirs(os.path.join(out, layout.TEMP_PREFIX + "abc"))
+    os.makedirs(os.path.join(out, TEMP_PREFIX + "abc"))
     assert verify.main([out]) == 1
     assert lines(capsys)[0] == [f"verify: {out}/metadata.json: missing (it holds shards: the prepare run did not "
                                 "finish)"]
@@ -83,7 +84,7 @@ def test_mask_values_outside_the_classes_and_an_unfinished_run(out, capsys):
 def test_a_corrupt_length_field_is_a_problem_line_not_a_traceback(out, capsys, quick):
     import struct
 
-    from segprep import records
+    from segprep.formats import tfrecord
 
     shard = os.path.join(out, "train-00000-of-00003.tfrecord")
     data = bytearray(open(shard, "rb").read())
@@ -94,7 +95,7 @@ def test_a_corrupt_length_field_is_a_problem_line_not_a_traceback(out, capsys, q
     assert found == [f"verify: {shard}: record 0: length checksum mismatch (not a TFRecord file, or corrupt)"]
     # a length whose checksum is right but runs past the end of the file: cut short, never a 4 EiB read
     head = struct.pack("<Q", 1 << 62)
-    data[:12] = head + struct.pack("<I", records.masked_crc(head))
+    data[:12] = head + struct.pack("<I", tfrecord.masked_crc(head))
     open(shard, "wb").write(bytes(data))
     assert verify.main([out] + (["--quick"] if quick else [])) == 1
     found = [line for line in lines(capsys)[0] if shard in line]
@@ -102,11 +103,11 @@ def test_a_corrupt_length_field_is_a_problem_line_not_a_traceback(out, capsys, q
 
 
 def test_quick_reads_the_framing_and_seeks_over_the_bodies(out, monkeypatch):
-    from segprep import records
+    from segprep.formats import tfrecord
 
     shard = os.path.join(out, "train-00000-of-00003.tfrecord")
     read = []
-    real_open = records.storage.open_read
+    real_open = tfrecord.storage.open_read
 
     class Counting:
         def __init__(self, f):
@@ -126,28 +127,28 @@ def test_quick_reads_the_framing_and_seeks_over_the_bodies(out, monkeypatch):
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(records.storage, "open_read", lambda path, gzip=False: Counting(real_open(path, gzip)))
-    framing = list(records.read(shard, skip_data=True))
+    monkeypatch.setattr(tfrecord.storage, "open_read", lambda path, gzip=False: Counting(real_open(path, gzip)))
+    framing = list(tfrecord.read(shard, skip_data=True))
     assert sum(read) == 12 * len(framing)  # headers only: each body was seeked over
     read.clear()
-    full = list(records.read(shard))
+    full = list(tfrecord.read(shard))
     assert sum(read) == os.path.getsize(shard) and len(full) == len(framing)
 
 
 def test_a_class_list_that_disagrees_with_its_mask_is_named(out, capsys):
-    from segprep import records, schema
+    from segprep.formats import tfrecord, records
 
     meta = json.load(open(os.path.join(out, "metadata.json")))
     path = os.path.join(out, next(n for n in meta["splits"]["train"]["shards"]
                                   if meta["splits"]["train"]["shard_records"][meta["splits"]["train"]["shards"]
                                                                               .index(n)]))
-    kept = [data for _, data in records.read(path)]
-    features = {k: v for k, (_, v) in schema.decode_example(kept[0]).items()}
-    listed = features[schema.CLASS_PRESENT]
-    features[schema.CLASS_PRESENT] = [3]  # a valid record, checksums and all, whose list is wrong
+    kept = [data for _, data in tfrecord.read(path)]
+    features = {k: v for k, (_, v) in records.decode_example(kept[0]).items()}
+    listed = features[records.CLASS_PRESENT]
+    features[records.CLASS_PRESENT] = [3]  # a valid record, checksums and all, whose list is wrong
     with open(path, "wb") as f:
-        for data in [schema.encode_example(features)] + kept[1:]:
-            records.write(f, data)
+        for data in [records.encode_example(features)] + kept[1:]:
+            tfrecord.write(f, data)
     assert verify.main([out]) == 1
-    assert lines(capsys)[0] == [f"verify: {path}: record 0: {schema.CLASS_PRESENT} lists [3] but the mask holds "
+    assert lines(capsys)[0] == [f"verify: {path}: record 0: {records.CLASS_PRESENT} lists [3] but the mask holds "
                                 f"classes {listed}"]

@@ -3,7 +3,7 @@ flags is quick."""
 
 import dataclasses
 
-from segprep import metadata as md
+from segprep.formats import metadata as md
 from segprep import storage
 
 ARCHS = ("multi", "deconv", "deeplabv3plus")  # trainer.model

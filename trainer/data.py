@@ -10,8 +10,10 @@ import math
 
 import tensorflow as tf
 
-from segprep import metadata as md
-from segprep import layout, schema
+from segprep.formats import metadata as md
+from segprep.formats.shards import shard_pattern
+from segprep import layout
+from segprep.formats import records
 from segprep.palette import IGNORE_LABEL
 from trainer import common
 from trainer.common import CROP_WEIGHT, Augment, DataError, load_metadata  # noqa: F401 - re-exported
@@ -29,7 +31,7 @@ def split_files(meta: dict, data_dir: str, split: str) -> list[str]:
                         f"(see {data_dir.rstrip('/')}/errors/{split}.jsonl).")
     missing = [f for f in files if not common.exists(f)]
     if missing or not files:
-        pattern = f"{data_dir.rstrip('/')}/{layout.shard_pattern(split)}"
+        pattern = f"{data_dir.rstrip('/')}/{shard_pattern(split)}"
         raise DataError(f"No records for split {split!r} at {missing[0] if missing else pattern}: metadata.json "
                         "names shards that are not there. Was `python -m pipelines.prepare` run with this "
                         "--output_dir?" if missing else
@@ -77,7 +79,7 @@ def feature_spec() -> dict:
             return tf.io.RaggedFeature(dtype)
         return tf.io.FixedLenFeature((n,) if n > 1 else (), dtype)
 
-    return {key: one(kind, n) for key, (kind, n) in schema.FEATURES.items()}
+    return {key: one(kind, n) for key, (kind, n) in records.FEATURES.items()}
 
 
 def crop_weight(present: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
@@ -89,12 +91,12 @@ def crop_weight(present: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
 def decode(serialized: tf.Tensor, crop_size: int, factors: tf.Tensor | None = None):
     """One record → (image uint8 [S, S, 3], mask uint8 [S, S, 1]), and its `crop_weight` with `factors`."""
     f = tf.io.parse_single_example(serialized, feature_spec())
-    image = tf.io.decode_image(f[schema.IMAGE_ENCODED], channels=3, expand_animations=False)
-    mask = tf.io.decode_png(f[schema.MASK_ENCODED], channels=1)
+    image = tf.io.decode_image(f[records.IMAGE_ENCODED], channels=3, expand_animations=False)
+    mask = tf.io.decode_png(f[records.MASK_ENCODED], channels=1)
     image = tf.ensure_shape(image, (crop_size, crop_size, 3))
     mask = tf.ensure_shape(mask, (crop_size, crop_size, 1))
     if factors is not None:
-        return image, mask, crop_weight(f[schema.CLASS_PRESENT], factors)
+        return image, mask, crop_weight(f[records.CLASS_PRESENT], factors)
     return image, mask
 
 

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from segprep import metadata as md
+from segprep.formats import metadata as md
 from segprep import cli
 from segprep.cli import Parser, UsageError, examples
 from segprep.progress import Progress

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from segprep import metadata as md
+from segprep.formats import metadata as md
 from segprep import runlock, storage
 from segprep import cli
 from segprep.cli import Parser, UsageError, examples

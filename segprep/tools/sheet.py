@@ -22,9 +22,11 @@ import sys
 import cv2
 import numpy as np
 
-from segprep import codec, layout, pairs, records, schema, storage
+from segprep import codec, layout, pairs, storage
+from segprep.formats.metadata import metadata_path
+from segprep.formats import tfrecord, records
 from segprep.convert import DEFAULT_MAX_PIXELS, ConvertConfig, InputError, decode_pair
-from segprep import metadata as md
+from segprep.formats import metadata as md
 from segprep.palette import IGNORE_LABEL, Palette, PaletteError, load_palette
 from segprep import cli
 from segprep.cli import Parser, UsageError, examples
@@ -117,7 +119,7 @@ def _class_pixels(palette: Palette, counts: np.ndarray) -> dict[str, tuple[int, 
 def from_records(out: str, split: str | None, count: int, seed: int):
     """Samples, palette, title and pixel counts for a prepare output dir."""
     try:
-        meta = md.parse(storage.read_bytes(layout.metadata_path(out)), layout.metadata_path(out))
+        meta = md.parse(storage.read_bytes(metadata_path(out)), metadata_path(out))
     except OSError:
         raise UsageError(f"{out} holds no metadata.json: pass prepare's --output_dir or a VOC root.") from None
     except md.MetadataError as e:
@@ -134,7 +136,7 @@ def from_records(out: str, split: str | None, count: int, seed: int):
     pool, budget = [], max(400, 20 * count)  # a seeded reservoir over the first `budget` records read
     seen = 0
     for path in shards:
-        for _, data in records.read(path, check=False):
+        for _, data in tfrecord.read(path, check=False):
             if len(pool) < count:
                 pool.append(data)
             else:
@@ -148,11 +150,11 @@ def from_records(out: str, split: str | None, count: int, seed: int):
             break
     samples = []
     for data in pool:
-        f = schema.decode_example(data)
-        y, x = f[schema.CROP_OFFSET][1]
-        samples.append(Sample(codec.decode_image(f[schema.IMAGE_ENCODED][1][0]),
-                              codec.decode_mask(f[schema.MASK_ENCODED][1][0])[0],
-                              f"{f[schema.IMAGE_SOURCE_ID][1][0].decode()} @ y={y}, x={x}"))
+        f = records.decode_example(data)
+        y, x = f[records.CROP_OFFSET][1]
+        samples.append(Sample(codec.decode_image(f[records.IMAGE_ENCODED][1][0]),
+                              codec.decode_mask(f[records.MASK_ENCODED][1][0])[0],
+                              f"{f[records.IMAGE_SOURCE_ID][1][0].decode()} @ y={y}, x={x}"))
     palette = md.palette(meta)
     counts = np.zeros(256, np.int64)
     counts[:palette.num_classes] = entry["class_pixels"]
@@ -224,7 +226,7 @@ def run(argv: list[str] | None = None) -> int:
         raise UsageError(f"--output {args.output}: the sheet is written as PNG or JPEG: name it .png, .jpg or .jpeg.")
     source = args.source.rstrip("/")
     problems = 0
-    if not storage.exists(layout.metadata_path(source)):
+    if not storage.exists(metadata_path(source)):
         try:
             palette = load_palette(args.palette)
         except (OSError, PaletteError) as e:

@@ -17,11 +17,83 @@ import dataclasses
 import json
 import re
 
+import numpy as np
+
 from segprep import fields, layout
-from segprep.convert import Stats
+from segprep.formats.shards import is_shard
 from segprep.palette import IGNORE_LABEL, Palette
 
 SCHEMA_VERSION = 1
+METADATA = "metadata.json"  # OUT/metadata.json: written last, its presence means the run finished
+ERRORS_DIR = "errors"  # OUT/errors/SPLIT.jsonl: one ErrorRecord a line
+
+
+def metadata_path(out: str) -> str:
+    return layout.join(out, METADATA)
+
+
+def errors_path(out: str, split: str) -> str:
+    return layout.join(out, ERRORS_DIR, f"{split}.jsonl")
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorRecord:
+    """An input that could not be used: a line of errors/SPLIT.jsonl."""
+
+    split: str
+    image_id: str
+    reason: str
+    error: str
+    files: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps({"id": self.image_id, "split": self.split, "reason": self.reason, "error": self.error,
+                           "files": list(self.files)}, ensure_ascii=False)
+
+
+@dataclasses.dataclass
+class Stats:
+    """Counts that add up across images: what metadata.json reports per split. Pixel counts are exact integers;
+    the RGB sums are float64 (exact to ~1e-16 relative, far below the 4 decimals metadata.json keeps)."""
+
+    images: int = 0
+    crops: int = 0
+    class_pixels: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(256, np.int64))
+    class_crops: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(256, np.int64))  # crops holding each
+    rgb_sum: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3, np.float64))
+    rgb_sq_sum: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3, np.float64))
+    rgb_pixels: int = 0  # source pixels inside crops (padding excluded)
+    unknown_pixels_ignored: int = 0  # off-palette mask pixels made 255 (--unknown_colors=ignore)
+    unknown_pixels_snapped: int = 0  # off-palette mask pixels snapped to a present colour (nearest)
+    source_pixels: int = 0
+    source_ignore_pixels: int = 0  # source mask pixels that are the ignore label
+    binary_masks: int = 0  # index masks holding only 0 and 255 (255 = ignore) with no index map: likely 0/255 labels
+    exif_applied: int = 0  # images with an EXIF orientation, read as displayed (their masks fit that way)
+    exif_as_stored: int = 0  # images with an EXIF orientation, read as stored
+
+    def add(self, other: Stats) -> Stats:
+        self.images += other.images
+        self.crops += other.crops
+        self.class_pixels += other.class_pixels
+        self.class_crops += other.class_crops
+        self.rgb_sum += other.rgb_sum
+        self.rgb_sq_sum += other.rgb_sq_sum
+        self.rgb_pixels += other.rgb_pixels
+        self.unknown_pixels_ignored += other.unknown_pixels_ignored
+        self.unknown_pixels_snapped += other.unknown_pixels_snapped
+        self.source_pixels += other.source_pixels
+        self.source_ignore_pixels += other.source_ignore_pixels
+        self.binary_masks += other.binary_masks
+        self.exif_applied += other.exif_applied
+        self.exif_as_stored += other.exif_as_stored
+        return self
+
+    def rgb_mean_std(self) -> tuple[list[float], list[float]]:
+        if not self.rgb_pixels:
+            return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+        mean = self.rgb_sum / self.rgb_pixels
+        var = np.maximum(self.rgb_sq_sum / self.rgb_pixels - mean ** 2, 0.0)
+        return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in np.sqrt(var)]
 
 
 class MetadataError(ValueError):
@@ -96,7 +168,7 @@ def _split_entry(name: str, result: SplitResult, num_classes: int) -> dict:
         "repeated_ids": result.repeated_ids,
         "images_used": st.images,
         "inputs_failed": result.inputs_failed,
-        "errors_file": layout.errors_path("", name).lstrip("/") if result.inputs_failed else None,
+        "errors_file": errors_path("", name).lstrip("/") if result.inputs_failed else None,
         "class_pixels": counts[:num_classes],
         # crops whose mask holds each class (the records' image/segmentation/class/present)
         "class_crops": [int(c) for c in st.class_crops[:num_classes]],
@@ -143,7 +215,7 @@ _TOP = {
 _SPLIT = {
     "records": fields.Field("an integer ≥ 0", fields.integer(0)),
     "shards": fields.Field("a list of shard file names",
-                           fields.list_of(lambda n: isinstance(n, str) and "/" not in n and layout.is_shard(n))),
+                           fields.list_of(lambda n: isinstance(n, str) and "/" not in n and is_shard(n))),
     "shard_records": fields.Field("a list of integers ≥ 0, one per shard", fields.list_of(fields.integer(0))),
     "class_pixels": fields.Field("a list of integers ≥ 0", fields.list_of(fields.integer(0)), required=False),
     "class_crops": fields.Field("a list of integers ≥ 0", fields.list_of(fields.integer(0)), required=False),
