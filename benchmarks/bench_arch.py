@@ -32,14 +32,14 @@ from trainer.train import TrainConfig
 records, arch, backbone, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 meta = data.load_metadata(records)
 keras.utils.set_random_seed(0)
-model = build_model(meta["num_classes"], meta["crop_size"], 32, arch, meta["rgb_mean"], meta["rgb_std"],
+model = build_model(meta.num_classes, meta.crop_size, 32, arch, meta.rgb_mean, meta.rgb_std,
                     backbone=backbone if backbone != "-" else "mobilenetv2", backbone_weights="none")
 inputs, targets = data.strides_of(model)
 one = data.make_dataset(records, "train", %(batch)d, training=True, inputs=inputs, targets=targets).take(1).cache()
 optimizer = keras.optimizers.Adam(1e-3)
 optimizer.build(model.trainable_variables)
 weights = {name: (1.0 if name == "main" else 0.2) for name in model.output_names}
-step = loop.Steps(model, optimizer, weights, meta["num_classes"], distribute.make("auto"),
+step = loop.Steps(model, optimizer, weights, meta.num_classes, distribute.make("auto"),
                   hard_pixels=TrainConfig.hard_pixels,  # the loss and the step trainer.train trains with
                   train_model=for_training(model))
 batches = iter(one.repeat())

@@ -62,11 +62,11 @@ def input_rates(records, tmp):
     os.makedirs(mask_dir)
     meta = data.load_metadata(records)
     for i, (image, mask) in enumerate(tf.data.TFRecordDataset(data.split_files(meta, records, "train"))
-                                      .map(lambda r: data.decode(r, meta["crop_size"]))):
+                                      .map(lambda r: data.decode(r, meta.crop_size))):
         tf.io.write_file(os.path.join(img_dir, f"{i:05d}.jpg"), tf.io.encode_jpeg(image, quality=95))
         tf.io.write_file(os.path.join(mask_dir, f"{i:05d}.png"), tf.io.encode_png(mask))
     gen = tf.keras.preprocessing.image.ImageDataGenerator
-    size = (meta["crop_size"], meta["crop_size"])
+    size = (meta.crop_size, meta.crop_size)
     images = gen(horizontal_flip=True).flow_from_directory(os.path.join(tmp, "files"), classes=["images"],
                                                            class_mode=None, target_size=size, batch_size=BATCH,
                                                            seed=1)
@@ -92,12 +92,12 @@ def train_rate(records, plain: bool = False):
     meta = data.load_metadata(records)
     placement = distribute.make("auto")
     keras.utils.set_random_seed(0)
-    model = build_model(meta["num_classes"], meta["crop_size"])
+    model = build_model(meta.num_classes, meta.crop_size)
     inputs, targets = data.strides_of(model)
     one = data.make_dataset(records, "train", BATCH, training=True, inputs=inputs, targets=targets).take(1).cache()
     optimizer = keras.optimizers.Adam(1e-3)
     optimizer.build(model.trainable_variables)
-    steps = loop.Steps(model, optimizer, {"main": 1.0, "upsample": 0.2, "aux": 0.2}, meta["num_classes"], placement,
+    steps = loop.Steps(model, optimizer, {"main": 1.0, "upsample": 0.2, "aux": 0.2}, meta.num_classes, placement,
                        hard_pixels=TrainConfig.hard_pixels, train_model=None if plain else for_training(model))
     ours = loop.cross_entropy, loop.kth_largest
     if plain:  # the step is traced below, with these

@@ -20,10 +20,9 @@ import socket
 import time
 
 from segprep import layout, runlock, storage
-from segprep.formats.shards import TEMP_JOURNAL, TEMP_MARKER, TEMP_PREFIX, is_shard, shard_name
-from segprep.formats.metadata import ERRORS_DIR, METADATA, errors_path, metadata_path
 from segprep.formats import metadata
-from segprep.formats.metadata import Stats
+from segprep.formats.metadata import ERRORS_DIR, METADATA, Stats, errors_path, metadata_path
+from segprep.formats.shards import TEMP_JOURNAL, TEMP_MARKER, TEMP_PREFIX, is_shard, shard_name
 from segprep.palette import Palette
 
 
@@ -67,26 +66,6 @@ class Inventory:
         return self.recorded + self.unfinished
 
 
-def _recorded_names(data: bytes) -> list[str] | None:
-    """The file names (relative to OUT) that a metadata.json records as its run's, or None when the file is not a
-    segprep metadata.json (any schema version: an old run's files are segprep's too)."""
-    try:
-        meta = json.loads(data)
-    except ValueError:
-        return None
-    if not isinstance(meta, dict) or "schema_version" not in meta or not isinstance(meta.get("splits"), dict):
-        return None
-    names = [METADATA]
-    for split, entry in meta["splits"].items():
-        if not isinstance(entry, dict):
-            continue
-        shards = entry.get("shards") if isinstance(entry.get("shards"), list) else []
-        names += [n for n in shards if isinstance(n, str) and "/" not in n and is_shard(n)]
-        if entry.get("errors_file") == errors_path("", str(split)).lstrip("/"):
-            names.append(entry["errors_file"])
-    return names
-
-
 def inventory(out: str, splits: tuple[str, ...] | list[str] = ()) -> Inventory:
     """Sorts what `out` holds (see Inventory). Never follows a symbolic link: a link is never segprep's. `splits`
     are the new run's: a file no run recorded at errors/SPLIT.jsonl of one of them is in the way."""
@@ -95,7 +74,7 @@ def inventory(out: str, splits: tuple[str, ...] | list[str] = ()) -> Inventory:
     top = _top_entries(out, remote)  # {name: "file" | "dir" | "link" | "other"}
     recorded: set[str] = set()
     if top.get(METADATA) == "file":
-        recorded = set(_recorded_names(storage.read_bytes(layout.join(out, METADATA))) or ())
+        recorded = set(metadata.recorded_files(storage.read_bytes(layout.join(out, METADATA))) or ())
     journaled: set[str] = set()
     for name, kind in sorted(top.items()):
         if not name.startswith(TEMP_PREFIX):

@@ -35,7 +35,7 @@ from segprep.formats.metadata import metadata_path
 from segprep import cli
 from segprep.cli import Parser, UsageError
 from segprep.convert import ConvertConfig
-from segprep.formats.metadata import parse as parse_metadata
+from segprep.formats.metadata import Metadata, parse as parse_metadata
 from segprep.palette import PALETTES, PaletteError, load_palette
 from segprep.storage import read_bytes
 
@@ -538,36 +538,34 @@ def out_of_space(error: BaseException) -> str | None:
     return f"out of disk space: {line}; free some, or choose an --output_dir (or --temp_location) with room"
 
 
-def report(meta: dict, out: str, seconds: float, max_failed: int) -> int:
+def report(meta: Metadata, out: str, seconds: float, max_failed: int) -> int:
     """Prints the end summary; → exit status."""
-    splits = meta["splits"]
-    crops = sum(s["records"] for s in splits.values())
-    images = sum(s["images_used"] for s in splits.values())
-    failed = sum(s["inputs_failed"] for s in splits.values())
-    mpx = sum(s["source_pixels"] for s in splits.values()) / 1e6
-    shards = sum(len(s["shards"]) for s in splits.values())
+    splits = meta.splits.values()
+    crops = sum(s.records for s in splits)
+    images = sum(s.images_used for s in splits)
+    failed = sum(s.inputs_failed for s in splits)
+    mpx = sum(s.source_pixels for s in splits) / 1e6
+    shards = sum(len(s.shards) for s in splits)
     lines = [f"prepare: {images} images → {crops} crops in {_plural(shards, 'shard')}, {failed} failed, "
              f"{seconds:.1f} s ({crops / max(seconds, 1e-9):.1f} crops/s, {mpx / max(seconds, 1e-9):.2f} source "
              f"Mpx/s) → {out}"]
-    for name, s in splits.items():
-        notes = [f"{s['images_used']}/{s['images_listed']} images", f"{s['records']} crops ({s['crop_mode']})",
-                 _plural(len(s["shards"]), "shard")]
-        for key, what in (("unknown_pixels_snapped", "snapped to a present palette colour"),
-                          ("unknown_pixels_ignored", "ignored (255)")):
-            if s.get(key):
-                notes.append(f"{s[key]:,} off-palette mask pixels {what}")
-        for key, what in (("exif_applied", "turned as their EXIF orientation says"),
-                          ("exif_as_stored", "read as stored despite an EXIF orientation")):
-            if s.get(key):
-                notes.append(f"{s[key]} images {what}")
-        if s["inputs_failed"]:
-            notes.append(f"{s['inputs_failed']} failed → {layout.join(out, s['errors_file'])}")
-        lines.append(f"  {name}: " + ", ".join(notes))
+    for s in splits:
+        notes = [f"{s.images_used}/{s.images_listed} images", f"{s.records} crops ({s.crop_mode})",
+                 _plural(len(s.shards), "shard")]
+        for count, what in ((s.unknown_pixels_snapped, "off-palette mask pixels snapped to a present palette colour"),
+                            (s.unknown_pixels_ignored, "off-palette mask pixels ignored (255)"),
+                            (s.exif_applied, "images turned as their EXIF orientation says"),
+                            (s.exif_as_stored, "images read as stored despite an EXIF orientation")):
+            if count:
+                notes.append(f"{count:,} {what}")
+        if s.inputs_failed:
+            notes.append(f"{s.inputs_failed} failed → {layout.join(out, s.errors_file)}")
+        lines.append(f"  {s.name}: " + ", ".join(notes))
     print("\n".join(lines))
-    for name, s in splits.items():
-        if s.get("binary_masks"):
-            print(f"prepare: warning: {name}: {s['binary_masks']} of {s['images_used']} masks hold only the values 0 "
-                  f"and 255, and 255 is the ignore label: {100 * s['source_ignore_share']:.1f}% of the split's mask "
+    for s in splits:
+        if s.binary_masks:
+            print(f"prepare: warning: {s.name}: {s.binary_masks} of {s.images_used} masks hold only the values 0 "
+                  f"and 255, and 255 is the ignore label: {100 * s.source_ignore_share:.1f}% of the split's mask "
                   "pixels are ignored, so a model never learns the class they mark. If 255 marks a class (a "
                   "building, a road), re-run with --palette inria or a palette whose index_map says so, e.g. "
                   '{"index_map": {"0": 0, "255": 1}}.', file=sys.stderr)

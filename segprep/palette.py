@@ -72,6 +72,9 @@ class Palette:
     colors: tuple[tuple[int, int, int], ...]
     ignore_colors: tuple[tuple[int, int, int], ...] = ()
     index_map: tuple[tuple[int, int], ...] = ()  # (stored value, class id or 255), sorted by value
+    # Only for drawing classes (a run's palette read back from metadata.json or segprep.json, which keep no index
+    # map): two classes may then share a colour, as with an index map.
+    draw_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.names:
@@ -87,7 +90,7 @@ class Palette:
                                self.colors + self.ignore_colors):
             if len(color) != 3 or not all(_integer(c) and 0 <= c <= 255 for c in color):
                 raise PaletteError(f"Colours must be three integers in 0..255. Received: {color!r} for {name!r}.")
-            if tuple(color) in seen and not self.index_map:
+            if tuple(color) in seen and not (self.index_map or self.draw_only):
                 raise PaletteError(f"Colour {tuple(color)} is used by both {seen[tuple(color)]!r} and {name!r}.")
             seen.setdefault(tuple(color), name)
         for value, target in self.index_map:

@@ -92,7 +92,7 @@ def verify(out: str, quick: bool = False, jobs: int = -1) -> tuple[list[str], st
     except md.MetadataError as e:
         return [str(e)], ""
     problems = []
-    listed = {name: (split, i) for split, entry in meta["splits"].items() for i, name in enumerate(entry["shards"])}
+    listed = {name: (split, i) for split, entry in meta.splits.items() for i, name in enumerate(entry.shards)}
     present = {storage.basename(p) for p in storage.match(layout.join(out, "*"))}
     for name in sorted(present):
         if is_shard(name) and name not in listed:
@@ -110,14 +110,14 @@ def verify(out: str, quick: bool = False, jobs: int = -1) -> tuple[list[str], st
         if name not in present:
             problems.append(f"{layout.join(out, name)}: listed in metadata.json but missing")
         else:
-            tasks.append((layout.join(out, name), split, int(meta["splits"][split]["shard_records"][i])))
-    _check_all(tasks, int(meta["num_classes"]), quick, jobs, storage.is_remote(out), problems)
-    for split, entry in meta["splits"].items():  # the shards' counts against the split's (each shard's: above)
-        if sum(entry["shard_records"]) != entry["records"]:
-            problems.append(f"{path}: split {split} has {entry['records']} records but its shards list "
-                            f"{sum(entry['shard_records'])}")
-    total = sum(e["records"] for e in meta["splits"].values())
-    summary = (f"{len(listed)} shards, {total:,} records in {len(meta['splits'])} splits "
+            tasks.append((layout.join(out, name), split, meta.splits[split].shard_records[i]))
+    _check_all(tasks, meta.num_classes, quick, jobs, storage.is_remote(out), problems)
+    for split, entry in meta.splits.items():  # the shards' counts against the split's (each shard's: above)
+        if sum(entry.shard_records) != entry.records:
+            problems.append(f"{path}: split {split} has {entry.records} records but its shards list "
+                            f"{sum(entry.shard_records)}")
+    total = sum(e.records for e in meta.splits.values())
+    summary = (f"{len(listed)} shards, {total:,} records in {len(meta.splits)} splits "
                f"({'names and counts' if quick else 'every record decoded'})")
     return problems, summary
 

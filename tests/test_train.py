@@ -3,6 +3,7 @@
 import os
 
 from segprep import runlock
+from segprep.formats import run_dir
 from trainer import train
 
 
@@ -32,7 +33,7 @@ def test_a_link_named_like_a_runs_file_stops_the_run_and_both_stay(records, tmp_
     run.mkdir()
     elsewhere.mkdir()
     (elsewhere / "events.out").write_text("the user's")
-    (run / train.RUN_MARKER).write_text("{}")
+    (run / run_dir.MARKER).write_text("{}")
     (run / "model.keras").write_bytes(b"an earlier run's")
     os.symlink(elsewhere, run / "tensorboard")
     for flags in ([], ["--overwrite"]):
@@ -41,5 +42,5 @@ def test_a_link_named_like_a_runs_file_stops_the_run_and_both_stay(records, tmp_
         assert err == [f"train: error: --model_dir {run} holds tensorboard, a symbolic link to {elsewhere}, under a "
                        "name a run writes and deletes: a run never writes or deletes through a link; remove the "
                        "link, or choose another --model_dir."]
-    assert sorted(os.listdir(run)) == [train.RUN_MARKER, "model.keras", "tensorboard"]
+    assert sorted(os.listdir(run)) == [run_dir.MARKER, "model.keras", "tensorboard"]
     assert os.listdir(elsewhere) == ["events.out"] and (run / "model.keras").read_bytes() == b"an earlier run's"

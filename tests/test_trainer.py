@@ -17,6 +17,7 @@ import tensorflow as tf
 from conftest import REPO, prepared_tree, read_records, shard_files
 from pipelines import prepare
 from segprep import codec, layout
+from segprep.formats import run_dir
 from segprep.palette import VOC
 from trainer import data, evaluate, predict, schedules, train
 from trainer.model import build_model
@@ -34,20 +35,20 @@ def test_input_pipeline_shapes_dtypes_and_values(records):
         assert y["main"].shape == (4, 64, 64, 1) and y["main"].dtype == tf.uint8
         assert y["aux"].shape == (4, 8, 8, 1)
         values = set(np.unique(y["main"].numpy()))
-        assert values <= set(range(meta["num_classes"])) | {255} and values & {1, 4, 15}
+        assert values <= set(range(meta.num_classes)) | {255} and values & {1, 4, 15}
         np.testing.assert_array_equal(y["aux"].numpy(), y["main"].numpy()[:, 4::8, 4::8])  # nearest, not blended
     # Normalised with the training crops' statistics from metadata.json, in record order for evaluation.
     x = np.concatenate([b[0]["image"].numpy() for b in data.make_dataset(records, "val", 2, training=False,
-                                                                         normalize=(meta["rgb_mean"], meta["rgb_std"]))
+                                                                         normalize=(meta.rgb_mean, meta.rgb_std))
                         .take(data.steps(meta, "val", 2))])
     decoded = np.stack([r["image"] for r in read_records(shard_files(records, "val"))]).astype(np.float32)
-    np.testing.assert_allclose(x, (decoded - meta["rgb_mean"]) / np.array(meta["rgb_std"]), rtol=1e-5, atol=1e-5)
-    assert 100 < meta["rgb_mean"][0] < 200  # the fixture's images, not a default
+    np.testing.assert_allclose(x, (decoded - meta.rgb_mean) / np.array(meta.rgb_std), rtol=1e-5, atol=1e-5)
+    assert 100 < meta.rgb_mean[0] < 200  # the fixture's images, not a default
 
 
 def test_steps_come_from_metadata_and_validation_is_one_exact_pass(records):
     meta = data.load_metadata(records)
-    n = meta["splits"]["val"]["records"]
+    n = meta.splits["val"].records
     assert data.steps(meta, "val", 2) == math.ceil(n / 2)
     ds = data.make_dataset(records, "val", 2, training=False)
     seen = sum(int(b[0]["image"].shape[0]) for b in ds.take(data.steps(meta, "val", 2)))
@@ -168,7 +169,7 @@ def test_library_arguments_are_checked_as_keras_checks_them():
 
 
 def test_median_frequency_class_weights():
-    weights = train.median_frequency({"class_pixels": [100, 10, 0, 40]})  # frequencies 2/3, 1/15, -, 4/15
+    weights = train.median_frequency([100, 10, 0, 40])  # frequencies 2/3, 1/15, -, 4/15
     assert weights == pytest.approx([0.4, 4.0, 1.0, 1.0])
 
 
@@ -343,18 +344,18 @@ def test_the_training_twin_computes_what_the_model_computes_through_fused_batch_
 
 
 def test_repeat_factors_come_from_class_crops_and_weigh_each_crop_by_its_rarest_class(records):
-    factors = train.repeat_factors({"records": 100, "class_crops": [100, 1, 0, 10, 40]})
+    factors = train.repeat_factors(100, [100, 1, 0, 10, 40])
     assert factors == pytest.approx([1.0, math.sqrt(10), 1.0, 1.0, 1.0])
     with pytest.raises(data.DataError, match="rerun prepare"):
-        train.repeat_factors({"records": 100, "class_pixels": [5, 5]})
+        train.repeat_factors(100, None)  # a split of shards written before the counts
     meta = data.load_metadata(records)
-    split = meta["splits"]["train"]
-    factors = train.repeat_factors(split, threshold=0.9)
+    split = meta.splits["train"]
+    factors = train.repeat_factors(split.records, split.class_crops, threshold=0.9)
     assert max(factors) > 1.0
     ds = data.make_dataset(records, "train", 6, training=True, aug=data.Augment(False, None, 0.0), seed=0,
                            crop_weights=factors)
     seen = 0
-    for _, y in ds.take(split["records"] // 6):
+    for _, y in ds.take(split.records // 6):
         for mask, weight in zip(y["main"].numpy(), y[data.CROP_WEIGHT].numpy()):
             held = [c for c in np.unique(mask) if c != 255]
             assert weight == pytest.approx(max([1.0] + [factors[c] for c in held]))
@@ -502,7 +503,7 @@ def test_overwrite_starts_clean(records, tmp_path):
     train.run(args + ["--overwrite"])
     assert not (run / "eval-val.json").exists() and not (run / "tensorboard" / "stale.txt").exists()
     assert [int(r["epoch"]) for r in csv.DictReader(open(run / "log.csv"))] == [0]
-    assert (run / train.RUN_MARKER).exists() and not (run / "backup").exists()
+    assert (run / run_dir.MARKER).exists() and not (run / "backup").exists()
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -634,7 +635,7 @@ def test_clear_errors(records, tmp_path):
         data.load_metadata(records)
     os.rename(f"{records}/m.json", f"{records}/metadata.json")
     meta = data.load_metadata(records)
-    shard = f"{records}/{meta['splits']['train']['shards'][0]}"
+    shard = f"{records}/{meta.splits['train'].shards[0]}"
     raw = open(shard, "rb").read()
     open(shard, "wb").write(raw[:100] + b"\x00" * 50 + raw[150:])
     with pytest.raises(data.DataError, match="damaged shard .*train-00000.*record 0"):
@@ -657,7 +658,7 @@ def test_a_split_whose_inputs_all_failed_is_named_not_trained_on(voc_tree, tmp_p
     assert prepare.run(["--input_dir", voc_tree.root, "--output_dir", out, "--crop_size", "64",
                         "--runner=DirectRunner"]) == 1
     meta = data.load_metadata(out)
-    assert meta["splits"]["val"]["shards"] == ["val-00000-of-00001.tfrecord"]  # one empty shard, as named
+    assert meta.splits["val"].shards == ("val-00000-of-00001.tfrecord",)  # one empty shard, as named
     with pytest.raises(data.DataError, match="Split 'val' .* has no records"):
         data.make_dataset(out, "val", 2, training=False)
 
@@ -683,7 +684,7 @@ def test_the_model_learns_the_crops_it_is_trained_on(records):
             steps.train(x, y)
     after = np.mean([float(steps.eval(x, y)[0]["loss"]) for x, y in batches])
     cm = evaluate.confusion(model, ds, len(batches), 21)  # the same crops, through evaluate's own count
-    result = evaluate.scores(cm, meta["class_names"])
+    result = evaluate.scores(cm, meta.class_names)
     present = int((cm.sum(1) > 0).sum())
     baseline = cm[0].sum() / cm.sum() / present  # all background: IoU_bg = background's share, the others 0
     assert after < before / 4, (before, after)

@@ -23,10 +23,10 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 def split_files(meta: dict, data_dir: str, split: str) -> list[str]:
     try:
-        files = md.shard_paths(meta, data_dir.rstrip("/"), split)
+        files = meta.shard_paths(data_dir.rstrip("/"), split)
     except md.MetadataError as e:
         raise DataError(str(e)) from None
-    if files and not md.split(meta, split)["records"]:
+    if files and not meta.split(split).records:
         raise DataError(f"Split {split!r} in {data_dir} has no records: every input of it failed or none was listed "
                         f"(see {data_dir.rstrip('/')}/errors/{split}.jsonl).")
     missing = [f for f in files if not common.exists(f)]
@@ -47,10 +47,10 @@ def find_damage(meta: dict, data_dir: str, splits: list[str]) -> str | None:
     from segprep import verify
 
     for split in splits:
-        entry = md.split(meta, split)
-        for name, expected in zip(entry["shards"], entry["shard_records"]):
+        entry = meta.split(split)
+        for name, expected in zip(entry.shards, entry.shard_records):
             _, problems = verify.check_shard(layout.join(data_dir.rstrip("/"), name), expected,
-                                             int(meta["num_classes"]), quick=False)
+                                             meta.num_classes, quick=False)
             if problems:
                 return problems[0]
     return None
@@ -67,7 +67,7 @@ def damaged(error: Exception, meta: dict, data_dir: str, splits: list[str]) -> D
 
 
 def steps(meta: dict, split: str, batch_size: int) -> int:
-    return max(1, math.ceil(md.split(meta, split)["records"] / batch_size))
+    return max(1, math.ceil(meta.split(split).records / batch_size))
 
 
 def feature_spec() -> dict:
@@ -203,7 +203,7 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
     with ignored examples (`_pad_batch`)."""
     meta = meta or load_metadata(data_dir)
     files = split_files(meta, data_dir, split)
-    size = int(meta["crop_size"])
+    size = meta.crop_size
     if window is not None and not 0 < window <= size:
         raise ValueError(f"Argument `window` must be in [1, crop size {size}]. Received: window={window}")
     inputs = inputs or {"image": 1}
@@ -213,7 +213,7 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
     else:
         mean, std = (tf.constant(v, tf.float32) for v in normalize)
         norm = lambda x: (tf.cast(x, tf.float32) - mean) / std  # noqa: E731
-    compression = md.compression_type(meta)
+    compression = meta.compression_type
     factors = None if crop_weights is None else tf.constant(list(crop_weights) + [1.0] * (256 - len(crop_weights)),
                                                             tf.float32)
 

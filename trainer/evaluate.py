@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from segprep.formats import metadata as md
+from segprep.formats import run_dir
 from segprep import cli
 from segprep.cli import Parser, UsageError, examples
 from segprep.progress import Progress
@@ -71,19 +72,19 @@ def build_parser() -> Parser:
 def run(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     info = read_run_info(args.model_dir.rstrip("/"))  # wrong dirs are answered before TensorFlow loads
-    data_dir = args.data_dir or info.get("data_dir")
+    data_dir = args.data_dir or info.data_dir
     if not data_dir:
-        raise UsageError(f"{args.model_dir.rstrip('/')}/segprep.json does not say which data the run trained on: "
+        raise UsageError(f"{args.model_dir.rstrip('/')}/{run_dir.INFO} does not say which data the run trained on: "
                          "pass --data_dir.")
     try:
         meta = load_metadata(data_dir)
-        args.split = args.split or md.validation_split(meta)
-        md.split(meta, args.split)
+        args.split = args.split or meta.validation_split()
+        meta.split(args.split)
     except (DataError, md.MetadataError) as e:
         raise UsageError(str(e)) from None
-    if int(meta["num_classes"]) != int(info["num_classes"]):
-        raise UsageError(f"The model predicts {info['num_classes']} classes but {data_dir} has "
-                         f"{meta['num_classes']}.")
+    if meta.num_classes != info.num_classes:
+        raise UsageError(f"The model predicts {info.num_classes} classes but {data_dir} has "
+                         f"{meta.num_classes}.")
     started = time.time()
     predictor = Predictor(args.model_dir, args.output)
     model = predictor.model
@@ -93,21 +94,21 @@ def run(argv: list[str] | None = None) -> dict:
     steps = data.steps(meta, args.split, args.batch_size)
     bar = Progress("evaluate", steps, "batches")
     try:
-        cm = confusion(model, ds, steps, int(meta["num_classes"]), args.output, bar)
+        cm = confusion(model, ds, steps, meta.num_classes, args.output, bar)
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
         bar.close()
         raise data.damaged(e, meta, data_dir, [args.split]) or e
     bar.close()
-    result = scores(cm, list(meta["class_names"]))
+    result = scores(cm, list(meta.class_names))
     result.update(split=args.split, data_dir=data_dir, output=args.output)
     print(f"{'class':16s} {'IoU':>7s} {'pixels':>12s}")
     for name, row in result["per_class"].items():
         iou = "—" if row["iou"] is None else f"{row['iou']:.4f}"
         print(f"{name:16s} {iou:>7s} {row['pixels']:12,d}")
     print(f"{'mIoU':16s} {result['miou']:7.4f}\n{'pixel accuracy':16s} {result['pixel_accuracy']:7.4f}")
-    path = f"{args.model_dir.rstrip('/')}/eval-{args.split}.json"
+    path = f"{args.model_dir.rstrip('/')}/{run_dir.eval_file(args.split)}"
     common.files.write_text(path, json.dumps(result, indent=1))
-    crops = md.split(meta, args.split)["records"]
+    crops = meta.split(args.split).records
     seconds = time.time() - started
     print(f"evaluate: {crops:,} {args.split} crops ({result['pixels']:,} labelled pixels) in {seconds:.1f} s → "
           f"{path}")

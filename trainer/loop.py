@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from segprep.cli import UsageError
+from segprep.formats import run_dir
 from trainer import common
 from trainer.common import CROP_WEIGHT, files
 from trainer.distribute import Placement
@@ -269,7 +270,7 @@ class Loop:
         self.epoch_begin = epoch_begin  # (epoch) → True when the model's trainable weights changed (a new step)
         self.callbacks = keras.callbacks.CallbackList(callbacks or [], model=steps.model)
         self.verbose = verbose
-        self.backup = placement.write_dir(model_dir, "backup")
+        self.backup = placement.write_dir(model_dir, run_dir.BACKUP)
         self.checkpoint = tf.train.Checkpoint(model=steps.model, optimizer=steps.optimizer)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.backup, max_to_keep=1)
         self._writers = None
@@ -277,7 +278,7 @@ class Loop:
     def restore(self) -> RunState:
         """The state of an interrupted run from the chief's backup/ (every worker reads it; weights and optimizer
         restored), or a fresh one."""
-        state = RunState.load(f"{self.model_dir}/backup/state.json")
+        state = RunState.load(f"{self.model_dir}/{run_dir.STATE}")
         latest = tf.train.latest_checkpoint(f"{self.model_dir}/backup")
         model, key = model_identity(self.steps.model)
         if state is None or latest is None:
@@ -343,20 +344,20 @@ class Loop:
         if improved:
             state.best, state.best_epoch = float(logs[BEST_METRIC]), epoch
         if self.placement.is_chief:
-            _write_csv(f"{self.model_dir}/log.csv", state.rows)
+            _write_csv(f"{self.model_dir}/{run_dir.LOG}", state.rows)
             self._tensorboard(epoch, logs)
         if improved:  # every worker saves (collectives may be involved); only the chief's copy stays
-            path = self.placement.write_dir(self.model_dir, "best.keras")
+            path = self.placement.write_dir(self.model_dir, run_dir.BEST)
             self.save_best(path)
             self.placement.cleanup(path)
         state.epoch = epoch
         self.manager.save(checkpoint_number=epoch)
         if self.placement.is_chief:
-            state.save(f"{self.backup}/state.json")
+            state.save(f"{self.backup}/{run_dir.STATE_NAME}")
 
     def _tensorboard(self, epoch: int, logs: dict) -> None:
         if self._writers is None:
-            self._writers = {part: tf.summary.create_file_writer(f"{self.model_dir}/tensorboard/{part}")
+            self._writers = {part: tf.summary.create_file_writer(f"{self.model_dir}/{run_dir.TENSORBOARD}/{part}")
                              for part in ("train", "validation")}
         for part, writer in self._writers.items():
             with writer.as_default(step=epoch):

@@ -17,7 +17,6 @@ inputs share, are found before anything is written.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -26,11 +25,11 @@ import time
 import cv2
 import numpy as np
 
-from segprep import codec, fields, layout, pairs, runlock, storage
+from segprep import codec, layout, pairs, runlock, storage
 from segprep.convert import DEFAULT_MAX_PIXELS, too_large
 from segprep import cli
 from segprep.cli import Parser, UsageError, examples
-from segprep.palette import Palette
+from segprep.formats import run_dir
 from segprep.progress import Progress
 from trainer import common, prediction_output
 from trainer import lazy
@@ -47,22 +46,21 @@ class Predictor:
         model_dir = model_dir.rstrip("/")
         self.info = read_run_info(model_dir)
         lazy.load("trainer.schedules")  # registers WarmupCosine, so best.keras checkpoints load too
-        local = _local_copy(f"{model_dir}/model.keras")
+        local = _local_copy(f"{model_dir}/{run_dir.MODEL}")
         try:
             self.model = keras.models.load_model(local)
         finally:
-            if local != f"{model_dir}/model.keras":  # the temp copy of a gs:// model goes on every exit path
+            if local != f"{model_dir}/{run_dir.MODEL}":  # the temp copy of a gs:// model goes on every exit path
                 os.remove(local)
         outputs = dict(zip(self.model.output_names, self.model.outputs))
         if output not in outputs:
             raise UsageError(f"--output {output}: the model's outputs are {', '.join(sorted(outputs))}.")
         self.output = output
         self.num_classes = int(outputs[output].shape[-1])
-        self.crop = int(self.info["crop_size"])
-        self.palette = Palette(tuple(self.info["class_names"]), tuple(map(tuple, self.info["class_colors"])),
-                               tuple(map(tuple, self.info.get("ignore_colors", []))))
+        self.crop = self.info.crop_size
+        self.palette = self.info.palette
         # What the input pipeline did before the model saw the image (the default model normalises itself).
-        in_model, mean, std = Normalization.from_json(self.info)
+        in_model, mean, std = Normalization.of_run(self.info)
         self.mean, self.std = (None, None) if in_model else (mean, std)
         self.pipeline_normalization = None if in_model else (mean.tolist(), std.tolist())
         self.input_name = self.model.inputs[0].name
@@ -195,51 +193,17 @@ def _tiles(rows, width: int, tile: int):
         yield from (band[:, c * tile:(c + 1) * tile].copy() for c in range(cols))
 
 
-def read_run_info(model_dir: str) -> dict:
-    """segprep.json of a finished run; a UsageError when `model_dir` is not one (checked without TensorFlow for
-    local dirs)."""
-    for name in ("model.keras", "segprep.json"):
+def read_run_info(model_dir: str) -> run_dir.RunInfo:
+    """segprep.json of a finished run, checked; a UsageError when `model_dir` is not one (checked without
+    TensorFlow for local dirs)."""
+    for name in (run_dir.MODEL, run_dir.INFO):
         if not common.exists(f"{model_dir}/{name}"):
             raise UsageError(f"No {model_dir}/{name}: --model_dir must be a finished `python -m trainer.train` run.")
-    path = f"{model_dir}/segprep.json"
-    remedy = "it was edited, or not written by this segprep's trainer.train; train the run again (--overwrite)."
+    path = f"{model_dir}/{run_dir.INFO}"
     try:
-        info = json.loads(common.read_bytes(path))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path} is not valid JSON ({e}): {remedy}") from None
-    try:
-        fields.check(info, RUN_INFO, path, remedy)
-        if isinstance(info.get("normalization"), dict):
-            fields.check(info["normalization"], NORMALIZATION, f"{path}, 'normalization'", remedy)
-    except fields.FieldError as e:
+        return run_dir.parse(common.read_bytes(path), path)
+    except run_dir.RunInfoError as e:
         raise UsageError(str(e)) from None
-    if len(info["class_colors"]) != len(info["class_names"]) or info["num_classes"] != len(info["class_names"]):
-        raise UsageError(f"{path}: {len(info['class_names'])} class names, {len(info['class_colors'])} colours and "
-                         f"num_classes {info['num_classes']} do not agree: {remedy}")
-    return info
-
-
-# segprep.json, as trainer.train writes it: the keys predict and evaluate read (see trainer/train.py `fit`).
-RUN_INFO = {
-    "class_names": fields.Field("a list of class names", lambda v: fields.list_of(fields.text)(v) and bool(v)),
-    "class_colors": fields.Field("a list of [r, g, b] colours", fields.list_of(fields.color)),
-    "ignore_colors": fields.Field("a list of [r, g, b] colours", fields.list_of(fields.color), required=False),
-    "num_classes": fields.Field("a positive integer", fields.integer(1)),
-    "crop_size": fields.Field("a positive integer", fields.integer(1)),
-    "normalization": fields.Field("an object", lambda v: isinstance(v, dict), required=False),
-    "rgb_mean": fields.Field("three numbers", fields.list_of(fields.number, 3), required=False),
-    "rgb_std": fields.Field("three numbers", fields.list_of(fields.number, 3), required=False),
-    "data_dir": fields.Field("a path", fields.text, required=False),
-    "bands": fields.Field("a list of band numbers or null", fields.optional(fields.list_of(fields.integer(1))),
-                          required=False),
-    "image_range": fields.Field("[low, high] or null", fields.optional(fields.list_of(fields.number, 2)),
-                                required=False),
-}
-NORMALIZATION = {
-    "in_model": fields.Field("true or false", lambda v: isinstance(v, bool)),
-    "mean": fields.Field("three numbers", fields.list_of(fields.number, 3)),
-    "std": fields.Field("three positive numbers", lambda v: fields.list_of(fields.number, 3)(v) and min(v) > 0),
-}
 
 
 def _starts(size: int, crop: int, stride: int) -> list[int]:
@@ -346,8 +310,7 @@ def _predict_all(args, model_dir: str, targets: list, manifest, bad: list) -> in
               "skipped", file=sys.stderr)
         failed += 1
     info = predictor.info  # the run's prepare made 8-bit RGB this way: new images are read the same way
-    bands = tuple(info["bands"]) if info.get("bands") else None
-    value_range = tuple(info["image_range"]) if info.get("image_range") else None
+    bands, value_range = info.bands, info.image_range
     for target in targets:
         try:
             written, size = _predict_one(predictor, target, args, bands, value_range)

@@ -34,6 +34,7 @@ import time
 
 from segprep.formats import metadata as md
 from segprep import runlock, storage
+from segprep.formats import run_dir
 from segprep import cli
 from segprep.cli import Parser, UsageError, examples
 from trainer.lazy import Lazy, keras, tf
@@ -201,21 +202,21 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, replicas: int = 1):
 REPEAT_THRESHOLD = 0.1  # classes in fewer than this share of the training crops get a repeat factor above 1
 
 
-def repeat_factors(split: dict, threshold: float = REPEAT_THRESHOLD) -> list[float]:
+def repeat_factors(records: int, class_crops, threshold: float = REPEAT_THRESHOLD) -> list[float]:
     """LVIS's repeat factors from a split's per-class crop counts: r_c = max(1, sqrt(threshold / f_c)), f_c the
-    share of crops holding class c; 1 for classes no crop holds. Raises DataError for shards written before
-    metadata.json counted them."""
-    if "class_crops" not in split:
+    share of the `records` crops holding class c; 1 for classes no crop holds. Raises DataError for shards written
+    before metadata.json counted them (`class_crops` None)."""
+    if class_crops is None:
         raise DataError("--class_weights repeat_factor needs the per-class crop counts (class_crops) that "
                         "prepare writes to metadata.json since it records class presence; rerun prepare")
-    records = max(1, int(split["records"]))
-    return [max(1.0, math.sqrt(threshold / (c / records))) if c else 1.0 for c in split["class_crops"]]
+    records = max(1, int(records))
+    return [max(1.0, math.sqrt(threshold / (c / records))) if c else 1.0 for c in class_crops]
 
 
-def median_frequency(split: dict) -> list[float]:
+def median_frequency(class_pixels) -> list[float]:
     """SegNet's median-frequency balancing from a split's pixel counts: weight_c = median(freq) / freq_c over the
     classes that occur; classes that do not occur get 1 (they never reach the loss)."""
-    counts = [float(c) for c in split["class_pixels"]]
+    counts = [float(c) for c in class_pixels]
     total = sum(counts) or 1.0
     freqs = [c / total for c in counts if c > 0]
     if not freqs:
@@ -230,24 +231,26 @@ def mixed_precision_policy(placement: distribute.Placement) -> str:
     return "mixed_float16" if tf.config.list_logical_devices("GPU") and not placement.is_tpu else "mixed_bfloat16"
 
 
-def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, meta: dict | None = None,
+def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, meta: md.Metadata | None = None,
         verbose: int = 2, extra_callbacks: list | None = None,
         placement: distribute.Placement | None = None) -> loop.History:
     """Trains `model` (any functional model whose inputs/outputs the pipeline can fill, built under
     `placement.strategy.scope()`) and saves the run. `cfg.batch_size` is per replica."""
     placement = placement or distribute.make("auto")
     meta = meta or load_metadata(data_dir)
-    num_classes = int(meta["num_classes"])
+    num_classes = meta.num_classes
     channels = {n: t.shape[-1] for n, t in zip(model.output_names, model.outputs)}
     if any(c != num_classes for c in channels.values()):
         raise UsageError(f"The model's outputs have {channels} classes but {data_dir}/metadata.json has "
                          f"{num_classes}.")
     inputs, targets = data.strides_of(model)
-    window, train_model = train_crops(model, cfg.train_crop_size, int(meta["crop_size"]))
+    window, train_model = train_crops(model, cfg.train_crop_size, meta.crop_size)
     global_batch = cfg.batch_size * placement.replicas
     steps = data.steps(meta, cfg.train_split, global_batch)
     val_steps = data.steps(meta, cfg.val_split, global_batch)
-    factors = repeat_factors(md.split(meta, cfg.train_split)) if cfg.class_weights == "repeat_factor" else None
+    train_split = meta.split(cfg.train_split)
+    factors = (repeat_factors(train_split.records, train_split.class_crops) if cfg.class_weights == "repeat_factor"
+               else None)
 
     def dataset(split: str, training: bool, start_epoch: int = 0):
         ds = data.make_dataset(data_dir, split, global_batch, training=training, inputs=inputs, targets=targets,
@@ -259,7 +262,7 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
         # the batches are those of one device whatever the number of workers (the epochs' file order is drawn
         # inside the pipeline, where FILE sharding cannot reach).
         options.experimental_distribute.auto_shard_policy = (
-            distribute.shard_policy(0 if training else len(md.split(meta, split)["shards"]), placement.workers))
+            distribute.shard_policy(0 if training else len(meta.split(split).shards), placement.workers))
         return ds.with_options(options)
 
     datasets = (lambda start_epoch: dataset(cfg.train_split, True, start_epoch), dataset(cfg.val_split, False))
@@ -272,9 +275,8 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
                 if cfg.warmup_epochs else None)
     files.makedirs(model_dir)
     if placement.is_chief:  # this folder is a segprep run: only then may --overwrite and the run delete in it
-        files.write_text(f"{model_dir}/{RUN_MARKER}", json.dumps({"written_by": "segprep trainer.train",
-                                                                 "started": time.time()}) + "\n")
-    class_weights = median_frequency(md.split(meta, cfg.train_split)) if cfg.class_weights == "median_frequency" \
+        files.write_text(f"{model_dir}/{run_dir.MARKER}", run_dir.marker_text())
+    class_weights = median_frequency(train_split.class_pixels or ()) if cfg.class_weights == "median_frequency" \
         else None
     runner = loop.Loop(loop.Steps(model, optimizer, weights, num_classes, placement, class_weights,
                                   cfg.hard_pixels, train_model), placement,
@@ -283,21 +285,18 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
                        epoch_begin=_freezer(model, cfg.freeze_backbone_epochs))
     try:
         history = _run(runner, datasets, cfg, steps, val_steps, meta, data_dir)
-        path = placement.write_dir(model_dir, "model.keras")
+        path = placement.write_dir(model_dir, run_dir.MODEL)
         save_inference_model(model, path)
         placement.cleanup(path)
         if placement.is_chief and len(model.inputs) == 1:  # a model of several inputs has no one image to serve
-            export_serving(model, f"{model_dir}/serving")
+            export_serving(model, f"{model_dir}/{run_dir.SERVING}")
         if placement.is_chief:
-            info = {"model": model.name, "class_names": meta["class_names"], "class_colors": meta["class_colors"],
-                    "ignore_colors": meta.get("ignore_colors", []), "num_classes": num_classes,
-                    "crop_size": meta["crop_size"], "normalization": normalization_json(model, cfg, meta),
-                    "rgb_mean": meta["rgb_mean"], "rgb_std": meta["rgb_std"], "data_dir": data_dir,
-                    # how prepare made 8-bit RGB of the source images: predict reads new images the same way
-                    "bands": meta.get("flags", {}).get("bands"),
-                    "image_range": meta.get("flags", {}).get("image_range"),
-                    "config": dataclasses.asdict(cfg), "strategy": placement.describe()}
-            files.write_text(f"{model_dir}/segprep.json", json.dumps(info, indent=1, default=str))
+            info = run_dir.RunInfo(palette=meta.palette, crop_size=meta.crop_size, model=model.name,
+                                   rgb_mean=meta.rgb_mean, rgb_std=meta.rgb_std, data_dir=data_dir,
+                                   bands=meta.bands, image_range=meta.image_range,  # predict reads images alike
+                                   config=dataclasses.asdict(cfg), strategy=placement.describe(),
+                                   **normalization_info(model, cfg, meta))
+            files.write_text(f"{model_dir}/{run_dir.INFO}", run_dir.dumps(info))
         runner.finish()
     finally:
         placement.remove_temp(model_dir)
@@ -348,20 +347,21 @@ def _freezer(model: keras.Model, epochs: int):
     return at
 
 
-def normalization_json(model: keras.Model, cfg: TrainConfig, meta: dict) -> dict:
-    """segprep.json's "normalization": what the model (or the pipeline) does to raw RGB, for predict and evaluate
-    and for the user. A backbone model applies its backbone's own preprocessing, named under "preprocessing" with
-    the per-channel mean and std it equals."""
+def normalization_info(model: keras.Model, cfg: TrainConfig, meta: md.Metadata) -> dict:
+    """segprep.json's normalisation (RunInfo's normalize_* fields): what the model (or the pipeline) does to raw
+    RGB, for predict and evaluate and for the user. A backbone model applies its backbone's own preprocessing,
+    described, with the per-channel mean and std it equals."""
     from trainer import backbones
 
     for name, spec in backbones.SPECS.items():
         if model.name == f"segprep_deeplabv3plus_{name}":
-            return {"stats": f"backbone {name}", "in_model": True, "mean": list(spec.mean), "std": list(spec.std),
+            return {"normalize_stats": f"backbone {name}", "normalize_in_model": True,
+                    "normalize_mean": tuple(spec.mean), "normalize_std": tuple(spec.std),
                     "preprocessing": spec.preprocessing}
-    return cfg.normalization.to_json(meta)
+    return cfg.normalization.run_info(meta)
 
 
-def _run(runner: loop.Loop, datasets, cfg: TrainConfig, steps: int, val_steps: int, meta: dict, data_dir: str):
+def _run(runner: loop.Loop, datasets, cfg: TrainConfig, steps: int, val_steps: int, meta: md.Metadata, data_dir: str):
     """The loop, with a corrupt shard named (TF's own error names an offset, not the file), and an op without a
     deterministic kernel pointed at --no_op_determinism."""
     try:
@@ -525,14 +525,14 @@ def run(argv: list[str] | None = None) -> loop.History:
         scale = (lo, hi)
     try:
         meta = load_metadata(args.data_dir)
-        args.train_split = args.train_split or md.training_split(meta)
-        args.val_split = args.val_split or md.validation_split(meta)
-        md.split(meta, args.train_split)
-        md.split(meta, args.val_split)
+        args.train_split = args.train_split or meta.training_split()
+        args.val_split = args.val_split or meta.validation_split()
+        meta.split(args.train_split)
+        meta.split(args.val_split)
     except (DataError, md.MetadataError) as e:
         raise UsageError(str(e)) from None
     _loss_weights(args.loss_weights, list(ARCH_OUTPUTS[args.arch]))  # checked before TensorFlow is imported
-    crop = int(meta["crop_size"])
+    crop = meta.crop_size
     if args.train_crop_size not in (None, crop):
         fixed = "deeplabv3plus" if args.arch == "deeplabv3plus" and args.train_crop_size < crop else None
         if fixed or args.train_crop_size > crop or args.train_crop_size % 8:
@@ -554,13 +554,13 @@ def run(argv: list[str] | None = None) -> loop.History:
 
 
 def check_finished(model_dir: str, overwrite: bool) -> None:
-    finished = exists(f"{model_dir}/model.keras") and not exists(f"{model_dir}/backup")
+    finished = exists(f"{model_dir}/{run_dir.MODEL}") and not exists(f"{model_dir}/{run_dir.BACKUP}")
     if finished and not overwrite:
         raise UsageError(f"--model_dir {model_dir} holds a finished run (model.keras); pass --overwrite to train "
                          "it again, or choose another --model_dir.")
 
 
-def _train_with_policy(args, meta: dict, model_dir: str, placement, scale) -> loop.History:
+def _train_with_policy(args, meta: md.Metadata, model_dir: str, placement, scale) -> loop.History:
     policy = mixed_precision_policy(placement) if args.mixed_precision else "float32"
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
@@ -588,7 +588,7 @@ def op_determinism(on: bool):
             tf_config.disable_op_determinism()
 
 
-def _train(args, meta: dict, model_dir: str, placement: distribute.Placement, policy: str, scale) -> loop.History:
+def _train(args, meta: md.Metadata, model_dir: str, placement: distribute.Placement, policy: str, scale) -> loop.History:
     keras.utils.set_random_seed(args.seed)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
                       warmup_steps=args.warmup_steps, seed=args.seed,
@@ -599,7 +599,7 @@ def _train(args, meta: dict, model_dir: str, placement: distribute.Placement, po
                       freeze_backbone_epochs=args.freeze_backbone_epochs or 0,
                       train_crop_size=args.train_crop_size)
     with placement.strategy.scope():
-        model = model_lib.build_model(int(meta["num_classes"]), int(meta["crop_size"]), args.width, args.arch,
+        model = model_lib.build_model(meta.num_classes, meta.crop_size, args.width, args.arch,
                                       *cfg.normalization.mean_std(meta), backbone=args.backbone,
                                       backbone_weights=args.backbone_weights)
     cfg = dataclasses.replace(cfg, loss_weights=_loss_weights(args.loss_weights, list(model.output_names)))
@@ -607,8 +607,8 @@ def _train(args, meta: dict, model_dir: str, placement: distribute.Placement, po
     print(f"train: {placement.describe()}{precision}; global batch {args.batch_size * placement.replicas} "
           f"({args.batch_size} per replica), peak lr {args.lr * placement.replicas:g}; {model.name}, "
           f"{model.count_params():,} parameters{_backbone_text(args)}, outputs {', '.join(model.output_names)}; "
-          f"{md.split(meta, cfg.train_split)['records']} {cfg.train_split} / "
-          f"{md.split(meta, cfg.val_split)['records']} {cfg.val_split} crops{_window_text(args, meta)} → "
+          f"{meta.split(cfg.train_split).records} {cfg.train_split} / "
+          f"{meta.split(cfg.val_split).records} {cfg.val_split} crops{_window_text(args, meta)} → "
           f"{model_dir}",
           flush=True)
     started = time.time()
@@ -620,9 +620,9 @@ def _train(args, meta: dict, model_dir: str, placement: distribute.Placement, po
     return history
 
 
-def _window_text(args, meta: dict) -> str:
+def _window_text(args, meta: md.Metadata) -> str:
     window = args.train_crop_size
-    return "" if window in (None, int(meta["crop_size"])) else f", trained as {window}×{window} windows"
+    return "" if window in (None, meta.crop_size) else f", trained as {window}×{window} windows"
 
 
 def _backbone_text(args) -> str:
@@ -632,15 +632,10 @@ def _backbone_text(args) -> str:
     return f" ({args.backbone} backbone, {args.backbone_weights} weights{frozen})"
 
 
-RUN_FILES = ("model.keras", "best.keras", "log.csv", "segprep.json")
-RUN_DIRS = ("tensorboard", "backup", "serving")
-RUN_MARKER = ".segprep-run"  # written when a run starts; a folder without it (or a run's files) is not ours
-
-
 def is_run_dir(model_dir: str) -> bool:
     """True for a folder a segprep run wrote: its marker, or (runs older than the marker) segprep.json or a
     backup's state.json."""
-    return any(exists(f"{model_dir}/{name}") for name in (RUN_MARKER, "segprep.json", "backup/state.json"))
+    return any(exists(f"{model_dir}/{name}") for name in (run_dir.MARKER, run_dir.INFO, run_dir.STATE))
 
 
 def check_run_dir(model_dir: str) -> None:
@@ -665,7 +660,7 @@ def check_run_dir(model_dir: str) -> None:
 
 def _run_file(name: str) -> bool:
     """Whether a run (or `evaluate`) writes `name` in its run dir: what --overwrite deletes."""
-    return name in RUN_DIRS or name in RUN_FILES or (name.startswith("eval-") and name.endswith(".json"))
+    return name in run_dir.FOLDERS or name in run_dir.FILES or run_dir.is_eval_file(name)
 
 
 def clear_run(model_dir: str) -> None:
@@ -676,7 +671,7 @@ def clear_run(model_dir: str) -> None:
     check_run_dir(model_dir)
     for name in files.listdir(model_dir):
         path = f"{model_dir}/{name}"
-        if name in RUN_DIRS:
+        if name in run_dir.FOLDERS:
             files.rmtree(path)
         elif _run_file(name):
             files.remove([path])

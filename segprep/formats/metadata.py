@@ -227,8 +227,9 @@ _SPLIT = {
 }
 
 
-def parse(text: str | bytes, where: str = "metadata.json") -> dict:
-    """metadata.json's text → its dict, every key a reader uses checked (`MetadataError` naming the key)."""
+def parse(text: str | bytes, where: str = "metadata.json") -> Metadata:
+    """metadata.json's text → the `Metadata` view, every key a reader uses checked first (`MetadataError` naming
+    the key)."""
     try:
         meta = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -238,7 +239,7 @@ def parse(text: str | bytes, where: str = "metadata.json") -> dict:
         raise MetadataError(f"{where} has schema_version {version!r}; this segprep reads version {SCHEMA_VERSION}. "
                             "Re-run `python -m pipelines.prepare --overwrite` with this version.")
     check(meta, where)
-    return meta
+    return Metadata.from_json(meta, where)
 
 
 def check(meta: dict, where: str = "metadata.json") -> None:
@@ -263,48 +264,150 @@ def check(meta: dict, where: str = "metadata.json") -> None:
         raise MetadataError(f"{where}: {problems[0]}: {_REMEDY}")
 
 
-def palette(meta: dict) -> Palette:
-    return Palette(names=tuple(meta["class_names"]), colors=tuple(tuple(c) for c in meta["class_colors"]),
-                   ignore_colors=tuple(tuple(c) for c in meta.get("ignore_colors", ())))
+@dataclasses.dataclass(frozen=True)
+class SplitInfo:
+    """What metadata.json says of one split (see `_split_entry` for what each count is)."""
+
+    name: str
+    records: int
+    shards: tuple[str, ...]
+    shard_records: tuple[int, ...]
+    random_crops: bool
+    images_listed: int
+    images_used: int
+    inputs_failed: int
+    errors_file: str | None
+    class_pixels: tuple[int, ...] | None  # None in runs older than the key
+    class_crops: tuple[int, ...] | None
+    ignore_pixels: int
+    source_pixels: int
+    source_ignore_share: float
+    binary_masks: int
+    unknown_pixels_ignored: int
+    unknown_pixels_snapped: int
+    exif_applied: int
+    exif_as_stored: int
+    repeated_ids: int
+
+    @property
+    def crop_mode(self) -> str:
+        return "random" if self.random_crops else "tiles"
+
+    @classmethod
+    def from_json(cls, name: str, entry: dict, random_crops: bool) -> SplitInfo:
+        counts = {key: int(entry.get(key) or 0) for key in (
+            "images_listed", "images_used", "inputs_failed", "ignore_pixels", "source_pixels", "binary_masks",
+            "unknown_pixels_ignored", "unknown_pixels_snapped", "exif_applied", "exif_as_stored", "repeated_ids")}
+        pixels, crops = entry.get("class_pixels"), entry.get("class_crops")
+        return cls(name=name, records=entry["records"], shards=tuple(entry["shards"]),
+                   shard_records=tuple(entry["shard_records"]), random_crops=random_crops,
+                   errors_file=entry.get("errors_file"),
+                   class_pixels=tuple(pixels) if pixels is not None else None,
+                   class_crops=tuple(crops) if crops is not None else None,
+                   source_ignore_share=float(entry.get("source_ignore_share") or 0.0), **counts)
 
 
-def split(meta: dict, name: str, where: str = "metadata.json") -> dict:
-    if name not in meta["splits"]:
-        raise MetadataError(f"{where} has no split {name!r}; it has: {', '.join(sorted(meta['splits'])) or 'none'}.")
-    return meta["splits"][name]
+@dataclasses.dataclass(frozen=True)
+class Metadata:
+    """A parsed, checked metadata.json: the one view every reader takes (`parse`)."""
+
+    where: str  # the file, for messages
+    palette: Palette
+    crop_size: int
+    image_format: str
+    compressed: bool
+    seed: int
+    rgb_mean: tuple[float, float, float]
+    rgb_std: tuple[float, float, float]
+    splits: dict[str, SplitInfo]
+    flags: dict  # every flag of the prepare run
+
+    @property
+    def num_classes(self) -> int:
+        return self.palette.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.palette.names)
+
+    @property
+    def compression_type(self) -> str | None:
+        """TFRecordDataset's compression_type for the run's shards: "GZIP" or None."""
+        return "GZIP" if self.compressed else None
+
+    @property
+    def bands(self) -> tuple[int, ...] | None:
+        """prepare's --bands (how images became RGB): predict reads new images the same way."""
+        return tuple(self.flags["bands"]) if self.flags.get("bands") else None
+
+    @property
+    def image_range(self) -> tuple[float, float] | None:
+        """prepare's --image_range: predict reads new images the same way."""
+        return tuple(self.flags["image_range"]) if self.flags.get("image_range") else None
+
+    def split(self, name: str) -> SplitInfo:
+        if name not in self.splits:
+            raise MetadataError(f"{self.where} has no split {name!r}; it has: "
+                                f"{', '.join(sorted(self.splits)) or 'none'}.")
+        return self.splits[name]
+
+    def training_split(self) -> str:
+        """The split to train on: "train" when there is one, else the one random-crop split (ADE20K's "training",
+        LoveDA's "Train")."""
+        if "train" in self.splits:
+            return "train"
+        random = [name for name, s in self.splits.items() if s.random_crops]
+        if len(random) == 1:
+            return random[0]
+        raise MetadataError(f"{self.where}: which split to train on? It has {', '.join(self.splits) or 'none'}; "
+                            "pass --train_split NAME.")
+
+    def validation_split(self) -> str:
+        """The split to validate on: "val" or "validation" when there is one, else the one split that is not a
+        random-crop split (LoveDA's "Val")."""
+        for name in ("val", "validation"):
+            if name in self.splits:
+                return name
+        tiles = [name for name, s in self.splits.items() if not s.random_crops]
+        if len(tiles) == 1:
+            return tiles[0]
+        raise MetadataError(f"{self.where}: which split to validate on? It has {', '.join(self.splits) or 'none'}; "
+                            "pass --val_split NAME (prepare --val_fraction holds one out of a tree without splits).")
+
+    def shard_paths(self, data_dir: str, name: str) -> list[str]:
+        """The split's shard files, by the names the run recorded (never a glob, which would also match stale
+        shards of an earlier run)."""
+        return [layout.join(data_dir, shard) for shard in self.split(name).shards]
+
+    @classmethod
+    def from_json(cls, meta: dict, where: str) -> Metadata:
+        palette = Palette(names=tuple(meta["class_names"]), colors=tuple(tuple(c) for c in meta["class_colors"]),
+                          ignore_colors=tuple(tuple(c) for c in meta.get("ignore_colors", ())), draw_only=True)
+        random = set(meta.get("random_crop_splits", []))
+        return cls(where=where, palette=palette, crop_size=meta["crop_size"],
+                   image_format=meta.get("image_format", "jpeg"), compressed=meta.get("compression") == "gzip",
+                   seed=int(meta.get("seed", 0)), rgb_mean=tuple(meta["rgb_mean"]), rgb_std=tuple(meta["rgb_std"]),
+                   splits={name: SplitInfo.from_json(name, entry, name in random)
+                           for name, entry in meta["splits"].items()},
+                   flags=dict(meta.get("flags") or {}))
 
 
-def training_split(meta: dict, where: str = "metadata.json") -> str:
-    """The split to train on: "train" when there is one, else the one random-crop split (ADE20K's "training",
-    LoveDA's "Train")."""
-    if "train" in meta["splits"]:
-        return "train"
-    random = [s for s in meta.get("random_crop_splits", []) if s in meta["splits"]]
-    if len(random) == 1:
-        return random[0]
-    raise MetadataError(f"{where}: which split to train on? It has {', '.join(meta['splits']) or 'none'}; pass "
-                        "--train_split NAME.")
-
-
-def validation_split(meta: dict, where: str = "metadata.json") -> str:
-    """The split to validate on: "val" or "validation" when there is one, else the one split that is not a
-    random-crop split (LoveDA's "Val")."""
-    for name in ("val", "validation"):
-        if name in meta["splits"]:
-            return name
-    tiles = [s for s in meta["splits"] if s not in meta.get("random_crop_splits", [])]
-    if len(tiles) == 1:
-        return tiles[0]
-    raise MetadataError(f"{where}: which split to validate on? It has {', '.join(meta['splits']) or 'none'}; pass "
-                        "--val_split NAME (prepare --val_fraction holds one out of a tree without splits).")
-
-
-def shard_paths(meta: dict, data_dir: str, name: str) -> list[str]:
-    """The split's shard files, by the names the run recorded (never a glob, which would also match stale
-    shards of an earlier run)."""
-    return [layout.join(data_dir, shard) for shard in split(meta, name)["shards"]]
-
-
-def compression_type(meta: dict) -> str | None:
-    """TFRecordDataset's compression_type for the run's shards: "GZIP" or None."""
-    return "GZIP" if meta.get("compression") == "gzip" else None
+def recorded_files(data: bytes) -> list[str] | None:
+    """The file names (relative to OUT) that a metadata.json records as its run's: itself, its shards and its errors
+    files; None when the file is not a segprep metadata.json. Lenient on purpose: any schema version, so that
+    `prepare --overwrite` knows an old run's files as segprep's too."""
+    try:
+        meta = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(meta, dict) or "schema_version" not in meta or not isinstance(meta.get("splits"), dict):
+        return None
+    names = [METADATA]
+    for split, entry in meta["splits"].items():
+        if not isinstance(entry, dict):
+            continue
+        shards = entry.get("shards") if isinstance(entry.get("shards"), list) else []
+        names += [n for n in shards if isinstance(n, str) and "/" not in n and is_shard(n)]
+        if entry.get("errors_file") == errors_path("", str(split)).lstrip("/"):
+            names.append(entry["errors_file"])
+    return names

@@ -124,14 +124,13 @@ def from_records(out: str, split: str | None, count: int, seed: int):
         raise UsageError(f"{out} holds no metadata.json: pass prepare's --output_dir or a VOC root.") from None
     except md.MetadataError as e:
         raise UsageError(str(e)) from None
-    split = split or next((s for s in meta.get("random_crop_splits", []) if s in meta["splits"]),
-                          next(iter(meta["splits"])))
+    split = split or next((name for name, s in meta.splits.items() if s.random_crops), next(iter(meta.splits)))
     try:
-        entry = md.split(meta, split)
+        entry = meta.split(split)
     except md.MetadataError as e:
         raise UsageError(str(e)) from None
     rng = np.random.default_rng(seed)
-    shards = [layout.join(out, n) for n, k in zip(entry["shards"], entry["shard_records"]) if k]
+    shards = [layout.join(out, n) for n, k in zip(entry.shards, entry.shard_records) if k]
     rng.shuffle(shards)
     pool, budget = [], max(400, 20 * count)  # a seeded reservoir over the first `budget` records read
     seen = 0
@@ -155,11 +154,11 @@ def from_records(out: str, split: str | None, count: int, seed: int):
         samples.append(Sample(codec.decode_image(f[records.IMAGE_ENCODED][1][0]),
                               codec.decode_mask(f[records.MASK_ENCODED][1][0])[0],
                               f"{f[records.IMAGE_SOURCE_ID][1][0].decode()} @ y={y}, x={x}"))
-    palette = md.palette(meta)
+    palette = meta.palette
     counts = np.zeros(256, np.int64)
-    counts[:palette.num_classes] = entry["class_pixels"]
-    counts[IGNORE_LABEL] = entry.get("ignore_pixels", 0)
-    title = (f"{out}  split {split}: {entry['records']:,} crops of {meta['crop_size']} px; {len(samples)} at random "
+    counts[:palette.num_classes] = entry.class_pixels or 0
+    counts[IGNORE_LABEL] = entry.ignore_pixels
+    title = (f"{out}  split {split}: {entry.records:,} crops of {meta.crop_size} px; {len(samples)} at random "
              f"(seed {seed})")
     return samples, palette, title, _class_pixels(palette, counts)
 
