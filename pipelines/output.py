@@ -23,7 +23,7 @@ from segprep import layout, runlock, storage
 from segprep.formats import metadata
 from segprep.formats.metadata import ERRORS_DIR, METADATA, Stats, errors_path, metadata_path
 from segprep.formats.shards import TEMP_JOURNAL, TEMP_MARKER, TEMP_PREFIX, is_shard, shard_name
-from segprep.palette import Palette
+from segprep.convert import ConvertConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,11 +35,8 @@ class RunSpec:
     splits: tuple[str, ...]
     random_splits: tuple[str, ...]
     listed: dict  # split → number of IDs listed
-    palette: Palette
-    crop_size: int
-    image_format: str
+    config: ConvertConfig  # the crops': palette, size, image format, seed
     compressed: bool
-    seed: int
     num_shards: int  # per split; 0 = automatic (then each split's count is in its shards' names)
     flags: dict
     started: float
@@ -288,8 +285,9 @@ def finalize(run: RunSpec, shards: list, stats: list, errors: list) -> dict:
                                           images_listed=run.listed.get(split, 0), inputs_failed=failed[split],
                                           repeated_ids=len(run.repeated.get(split, ())))
               for split in run.splits}
-    meta = metadata.build(palette=run.palette, crop_size=run.crop_size, image_format=run.image_format,
-                          compressed=run.compressed, seed=run.seed, splits=splits, flags=run.flags,
+    config = run.config
+    meta = metadata.build(palette=config.palette, crop_size=config.crop_size, image_format=config.image_format,
+                          compressed=run.compressed, seed=config.seed, splits=splits, flags=run.flags,
                           seconds=time.time() - run.started)
     _write_text(metadata_path(run.output_dir), metadata.dumps(meta))
     remove_temp_dir(run)  # after metadata.json: a run killed before it still has its journal

@@ -199,8 +199,7 @@ def local_runner(options) -> bool:
     return any(name in runner for name in ("Direct", "FnApi", "Prism"))
 
 
-def build(p, args: argparse.Namespace, config: ConvertConfig, run: output.RunSpec, listing: pairs.Listing,
-          spill_dir: str | None = None, manifest: str | None = None):
+def build(p, run: output.RunSpec, listing: pairs.Listing, spill_dir: str | None = None, manifest: str | None = None):
     """Adds the prepare stages to the Beam pipeline `p`; → a PCollection holding the final metadata dict. The
     pairs come from the split lists, read inside the pipeline, or from the `manifest` file the driver wrote from
     its listing: the submitted job graph stays small for any dataset. With `spill_dir`, crops reach their shards
@@ -212,11 +211,11 @@ def build(p, args: argparse.Namespace, config: ConvertConfig, run: output.RunSpe
                                       Finalize, MergeStats, ReadManifest, ReadPairs, ReadSplitLists, SpreadCrops,
                                       WriteShards)
 
-    root = listing.root
+    root, config = listing.root, run.config
     if listing.lists is not None:
         listed = (p
                   | "SplitLists" >> beam.Create(list(listing.lists.items()))
-                  | "ReadIds" >> ReadSplitLists(listing.images, listing.masks, args.limit, listing.shared))  # Pair
+                  | "ReadIds" >> ReadSplitLists(listing.images, listing.masks, listing.limit, listing.shared))  # Pair
     else:
         listed = p | "Manifest" >> beam.Create([manifest]) | "ReadManifest" >> ReadManifest()  # Pair
     listed = listed | "Distribute" >> beam.Reshuffle()  # so reading and decoding fan out over workers
@@ -230,14 +229,14 @@ def build(p, args: argparse.Namespace, config: ConvertConfig, run: output.RunSpe
     if spill_dir:
         # Each producer spills its own crops (a Flatten before the spill would hold them all in memory on the
         # local runners); only the small spill-file references are joined.
-        refs = [crops | f"Spill{name}" >> spill.SpillCrops(spill_dir, args.seed)  # (split, SpillRef) per file
+        refs = [crops | f"Spill{name}" >> spill.SpillCrops(spill_dir, config.seed)  # (split, SpillRef) per file
                 for name, crops in producers]
         shards = (refs | "AllSpills" >> beam.Flatten()
-                  | "PlanShards" >> spill.PlanShards(args.num_shards)  # ShardTask
+                  | "PlanShards" >> spill.PlanShards(run.num_shards)  # ShardTask
                   | "WriteShards" >> spill.WriteSpilled(run.temp_dir, run.compressed, tiled[FAILED]))
     else:
         shards = ([crops for _, crops in producers] | "AllCrops" >> beam.Flatten()
-                  | "SpreadCrops" >> SpreadCrops(args.seed, args.num_shards)  # ((split, shard, n), [(order, …)])
+                  | "SpreadCrops" >> SpreadCrops(config.seed, run.num_shards)  # ((split, shard, n), [(order, …)])
                   | "WriteShards" >> WriteShards(run.temp_dir, run.compressed, tiled[FAILED]))  # ShardResult
     stats = ((cut[STATS], tiled[STATS]) | "AllStats" >> beam.Flatten()
              | "MergeStats" >> beam.CombinePerKey(MergeStats()))  # (split, Stats)
@@ -327,8 +326,7 @@ class Job:
 
     args: argparse.Namespace
     options: object  # Beam's PipelineOptions
-    config: ConvertConfig
-    spec: output.RunSpec
+    spec: output.RunSpec  # with the crops' ConvertConfig
     spill: bool  # crops reach their shards through local spill files (else Beam's shuffle)
     listing: pairs.Listing
 
@@ -430,10 +428,10 @@ def plan(argv: list[str] | None = None) -> Job:
     run_spec = output.RunSpec(
         output_dir=out, temp_dir=layout.join(out, TEMP_PREFIX + uuid.uuid4().hex[:12]),
         splits=tuple(found), random_splits=tuple(random_splits), listed=listing.counts,
-        palette=palette, crop_size=args.crop_size, image_format=args.image_format, compressed=args.compress,
-        seed=args.seed, num_shards=args.num_shards, flags=flags, started=started, repeated=listing.repeated)
+        config=config, compressed=args.compress, num_shards=args.num_shards, flags=flags, started=started,
+        repeated=listing.repeated)
     spill_ = args.shuffle == "spill" or (args.shuffle == "auto" and local_runner(options))
-    return Job(args, options, config, run_spec, spill_, listing)
+    return Job(args, options, run_spec, spill_, listing)
 
 
 def pipeline(job: Job, spill_dir: str | None = None):
@@ -449,7 +447,7 @@ def pipeline(job: Job, spill_dir: str | None = None):
                 for pair in job.listing.pairs(split):
                     f.write((pair.to_json() + "\n").encode("utf-8"))
     p = beam.Pipeline(options=job.options)
-    build(p, job.args, job.config, job.spec, job.listing, spill_dir if job.spill else None, manifest)
+    build(p, job.spec, job.listing, spill_dir if job.spill else None, manifest)
     return p
 
 

@@ -161,9 +161,9 @@ def test_merge_stats_adds_exactly():
 
 def _run_spec(out, num_shards=3):
     return output.RunSpec(output_dir=str(out), temp_dir=f"{out}/{TEMP_PREFIX}test", splits=("train", "val"),
-                          random_splits=("train",), listed={"train": 2, "val": 1}, palette=VOC, crop_size=64,
-                          image_format="jpeg", compressed=False, seed=0, num_shards=num_shards, flags={},
-                          started=0.0)
+                          random_splits=("train",), listed={"train": 2, "val": 1},
+                          config=ConvertConfig(crop_size=64, palette=VOC), compressed=False, num_shards=num_shards,
+                          flags={}, started=0.0)
 
 
 def _write_temp_shards(run, layout_by_split):

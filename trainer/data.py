@@ -15,7 +15,7 @@ from segprep.formats.shards import shard_pattern
 from segprep import layout
 from segprep.formats import records
 from segprep.palette import IGNORE_LABEL
-from trainer import common
+from trainer import common, normalization
 from trainer.common import CROP_WEIGHT, Augment, DataError, load_metadata  # noqa: F401 - re-exported
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -211,8 +211,7 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
     if normalize is None:
         norm = lambda x: x  # noqa: E731
     else:
-        mean, std = (tf.constant(v, tf.float32) for v in normalize)
-        norm = lambda x: (tf.cast(x, tf.float32) - mean) / std  # noqa: E731
+        norm = lambda x: normalization.normalize(x, *normalize)  # noqa: E731
     compression = meta.compression_type
     factors = None if crop_weights is None else tf.constant(list(crop_weights) + [1.0] * (256 - len(crop_weights)),
                                                             tf.float32)

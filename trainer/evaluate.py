@@ -25,7 +25,7 @@ from trainer.common import DataError, load_metadata
 from trainer.lazy import Lazy, tf
 from trainer.predict import Predictor, read_run_info
 
-data = Lazy("trainer.data")
+data, loop = Lazy("trainer.data"), Lazy("trainer.loop")
 
 
 def confusion(model, ds, steps: int, num_classes: int, output: str = "main", progress: Progress | None = None):
@@ -35,11 +35,7 @@ def confusion(model, ds, steps: int, num_classes: int, output: str = "main", pro
     for inputs, targets in ds.take(steps):
         if progress:
             progress.update(1)
-        pred = np.argmax(model.predict_on_batch(inputs)[output], -1).ravel()
-        true = targets[output].numpy().ravel()
-        keep = true < num_classes
-        cm += np.bincount(true[keep].astype(np.int64) * num_classes + pred[keep],
-                          minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+        cm += loop.confusion(targets[output], model.predict_on_batch(inputs)[output], num_classes).numpy()
     return cm
 
 

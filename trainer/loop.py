@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from segprep.cli import UsageError
 from segprep.formats import run_dir
+from segprep.palette import IGNORE_LABEL
 from trainer import common
 from trainer.common import CROP_WEIGHT, files
 from trainer.distribute import Placement
@@ -116,7 +117,7 @@ class Steps:
         losses = {}
         for name in self.outputs:
             labels = tf.cast(y[name][..., 0], tf.int32)
-            valid = tf.not_equal(labels, 255)
+            valid = tf.not_equal(labels, IGNORE_LABEL)
             labels = tf.where(valid, labels, 0)
             per_pixel = cross_entropy(labels, tf.cast(out[name], tf.float32))
             if self.class_weights is not None:
@@ -134,14 +135,7 @@ class Steps:
         return losses
 
     def _confusion(self, y: dict, out: dict) -> dict:
-        cms = {}
-        for name in self.outputs:
-            labels = tf.reshape(tf.cast(y[name], tf.int32), [-1])
-            pred = tf.reshape(tf.argmax(out[name], -1, output_type=tf.int32), [-1])
-            keep = labels < self.num_classes
-            cms[name] = tf.math.confusion_matrix(tf.boolean_mask(labels, keep), tf.boolean_mask(pred, keep),
-                                                 self.num_classes, dtype=tf.int32)
-        return cms
+        return {name: confusion(y[name], out[name], self.num_classes) for name in self.outputs}
 
     def _logs(self, losses: dict, total) -> dict:
         logs = {"loss": total}
@@ -374,6 +368,17 @@ class Loop:
         if files.exists(self.backup):
             files.rmtree(self.backup)
         self.placement.cleanup(self.backup)
+
+
+def confusion(labels, logits, num_classes: int):
+    """(C, C) int32 confusion matrix (rows = truth) of a batch: `labels` class ids (any shape, 255 and any value
+    ≥ C not counted), `logits` the same shape plus a class axis. The one definition the training loop's metrics and
+    trainer.evaluate share."""
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    pred = tf.reshape(tf.argmax(logits, -1, output_type=tf.int32), [-1])
+    keep = labels < num_classes
+    return tf.math.confusion_matrix(tf.boolean_mask(labels, keep), tf.boolean_mask(pred, keep), num_classes,
+                                    dtype=tf.int32)
 
 
 def _write_csv(path: str, rows: list[dict]) -> None:

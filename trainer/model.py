@@ -29,7 +29,7 @@ from keras import layers
 from keras.src.models.functional import Functional  # nested models' class: not in the public API
 
 from trainer.common import ARCHS  # noqa: E402,F401 - re-exported
-from trainer.normalization import STD_FLOOR
+from trainer.normalization import floored
 
 
 # momentum 0.9: with 0.99 the statistics lag for hundreds of steps on small datasets. synchronized: replicas share
@@ -64,7 +64,7 @@ def build_model(num_classes: int, crop_size: int = 256, width: int = 32, arch: s
         raise ValueError(f"crop_size must be a multiple of 8 for this model. Received: {crop_size}")
     image = keras.Input((crop_size, crop_size, 3), name="image")
     if mean is not None and std is not None:
-        x = layers.Normalization(mean=list(mean), variance=[max(s, STD_FLOOR) ** 2 for s in std], name="normalize",
+        x = layers.Normalization(mean=list(mean), variance=[s ** 2 for s in floored(std)], name="normalize",
                                  dtype="float32")(image)
     else:
         x = layers.Rescaling(1 / 255, offset=-0.5, name="normalize", dtype="float32")(image)

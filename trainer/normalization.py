@@ -20,6 +20,21 @@ STATS = ("dataset", "simple")
 STD_FLOOR = 1e-3  # the smallest std a channel is divided by (a constant channel would divide by 0)
 
 
+def floored(std) -> list[float]:
+    """Per-channel std, each at least STD_FLOOR: what every normalisation divides by."""
+    return [max(float(s), STD_FLOOR) for s in std]
+
+
+def normalize(x, mean, std):
+    """(x - mean) / std in float32, per channel (0..255 scale), for NumPy arrays (predict) and TensorFlow tensors
+    (the input pipeline) alike; the model's own first layer computes the same (trainer/model.py)."""
+    if isinstance(x, np.ndarray):
+        return (x.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(floored(std), np.float32)
+    import tensorflow as tf
+
+    return (tf.cast(x, tf.float32) - tf.constant(mean, tf.float32)) / tf.constant(floored(std), tf.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class Normalization:
     stats: str = "dataset"
@@ -33,7 +48,7 @@ class Normalization:
         """Per-channel (mean, std) on the 0..255 scale; std is at least STD_FLOOR."""
         if self.stats == "simple":
             return [127.5] * 3, [255.0] * 3
-        return [float(m) for m in meta.rgb_mean], [max(float(s), STD_FLOOR) for s in meta.rgb_std]
+        return [float(m) for m in meta.rgb_mean], floored(meta.rgb_std)
 
     def for_pipeline(self, meta) -> tuple[list[float], list[float]] | None:
         """What the input pipeline applies: None when the model normalises itself."""

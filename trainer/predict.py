@@ -34,7 +34,7 @@ from segprep.progress import Progress
 from trainer import common, prediction_output
 from trainer import lazy
 from trainer.lazy import keras, tf
-from trainer.normalization import Normalization
+from trainer.normalization import Normalization, normalize
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
@@ -70,7 +70,7 @@ class Predictor:
         """(N, S, S, 3) uint8 → (N, S, S, C) float32 softmax of the chosen output; an output at lower resolution
         (aux, 1/8) has its logits resized bilinearly to the window first, as DeepLab upsamples its logits. Only
         the chosen output is computed (one traced graph), which saves the other heads' time and memory."""
-        x = windows if self.mean is None else (windows.astype(np.float32) - self.mean) / self.std
+        x = windows if self.mean is None else normalize(windows, self.mean, self.std)
         return self._probabilities(tf.convert_to_tensor(x, tf.float32)).numpy()
 
     def _probabilities_fn(self, x):
