@@ -186,9 +186,11 @@ def _clear_output(out: str, overwrite: bool, inv: output.Inventory) -> None:
                 kept = f"; left in place {len(left)} that no segprep run recorded: {shown}"
             print(f"prepare: --overwrite: deleted {deleted} files of earlier segprep runs in {out}{kept}",
                   file=sys.stderr)
-    elif inv.unfinished:
-        print(f"prepare: {out} holds {len(inv.unfinished)} temp files of an unfinished run; --overwrite removes "
-              "them", file=sys.stderr)
+    elif inv.unfinished or inv.temp_dirs:  # a run killed before its marker leaves an empty temp dir
+        folders = sorted({_rel(out, p).split("/", 1)[0] for p in inv.unfinished + inv.temp_dirs
+                          if _rel(out, p).startswith(TEMP_PREFIX)})
+        print(f"prepare: {out} holds the temp files of an unfinished run ({', '.join(folders)}: "
+              f"{len(inv.unfinished)} files); --overwrite removes them", file=sys.stderr)
 
 
 def local_runner(options) -> bool:
@@ -207,9 +209,10 @@ def build(p, run: output.RunSpec, listing: pairs.Listing, spill_dir: str | None 
     import apache_beam as beam
 
     from pipelines import spill
-    from pipelines.transforms import (ERRORS, FAILED, STATS, TILED, Counters, CutCrops, CutTiles, DecodePairs,
-                                      Finalize, MergeStats, ReadManifest, ReadPairs, ReadSplitLists, SpreadCrops,
-                                      WriteShards)
+    from pipelines.cutting import CutCrops, CutTiles
+    from pipelines.reading import DecodePairs, ReadManifest, ReadPairs, ReadSplitLists
+    from pipelines.shards import SpreadCrops, WriteShards
+    from pipelines.transforms import ERRORS, FAILED, STATS, TILED, Counters, Finalize, MergeStats
 
     root, config = listing.root, run.config
     if listing.lists is not None:
@@ -233,7 +236,7 @@ def build(p, run: output.RunSpec, listing: pairs.Listing, spill_dir: str | None 
                 for name, crops in producers]
         shards = (refs | "AllSpills" >> beam.Flatten()
                   | "PlanShards" >> spill.PlanShards(run.num_shards)  # ShardTask
-                  | "WriteShards" >> spill.WriteSpilled(run.temp_dir, run.compressed, tiled[FAILED]))
+                  | "WriteShards" >> WriteShards(run.temp_dir, run.compressed, tiled[FAILED], spill.spilled_records))
     else:
         shards = ([crops for _, crops in producers] | "AllCrops" >> beam.Flatten()
                   | "SpreadCrops" >> SpreadCrops(config.seed, run.num_shards)  # ((split, shard, n), [(order, …)])

@@ -29,8 +29,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines.transforms import counted, crop_hashes, shard_of
-from segprep.formats.shards import TARGET_SHARD_BYTES, auto_shard_count, write_shard
+from pipelines.shards import crop_hashes, shard_of
+from segprep.formats.shards import TARGET_SHARD_BYTES, auto_shard_count
 from segprep.tiles import image_key
 
 BUCKET_BITS = 6  # 64 buckets: a shard reads about 64 / num_shards files per bundle, each once
@@ -198,27 +198,7 @@ def read_shard(task: ShardTask, failed: frozenset[int] = frozenset()):
             f.close()
 
 
-class _WriteSpilledFn(beam.DoFn):
-    def __init__(self, temp_dir: str, compressed: bool):
-        self._temp_dir = temp_dir
-        self._compressed = compressed
-
-    def process(self, task: ShardTask, failed=()):
-        yield counted(write_shard(self._temp_dir, self._compressed, task.split, task.shard, task.num_shards,
-                                  read_shard(task, frozenset(failed))))
-
-
-class WriteSpilled(beam.PTransform):
-    """Writes each planned shard under the run's temp dir, its records in hash order; → ShardResult. Crops of the
-    images in `failed` (a PCollection of `tiles.image_key`s) are left out."""
-
-    def __init__(self, temp_dir: str, compressed: bool, failed=None):
-        super().__init__()
-        self._temp_dir = temp_dir
-        self._compressed = compressed
-        self._failed = failed
-
-    def expand(self, tasks):
-        """ShardTask → ShardResult."""
-        side = {"failed": beam.pvalue.AsList(self._failed)} if self._failed is not None else {}
-        return tasks | beam.ParDo(_WriteSpilledFn(self._temp_dir, self._compressed), **side)
+def spilled_records(task: ShardTask, failed: frozenset[int]):
+    """A planned shard → (split, shard, n, its records in order, read from the spill files): what
+    `pipelines.shards.WriteShards` writes on this path."""
+    return task.split, task.shard, task.num_shards, read_shard(task, failed)

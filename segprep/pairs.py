@@ -93,13 +93,6 @@ class Pattern:
     def has_split(self) -> bool:
         return "{split}" in self.text
 
-    @property
-    def wild(self) -> bool:
-        return "*" in self.text or "{id}" in self.text or "{split}" in self.text
-
-    def regex(self) -> re.Pattern:
-        return self._regex
-
     @functools.cached_property
     def _regex(self) -> re.Pattern:
         parts, star = [], 0
@@ -149,11 +142,6 @@ class Pattern:
 def _segment_regex(segment: str) -> re.Pattern:
     return re.compile("".join("[^/]*" if tok == "*" else re.escape(tok) for tok in re.split(r"(\*)", segment))
                       + r"\Z")
-
-
-def list_files(root: str, pattern: Pattern) -> list[str]:
-    """The files under `root` that `pattern` matches, as sorted paths relative to `root`."""
-    return [rel for rel, _ in list_matches(root, pattern)]
 
 
 def list_matches(root: str, pattern: Pattern) -> list[tuple[str, Match]]:

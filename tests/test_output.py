@@ -229,3 +229,16 @@ def test_a_read_only_output_dir_is_one_line(voc_tree, tmp_path):
         assert err[0].startswith("prepare: error: --output_dir: cannot ") and "Read-only file system" in err[0]
         assert "choose a folder you can write" in err[0]
     assert os.listdir(out) == []
+
+
+def test_a_run_killed_before_its_marker_leaves_an_empty_temp_dir_that_is_named_and_removed(voc_tree, tmp_path, capsys):
+    """Killed between making its temp dir and writing the marker in it (the kill the SIGKILL test in test_spill.py
+    can land on): the folder holds nothing to lose, so it counts as segprep's."""
+    out = tmp_path / "out"
+    (out / (TEMP_PREFIX + "killed")).mkdir(parents=True)
+    assert run(voc_tree.root, out) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"prepare: {out} holds the temp files of an unfinished run ({TEMP_PREFIX}killed: 0 files); "
+                   "--overwrite removes them"]
+    assert run(voc_tree.root, out, "--overwrite") == 0
+    assert not [n for n in os.listdir(out) if n.startswith(TEMP_PREFIX)]

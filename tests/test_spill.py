@@ -13,7 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import read_records, shard_files
 from pipelines import prepare, spill
-from pipelines.transforms import crop_hashes, shard_of
+from pipelines.shards import WriteShards, crop_hashes, shard_of
 from segprep import layout
 from segprep.formats.shards import TEMP_MARKER, TEMP_PREFIX, is_shard
 
@@ -80,7 +80,7 @@ def test_spill_stages_under_test_pipeline_write_every_crop_once(tmp_path):
                    | beam.Create(crops)
                    | spill.SpillCrops(str(spill_dir), seed=3)
                    | spill.PlanShards(num_shards=5)
-                   | spill.WriteSpilled(str(temp), compressed=False))
+                   | WriteShards(str(temp), compressed=False, records_of=spill.spilled_records))
         assert_that(results | beam.Filter(lambda r: r.records > 0) | beam.Map(lambda r: (r.split, r.shard, r.num_shards)),
                     equal_to(sorted({(split, shard_of(crop_hashes(3, split, image_id, k)[0], 5), 5)
                                      for split, (image_id, k, _) in crops})))
@@ -219,7 +219,8 @@ def test_a_sigkilled_prepare_leaves_no_shard_and_a_rerun_writes_the_bytes_of_a_c
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     err = again.stderr.strip().splitlines()
     assert again.returncode == 0 and len(err) == 1, again.stderr
-    assert "temp files of an unfinished run; --overwrite removes them" in err[0]
+    assert "holds the temp files of an unfinished run (.segprep-tmp-" in err[0]
+    assert err[0].endswith("files); --overwrite removes them")
     for flag in ([], ["--overwrite"]):
         if flag:
             assert run(voc_tree.root, out, *flags, *flag) == 0

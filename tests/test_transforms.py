@@ -13,8 +13,11 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import mask_colors
 from pipelines import output
-from pipelines.transforms import (ERRORS, STATS, CutCrops, DecodedPair, DecodePairs, Finalize, MergeStats, PairBytes,
-                                  ReadPairs, ShardResult, SpreadCrops, WriteShards, auto_shard_count)
+from pipelines.cutting import CutCrops
+from pipelines.reading import DecodedPair, DecodePairs, PairBytes, ReadPairs
+from pipelines.shards import SpreadCrops, WriteShards
+from pipelines.transforms import ERRORS, STATS, Finalize, MergeStats
+from segprep.formats.shards import ShardResult, auto_shard_count
 from segprep import codec, layout
 from segprep.formats.shards import TEMP_PREFIX, is_shard, shard_name
 from segprep.convert import ConvertConfig

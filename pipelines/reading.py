@@ -1,0 +1,242 @@
+"""The prepare pipeline's reading stages: split lists and listings → pairs of file bytes → decoded, checked pairs.
+
+    Pair (split, id, image path, mask path)
+      → ReadPairs      → PairBytes                       + ErrorRecord on "errors", + TiledPair on "tiled"
+      → DecodePairs    → DecodedPair                     + ErrorRecord on "errors"
+
+DoFns are thin wrappers around `segprep` (convert.decode_pair, tiles.open_source); the stage map of the whole
+pipeline is in pipelines/transforms.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import traceback
+
+import apache_beam as beam
+import numpy as np
+
+from pipelines.transforms import ERRORS, TILED, Counters
+from segprep import codec, layout, pairs as pairs_, storage, tiles
+from segprep.convert import ConvertConfig, InputError, check_sizes, decode_pair
+from segprep.formats.metadata import ErrorRecord, Stats
+
+
+@dataclasses.dataclass(frozen=True)
+class PairBytes:
+    split: str
+    image_id: str
+    image: bytes
+    mask: bytes
+    files: tuple[str, ...] = ()  # (image path, mask path), for error records
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedPair:
+    """An image (BGR: OpenCV's order, from decoder to encoder) and its class map, decoded and checked, with the
+    source statistics."""
+
+    split: str
+    image_id: str
+    image: np.ndarray
+    classes: np.ndarray
+    stats: Stats
+
+
+class _LargeElementCoder(beam.coders.Coder):
+    """Pickles, for the rare case such an element crosses a stage boundary (they fuse with the stage that makes
+    them), and estimates size from the arrays' and bytes' lengths. Beam samples element sizes for its counters by
+    encoding them with the PCollection's coder: with the default coder that pickles a decoded 10,000² tile
+    (400 MB) just to measure it, which costs time and memory."""
+
+    def encode(self, value):
+        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+
+    def decode(self, encoded):
+        return pickle.loads(encoded)
+
+    def is_deterministic(self):
+        return False
+
+    def estimate_size(self, value):
+        if isinstance(value, PairBytes):
+            return len(value.image) + len(value.mask) + 64
+        return value.image.nbytes + value.classes.nbytes + 2200
+
+
+beam.coders.registry.register_coder(PairBytes, _LargeElementCoder)
+
+
+beam.coders.registry.register_coder(DecodedPair, _LargeElementCoder)
+
+
+class ReadSplitLists(beam.PTransform):
+    """Reads the ids of each split list inside the pipeline (the job graph carries only the lists' paths), the
+    first `limit` of each when given, and makes their pairs with the layout's patterns."""
+
+    def __init__(self, images: pairs_.Pattern, masks: pairs_.Pattern, limit: int | None = None,
+                 shared: dict[str, dict[str, str]] | None = None):
+        super().__init__()
+        self._images, self._masks, self._limit, self._shared = images, masks, limit, shared or {}
+
+    def expand(self, lists):
+        """(split, list path) → Pair (an error Pair for an id an earlier split lists too: `shared`)."""
+        images, masks, limit, shared = self._images, self._masks, self._limit, self._shared
+
+        def read(element):
+            split, path = element
+            return pairs_.pairs_from_ids(split, pairs_.read_list(path, limit), images, masks, shared.get(split))
+
+        return lists | beam.FlatMap(read)
+
+
+class ReadManifest(beam.PTransform):
+    """Reads the pairs the driver listed (one JSON line each, in a file under the run's temp dir), so that the
+    job graph never carries them."""
+
+    def expand(self, paths):
+        """manifest path → Pair."""
+
+        def read(path):
+            with storage.open_read(path) as f:
+                for line in f:
+                    if line.strip():
+                        yield pairs_.Pair.from_json(line.decode("utf-8"))
+
+        return paths | beam.FlatMap(read)
+
+
+class _ReadPairFn(beam.DoFn):
+    def __init__(self, root: str, progress_: Counters, config: ConvertConfig):
+        self._root = root
+        self._progress = progress_
+        self._config = config
+
+    def process(self, pair: pairs_.Pair):
+        split, image_id = pair.split, pair.image_id
+        paths = tuple(layout.join(self._root, p) if p else "" for p in (pair.image, pair.mask))
+        escapes = [f"{what}: {why}" for what, path in zip(("image", "mask"), paths)
+                   if path and (why := pairs_.outside_root(self._root, path))]
+        if escapes and not pair.reason:
+            pair = dataclasses.replace(pair, reason="outside_root", error=escapes[0])
+        if pair.reason:  # known before reading: no partner, a bad id, a link out of the root
+            self._progress.count("images_failed")
+            yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(split, image_id, pair.reason, pair.error,
+                                                               tuple(p for p in paths if p)))
+            return
+        sources = []
+        try:
+            for what, path in zip(("image", "mask"), paths):
+                try:
+                    sources.append(tiles.open_source(path, self._config))
+                except codec.DecodeError as e:  # a TIFF's header: broken, or declaring more data than it holds
+                    raise InputError(f"bad_{what}", f"{what}: {e}") from None
+                except Exception as e:  # noqa: BLE001 - any failure to read is this input's error, not the run's
+                    missing = storage.absent(path)
+                    raise (InputError(f"missing_{what}", f"no {what} file at {path}") if missing
+                           else _unreadable(what, path, e)) from None
+            result = self._pair(split, image_id, paths, *sources)
+        except InputError as e:
+            self._progress.count("images_failed")
+            yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(split, image_id, e.reason, str(e), paths))
+            return
+        finally:
+            for source in sources:
+                if isinstance(source, tiles.TiffRegions):
+                    source.close()
+        self._progress.count("images_read")
+        if isinstance(result, tiles.TiledPair):
+            yield beam.pvalue.TaggedOutput(TILED, result)
+        else:
+            yield result
+
+    def _pair(self, split, image_id, paths, image, mask):
+        """→ a TiledPair when both files are TIFFs to read by window, else PairBytes; raises `InputError`."""
+        regions = [s for s in (image, mask) if isinstance(s, tiles.TiffRegions)]
+        if not regions:
+            return PairBytes(split, image_id, image, mask, files=paths)
+        if len(regions) == 2:
+            check_sizes((image.width, image.height), (mask.width, mask.height))
+            return tiles.TiledPair(split, image_id, paths, image.height, image.width)
+        # One is a TIFF to read by window, its partner is not: both are decoded whole, within --max_pixels.
+        big = regions[0]
+        what, other = ("image", "mask") if big is image else ("mask", "image")
+        if big.height * big.width > self._config.max_pixels:
+            raise InputError("too_large", f"{what}: {big.width}×{big.height} (w×h) = {big.width * big.height:,} px, "
+                                          f"above --max_pixels {self._config.max_pixels:,}; it is a tiled TIFF, "
+                                          f"but its {other} is not: convert the {other} to a tiled TIFF too, and "
+                                          "both are read window by window")
+        data = [s if isinstance(s, bytes) else _whole(s, w, p) for s, w, p in zip((image, mask), ("image", "mask"),
+                                                                                  paths)]
+        return PairBytes(split, image_id, *data, files=paths)
+
+
+def _whole(regions: tiles.TiffRegions, what: str, path: str) -> bytes:
+    """The rest of a file opened for region reads, read whole after all; raises `InputError`."""
+    try:
+        f = regions.file
+        f.seek(0)
+        return f.read()
+    except Exception as e:  # noqa: BLE001 - as any failure to read: this input's error
+        raise _unreadable(what, path, e) from None
+
+
+def _unreadable(what: str, path: str, error: Exception) -> InputError:
+    return InputError(f"unreadable_{what}", f"cannot read {what} {path}: {type(error).__name__}: {error}")
+
+
+class ReadPairs(beam.PTransform):
+    """Reads each listed pair's image and mask bytes (local or gs://); a pair of TIFFs larger than a window is
+    not read, only its headers: it goes on as a TiledPair."""
+
+    def __init__(self, root: str, progress_: Counters | None = None, config: ConvertConfig | None = None):
+        super().__init__()
+        self._root = root
+        self._progress = progress_ or Counters()
+        self._config = config or ConvertConfig()
+
+    def expand(self, ids):
+        """Pair → PairBytes; TiledPair on "tiled"; ErrorRecord on "errors" (missing, unreadable or unpaired files,
+        bad ids)."""
+        out = ids | beam.ParDo(_ReadPairFn(self._root, self._progress, self._config)).with_outputs(
+            ERRORS, TILED, main="pairs")
+        out.pairs.element_type = PairBytes  # its coder estimates sizes cheaply (see _LargeElementCoder)
+        return out
+
+
+class _DecodeFn(beam.DoFn):
+    def __init__(self, config: ConvertConfig, progress_: Counters):
+        self._config = config
+        self._progress = progress_
+
+    def process(self, pair: PairBytes):
+        files = pair.files
+        try:
+            image, classes, stats = decode_pair(pair.image, pair.mask, self._config, bgr=True)
+        except InputError as e:
+            self._progress.count("images_failed")
+            yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(pair.split, pair.image_id, e.reason, str(e), files))
+            return
+        except Exception as e:  # noqa: BLE001 - a bug or resource failure on one input must not lose the others
+            self._progress.count("images_failed")
+            yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(
+                pair.split, pair.image_id, "internal", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", files))
+            return
+        yield DecodedPair(pair.split, pair.image_id, image, classes, stats)
+
+
+class DecodePairs(beam.PTransform):
+    """Decodes image (RGB) and mask, checks they match, converts the mask to class indices."""
+
+    def __init__(self, config: ConvertConfig, progress_: Counters | None = None):
+        super().__init__()
+        self._config = config
+        self._progress = progress_ or Counters()
+
+    def expand(self, pairs):
+        """PairBytes → DecodedPair (RGB image, class map, source Stats); ErrorRecord on "errors"."""
+        out = pairs | beam.ParDo(_DecodeFn(self._config, self._progress)).with_outputs(
+            ERRORS, main="decoded")
+        out.decoded.element_type = DecodedPair  # its coder estimates sizes cheaply (see _LargeElementCoder)
+        return out
