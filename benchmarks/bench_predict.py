@@ -15,11 +15,11 @@ from benchmarks.bench_memory import SIDE, peak_rss
 def make_run(run):
     """A run dir as trainer.train leaves it: model.keras and segprep.json."""
     from segprep.palette import VOC
-    from trainer import train
+    from trainer import saving
     from trainer.model import build_model
 
     os.makedirs(run)
-    train.save_inference_model(build_model(21, 256, mean=[120.0] * 3, std=[60.0] * 3), f"{run}/model.keras")
+    saving.save_inference_model(build_model(21, 256, mean=[120.0] * 3, std=[60.0] * 3), f"{run}/model.keras")
     with open(f"{run}/segprep.json", "w") as f:
         json.dump({"class_names": list(VOC.names), "class_colors": [list(c) for c in VOC.colors],
                    "ignore_colors": [list(c) for c in VOC.ignore_colors], "num_classes": 21, "crop_size": 256,

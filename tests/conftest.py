@@ -200,13 +200,13 @@ def records(voc_tree, tmp_path):
 def trained_run(tmp_path_factory):
     """A run trained once for the session (one epoch on `make_voc_tree`'s pairs, 64² crops, 6 a training image,
     a width-8 model); tests get copies."""
-    from trainer import train
+    from trainer import training
     from trainer.model import build_model
 
     base = tmp_path_factory.mktemp("trained")
     out, _ = prepared_tree(str(base), crops_per_image=6)
     run = str(base / "run")
-    train.fit(build_model(21, 64, width=8), out, run, train.TrainConfig(epochs=1, batch_size=4, lr=2e-3), verbose=0)
+    training.fit(build_model(21, 64, width=8), out, run, training.TrainConfig(epochs=1, batch_size=4, lr=2e-3), verbose=0)
     return run
 
 

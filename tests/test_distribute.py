@@ -129,7 +129,7 @@ def _reserve_ports(n):
 WORKER = """
 import json, os, signal, sys
 import keras
-from trainer import data, distribute, train
+from trainer import data, distribute, train, training
 from trainer.model import build_model
 
 records, run, epochs, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -146,7 +146,7 @@ keras.utils.set_random_seed(0)
 with placement.strategy.scope():
     model = build_model(21, 64, width=8)
 cfg = train.TrainConfig(epochs=epochs, batch_size=2, lr=2e-3)
-history = train.fit(model, records, run, cfg, placement=placement, verbose=0,
+history = training.fit(model, records, run, cfg, placement=placement, verbose=0,
                     extra_callbacks=[Kill()] if kill_at >= 0 else None)
 print(json.dumps({"epochs": history.epoch, "loss": history.history["loss"][-1], "chief": placement.is_chief,
                   "replicas": placement.replicas}))

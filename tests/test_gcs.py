@@ -162,7 +162,7 @@ def _objects(prefix):
 KILLED_RUN = """
 import os, signal, sys
 import keras
-from trainer import train
+from trainer import train, training
 from trainer.model import build_model
 
 
@@ -171,7 +171,7 @@ class Kill(keras.callbacks.Callback):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-train.fit(build_model(21, 64, width=8), sys.argv[1], sys.argv[2], train.TrainConfig(epochs=2, batch_size=4),
+training.fit(build_model(21, 64, width=8), sys.argv[1], sys.argv[2], train.TrainConfig(epochs=2, batch_size=4),
           verbose=0, extra_callbacks=[Kill()])
 """
 

@@ -5,7 +5,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -14,12 +13,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, prepared_tree, read_records, shard_files
+from conftest import REPO, read_records, shard_files
 from pipelines import prepare
 from segprep import codec, layout
 from segprep.formats import run_dir
 from segprep.palette import VOC
-from trainer import data, evaluate, predict, schedules, train
+from trainer import data, evaluate, predict, run_folders, schedules, train, training
 from trainer.model import build_model
 from trainer.normalization import Normalization
 
@@ -111,14 +110,14 @@ def test_train_crop_size_trains_windows_through_the_models_own_weights_and_saves
                                                                                          capsys):
     model = build_model(21, 64, width=8)
     for size in (None, 64):  # whole crops: the model's training twin at its own size
-        window, twin = train.train_crops(model, size, 64)
+        window, twin = training.train_crops(model, size, 64)
         assert window == 64 and twin.inputs[0].shape[1:3] == (64, 64)
-    window, twin = train.train_crops(model, 48, 64)
+    window, twin = training.train_crops(model, 48, 64)
     assert window == 48 and twin.inputs[0].shape[1:3] == (48, 48)
     assert len(twin.weights) == len(model.weights) and {id(w) for w in twin.weights} == {id(w) for w in model.weights}
     for bad in (60, 72):
         with pytest.raises(train.UsageError, match=f"--train_crop_size {bad}: must be a multiple of 8"):
-            train.train_crops(model, bad, 64)
+            training.train_crops(model, bad, 64)
     run = str(tmp_path / "run")
     train.run(["--data_dir", records, "--model_dir", run, "--epochs", "2", "--width", "8", "--train_crop_size", "48"])
     assert "crops, trained as 48×48 windows →" in capsys.readouterr().out
@@ -169,7 +168,7 @@ def test_library_arguments_are_checked_as_keras_checks_them():
 
 
 def test_median_frequency_class_weights():
-    weights = train.median_frequency([100, 10, 0, 40])  # frequencies 2/3, 1/15, -, 4/15
+    weights = training.median_frequency([100, 10, 0, 40])  # frequencies 2/3, 1/15, -, 4/15
     assert weights == pytest.approx([0.4, 4.0, 1.0, 1.0])
 
 
@@ -182,7 +181,7 @@ def _cfg(**kw):
 def test_fit_logs_per_epoch_and_saves_a_loadable_model(records, tmp_path):
     run = str(tmp_path / "run")
     model = build_model(21, 64, width=8)
-    train.fit(model, records, run, _cfg(warmup_epochs=3), verbose=0)
+    training.fit(model, records, run, _cfg(warmup_epochs=3), verbose=0)
     rows = list(csv.DictReader(open(f"{run}/log.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert {"main_miou", "upsample_miou", "aux_miou", "val_main_miou", "lr", "loss"} <= set(rows[0])
@@ -195,7 +194,7 @@ def test_fit_logs_per_epoch_and_saves_a_loadable_model(records, tmp_path):
     assert os.path.exists(f"{run}/best.keras")
     # The step schedule (a custom LearningRateSchedule) survives a reload too.
     run2 = str(tmp_path / "run2")
-    train.fit(build_model(21, 64, width=8), records, run2, _cfg(epochs=1, warmup_steps=3), verbose=0)
+    training.fit(build_model(21, 64, width=8), records, run2, _cfg(epochs=1, warmup_steps=3), verbose=0)
     schedule = keras.models.load_model(f"{run2}/best.keras").optimizer._learning_rate
     assert isinstance(schedule, schedules.WarmupCosine) and schedule.warmup_steps == 3
 
@@ -344,13 +343,13 @@ def test_the_training_twin_computes_what_the_model_computes_through_fused_batch_
 
 
 def test_repeat_factors_come_from_class_crops_and_weigh_each_crop_by_its_rarest_class(records):
-    factors = train.repeat_factors(100, [100, 1, 0, 10, 40])
+    factors = training.repeat_factors(100, [100, 1, 0, 10, 40])
     assert factors == pytest.approx([1.0, math.sqrt(10), 1.0, 1.0, 1.0])
     with pytest.raises(data.DataError, match="rerun prepare"):
-        train.repeat_factors(100, None)  # a split of shards written before the counts
+        training.repeat_factors(100, None)  # a split of shards written before the counts
     meta = data.load_metadata(records)
     split = meta.splits["train"]
-    factors = train.repeat_factors(split.records, split.class_crops, threshold=0.9)
+    factors = training.repeat_factors(split.records, split.class_crops, threshold=0.9)
     assert max(factors) > 1.0
     ds = data.make_dataset(records, "train", 6, training=True, aug=data.Augment(False, None, 0.0), seed=0,
                            crop_weights=factors)
@@ -375,7 +374,7 @@ def test_a_two_input_model_trains_through_the_same_pipeline(records, tmp_path):
     assert data.strides_of(model) == ({"image": 1, "image_half": 2}, {"coarse": 4, "main": 1})
     # A custom model without a normalisation layer: the pipeline normalises for it.
     cfg = _cfg(epochs=1, normalization=Normalization("dataset", in_model=False))
-    history = train.fit(model, records, str(tmp_path / "run"), cfg, verbose=0)
+    history = training.fit(model, records, str(tmp_path / "run"), cfg, verbose=0)
     assert np.isfinite(history.history["loss"][0]) and "val_coarse_miou" in history.history
     info = json.load(open(tmp_path / "run" / "segprep.json"))  # what predict needs, for any model
     assert info["normalization"]["in_model"] is False and not (tmp_path / "run" / "serving").exists()
@@ -402,7 +401,7 @@ class _Watch(keras.callbacks.Callback):
 KILLED_AFTER_EPOCH_1 = """
 import os, signal, sys
 import numpy as np, keras
-from trainer import train
+from trainer import train, training
 from trainer.model import build_model
 
 records, run, snapshots = sys.argv[1:4]
@@ -416,7 +415,7 @@ class Snapshot(keras.callbacks.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-train.fit(build_model(21, 64, width=8), records, run, train.TrainConfig(epochs=4, batch_size=4, lr=2e-3), verbose=0,
+training.fit(build_model(21, 64, width=8), records, run, train.TrainConfig(epochs=4, batch_size=4, lr=2e-3), verbose=0,
           extra_callbacks=[Snapshot()])
 """
 
@@ -444,10 +443,10 @@ def test_a_killed_run_resumes_weights_optimizer_log_and_best_of_the_whole_run(re
     # Another model in that dir (an explicit --model_dir reused with other flags): one line, and the backup kept.
     with pytest.raises(train.UsageError, match=r"interrupted run of another model \(segprep_multi, [\d,]+ parameters;"
                                                r" now segprep_multi, [\d,]+ parameters\).*--overwrite") as e:
-        train.fit(build_model(21, 64, width=16), records, run, _cfg(epochs=4), verbose=0)
+        training.fit(build_model(21, 64, width=16), records, run, _cfg(epochs=4), verbose=0)
     assert "\n" not in str(e.value) and os.path.isdir(f"{run}/backup")
     second = _Watch()
-    history = train.fit(build_model(21, 64, width=8), records, run, _cfg(epochs=4), verbose=0,
+    history = training.fit(build_model(21, 64, width=8), records, run, _cfg(epochs=4), verbose=0,
                         extra_callbacks=[second])
     assert history.epoch == [2, 3]
     # A fresh model came back to where the killed one stopped: weights, Adam's moments and its step count.
@@ -521,7 +520,7 @@ def test_a_folder_that_is_not_a_segprep_run_is_never_emptied(records, tmp_path, 
     assert (mine / "backup" / "thesis.tex").read_text() == "years of work"
     assert (mine / "serving" / "model.pb").exists() and (mine / "log.csv").read_text() == "my own log"
     with pytest.raises(train.UsageError):
-        train.clear_run(str(mine))  # the library function refuses too
+        run_folders.clear_run(str(mine))  # the library function refuses too
     assert (mine / "log.csv").exists()
 
 
@@ -639,16 +638,16 @@ def test_clear_errors(records, tmp_path):
     raw = open(shard, "rb").read()
     open(shard, "wb").write(raw[:100] + b"\x00" * 50 + raw[150:])
     with pytest.raises(data.DataError, match="damaged shard .*train-00000.*record 0"):
-        train.fit(build_model(21, 64, width=8), records, str(tmp_path / "r"), _cfg(epochs=1), verbose=0)
+        training.fit(build_model(21, 64, width=8), records, str(tmp_path / "r"), _cfg(epochs=1), verbose=0)
     os.remove(shard)
     with pytest.raises(data.DataError, match="not there"):
         data.make_dataset(records, "train", 2, training=True)
     with pytest.raises(train.UsageError, match="classes"):
-        train.fit(build_model(5, 64, width=8), records, str(tmp_path / "r2"), _cfg(), verbose=0)
+        training.fit(build_model(5, 64, width=8), records, str(tmp_path / "r2"), _cfg(), verbose=0)
     assert train.main(["--data_dir", str(tmp_path / "nothing")]) == 2
     for bad in ("main=-1", "main=nan", "main=0,upsample=0,aux=0", "main=x"):
         with pytest.raises(train.UsageError, match="--loss_weights"):
-            train._loss_weights(bad, ["main", "upsample", "aux"])
+            training.loss_weights(bad, ["main", "upsample", "aux"])
 
 
 def test_a_split_whose_inputs_all_failed_is_named_not_trained_on(voc_tree, tmp_path):
@@ -813,8 +812,8 @@ def test_an_op_without_a_deterministic_kernel_points_to_the_flag():
     # TensorFlow's own words when a GPU op has no deterministic kernel under op determinism.
     gpu = tf.errors.UnimplementedError(None, None, "Deterministic GPU implementation of unsorted segment reduction "
                                                    "op not available.")
-    usage = train.no_deterministic_kernel(gpu)
+    usage = training.no_deterministic_kernel(gpu)
     assert isinstance(usage, train.UsageError) and "\n" not in str(usage)
     assert str(usage).startswith("Deterministic GPU implementation of unsorted segment reduction op not available.")
     assert "--no_op_determinism" in str(usage)
-    assert train.no_deterministic_kernel(tf.errors.UnimplementedError(None, None, "Conv3D on int8")) is None
+    assert training.no_deterministic_kernel(tf.errors.UnimplementedError(None, None, "Conv3D on int8")) is None

@@ -1,0 +1,84 @@
+"""Saving a trained model: model.keras (an inference model any Keras loads), best.keras (with its optimizer), and
+the serving export (a SavedModel for TF Serving / Vertex AI: uint8 RGB in, probabilities and classes out)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+
+from segprep import storage
+from trainer.common import files
+from trainer.lazy import keras, tf
+
+
+def save_keras(model: keras.Model, path: str) -> None:
+    """model.save that also writes to gs:// (Keras writes a local file; TF's filesystem copies it up)."""
+    if not storage.is_remote(path):
+        files.makedirs(os.path.dirname(path) or ".")
+        model.save(path)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, os.path.basename(path))
+        model.save(local)
+        files.copy(local, path)
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """The trained weights in an uncompiled float32 copy with standard layers only, so plain
+    `keras.models.load_model` reads it in any Python with Keras, without importing segprep. Synchronised
+    BatchNorm and mixed precision only matter while training."""
+    text = json.dumps(model.get_config()).replace('"synchronized": true', '"synchronized": false')
+    text = re.sub(r'"name": "mixed_(b?float16)"', '"name": "float32"', text)
+    clone = model.__class__.from_config(json.loads(text))
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def save_inference_model(model: keras.Model, path: str) -> None:
+    """model.keras: see `inference_model`. best.keras keeps the optimizer for fine-tuning."""
+    save_keras(inference_model(model), path)
+
+
+def export_serving(model: keras.Model, path: str, output: str = "main") -> None:
+    """RUN/serving/: a SavedModel for TF Serving and Vertex AI. Its `serving_default` signature takes `images`, a
+    uint8 RGB batch [N, H, W, 3] of any size, and returns `probabilities` [N, H, W, C] (float32 softmax of the
+    `output`) and `classes` [N, H, W] (uint8). The image is cut into windows of the training crop (padded at the
+    far edges), predicted in one batch and put back: trainer.predict's windows without overlap."""
+    model = inference_model(model)
+    size = int(model.inputs[0].shape[1])
+    name = model.inputs[0].name
+
+    def serve(images):
+        n, h, w = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
+        x = tf.pad(images, [[0, 0], [0, (-h) % size], [0, (-w) % size], [0, 0]])
+        rows, cols = tf.shape(x)[1] // size, tf.shape(x)[2] // size
+        tiles = tf.reshape(tf.transpose(tf.reshape(x, [n, rows, size, cols, size, 3]), [0, 1, 3, 2, 4, 5]),
+                           [-1, size, size, 3])
+        logits = tf.cast(model({name: tf.cast(tiles, tf.float32)}, training=False)[output], tf.float32)
+        if logits.shape[1] != size:  # a low-resolution output: logits upsampled as predict does
+            logits = tf.image.resize(logits, [size, size], method="bilinear")
+        probs = tf.nn.softmax(logits, axis=-1)
+        classes = probs.shape[-1]
+        probs = tf.reshape(tf.transpose(tf.reshape(probs, [n, rows, cols, size, size, classes]), [0, 1, 3, 2, 4, 5]),
+                           [n, rows * size, cols * size, classes])[:, :h, :w]
+        return {"probabilities": probs, "classes": tf.cast(tf.argmax(probs, -1), tf.uint8)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve,
+                         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    with tempfile.TemporaryDirectory() as tmp:  # written whole, then copied: gs:// gets no half-written export
+        archive.write_out(f"{tmp}/serving", verbose=False)
+        if files.exists(path):
+            files.rmtree(path)
+        _copy_tree(f"{tmp}/serving", path)
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    for folder, _, names in files.walk(src):
+        target = dst + folder[len(src):]
+        files.makedirs(target)
+        for name in names:
+            files.copy(f"{folder}/{name}", f"{target}/{name}")
