@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import tifffile
 
-from segprep import codec, pairs, sample
+from segprep import codec, layouts, pairs, sample
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TILES, SIDE = 4, 5000
@@ -99,7 +99,7 @@ def listing_seconds(tmp: str) -> tuple[float, int]:
     best = None
     for _ in range(3):
         t = time.perf_counter()
-        listing = pairs.find(root, spec)
+        listing = layouts.find(root, spec)
         secs = time.perf_counter() - t
         best = secs if best is None else min(best, secs)
     return best, sum(listing.counts.values())

@@ -29,7 +29,7 @@ import time
 import uuid
 
 from pipelines import beam_flags, output
-from segprep import convert, layout, lookup, pairs, runlock, sample, storage
+from segprep import convert, layout, layouts, lookup, pairs, runlock, sample, storage
 from segprep.formats.shards import TEMP_PREFIX, is_shard
 from segprep.formats.metadata import metadata_path
 from segprep import cli
@@ -402,7 +402,7 @@ def plan(argv: list[str] | None = None) -> Job:
                      if args.splits else sample.SPLITS)
             if args.random_crop_splits is not None:
                 pairs.check_names("--random_crop_splits", args.random_crop_splits, names, "this run has")
-        listing = (pairs.find(root, spec, args.splits, args.limit, args.seed, args.allow_shared_ids)
+        listing = (layouts.find(root, spec, args.splits, args.limit, args.seed, args.allow_shared_ids)
                    if args.input_dir else None)
     except pairs.LayoutError as e:
         raise UsageError(str(e)) from None
@@ -411,7 +411,7 @@ def plan(argv: list[str] | None = None) -> Job:
     try:
         if listing is None:
             sample.ensure_sample(SAMPLE_DIR)
-            listing = pairs.find(root, spec, args.splits, args.limit, args.seed, args.allow_shared_ids)
+            listing = layouts.find(root, spec, args.splits, args.limit, args.seed, args.allow_shared_ids)
         found = listing.splits
         random_splits = (pairs.check_names("--random_crop_splits", args.random_crop_splits, found, "this run has")
                          if args.random_crop_splits is not None else [s for s in found if pairs.is_training(s)])

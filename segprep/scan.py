@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from segprep import codec, layout, lookup, pairs, storage
+from segprep import codec, layout, layouts, lookup, pairs, storage
 from segprep.convert import DEFAULT_MAX_PIXELS, too_large
 from segprep.palette import (IGNORE_LABEL, PALETTES, VOC, VOC_BORDER_COLOR, Palette, PaletteError, colormap,
                              load_palette)
@@ -486,7 +486,7 @@ def run(argv: list[str] | None = None) -> int:
     root = args.input_dir.rstrip("/")
     spec = pairs.spec_from_args(args)
     try:
-        listing = pairs.find(root, spec, args.splits, args.limit)
+        listing = layouts.find(root, spec, args.splits, args.limit)
     except pairs.LayoutError as e:
         raise UsageError(str(e)) from None
     for split, why in listing.skipped.items():

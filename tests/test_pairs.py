@@ -7,7 +7,7 @@ import os
 import pytest
 
 from pipelines import prepare
-from segprep import pairs
+from segprep import layouts, pairs
 from segprep.pairs import LayoutError, LayoutSpec, Pattern
 
 
@@ -47,7 +47,7 @@ def test_listing_skips_dotfiles_and_folders_and_pairs_by_id_split_and_star(tmp_p
           "img/train/a/._1.jpg", "img/.hidden/x/9.jpg", "img/train/a/notes.txt",
           "lab/train/a/1.png", "lab/train/b/1.png", "lab/val/c/3.png", "lab/train/a/7.png")
     os.makedirs(os.path.join(root, "img/train/a/4.jpg"))  # a folder named like an image is not one
-    listing = pairs.find(root, LayoutSpec("img/{split}/*/{id}.jpg", "lab/{split}/*/{id}.png"))
+    listing = layouts.find(root, LayoutSpec("img/{split}/*/{id}.jpg", "lab/{split}/*/{id}.png"))
     assert listing.source == "pattern" and listing.splits == ["train", "val"]
     train = {(p.image_id, p.image, p.mask, p.reason) for p in listing.pairs("train")}
     # "1" is in two folders of train: both keep their pair, named by folder
@@ -66,12 +66,12 @@ def test_splits_without_any_mask_are_left_out_unless_named(tmp_path):
     root = str(tmp_path)
     touch(root, "Train/images/1.png", "Train/masks/1.png", "Test/images/2.png")
     spec = LayoutSpec("{split}/images/{id}.png", "{split}/masks/{id}.png")
-    listing = pairs.find(root, spec)
+    listing = layouts.find(root, spec)
     assert listing.splits == ["Train"] and "Test" in listing.skipped
-    named = pairs.find(root, spec, "Train,Test")
+    named = layouts.find(root, spec, "Train,Test")
     assert [p.reason for p in named.pairs("Test")] == ["missing_mask"]
     with pytest.raises(LayoutError, match="Unknown split val in --splits: .* has Test, Train"):
-        pairs.find(root, spec, "val")
+        layouts.find(root, spec, "val")
 
 
 def test_split_lists_with_the_ids_making_the_paths_list_nothing_and_check_ids(tmp_path):
@@ -80,7 +80,7 @@ def test_split_lists_with_the_ids_making_the_paths_list_nothing_and_check_ids(tm
     os.makedirs(os.path.join(root, "ImageSets/Segmentation"))
     with open(os.path.join(root, "ImageSets/Segmentation/train.txt"), "w") as f:
         f.write("a\nb\n../../etc/passwd\n/abs\nsub/ok\nwin\\dir\n")
-    listing = pairs.find(root, LayoutSpec())
+    listing = layouts.find(root, LayoutSpec())
     assert listing.listed is None and listing.counts == {"train": 6}  # read again, inside the pipeline
     got = {p.image_id: (p.image, p.reason) for p in listing.pairs("train")}
     assert got["a"] == ("JPEGImages/a.jpg", "") and got["b"] == ("JPEGImages/b.jpg", "")  # missing: found on read
@@ -95,7 +95,7 @@ def test_split_lists_with_a_star_find_each_id_in_its_folder(tmp_path):
     touch(root, "lists/train.txt")
     with open(os.path.join(root, "lists/train.txt"), "w") as f:
         f.write("a\nb\nc\nd\n")
-    listing = pairs.find(root, LayoutSpec("img/*/{id}.jpg", "lab/*/{id}.png", "lists/{split}.txt"))
+    listing = layouts.find(root, LayoutSpec("img/*/{id}.jpg", "lab/*/{id}.png", "lists/{split}.txt"))
     got = {p.image_id: (p.image, p.mask, p.reason) for p in listing.pairs("train")}
     assert got["a"] == ("img/x/a.jpg", "lab/x/a.png", "")
     assert got["b"] == ("img/y/b.jpg", None, "missing_mask")
@@ -107,12 +107,12 @@ def test_val_fraction_is_seeded_exact_and_keeps_groups_together(tmp_path):
     ids = [f"area{a}_{r}_{c}" for a in range(6) for r in range(2) for c in range(2)]
     touch(root, *[f"tiles/{i}.tif" for i in ids], *[f"labels/{i}.png" for i in ids])
     spec = LayoutSpec("tiles/{id}.tif", "labels/{id}.png", val_fraction=0.25)
-    a, b = pairs.find(root, spec, seed=0), pairs.find(root, spec, seed=0)
+    a, b = layouts.find(root, spec, seed=0), layouts.find(root, spec, seed=0)
     assert [p.image_id for p in a.pairs("val")] == [p.image_id for p in b.pairs("val")]
     assert a.counts == {"train": 18, "val": 6}  # round(0.25 × 24)
-    other = pairs.find(root, spec, seed=1)
+    other = layouts.find(root, spec, seed=1)
     assert {p.image_id for p in other.pairs("val")} != {p.image_id for p in a.pairs("val")}
-    grouped = pairs.find(root, LayoutSpec("tiles/{id}.tif", "labels/{id}.png", val_fraction=0.34,
+    grouped = layouts.find(root, LayoutSpec("tiles/{id}.tif", "labels/{id}.png", val_fraction=0.34,
                                           group_by=r"^(area\d+)_"), seed=0)
     val_areas = {p.image_id.split("_")[0] for p in grouped.pairs("val")}
     train_areas = {p.image_id.split("_")[0] for p in grouped.pairs("train")}
@@ -123,20 +123,20 @@ def test_where_splits_come_from_is_never_guessed(tmp_path):
     root = str(tmp_path)
     touch(root, "tiles/a.tif", "labels/a.png")
     with pytest.raises(LayoutError, match="no splits found: .*--val_fraction"):
-        pairs.find(root, LayoutSpec("tiles/{id}.tif", "labels/{id}.png"))
+        layouts.find(root, LayoutSpec("tiles/{id}.tif", "labels/{id}.png"))
     with pytest.raises(LayoutError, match="--val_fraction: the splits already come from {split}"):
-        pairs.find(root, LayoutSpec("{split}/{id}.tif", "{split}/{id}.png", val_fraction=0.1))
+        layouts.find(root, LayoutSpec("{split}/{id}.tif", "{split}/{id}.png", val_fraction=0.1))
     with pytest.raises(LayoutError, match="--group_by works with --val_fraction"):
-        pairs.find(root, LayoutSpec("tiles/{id}.tif", "labels/{id}.png", group_by="(.*)"))
+        layouts.find(root, LayoutSpec("tiles/{id}.tif", "labels/{id}.png", group_by="(.*)"))
     with pytest.raises(LayoutError, match="has 2 '\\*' but --images"):
-        pairs.find(root, LayoutSpec("a/*/{id}.tif", "b/*/*/{id}.png", val_fraction=0.5))
+        layouts.find(root, LayoutSpec("a/*/{id}.tif", "b/*/*/{id}.png", val_fraction=0.5))
 
 
 def test_a_known_archive_in_vocs_place_is_named_with_its_flags(tmp_path):
     root = str(tmp_path)
     touch(root, "images/training/ADE_train_1.jpg", "annotations/training/ADE_train_1.png")
     with pytest.raises(LayoutError, match="It looks like ADE20K: pass --images 'images/{split}/{id}.jpg'"):
-        pairs.find(root, LayoutSpec())
+        layouts.find(root, LayoutSpec())
 
 
 def test_prepare_usage_errors_for_layouts_are_one_line_exit_2(tmp_path, capsys):
@@ -165,7 +165,7 @@ def test_listing_ten_thousand_files_by_pattern_reads_each_folder_once(tmp_path, 
     calls = []
     real = os.scandir
     monkeypatch.setattr(pairs.os, "scandir", lambda path: (calls.append(path), real(path))[1])
-    listing = pairs.find(root, LayoutSpec("{split}/img/{id}.tif", "{split}/lab/{id}.png"))
+    listing = layouts.find(root, LayoutSpec("{split}/img/{id}.tif", "{split}/lab/{id}.png"))
     assert listing.counts == {"train": 4000, "val": 1000}
     assert len(calls) == 6  # root, then train/img and val/img; root, then train/lab and val/lab
 
@@ -173,12 +173,12 @@ def test_listing_ten_thousand_files_by_pattern_reads_each_folder_once(tmp_path, 
 def test_a_tree_whose_splits_all_lack_masks_is_one_usage_error_for_every_tool(tmp_path):
     touch(str(tmp_path), "Train/images/1.png", "Test/images/2.png")
     with pytest.raises(LayoutError, match="no split has masks to read; Test: 1 images, no mask matches"):
-        pairs.find(str(tmp_path), LayoutSpec("{split}/images/{id}.png", "{split}/masks/{id}.png"))
+        layouts.find(str(tmp_path), LayoutSpec("{split}/images/{id}.png", "{split}/masks/{id}.png"))
 
 
 def test_many_masks_without_images_are_named_in_linear_time(tmp_path):
     root = str(tmp_path)
     touch(root, *[f"img/{i}.png" for i in range(3000)], *[f"lab/{i}.png" for i in range(3000, 6000)])
-    listing = pairs.find(root, LayoutSpec("img/{id}.png", "lab/{id}.png", val_fraction=0.5))
+    listing = layouts.find(root, LayoutSpec("img/{id}.png", "lab/{id}.png", val_fraction=0.5))
     reasons = [p.reason for s in listing.splits for p in listing.pairs(s)]
     assert reasons.count("missing_mask") == 3000 and reasons.count("missing_image") == 3000

@@ -22,7 +22,7 @@ import sys
 import cv2
 import numpy as np
 
-from segprep import codec, layout, pairs, storage
+from segprep import codec, layout, layouts, pairs, storage
 from segprep.formats.metadata import metadata_path
 from segprep.formats import tfrecord, records
 from segprep.convert import DEFAULT_MAX_PIXELS, ConvertConfig, InputError, decode_pair
@@ -167,7 +167,7 @@ def from_dataset(root: str, spec: pairs.LayoutSpec, split: str | None, count: in
                  bands=None, value_range=None, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Samples, title and pixel counts for a dataset root: whole pairs, masks through the palette."""
     try:
-        listing = pairs.find(root, spec, split, seed=seed)
+        listing = layouts.find(root, spec, split, seed=seed)
     except pairs.LayoutError as e:
         raise UsageError(f"{root} holds no metadata.json (prepare's output), and as a dataset root: {e}") from None
     split = split or next((s for s in listing.splits if pairs.is_training(s)), listing.splits[0])
