@@ -17,9 +17,11 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 
 from segprep import layout, runlock, storage
+from segprep.cli import UsageError
 from segprep.formats import metadata
 from segprep.formats.metadata import ERRORS_DIR, METADATA, Stats, errors_path, metadata_path
 from segprep.formats.shards import TEMP_JOURNAL, TEMP_MARKER, TEMP_PREFIX, is_shard, shard_name
@@ -292,3 +294,51 @@ def finalize(run: RunSpec, shards: list, stats: list, errors: list) -> dict:
     _write_text(metadata_path(run.output_dir), metadata.dumps(meta))
     remove_temp_dir(run)  # after metadata.json: a run killed before it still has its journal
     return meta
+
+
+def check_folder(flag: str, folder: str) -> None:
+    """A local folder a run will write in must be one (or not exist yet)."""
+    if not storage.is_remote(folder) and os.path.lexists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"{flag} {folder} is a file, not a folder: choose another {flag}.")
+
+
+def check_output(out: str, overwrite: bool, splits) -> Inventory:
+    """What --output_dir holds; a UsageError when the run may not write there: a file no segprep run recorded under
+    a name the run writes (never replaced), or an earlier run without --overwrite (named by segprep's files only)."""
+    inv = inventory(out, splits)
+    if inv.blocking:
+        more = f" (and {len(inv.blocking) - 1} more)" if len(inv.blocking) > 1 else ""
+        raise UsageError(f"--output_dir {out} holds {_rel(out, inv.blocking[0])}{more}, which no segprep run "
+                         "recorded, under a name prepare writes; prepare never replaces what it did not write: move "
+                         "it elsewhere, or choose another --output_dir.")
+    earlier = inv.recorded + [p for p in inv.unfinished if not _rel(out, p).startswith(TEMP_PREFIX)]
+    if earlier and not overwrite:
+        shards = [p for p in earlier if is_shard(p)]
+        what = "a finished segprep run" if inv.recorded else "files of an unfinished segprep run"
+        example = f", e.g. {_rel(out, shards[0])}" if shards else ""
+        raise UsageError(f"--output_dir {out} already holds {what} ({len(earlier)} files: {len(shards)} shards"
+                         f"{example}); pass --overwrite to delete them (and only them), or choose another "
+                         "--output_dir.")
+    return inv
+
+
+def _rel(out: str, path: str) -> str:
+    return path[len(out.rstrip("/")) + 1:] if path.startswith(out.rstrip("/") + "/") else path
+
+
+def clear_output(out: str, overwrite: bool, inv: Inventory) -> None:
+    if overwrite:
+        deleted = clear(inv)
+        left = [_rel(out, p) for p in inv.foreign]
+        if deleted or left:
+            kept = ""
+            if left:
+                shown = ", ".join(left[:4]) + (f" (+{len(left) - 4} more)" if len(left) > 4 else "")
+                kept = f"; left in place {len(left)} that no segprep run recorded: {shown}"
+            print(f"prepare: --overwrite: deleted {deleted} files of earlier segprep runs in {out}{kept}",
+                  file=sys.stderr)
+    elif inv.unfinished or inv.temp_dirs:  # a run killed before its marker leaves an empty temp dir
+        folders = sorted({_rel(out, p).split("/", 1)[0] for p in inv.unfinished + inv.temp_dirs
+                          if _rel(out, p).startswith(TEMP_PREFIX)})
+        print(f"prepare: {out} holds the temp files of an unfinished run ({', '.join(folders)}: "
+              f"{len(inv.unfinished)} files); --overwrite removes them", file=sys.stderr)

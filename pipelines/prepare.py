@@ -17,33 +17,31 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import errno
-import io
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
 import time
 import uuid
 
-from pipelines import beam_flags, output
+from pipelines import beam_flags, output, report
 from segprep import convert, layout, layouts, lookup, pairs, runlock, sample, storage
-from segprep.formats.shards import TEMP_PREFIX, is_shard
+from segprep.formats.shards import TEMP_PREFIX
 from segprep.formats.metadata import metadata_path
 from segprep import cli
 from segprep.cli import Parser, UsageError
 from segprep.convert import ConvertConfig
-from segprep.formats.metadata import Metadata, parse as parse_metadata
+from segprep.formats.metadata import parse as parse_metadata
 from segprep.palette import PALETTES, PaletteError, load_palette
 from segprep.storage import read_bytes
 
 # Beam is imported only once every flag and input has been checked: --help and usage mistakes answer at once.
 
 DEFAULT_OUTPUT = "data/records"
-SAMPLE_DIR = "data/sample_voc"
 
+
+SAMPLE_DIR = "data/sample_voc"
 EXAMPLES = """examples:
   python -m pipelines.prepare --runner=DirectRunner
   python -m pipelines.prepare --input_dir ~/VOCdevkit/VOC2012 --output_dir data/voc --splits train,val \\
@@ -56,7 +54,6 @@ EXAMPLES = """examples:
   python -m pipelines.prepare --input_dir ~/potsdam --output_dir data/potsdam --palette potsdam \\
       --images '4_Ortho_RGBIR/top_potsdam_{id}_RGBIR.tif' --masks '5_Labels_all/top_potsdam_{id}_label.tif' \\
       --bands 4,1,2 --val_fraction 0.2 --runner=DirectRunner
-
 Any other flag is passed to Beam as a pipeline option (--runner, --direct_num_workers, --project, ...)."""
 
 
@@ -151,56 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_output(out: str, overwrite: bool, splits) -> output.Inventory:
-    """What --output_dir holds; a UsageError when the run may not write there: a file no segprep run recorded under
-    a name the run writes (never replaced), or an earlier run without --overwrite (named by segprep's files only)."""
-    inv = output.inventory(out, splits)
-    if inv.blocking:
-        more = f" (and {len(inv.blocking) - 1} more)" if len(inv.blocking) > 1 else ""
-        raise UsageError(f"--output_dir {out} holds {_rel(out, inv.blocking[0])}{more}, which no segprep run "
-                         "recorded, under a name prepare writes; prepare never replaces what it did not write: move "
-                         "it elsewhere, or choose another --output_dir.")
-    earlier = inv.recorded + [p for p in inv.unfinished if not _rel(out, p).startswith(TEMP_PREFIX)]
-    if earlier and not overwrite:
-        shards = [p for p in earlier if is_shard(p)]
-        what = "a finished segprep run" if inv.recorded else "files of an unfinished segprep run"
-        example = f", e.g. {_rel(out, shards[0])}" if shards else ""
-        raise UsageError(f"--output_dir {out} already holds {what} ({len(earlier)} files: {len(shards)} shards"
-                         f"{example}); pass --overwrite to delete them (and only them), or choose another "
-                         "--output_dir.")
-    return inv
-
-
-def _rel(out: str, path: str) -> str:
-    return path[len(out.rstrip("/")) + 1:] if path.startswith(out.rstrip("/") + "/") else path
-
-
-def _clear_output(out: str, overwrite: bool, inv: output.Inventory) -> None:
-    if overwrite:
-        deleted = output.clear(inv)
-        left = [_rel(out, p) for p in inv.foreign]
-        if deleted or left:
-            kept = ""
-            if left:
-                shown = ", ".join(left[:4]) + (f" (+{len(left) - 4} more)" if len(left) > 4 else "")
-                kept = f"; left in place {len(left)} that no segprep run recorded: {shown}"
-            print(f"prepare: --overwrite: deleted {deleted} files of earlier segprep runs in {out}{kept}",
-                  file=sys.stderr)
-    elif inv.unfinished or inv.temp_dirs:  # a run killed before its marker leaves an empty temp dir
-        folders = sorted({_rel(out, p).split("/", 1)[0] for p in inv.unfinished + inv.temp_dirs
-                          if _rel(out, p).startswith(TEMP_PREFIX)})
-        print(f"prepare: {out} holds the temp files of an unfinished run ({', '.join(folders)}: "
-              f"{len(inv.unfinished)} files); --overwrite removes them", file=sys.stderr)
-
-
-def local_runner(options) -> bool:
-    """True for the runners whose workers all run on this machine (and share its disk)."""
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
-    return any(name in runner for name in ("Direct", "FnApi", "Prism"))
-
-
 def build(p, run: output.RunSpec, listing: pairs.Listing, spill_dir: str | None = None, manifest: str | None = None):
     """Adds the prepare stages to the Beam pipeline `p`; → a PCollection holding the final metadata dict. The
     pairs come from the split lists, read inside the pipeline, or from the `manifest` file the driver wrote from
@@ -222,7 +169,7 @@ def build(p, run: output.RunSpec, listing: pairs.Listing, spill_dir: str | None 
     else:
         listed = p | "Manifest" >> beam.Create([manifest]) | "ReadManifest" >> ReadManifest()  # Pair
     listed = listed | "Distribute" >> beam.Reshuffle()  # so reading and decoding fan out over workers
-    progress = Counters(sum(run.listed.values()), line=local_runner(p.options))
+    progress = Counters(sum(run.listed.values()), line=beam_flags.local_runner(p.options))
     read = listed | "ReadPairs" >> ReadPairs(root, progress, config)  # PairBytes; TiledPair
     decoded = read.pairs | "DecodePairs" >> DecodePairs(config, progress)  # DecodedPair
     random_splits = frozenset(run.random_splits)
@@ -254,69 +201,6 @@ class _Finalizer:
 
     def __call__(self, shards, stats, errors):
         return output.finalize(self.run, shards, stats, errors)
-
-
-def _pipeline_options(beam_args: list[str]):
-    """Beam drops flags it does not know with only a log line; a mistyped flag is a usage error here."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    options = PipelineOptions(beam_args)
-    beam_log = logging.getLogger("apache_beam.options.pipeline_options")
-    level = beam_log.level
-    beam_log.setLevel(logging.ERROR)  # its "Discarding unparseable args" warning: we say it better below
-    said = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(said):  # Beam's parser prints its whole usage (130 lines) for a bad value
-            unknown = sorted(set(options.get_all_options(retain_unknown_options=True))
-                             - set(options.get_all_options()))
-    except SystemExit:
-        lines = [line for line in said.getvalue().splitlines() if "error: " in line]
-        why = lines[-1].split("error: ", 1)[1] if lines else "a Beam pipeline option has a bad value"
-        raise UsageError(f"{why} (a Beam pipeline option).") from None
-    finally:
-        beam_log.setLevel(level)
-    if unknown:
-        raise UsageError(f"unknown flag --{unknown[0]}: neither a prepare flag (see --help) nor a Beam pipeline "
-                         "option.")
-    _check_runner(options)
-    return options
-
-
-def _check_runner(options) -> None:
-    """A mistyped --runner, or Dataflow without the options it needs, is a usage mistake: one line, before
-    anything is made or written (Beam would say it in a traceback, after the sample and the temp dir exist)."""
-    from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
-    from apache_beam.runners.runner import create_runner
-
-    name = options.view_as(StandardOptions).runner
-    if name is None:
-        return
-    try:
-        create_runner(name)
-    except (ValueError, ImportError) as e:
-        known = str(e).split("Valid values are ", 1)[-1].split(" or the fully")[0] if "Valid values" in str(e) else ""
-        raise UsageError(f"--runner {name}: not a Beam runner" + (f" (Beam knows {known})" if known else f": {e}")
-                         + ".") from None
-    if "Dataflow" in str(name):
-        gcp = options.view_as(GoogleCloudOptions)
-        missing = [flag for flag, value in (("--project", gcp.project), ("--region", gcp.region),
-                                            ("--temp_location", gcp.temp_location or gcp.staging_location))
-                   if not value]
-        if missing:
-            raise UsageError(f"--runner {name} needs {', '.join(missing)} (e.g. --project P --region us-central1 "
-                             "--temp_location gs://B/tmp); see the README's Dataflow section.")
-
-
-def _direct_to_fnapi(options) -> None:
-    """--runner=DirectRunner (or none) runs on Beam's FnApiRunner, the runner DirectRunner itself uses offline.
-    Online, Beam's DirectRunner would first download the Prism runner binary and run there, ignoring
-    --direct_num_workers and --direct_running_mode; a data tool should not fetch binaries at run time, and the same
-    flags should do the same thing on every machine. --runner=PrismRunner still picks Prism."""
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    standard = options.view_as(StandardOptions)
-    if standard.runner in (None, "DirectRunner", "direct", "Direct"):
-        standard.runner = "FnApiRunner"
 
 
 def run_input(args: argparse.Namespace) -> str:
@@ -366,20 +250,53 @@ def plan(argv: list[str] | None = None) -> Job:
     Deleting an earlier run (--overwrite) is `run`'s first step, after this."""
     args, beam_args = build_parser().parse_known_args(argv)
     started = time.time()
+    config = _convert_config(args)
+    out, root, spec = args.output_dir.rstrip("/"), run_input(args).rstrip("/"), pairs.spec_from_args(args)
+    _check_cheaply(args, beam_args, out)
+    with _layout_errors():
+        listing = _list_input(args, spec, root) if args.input_dir else None  # a real input: before Beam loads
+    options = beam_flags.parse(beam_args)  # imports Beam: every cheap check is done
+    beam_flags.direct_to_fnapi(options)
+    with _layout_errors():
+        if listing is None:
+            sample.ensure_sample(SAMPLE_DIR)
+            listing = _list_input(args, spec, root)
+        found = listing.splits
+        random_splits = (pairs.check_names("--random_crop_splits", args.random_crop_splits, found, "this run has")
+                         if args.random_crop_splits is not None else [s for s in found if pairs.is_training(s)])
+    _say_what_is_left_out(listing)
+    output.check_output(out, args.overwrite, found)
+    flags = dict(vars(args), input_dir=root, beam_args=beam_args)
+    run_spec = output.RunSpec(
+        output_dir=out, temp_dir=layout.join(out, TEMP_PREFIX + uuid.uuid4().hex[:12]),
+        splits=tuple(found), random_splits=tuple(random_splits), listed=listing.counts,
+        config=config, compressed=args.compress, num_shards=args.num_shards, flags=flags, started=started,
+        repeated=listing.repeated)
+    spill_ = args.shuffle == "spill" or (args.shuffle == "auto" and beam_flags.local_runner(options))
+    return Job(args, options, run_spec, spill_, listing)
+
+
+def _convert_config(args: argparse.Namespace) -> ConvertConfig:
+    """The palette and the crops' settings; a UsageError for a bad palette or value."""
     try:
         palette = load_palette(args.palette)
     except (OSError, PaletteError) as e:
         raise UsageError(f"--palette {args.palette}: {e}") from None
     try:
-        config = ConvertConfig(crop_size=args.crop_size, crops_per_image=args.crops_per_image, seed=args.seed,
-                               palette=palette, unknown_colors=args.unknown_colors,
-                               color_tolerance=args.color_tolerance, image_format=args.image_format,
-                               jpeg_quality=args.jpeg_quality, cat_max_ratio=args.cat_max_ratio, bands=args.bands,
-                               image_range=args.image_range, max_pixels=args.max_pixels,
-                               window_size=args.window_size, oversample_fraction=args.oversample_fraction,
-                               oversample_classes=_classes(args.oversample_classes, palette), exif=args.exif)
+        return ConvertConfig(crop_size=args.crop_size, crops_per_image=args.crops_per_image, seed=args.seed,
+                             palette=palette, unknown_colors=args.unknown_colors,
+                             color_tolerance=args.color_tolerance, image_format=args.image_format,
+                             jpeg_quality=args.jpeg_quality, cat_max_ratio=args.cat_max_ratio, bands=args.bands,
+                             image_range=args.image_range, max_pixels=args.max_pixels,
+                             window_size=args.window_size, oversample_fraction=args.oversample_fraction,
+                             oversample_classes=_classes(args.oversample_classes, palette), exif=args.exif)
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def _check_cheaply(args: argparse.Namespace, beam_args: list[str], out: str) -> None:
+    """The checks that need neither Beam nor the input listed: the spill dir, Beam flags by name, the output dir
+    (the splits' errors files are looked at again once the splits are known)."""
     if args.spill_dir and storage.is_remote(args.spill_dir):
         raise UsageError(f"--spill_dir {args.spill_dir}: must be a local directory (the spill files are read back "
                          "by offset); for a run on a cluster use --shuffle beam.")
@@ -387,54 +304,41 @@ def plan(argv: list[str] | None = None) -> Job:
     if unknown:
         raise UsageError(f"unknown flag {unknown[0]}: neither a prepare flag (see --help) nor a Beam pipeline "
                          "option.")
-    spec = pairs.spec_from_args(args)
-    out = args.output_dir.rstrip("/")
-    _check_folder("--output_dir", out)
+    output.check_folder("--output_dir", out)
     if args.spill_dir:
-        _check_folder("--spill_dir", args.spill_dir)
-    _check_output(out, args.overwrite, ())  # before Beam loads and the sample is made; the splits' errors files below
-    root = run_input(args).rstrip("/")
-    try:
-        for flag, text in (("--images", spec.images), ("--masks", spec.masks)):
+        output.check_folder("--spill_dir", args.spill_dir)
+    output.check_output(out, args.overwrite, ())
+    for flag, text in (("--images", args.images), ("--masks", args.masks)):
+        with _layout_errors():
             pairs.Pattern.parse(flag, text)
-        if args.input_dir is None:  # check the split flags against the sample's lists before making it
+    if args.input_dir is None:  # the split flags against the sample's lists, before making it
+        with _layout_errors():
             names = (pairs.check_names("--splits", args.splits, sample.SPLITS, "the bundled sample lists")
                      if args.splits else sample.SPLITS)
             if args.random_crop_splits is not None:
                 pairs.check_names("--random_crop_splits", args.random_crop_splits, names, "this run has")
-        listing = (layouts.find(root, spec, args.splits, args.limit, args.seed, args.allow_shared_ids)
-                   if args.input_dir else None)
-    except pairs.LayoutError as e:
-        raise UsageError(str(e)) from None
-    options = _pipeline_options(beam_args)  # imports Beam: every cheap check is done
-    _direct_to_fnapi(options)
+
+
+def _list_input(args: argparse.Namespace, spec: pairs.LayoutSpec, root: str) -> pairs.Listing:
+    return layouts.find(root, spec, args.splits, args.limit, args.seed, args.allow_shared_ids)
+
+
+@contextlib.contextmanager
+def _layout_errors():
+    """A layout mistake (a bad pattern, an unknown split, no splits to be found) as a UsageError."""
     try:
-        if listing is None:
-            sample.ensure_sample(SAMPLE_DIR)
-            listing = layouts.find(root, spec, args.splits, args.limit, args.seed, args.allow_shared_ids)
-        found = listing.splits
-        random_splits = (pairs.check_names("--random_crop_splits", args.random_crop_splits, found, "this run has")
-                         if args.random_crop_splits is not None else [s for s in found if pairs.is_training(s)])
+        yield
     except pairs.LayoutError as e:
         raise UsageError(str(e)) from None
+
+
+def _say_what_is_left_out(listing: pairs.Listing) -> None:
     for split, why in listing.skipped.items():
         print(f"prepare: split {split} left out: {why}", file=sys.stderr)
     for split, ids in listing.repeated.items():
         shown = ", ".join(ids[:5]) + (f" (+{len(ids) - 5} more)" if len(ids) > 5 else "")
         print(f"prepare: split {split}: its list repeats {len(ids)} id{'s' if len(ids) > 1 else ''} ({shown}); each "
               "is used once", file=sys.stderr)
-    _check_output(out, args.overwrite, found)
-
-    flags = {k: v for k, v in vars(args).items()}
-    flags["input_dir"] = root
-    flags["beam_args"] = beam_args
-    run_spec = output.RunSpec(
-        output_dir=out, temp_dir=layout.join(out, TEMP_PREFIX + uuid.uuid4().hex[:12]),
-        splits=tuple(found), random_splits=tuple(random_splits), listed=listing.counts,
-        config=config, compressed=args.compress, num_shards=args.num_shards, flags=flags, started=started,
-        repeated=listing.repeated)
-    spill_ = args.shuffle == "spill" or (args.shuffle == "auto" and local_runner(options))
-    return Job(args, options, run_spec, spill_, listing)
 
 
 def pipeline(job: Job, spill_dir: str | None = None):
@@ -465,17 +369,11 @@ def run(argv: list[str] | None = None) -> int:
         raise UsageError(f"--output_dir: {e}") from None
 
 
-def _check_folder(flag: str, folder: str) -> None:
-    """A local folder a run will write in must be one (or not exist yet)."""
-    if not storage.is_remote(folder) and os.path.lexists(folder) and not os.path.isdir(folder):
-        raise UsageError(f"{flag} {folder} is a file, not a folder: choose another {flag}.")
-
-
 def _run(job: Job) -> int:
     out = job.spec.output_dir
     # Under the lock, looked at again: what another run did meanwhile is seen (and refused) here.
-    inv = _check_output(out, job.args.overwrite, job.spec.splits)
-    _clear_output(out, job.args.overwrite, inv)  # the only destructive step: every check is done before it
+    inv = output.check_output(out, job.args.overwrite, job.spec.splits)
+    output.clear_output(out, job.args.overwrite, inv)  # the only destructive step: every check is done before it
     spill_dir = None
     finished = False
     try:
@@ -486,7 +384,7 @@ def _run(job: Job) -> int:
             pass  # runs on leaving the block
         finished = True
     except Exception as e:
-        full = out_of_space(e)
+        full = report.out_of_space(e)
         if full:
             raise storage.StorageError(full) from e
         raise
@@ -497,7 +395,7 @@ def _run(job: Job) -> int:
             with contextlib.suppress(Exception):
                 output.remove_temp_dir(job.spec)
     meta = parse_metadata(read_bytes(metadata_path(out)), metadata_path(out))
-    return report(meta, out, time.time() - job.spec.started, job.args.max_failed_inputs)
+    return report.report(meta, out, time.time() - job.spec.started, job.args.max_failed_inputs)
 
 
 def _spill_dir(job: Job) -> str:
@@ -517,68 +415,6 @@ def _spill_dir(job: Job) -> str:
     spill_dir = os.path.abspath(spill_dir)
     os.makedirs(spill_dir, exist_ok=True)
     return spill_dir
-
-
-_OUT_OF_SPACE = re.compile(r"\[Errno (?:%d|%d)\] (.*?)(?: \[while running .*)?$" % (errno.ENOSPC, errno.EDQUOT), re.S)
-
-
-def out_of_space(error: BaseException) -> str | None:
-    """The one line to say when `error` (as raised by the runner, which wraps a worker's OSError in its own
-    exception and text) means a disk filled up; None otherwise."""
-    for e in (error, error.__cause__, error.__context__):
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            line = e.strerror + (f": {e.filename}" if e.filename else "")
-            break
-    else:
-        found = _OUT_OF_SPACE.search(str(error))
-        if not found:
-            return None
-        line = found.group(1).strip().splitlines()[0]
-    if "--spill_dir" in line:  # the spill's own message says what to do
-        return line
-    return f"out of disk space: {line}; free some, or choose an --output_dir (or --temp_location) with room"
-
-
-def report(meta: Metadata, out: str, seconds: float, max_failed: int) -> int:
-    """Prints the end summary; → exit status."""
-    splits = meta.splits.values()
-    crops = sum(s.records for s in splits)
-    images = sum(s.images_used for s in splits)
-    failed = sum(s.inputs_failed for s in splits)
-    mpx = sum(s.source_pixels for s in splits) / 1e6
-    shards = sum(len(s.shards) for s in splits)
-    lines = [f"prepare: {images} images → {crops} crops in {_plural(shards, 'shard')}, {failed} failed, "
-             f"{seconds:.1f} s ({crops / max(seconds, 1e-9):.1f} crops/s, {mpx / max(seconds, 1e-9):.2f} source "
-             f"Mpx/s) → {out}"]
-    for s in splits:
-        notes = [f"{s.images_used}/{s.images_listed} images", f"{s.records} crops ({s.crop_mode})",
-                 _plural(len(s.shards), "shard")]
-        for count, what in ((s.unknown_pixels_snapped, "off-palette mask pixels snapped to a present palette colour"),
-                            (s.unknown_pixels_ignored, "off-palette mask pixels ignored (255)"),
-                            (s.exif_applied, "images turned as their EXIF orientation says"),
-                            (s.exif_as_stored, "images read as stored despite an EXIF orientation")):
-            if count:
-                notes.append(f"{count:,} {what}")
-        if s.inputs_failed:
-            notes.append(f"{s.inputs_failed} failed → {layout.join(out, s.errors_file)}")
-        lines.append(f"  {s.name}: " + ", ".join(notes))
-    print("\n".join(lines))
-    for s in splits:
-        if s.binary_masks:
-            print(f"prepare: warning: {s.name}: {s.binary_masks} of {s.images_used} masks hold only the values 0 "
-                  f"and 255, and 255 is the ignore label: {100 * s.source_ignore_share:.1f}% of the split's mask "
-                  "pixels are ignored, so a model never learns the class they mark. If 255 marks a class (a "
-                  "building, a road), re-run with --palette inria or a palette whose index_map says so, e.g. "
-                  '{"index_map": {"0": 0, "255": 1}}.', file=sys.stderr)
-    if failed > max_failed:
-        print(f"prepare: {failed} inputs failed (allowed: {max_failed}); every other input was written. "
-              "See the errors files above.", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def main(argv: list[str] | None = None) -> int:
