@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-from segprep import codec, crops, lookup
+from segprep import codec, crops, headers, lookup
 from segprep.palette import IGNORE_LABEL, VOC, Palette
 from segprep.formats.metadata import Stats
 from segprep.formats.records import CropRecord
@@ -145,10 +145,10 @@ def convert_classes(mask: np.ndarray, config: ConvertConfig, mode: str | None = 
         raise InputError("unknown_colors", f"mask: {e}") from None
 
 
-def _header(data: bytes) -> codec.ImageInfo | None:
+def _header(data: bytes) -> headers.ImageInfo | None:
     """What the file's header says, or None when it cannot be read as one (the decoder then names the fault)."""
     try:
-        return codec.probe(io.BytesIO(data))
+        return headers.probe(io.BytesIO(data))
     except Exception:  # noqa: BLE001 - any unreadable header: decoding reports it as it always has
         return None
 
@@ -174,12 +174,12 @@ def exif_orientation(image_bytes: bytes, image: tuple[int, int], mask: tuple[int
     (orientations 2-4, or a square image) is an error record ("exif_ambiguous") naming the orientation, and one
     that fits neither a "size_mismatch" that says both. → the orientation to apply (> 1), -1 when an orientation
     is there and the image is read as stored, 1 when there is none; raises `InputError`."""
-    orientation = codec.exif_orientation(image_bytes)
+    orientation = headers.exif_orientation(image_bytes)
     if orientation == 1:
         check_sizes(image, mask)
         return 1
     turned = (image[1], image[0]) if orientation >= 5 else image
-    how = f"EXIF orientation {orientation} ({codec.EXIF_ROTATION[orientation]} for display)"
+    how = f"EXIF orientation {orientation} ({headers.EXIF_ROTATION[orientation]} for display)"
     stored, displayed = tuple(mask) == tuple(image), tuple(mask) == turned
     if mode == "auto" and stored and displayed:
         raise InputError("exif_ambiguous", f"image has {how}, and its mask fits it both as stored and as displayed: "

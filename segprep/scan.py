@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from segprep import codec, layout, layouts, lookup, pairs, storage
+from segprep import codec, headers, layout, layouts, lookup, pairs, storage
 from segprep.convert import DEFAULT_MAX_PIXELS, too_large
 from segprep.palette import (IGNORE_LABEL, PALETTES, VOC, VOC_BORDER_COLOR, Palette, PaletteError, colormap,
                              load_palette)
@@ -64,7 +64,7 @@ class MaskScan:
     counts: np.ndarray | None = None
     solid: np.ndarray | None = None
     error: str | None = None
-    image: codec.ImageInfo | None = None  # the image's header
+    image: headers.ImageInfo | None = None  # the image's header
     image_error: str | None = None
     fingerprint: leakage.Fingerprint | None = None  # for the leakage checks
 
@@ -120,7 +120,7 @@ def _keys(mask: np.ndarray) -> np.ndarray:
 def _scan_mask(f, result: MaskScan, max_value: int, max_pixels: int) -> None:
     """Kind, size and colour counts of the mask open in `f`: decoded whole, or — a tiled or stripped TIFF above
     `max_pixels` — a band of rows at a time; another file above it is an error, never decoded."""
-    info = codec.probe(f)
+    info = headers.probe(f)
     result.fmt = info.format
     result.width, result.height = info.width, info.height
     why = too_large(info.width, info.height, max_pixels, "convert it to a tiled TIFF, which is read window by window")
@@ -139,7 +139,7 @@ def _scan_mask(f, result: MaskScan, max_value: int, max_pixels: int) -> None:
         data = f.read()
         mask, result.kind = codec.decode_mask(data, max_value)
         if result.fmt == "png":
-            result.depth = codec.png_color_type(data)[1]
+            result.depth = headers.png_color_type(data)[1]
         elif result.fmt == "tiff":
             result.depth = mask.dtype.itemsize * 8 if mask.ndim == 2 else 8
         result.keys, result.counts, result.solid = _count(_keys(mask))
@@ -175,7 +175,7 @@ def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255, fingerprint: bo
             return result
     try:
         with storage.open_read(image_path) as f:
-            result.image = codec.probe(f)
+            result.image = headers.probe(f)
             if fingerprint:
                 result.fingerprint = leakage.fingerprint(f, result.image.width, result.image.height, max_pixels)
     except codec.DecodeError as e:

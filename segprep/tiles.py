@@ -32,13 +32,14 @@ import math
 import numpy as np
 
 from segprep import codec, crops, storage
+from segprep.headers import TIFF_MAGIC
 from segprep.convert import ConvertConfig, InputError, class_positions, convert_classes, encode_crop
 from segprep.formats.metadata import Stats
 from segprep.crops import CropBox, stable_hash
 from segprep.palette import IGNORE_LABEL
 from segprep.regions import TiffRegions
 
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +121,7 @@ def open_source(path: str, config: ConvertConfig) -> bytes | TiffRegions:
     f = storage.open_read(path)
     try:
         head = f.read(4)
-        if head not in _TIFF_MAGIC or config.unknown_colors == "nearest":
+        if head not in TIFF_MAGIC or config.unknown_colors == "nearest":
             return head + f.read()
         regions = TiffRegions(f)
         if regions.region_readable and windowed(regions.height, regions.width, config):

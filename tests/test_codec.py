@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import grey_png, pil_png
-from segprep import codec
+from segprep import codec, headers
 from segprep.palette import VOC
 
 AERO, BOAT = (128, 0, 0), (0, 0, 128)
@@ -59,7 +59,7 @@ def test_rgba_mask_drops_alpha():
 
 def test_index_mask_is_written_as_8bit_grey_png():
     data = codec.encode_index_png(np.array([[3, 255]], np.uint8))
-    assert codec.png_color_type(data) == (0, 8)
+    assert headers.png_color_type(data) == (0, 8)
 
 
 def test_truncated_jpeg_is_detected():
@@ -162,7 +162,7 @@ def test_grey_index_masks_keep_their_values_at_every_bit_depth(depth):
 def test_pillow_written_1bit_and_16bit_masks():
     idx = np.array([[0, 1, 1], [1, 0, 0]], np.uint8)
     m, kind = codec.decode_mask(pil_png(idx, "1"))
-    assert codec.png_color_type(pil_png(idx, "1")) == (0, 1)
+    assert headers.png_color_type(pil_png(idx, "1")) == (0, 1)
     assert kind == "index" and m.tolist() == idx.tolist()  # class 1 stays 1, never 255 ("ignore")
     m, _ = codec.decode_mask(pil_png(np.array([[0, 7, 255]]), "I;16"))
     assert m.tolist() == [[0, 7, 255]]
@@ -178,7 +178,7 @@ def test_low_bit_palette_masks_expand_to_their_colours(bits):
     colors = VOC.color_array()[: 1 << bits]
     idx = (np.arange(24).reshape(4, 6) % (1 << bits)).astype(np.uint8)
     data = pil_png(idx, "P", bits, colors)
-    assert codec.png_color_type(data) == (3, bits)
+    assert headers.png_color_type(data) == (3, bits)
     m, kind = codec.decode_mask(data)
     assert kind == "palette"
     np.testing.assert_array_equal(m, colors[idx])
@@ -209,7 +209,7 @@ def test_tiff_images_decode_exactly_in_every_storage(compression, tile, planar):
     rgb = _rgb()
     data = _tiff(rgb if planar == "contig" else np.moveaxis(rgb, -1, 0), photometric="rgb", compression=compression,
                  tile=tile, planarconfig=planar)
-    assert codec.sniff(data) == "tiff"
+    assert headers.sniff(data) == "tiff"
     np.testing.assert_array_equal(codec.decode_image(data), rgb)
 
 
@@ -296,12 +296,12 @@ def test_probe_reads_headers_only():
 
     tif = _tiff(np.zeros((4, 50, 60), np.uint16), photometric="minisblack", planarconfig="separate", tile=(16, 16),
                 compression="lzw")
-    info = codec.probe(io.BytesIO(tif))
+    info = headers.probe(io.BytesIO(tif))
     assert (info.width, info.height, info.bands, info.bits) == (60, 50, 4, "16-bit")
     assert info.label == "TIFF 4-band 16-bit tiled lzw"
     jpeg = codec.encode_image(_rgb(33, 44), "jpeg")
-    assert codec.probe(io.BytesIO(jpeg)).label == "JPEG 3-band 8-bit"
-    info = codec.probe(io.BytesIO(codec.encode_palette_png(np.zeros((5, 7), np.uint8), VOC.color_array()[:2])))
+    assert headers.probe(io.BytesIO(jpeg)).label == "JPEG 3-band 8-bit"
+    info = headers.probe(io.BytesIO(codec.encode_palette_png(np.zeros((5, 7), np.uint8), VOC.color_array()[:2])))
     assert (info.width, info.height, info.label) == (7, 5, "PNG palette 8-bit")
 
 
@@ -313,8 +313,8 @@ def test_exif_orientation_is_read_and_applied_as_opencv_applies_it(orientation):
     shown = cv2.resize(rng.integers(0, 255, (4, 6, 3), dtype=np.uint8), (60, 40), interpolation=cv2.INTER_NEAREST)
     stored = codec.orient(shown, EXIF_UNDO[orientation])
     data = with_exif(codec.encode_image(stored, "jpeg", 100), orientation)
-    assert codec.exif_orientation(data) == orientation
-    assert codec.probe(io.BytesIO(data)).orientation == orientation
+    assert headers.exif_orientation(data) == orientation
+    assert headers.probe(io.BytesIO(data)).orientation == orientation
     as_stored = codec.decode_image(data)  # decoders give the stored pixels; the caller decides
     assert as_stored.shape == stored.shape
     turned = codec.orient(as_stored, orientation)

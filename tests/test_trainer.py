@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from conftest import REPO, read_records, shard_files
 from pipelines import prepare
-from segprep import codec, layout
+from segprep import codec, headers, layout
 from segprep.formats import run_dir
 from segprep.palette import VOC
 from trainer import data, evaluate, predict, run_folders, schedules, train, training
@@ -578,7 +578,7 @@ def test_predict_outputs_and_formats(run_dir, tmp_path, capsys):
     assert predict.main(["--model_dir", run_dir, "--input", str(tmp_path / "in"), "--output_dir", str(out),
                          "--format", "index", "--output", "upsample"]) == 0
     written, kind = codec.decode_mask((out / "a.png").read_bytes())
-    assert kind == "index" and codec.png_color_type((out / "a.png").read_bytes()) == (0, 8)
+    assert kind == "index" and headers.png_color_type((out / "a.png").read_bytes()) == (0, 8)
     np.testing.assert_array_equal(written, predict.Predictor(run_dir, "upsample").predict(image))
     capsys.readouterr()
     assert predict.main(["--model_dir", run_dir, "--input", str(tmp_path / "in"), "--output", "mian"]) == 2

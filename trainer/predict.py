@@ -25,7 +25,7 @@ import time
 import cv2
 import numpy as np
 
-from segprep import codec, layout, pairs, runlock, storage
+from segprep import codec, headers, layout, pairs, runlock, storage
 from segprep.convert import DEFAULT_MAX_PIXELS, too_large
 from segprep import cli
 from segprep.cli import Parser, UsageError, examples
@@ -344,11 +344,11 @@ def _predict_one(predictor: Predictor, target, args, bands, value_range) -> tupl
     stripped TIFF, and refused (ValueError) otherwise, never decoded whole."""
     f = common.files.open_read(target.path)
     try:
-        info = codec.probe(f)
+        info = headers.probe(f)
         if not too_large(info.width, info.height, args.max_pixels, ""):
             f.seek(0)
             data = f.read()
-            image = codec.orient(codec.decode_image(data, bands, value_range), codec.exif_orientation(data))
+            image = codec.orient(codec.decode_image(data, bands, value_range), headers.exif_orientation(data))
             classes = predictor.predict(image, args.overlap)  # as viewers show the photo (EXIF applied)
             return predictor.encode(image, classes, args.format), info.width * info.height
         regions = None
