@@ -28,287 +28,19 @@ moves a flat (0, 0, 255) to (0, 0, 254)); check the file, and prepare such masks
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shlex
 import sys
 import time
 
-import numpy as np
-
-from segprep import codec, headers, layout, layouts, lookup, pairs, storage
-from segprep.convert import DEFAULT_MAX_PIXELS, too_large
-from segprep.palette import (IGNORE_LABEL, PALETTES, VOC, VOC_BORDER_COLOR, Palette, PaletteError, colormap,
-                             load_palette)
-from segprep import cli
-from segprep.tools import leakage
+from segprep import cli, layouts, lookup, pairs, storage
 from segprep.cli import Parser, UsageError, examples
+from segprep.convert import DEFAULT_MAX_PIXELS
+from segprep.palette import PALETTES, Palette, PaletteError, load_palette
 from segprep.progress import Progress
-
-MIN_SOLID = 9  # solid pixels (centres of 3×3 blocks of one colour) a colour needs, dataset-wide, to be a class
-_BAND = 1 << 20
-
-
-@dataclasses.dataclass
-class MaskScan:
-    """One mask: its kind and size, and its colours (or index values) with pixel and solid-pixel counts."""
-
-    split: str
-    image_id: str
-    kind: str = ""  # "color", "palette", "index" (or "" when it could not be read)
-    depth: int = 8
-    fmt: str = "png"
-    height: int = 0
-    width: int = 0
-    keys: np.ndarray | None = None  # colour keys (r << 16 | g << 8 | b), or index values
-    counts: np.ndarray | None = None
-    solid: np.ndarray | None = None
-    error: str | None = None
-    image: headers.ImageInfo | None = None  # the image's header
-    image_error: str | None = None
-    fingerprint: leakage.Fingerprint | None = None  # for the leakage checks
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind} {'JPEG' if self.fmt == 'jpeg' else f'{self.depth}-bit'}" + (
-            " TIFF" if self.fmt == "tiff" else "")
-
-
-def _solid(keys: np.ndarray) -> np.ndarray:
-    """Pixels whose 3×3 neighbourhood has their own value (outside the image counts as agreeing)."""
-    p = np.pad(keys, 1, mode="edge")
-    h, w = keys.shape
-    solid = np.ones((h, w), bool)
-    for dy in (0, 1, 2):
-        for dx in (0, 1, 2):
-            if dy != 1 or dx != 1:
-                solid &= p[dy:dy + h, dx:dx + w] == keys
-    return solid
-
-
-def _count(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(distinct values, pixel counts, solid pixel counts) of a 2-D key array, in bands of rows."""
-    step = max(1, _BAND // max(1, keys.shape[1]))
-    return _count_bands(_bands(lambda y0, y1: keys[y0:y1], keys.shape[0], step))
-
-
-def _bands(read, height: int, step: int):
-    """(rows with one row of context above and below, the slice of them that is the band) for each band of `step`
-    rows; `read(y0, y1)` gives the 2-D keys of rows [y0, y1)."""
-    for y in range(0, height, step):
-        top, bottom = max(0, y - 1), min(height, y + step + 1)
-        yield read(top, bottom), slice(y - top, y - top + min(step, height - y))
-
-
-def _count_bands(bands) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    total, solid = lookup.ColorCounter(), lookup.ColorCounter()
-    for ctx, inner in bands:
-        band = ctx[inner]
-        total.add(band.ravel())
-        solid.add(band[_solid(ctx)[inner]])
-    found, counts = total.merged()
-    solid_keys, solid_counts = solid.merged()
-    solid_per_key = np.zeros(found.size, np.int64)
-    solid_per_key[np.searchsorted(found, solid_keys)] = solid_counts
-    return found, counts, solid_per_key
-
-
-def _keys(mask: np.ndarray) -> np.ndarray:
-    return mask.astype(np.uint32) if mask.ndim == 2 else lookup.color_keys(mask)
-
-
-def _scan_mask(f, result: MaskScan, max_value: int, max_pixels: int) -> None:
-    """Kind, size and colour counts of the mask open in `f`: decoded whole, or — a tiled or stripped TIFF above
-    `max_pixels` — a band of rows at a time; another file above it is an error, never decoded."""
-    info = headers.probe(f)
-    result.fmt = info.format
-    result.width, result.height = info.width, info.height
-    why = too_large(info.width, info.height, max_pixels, "convert it to a tiled TIFF, which is read window by window")
-    regions = None
-    if why and info.format == "tiff":
-        from segprep.regions import TiffRegions
-
-        f.seek(0)
-        regions = TiffRegions(f)
-        why = None if regions.region_readable else why
-    if why:
-        result.error = why
-        return
-    if regions is None:
-        f.seek(0)
-        data = f.read()
-        mask, result.kind = codec.decode_mask(data, max_value)
-        if result.fmt == "png":
-            result.depth = headers.png_color_type(data)[1]
-        elif result.fmt == "tiff":
-            result.depth = mask.dtype.itemsize * 8 if mask.ndim == 2 else 8
-        result.keys, result.counts, result.solid = _count(_keys(mask))
-        return
-    kinds = []
-
-    def read(y0: int, y1: int) -> np.ndarray:
-        mask, kind = codec.tiff_mask(regions.tiff(regions.read(y0, y1, 0, regions.width)), max_value)
-        if not kinds:
-            kinds.append((kind, mask.dtype.itemsize * 8 if mask.ndim == 2 else 8))
-        return _keys(mask)
-
-    step = max(1, _BAND // max(1, regions.width))
-    result.keys, result.counts, result.solid = _count_bands(_bands(read, regions.height, step))
-    result.kind, result.depth = kinds[0]
-
-
-def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255, fingerprint: bool = False,
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> MaskScan:
-    """Reads and decodes one mask and the header of its image (with `fingerprint`, the whole image: its digest and
-    perceptual hash, for the leakage checks); a file that cannot be read is reported in `error` / `image_error`,
-    and the scan goes on. Sizes come from the headers first: nothing above `max_pixels` is decoded whole."""
-    result = MaskScan(pair.split, pair.image_id)
-    if pair.reason:
-        result.error = pair.error
-        return result
-    image_path = layout.join(root, pair.image)
-    path = layout.join(root, pair.mask)
-    for what, where in (("image", image_path), ("mask", path)):
-        why = pairs.outside_root(root, where)
-        if why:
-            result.error = f"{what}: {why}"
-            return result
-    try:
-        with storage.open_read(image_path) as f:
-            result.image = headers.probe(f)
-            if fingerprint:
-                result.fingerprint = leakage.fingerprint(f, result.image.width, result.image.height, max_pixels)
-    except codec.DecodeError as e:
-        result.image_error = str(e)
-    except Exception as e:  # noqa: BLE001 - missing or unreadable: reported, the scan goes on
-        result.image_error = f"no image at {image_path}" if storage.absent(image_path) else \
-            f"{type(e).__name__}: {e}"
-    try:
-        with storage.open_read(path) as f:
-            _scan_mask(f, result, max_value, max_pixels)
-    except codec.DecodeError as e:
-        result.error = str(e)
-    except Exception as e:  # noqa: BLE001 - missing or unreadable: reported, the scan goes on
-        result.error = f"no mask at {path}" if storage.absent(path) else f"{type(e).__name__}: {e}"
-    if result.error:
-        result.keys = result.counts = result.solid = None
-    return result
-
-
-@dataclasses.dataclass
-class Value:
-    """One colour (or index value) over the whole dataset."""
-
-    key: int
-    pixels: int
-    images: int
-    solid: int
-    role: str = ""  # "class", "noise", "thin"
-    near: int | None = None  # for noise: the class colour it surrounds
-
-    def color(self) -> tuple[int, int, int]:
-        return lookup.key_color(self.key)
-
-
-def aggregate(scans: list[MaskScan], index: bool) -> list[Value]:
-    """Every colour (index=False) or index value (True) over the masks of that family, most pixels first."""
-    parts = [s for s in scans if s.keys is not None and (s.kind == "index") == index]
-    if not parts:
-        return []
-    keys = np.concatenate([s.keys for s in parts])
-    found, inverse = np.unique(keys, return_inverse=True)
-    pixels = np.bincount(inverse, np.concatenate([s.counts for s in parts]).astype(np.float64), found.size)
-    solid = np.bincount(inverse, np.concatenate([s.solid for s in parts]).astype(np.float64), found.size)
-    images = np.bincount(inverse, minlength=found.size)
-    values = [Value(int(k), int(p), int(i), int(s)) for k, p, i, s in zip(found, pixels, images, solid)]
-    return sorted(values, key=lambda v: (-v.pixels, v.key))
-
-
-def classify(values: list[Value], tolerance: float) -> None:
-    """Sets each colour's role: class colours (solid somewhere, not within `tolerance` of a more frequent class
-    colour), noise around a class colour, or thin (never solid, far from every class colour)."""
-    classes: list[Value] = []
-    for v in values:  # most pixels first
-        c = np.array(v.color())
-        near = min(classes, key=lambda k: np.sum((np.array(k.color()) - c) ** 2), default=None)
-        close = near is not None and np.sqrt(np.sum((np.array(near.color()) - c) ** 2)) <= tolerance
-        if v.solid >= MIN_SOLID and not close:
-            v.role = "class"
-            classes.append(v)
-        elif close:
-            v.role, v.near = "noise", near.key
-        else:
-            v.role = "thin"
-
-
-def _voc_name(color) -> str | None:
-    if tuple(color) in VOC.colors:
-        return VOC.names[VOC.colors.index(tuple(color))]
-    return None
-
-
-def _snap(color: tuple[int, int, int], slack: int = 2) -> tuple[int, int, int]:
-    """A colour read from lossy masks, put back where JPEG most likely moved it from: onto a Pascal VOC colour
-    (or VOC's border colour) within `slack` levels per channel, else each channel within `slack` of 0 or 255 onto
-    it (JPEG turns a flat (0, 0, 255) into (0, 0, 254))."""
-    for known in VOC.colors + (VOC_BORDER_COLOR,):
-        if max(abs(a - b) for a, b in zip(color, known)) <= slack:
-            return known
-    return tuple(0 if c <= slack else 255 if c >= 255 - slack else c for c in color)
-
-
-def is_binary(indices: list[Value]) -> bool:
-    """Index values exactly 0 and 255: a 0/255 label map, whose 255 is the ignore label without an index map."""
-    return sorted(v.key for v in indices) == [0, IGNORE_LABEL]
-
-
-def palette_for(colors: list[Value], indices: list[Value]) -> dict:
-    """The palette file --write_palette writes (see the module docstring)."""
-    if indices and not colors and is_binary(indices):  # 0/255 labels: 255 is a class, not "ignore"
-        return {"names": ["class_0", "class_1"], "colors": [[0, 0, 0], [255, 255, 255]], "ignore_colors": [],
-                "index_map": {"0": 0, "255": 1}}
-    if indices and not colors:  # index masks: one class per value, drawn in VOC's colour map
-        top = max((v.key for v in indices if v.key != IGNORE_LABEL), default=0)
-        return {"names": [f"class_{i}" for i in range(top + 1)],
-                "colors": [list(c) for c in colormap(top + 1)], "ignore_colors": []}
-    classes = [v.color() for v in colors if v.role == "class"]
-    if any(v.role == "noise" for v in colors):  # lossy masks: JPEG moves flat colours by a level or two
-        classes = [_snap(c) for c in classes]
-    classes = sorted(set(classes))
-    ignore = [list(c) for c in classes if c == VOC_BORDER_COLOR]
-    classes = [c for c in classes if c != VOC_BORDER_COLOR]
-    if classes and all(_voc_name(c) for c in classes):  # VOC colours: keep VOC's ids and names
-        return VOC.to_json()
-    names = [_voc_name(c) or f"class_{i}" for i, c in enumerate(classes)]
-    return {"names": names, "colors": [list(c) for c in classes], "ignore_colors": ignore}
-
-
-def _in_palette(v: Value, palette: Palette, index: bool) -> str:
-    if index:
-        target = dict(palette.index_map).get(v.key) if palette.index_map else (
-            v.key if v.key < palette.num_classes or v.key == IGNORE_LABEL else None)
-        if target is None:
-            return "NOT IN PALETTE"
-        if target == IGNORE_LABEL:
-            return "ignore (255)"
-        return palette.names[target]
-    color = v.color()
-    if color in palette.colors:
-        return palette.names[palette.colors.index(color)]
-    if color in palette.ignore_colors:
-        return "ignore"
-    return "NOT IN PALETTE"
-
-
-def values_of(scans: list[MaskScan], tolerance: float) -> tuple[list[Value], list[Value]]:
-    """(every colour, every index value) over the dataset, colours classified: computed once for the report, the
-    prepare command and --write_palette."""
-    colors, indices = aggregate(scans, False), aggregate(scans, True)
-    classify(colors, tolerance)
-    for v in indices:
-        v.role = "class"
-    return colors, indices
-
+from segprep.tools import leakage
+from segprep.tools.colors import MIN_SOLID, Value, in_palette, is_binary, palette_for, values_of
+from segprep.tools.mask_scan import MaskScan, scan_pair
 
 def report(scans: list[MaskScan], lists, palette: Palette, palette_name: str, tolerance: float,
            seconds: float, show_all: bool, values_by_kind: tuple[list[Value], list[Value]]) -> list[str]:
@@ -360,7 +92,7 @@ def report(scans: list[MaskScan], lists, palette: Palette, palette_name: str, to
             note = {"class": "", "thin": "thin: edges or specks only"}.get(
                 v.role, f"noise near {lookup.key_color(v.near or 0)}")
             lines.append(f"  {label:17s} {v.pixels:14,d} {100 * v.pixels / total:6.2f}% {v.images:7,d}  "
-                         f"{_in_palette(v, palette, index):18s} {note}".rstrip())
+                         f"{in_palette(v, palette, index):18s} {note}".rstrip())
         if not index:
             noise = [v for v in values if v.role == "noise"]
             thin = [v for v in values if v.role == "thin"]
@@ -372,7 +104,7 @@ def report(scans: list[MaskScan], lists, palette: Palette, palette_name: str, to
                 lines.append(f"  + {len(thin):,} colours ({100 * sum(v.pixels for v in thin) / total:.2f}% of "
                              f"pixels) solid (3×3 of one colour) at fewer than {MIN_SOLID} pixels: edges, ringing or "
                              "anti-aliasing")
-            missing = [v for v in values if v.role == "class" and _in_palette(v, palette, False) == "NOT IN PALETTE"]
+            missing = [v for v in values if v.role == "class" and in_palette(v, palette, False) == "NOT IN PALETTE"]
             if missing:
                 lines.append(f"  {len(missing)} class colours are not in the {palette_name} palette: write a "
                              "palette with --write_palette FILE and pass prepare --palette FILE")
@@ -383,7 +115,7 @@ def report(scans: list[MaskScan], lists, palette: Palette, palette_name: str, to
                          "marks. If 255 is a class (a building, a road): prepare --palette inria, or a palette with "
                          '"index_map": {"0": 0, "255": 1} (--write_palette FILE writes one)')
         elif index:
-            missing = [v for v in values if _in_palette(v, palette, True) == "NOT IN PALETTE"]
+            missing = [v for v in values if in_palette(v, palette, True) == "NOT IN PALETTE"]
             if missing:
                 lines.append(f"  {len(missing)} index values are not classes of the {palette_name} palette: pass "
                              "a palette whose index_map maps them (or --write_palette FILE)")

@@ -12,6 +12,7 @@ from conftest import jpeg_damaged, write_lists, write_pair
 from pipelines import prepare
 from segprep import codec, layout, pairs
 from segprep import scan
+from segprep.tools import mask_scan
 
 POTSDAM = {"impervious": (255, 255, 255), "building": (0, 0, 255), "low_vegetation": (0, 255, 255),
            "tree": (0, 255, 0), "car": (255, 255, 0), "clutter": (255, 0, 0)}
@@ -212,9 +213,9 @@ def test_a_tiled_tiff_mask_above_max_pixels_is_counted_a_band_at_a_time_as_it_wo
     (root / "images" / "a.png").write_bytes(codec.encode_image(np.zeros((330, 260, 3), np.uint8), "png"))
     tifffile.imwrite(root / "masks" / "a.tif", colors[classes], tile=(32, 32), photometric="rgb")
     pair = pairs.Pair("train", "a", "images/a.png", "masks/a.tif")
-    whole = scan.scan_pair(str(root), pair)
-    monkeypatch.setattr(scan, "_BAND", 260 * 40)  # bands of 40 rows, across the 32-row tiles
-    banded = scan.scan_pair(str(root), pair, max_pixels=10_000)
+    whole = mask_scan.scan_pair(str(root), pair)
+    monkeypatch.setattr(mask_scan, "_BAND", 260 * 40)  # bands of 40 rows, across the 32-row tiles
+    banded = mask_scan.scan_pair(str(root), pair, max_pixels=10_000)
     assert whole.error is None and banded.error is None
     assert (banded.kind, banded.width, banded.height) == (whole.kind, whole.width, whole.height) == ("color", 260, 330)
     for key in ("keys", "counts", "solid"):
