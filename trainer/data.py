@@ -179,7 +179,7 @@ def _fold(key, *data):
 def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
                  inputs: dict[str, int] | None = None, targets: dict[str, int] | None = None,
                  aug: Augment = Augment(), normalize: tuple | None = None, seed: int | None = 0,
-                 shuffle_buffer: int = 2048, meta: dict | None = None, pad_batches: bool = False,
+                 shuffle_buffer: int = 2048, meta=None, pad_batches: bool = False,
                  crop_weights: list[float] | None = None, start_epoch: int = 0,
                  window: int | None = None) -> tf.data.Dataset:
     """Batches of ({input name: image}, {output name: mask}) for `split`.
@@ -206,38 +206,12 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
     size = meta.crop_size
     if window is not None and not 0 < window <= size:
         raise ValueError(f"Argument `window` must be in [1, crop size {size}]. Received: window={window}")
-    inputs = inputs or {"image": 1}
-    targets = targets or {"main": 1}
-    if normalize is None:
-        norm = lambda x: x  # noqa: E731
-    else:
-        norm = lambda x: normalization.normalize(x, *normalize)  # noqa: E731
-    compression = meta.compression_type
+    if training and seed is None:
+        seed = int(tf.random.uniform((), 0, 2 ** 31 - 1, tf.int64))
     factors = None if crop_weights is None else tf.constant(list(crop_weights) + [1.0] * (256 - len(crop_weights)),
                                                             tf.float32)
-
-    def read(names):
-        return names.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
-                                cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE, deterministic=True)
-
-    if training:
-        if seed is None:
-            seed = int(tf.random.uniform((), 0, 2 ** 31 - 1, tf.int64))
-        per_epoch = steps(meta, split, batch_size) * batch_size
-        names = tf.constant(files)
-
-        def epoch(e):
-            key = epoch_key(seed, e)
-            order = tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(names, _fold(key, 0)))
-            blocks = read(order).batch(shuffle_buffer).enumerate()
-            records = blocks.map(lambda j, block: tf.random.experimental.stateless_shuffle(block, _fold(key, 1, j)))
-            records = records.unbatch().repeat().take(per_epoch)  # the last batch: filled from the epoch's start
-            return records.enumerate().map(lambda i, record: (record, _fold(key, 2, i)))
-
-        # One epoch after another, never crossing: an epoch's batches hold its own records only.
-        ds = tf.data.Dataset.range(start_epoch, 2 ** 62).flat_map(epoch)
-    else:
-        ds = read(tf.data.Dataset.from_tensor_slices(files)).map(lambda record: (record, tf.zeros([2], tf.int64)))
+    ds = _records(files, meta.compression_type, steps(meta, split, batch_size) * batch_size if training else None,
+                  seed, start_epoch, shuffle_buffer)
 
     def decode_one(serialized, key):
         image, mask, *weight = decode(serialized, size, factors)
@@ -245,10 +219,44 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
             image, mask = augment(image, mask, aug, size, key, window)
         return (image, mask, *weight)
 
+    # Parallel, in order: `deterministic=True` costs a little head-of-line waiting, and buys repeatable runs.
+    ds = ds.map(decode_one, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return _batches(ds, batch_size, training, pad_batches, inputs or {"image": 1}, targets or {"main": 1}, normalize)
+
+
+def _records(files: list[str], compression: str | None, per_epoch: int | None, seed: int | None, start_epoch: int,
+             shuffle_buffer: int) -> tf.data.Dataset:
+    """(serialized record, augmentation key) pairs: training data (`per_epoch` records an epoch) as the epochs
+    `make_dataset` describes, from `start_epoch` on; evaluation data (`per_epoch` None) one pass in record order,
+    with a dummy key."""
+    def read(names):
+        return names.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
+                                cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE, deterministic=True)
+
+    if per_epoch is None:
+        return read(tf.data.Dataset.from_tensor_slices(files)).map(lambda record: (record, tf.zeros([2], tf.int64)))
+    names = tf.constant(files)
+
+    def epoch(e):
+        key = epoch_key(seed, e)
+        order = tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(names, _fold(key, 0)))
+        blocks = read(order).batch(shuffle_buffer).enumerate()
+        records = blocks.map(lambda j, block: tf.random.experimental.stateless_shuffle(block, _fold(key, 1, j)))
+        records = records.unbatch().repeat().take(per_epoch)  # the last batch: filled from the epoch's start
+        return records.enumerate().map(lambda i, record: (record, _fold(key, 2, i)))
+
+    # One epoch after another, never crossing: an epoch's batches hold its own records only.
+    return tf.data.Dataset.range(start_epoch, 2 ** 62).flat_map(epoch)
+
+
+def _batches(ds: tf.data.Dataset, batch_size: int, training: bool, pad_batches: bool, inputs: dict[str, int],
+             targets: dict[str, int], normalize: tuple | None) -> tf.data.Dataset:
+    """Decoded (image, mask[, weight]) examples → batches of ({input: image}, {output: mask}) at each one's stride,
+    normalised when `normalize` = (mean, std); evaluation data repeated (each pass is `steps` batches)."""
     def to_batch(images, masks, *weights):
         # Normalisation and targets run on whole batches: far fewer ops than per example. (Flips stay per
         # example: a tf.cond reverses only when drawn, where a batched tf.where costs more than decoding.)
-        x = norm(images)
+        x = images if normalize is None else normalization.normalize(images, *normalize)
         side = images.shape[1]  # the crop size, or the training window
         feats = {name: (x if s == 1 else tf.image.resize(tf.cast(x, tf.float32), (side // s, side // s),
                                                          antialias=True))
@@ -258,8 +266,6 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
             labels[CROP_WEIGHT] = weights[0]
         return feats, labels
 
-    # Parallel, in order: `deterministic=True` costs a little head-of-line waiting, and buys repeatable runs.
-    ds = ds.map(decode_one, num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=training)
     if pad_batches and not training:
         ds = ds.map(lambda images, masks: _pad_batch(images, masks, batch_size))
