@@ -10,6 +10,9 @@ Any layout is read by pattern (--images, --masks; see segprep/pairs.py and the R
 
 Exit status: 0 when every listed input was written, 1 when some inputs failed (everything else is still written;
 see OUT/errors/SPLIT.jsonl), 2 for a usage mistake (one line on stderr, nothing written).
+
+Over 400 lines: a quarter of it is the flag table (`build_parser`, one entry a flag with its help); the steps of a
+run are named functions, the stages in pipelines/reading.py, cutting.py and shards.py.
 """
 
 from __future__ import annotations

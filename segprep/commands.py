@@ -45,7 +45,8 @@ def summary(entry: importlib.metadata.EntryPoint) -> str:
 def _help(found: dict) -> str:
     lines = [USAGE, "", "commands, in the order of a project:"]
     lines += [f"  {name:9s} {summary(entry)}" for name, entry in found.items()]
-    lines += ["", "examples:", *["  " + line.strip() for line in __doc__.splitlines() if line.startswith("    segprep")]]
+    examples = ["  " + line.strip() for line in __doc__.splitlines() if line.startswith("    segprep")]
+    lines += ["", "examples:", *examples]
     return "\n".join(lines)
 
 

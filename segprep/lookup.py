@@ -12,6 +12,9 @@ What happens to off-palette colours is the caller's choice, never a silent class
 - "ignore":  they become `IGNORE_LABEL` (counted);
 - "nearest": the mask is taken for a lossy copy of a palette mask (JPEG once, then saved as PNG) and restored:
              see `snap_to_present`. Masks with no off-palette colour are converted exactly, as under "error".
+
+Over 400 lines on purpose: the nearest-colour restoration of lossy masks (`snap_to_present`) reads the same
+tables and bands as the plain lookup, and `convert_mask` chooses between them; apart, each would import the other.
 """
 
 from __future__ import annotations

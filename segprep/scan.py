@@ -20,8 +20,9 @@ the prepare command that reads this tree.
 Which colours are classes: a colour that is "solid" (a pixel whose 3×3 neighbourhood is all that colour) at
 MIN_SOLID = 9 or more pixels across the dataset — one 5×5 patch is enough, a 1–2 px line never is — is a class
 candidate, unless it lies within --tolerance of a more frequent class colour: then it is compression noise around
-that colour (a mask saved as JPEG once), as are colours short of that (edges, ringing, anti-aliasing). --write_palette writes the class colours as a palette file prepare accepts: Pascal VOC's names
-where the colours are VOC's, class_N otherwise, and VOC's border colour (224, 224, 192) as an ignore colour. From
+that colour (a mask saved as JPEG once), as are colours short of that (edges, ringing, anti-aliasing).
+--write_palette writes the class colours as a palette file prepare accepts: Pascal VOC's names where the colours
+are VOC's, class_N otherwise, and VOC's border colour (224, 224, 192) as an ignore colour. From
 lossy masks the colours are estimates: each is put back on a VOC colour, or on 0 / 255, within 2 levels (JPEG
 moves a flat (0, 0, 255) to (0, 0, 254)); check the file, and prepare such masks with --unknown_colors nearest.
 """
@@ -41,6 +42,7 @@ from segprep.progress import Progress
 from segprep.tools import leakage
 from segprep.tools.colors import MIN_SOLID, Value, in_palette, is_binary, palette_for, values_of
 from segprep.tools.mask_scan import MaskScan, scan_pair
+
 
 def report(scans: list[MaskScan], lists, palette: Palette, palette_name: str, tolerance: float,
            seconds: float, show_all: bool, values_by_kind: tuple[list[Value], list[Value]]) -> list[str]:

@@ -40,8 +40,6 @@ from segprep.palette import IGNORE_LABEL
 from segprep.regions import TiffRegions
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class TiledPair:
     """An image and mask to be cut window by window: both region-readable TIFFs of the same size."""

@@ -15,6 +15,8 @@ default --model_dir is derived from the flags, so "the same command" finds its r
 same command and --seed on the same machine write the same log.csv and weights, resumed or not. --batch_size is
 per replica; the global batch and the peak learning rate grow with the number of replicas (see
 trainer/distribute.py).
+
+`build_parser` is over 80 lines: the flag table, one entry a flag with its help.
 """
 
 from __future__ import annotations
@@ -253,7 +255,8 @@ def _train_with_policy(args, meta: md.Metadata, model_dir: str, placement, scale
         keras.mixed_precision.set_global_policy(previous)
 
 
-def _train(args, meta: md.Metadata, model_dir: str, placement: distribute.Placement, policy: str, scale) -> loop.History:
+def _train(args, meta: md.Metadata, model_dir: str, placement: distribute.Placement, policy: str,
+           scale) -> loop.History:
     keras.utils.set_random_seed(args.seed)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
                       warmup_steps=args.warmup_steps, seed=args.seed,

@@ -9,6 +9,9 @@ counts (so steps_per_epoch is never guessed), classes, colours and the RGB mean/
      "seed": 0, "random_crop_splits": ["train"], "rgb_mean": [...], "rgb_std": [...],
      "splits": {"train": {"records": ..., "shards": [names], "shard_records": [...], "bytes": ..., ...}},
      "flags": {every flag of the run}, "seconds": ...}
+
+Over 400 lines on purpose: metadata.json is written (`build`, with the `Stats` it reports) and read back (`parse`,
+the checked `Metadata` view) in this one module, so that no key is spelled anywhere else.
 """
 
 from __future__ import annotations
