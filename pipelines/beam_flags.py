@@ -97,7 +97,7 @@ def _check_runner(options) -> None:
                    if not value]
         if missing:
             raise UsageError(f"--runner {name} needs {', '.join(missing)} (e.g. --project P --region us-central1 "
-                             "--temp_location gs://B/tmp); see the README's Dataflow section.")
+                             "--temp_location gs://B/tmp); see docs/scale.md (Dataflow).")
 
 
 def direct_to_fnapi(options) -> None:

@@ -6,7 +6,7 @@
     python -m pipelines.prepare --input_dir gs://B/VOC2012 --output_dir gs://B/records \
         --runner=DataflowRunner --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py
 
-Any layout is read by pattern (--images, --masks; see segprep/pairs.py and the README's Datasets section).
+Any layout is read by pattern (--images, --masks; see segprep/patterns.py and docs/datasets.md).
 
 Exit status: 0 when every listed input was written, 1 when some inputs failed (everything else is still written;
 see OUT/errors/SPLIT.jsonl), 2 for a usage mistake (one line on stderr, nothing written).

@@ -226,7 +226,7 @@ def _by_pattern(root: str, images: Pattern, masks: Pattern, wanted: str | None) 
     found = sorted(splits)
     if not found:
         raise LayoutError(f"--input_dir {root}: no image matches --images {images.text!r}"
-                          + (f" (it looks like {suggest(root)[0]}: see the README's Datasets section)"
+                          + (f" (it looks like {suggest(root)[0]}: see docs/datasets.md)"
                              if suggest(root) else "") + ".")
     skipped = {}
     if wanted:
@@ -283,7 +283,7 @@ def _by_fraction(root: str, images: Pattern, masks: Pattern, fraction: float, gr
     return Listing(root, images, masks, "val_fraction", {s: len(p) for s, p in chosen.items()}, listed=chosen)
 
 
-# Known archives: marker paths that tell them, and the flags that read them (the README's Datasets section).
+# Known archives: marker paths that tell them, and the flags that read them (docs/datasets.md).
 KNOWN = {
     "Cityscapes": (("leftImg8bit", "gtFine"),
                    ["--images", "leftImg8bit/{split}/*/{id}_leftImg8bit.png",

@@ -1,4 +1,4 @@
-"""Small trees in the exact layouts and file kinds of the archives the README's Datasets section names, with the
+"""Small trees in the exact layouts and file kinds of the archives docs/datasets.md names, with the
 ground truth a test checks crops against: the image as stored and the class map the dataset's own definition
 gives. Every file is written by a real codec (OpenCV for PNG/JPEG, tifffile for TIFF, with compression)."""
 

@@ -1,5 +1,5 @@
-"""Each archive the README's Datasets section names, in its exact layout and file kinds, prepared with the README's
-own command for it: every crop's image and mask checked against the source and the dataset's class definition;
+"""Each archive docs/datasets.md names, in its exact layout and file kinds, prepared with the
+page's own command for it: every crop's image and mask checked against the source and the dataset's class definition;
 scan and inspect run on the same tree with the same layout flags."""
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ LAYOUT_FLAGS = ("--images", "--masks", "--split_lists", "--val_fraction", "--gro
 
 
 def readme_command(heading: str) -> list[str]:
-    """The flags of the first `python -m pipelines.prepare` command under `### heading` in README.md."""
-    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
-    section = text.split(f"\n### {heading}\n", 1)[1]
+    """The flags of the first `python -m pipelines.prepare` command under `## heading` in docs/datasets.md."""
+    text = open(os.path.join(REPO, "docs", "datasets.md"), encoding="utf-8").read()
+    section = text.split(f"\n## {heading}\n", 1)[1]
     block = re.search(r"^    python -m pipelines\.prepare (.*?)(?:\n\n|\n(?! {4}))", section, re.S | re.M).group(1)
     return shlex.split(block.replace("\\\n", " "))
 
@@ -141,7 +141,7 @@ def test_potsdam_rgb_rgbir_and_16_bit(tmp_path, capsys):
         used += meta["splits"][split]["images_used"]
     assert used == len(archives.POTSDAM_IDS)
 
-    # the README's near-infrared variant: 4-band planar LZW tiles, bands 4, 1, 2
+    # docs/datasets.md's near-infrared variant: 4-band planar LZW tiles, bands 4, 1, 2
     out = str(tmp_path / "irrg")
     rgbir = ["--images", "4_Ortho_RGBIR/top_potsdam_{id}_RGBIR.tif", "--bands", "4,1,2"]
     meta = run_prepare("ISPRS Potsdam", root, out, *rgbir)
