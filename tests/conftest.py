@@ -232,3 +232,10 @@ def with_exif(jpeg: bytes, orientation: int) -> bytes:
 
 # The orientation that undoes each: a photo shown as D is stored as orient(D, UNDO[o]).
 EXIF_UNDO = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}
+
+
+def small_config(**kw):
+    """A TrainConfig for the tests' tiny runs: 2 epochs of batches of 4 at lr 2e-3 unless `kw` says otherwise."""
+    from trainer import training
+
+    return training.TrainConfig(**{"epochs": 2, "batch_size": 4, "lr": 2e-3, **kw})
