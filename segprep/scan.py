@@ -240,9 +240,9 @@ def run(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     if args.write_palette:
         written = palette_for(*values_by_kind)
-        storage.write_bytes(args.write_palette, (json.dumps(written, indent=1) + "\n").encode())
-        print(f"scan: wrote {args.write_palette}: {len(written['names'])} classes"
-              + (f", {len(written['ignore_colors'])} ignore colour" if written["ignore_colors"] else "")
+        storage.write_bytes(args.write_palette, (json.dumps(written.to_json(), indent=1) + "\n").encode())
+        print(f"scan: wrote {args.write_palette}: {written.num_classes} classes"
+              + (f", {len(written.ignore_colors)} ignore colour" if written.ignore_colors else "")
               + f"; use it with --palette {args.write_palette}")
     if scans and all(s.image is None for s in scans):
         print(f"scan: none of the {len(scans)} masks has an image (--images {spec.images!r}): this tree holds "

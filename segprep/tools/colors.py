@@ -87,25 +87,23 @@ def is_binary(indices: list[Value]) -> bool:
     return sorted(v.key for v in indices) == [0, IGNORE_LABEL]
 
 
-def palette_for(colors: list[Value], indices: list[Value]) -> dict:
-    """The palette file --write_palette writes (see the module docstring)."""
+def palette_for(colors: list[Value], indices: list[Value]) -> Palette:
+    """The palette --write_palette writes (see the module docstring)."""
     if indices and not colors and is_binary(indices):  # 0/255 labels: 255 is a class, not "ignore"
-        return {"names": ["class_0", "class_1"], "colors": [[0, 0, 0], [255, 255, 255]], "ignore_colors": [],
-                "index_map": {"0": 0, "255": 1}}
+        return Palette(("class_0", "class_1"), ((0, 0, 0), (255, 255, 255)), index_map=((0, 0), (255, 1)))
     if indices and not colors:  # index masks: one class per value, drawn in VOC's colour map
         top = max((v.key for v in indices if v.key != IGNORE_LABEL), default=0)
-        return {"names": [f"class_{i}" for i in range(top + 1)],
-                "colors": [list(c) for c in colormap(top + 1)], "ignore_colors": []}
+        return Palette(tuple(f"class_{i}" for i in range(top + 1)), tuple(colormap(top + 1)))
     classes = [v.color() for v in colors if v.role == "class"]
     if any(v.role == "noise" for v in colors):  # lossy masks: JPEG moves flat colours by a level or two
         classes = [_snap(c) for c in classes]
     classes = sorted(set(classes))
-    ignore = [list(c) for c in classes if c == VOC_BORDER_COLOR]
+    ignore = tuple(c for c in classes if c == VOC_BORDER_COLOR)
     classes = [c for c in classes if c != VOC_BORDER_COLOR]
     if classes and all(_voc_name(c) for c in classes):  # VOC colours: keep VOC's ids and names
-        return VOC.to_json()
-    names = [_voc_name(c) or f"class_{i}" for i, c in enumerate(classes)]
-    return {"names": names, "colors": [list(c) for c in classes], "ignore_colors": ignore}
+        return VOC
+    names = tuple(_voc_name(c) or f"class_{i}" for i, c in enumerate(classes))
+    return Palette(names, tuple(classes), ignore)
 
 
 def in_palette(v: Value, palette: Palette, index: bool) -> str:
