@@ -121,12 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "them): apply = read images as viewers show them, ignore = as stored, auto = the way its "
                         "mask fits; a mask that fits both ways (a square image, or an upside-down one) is then an "
                         "error record naming the orientation (default: auto)")
-    p.add_argument("--max_pixels", type=cli.integer(1), default=convert.DEFAULT_MAX_PIXELS,
-                   help="an image or mask decoded whole whose header declares more pixels is an error record, "
-                        "never decoded (a few-MB PNG can declare 50,000² px). The default, %(default)s px (about "
-                        "13,400²), takes about 2 GB of worker memory to decode and convert (~11 bytes a pixel); "
-                        "raise it for larger JPEGs and PNGs on workers with the memory. Tiled and stripped TIFF "
-                        "pairs are read window by window instead and have no such limit")
+    cli.max_pixels_flag(p, convert.DEFAULT_MAX_PIXELS, "it is an error record; tiled and stripped TIFF pairs are "
+                        "read window by window instead and have no such limit")
     p.add_argument("--window_size", type=cli.integer(1), default=convert.DEFAULT_WINDOW_SIZE,
                    help="a tiled or stripped TIFF pair (image and mask) wider or taller than this is read, converted "
                         "and cut one window of this side at a time, each window a separate work item, reading only "

@@ -133,6 +133,16 @@ def value_range(value: str) -> tuple[float, float]:
     return lo, hi
 
 
+def max_pixels_flag(parser, default: int, above: str) -> None:
+    """--max_pixels, the one pixel limit of every command that decodes images; `above` says what this command does
+    with a file whose header declares more."""
+    parser.add_argument("--max_pixels", type=integer(1), default=default,
+                        help="an image or mask whose header declares more pixels is never decoded whole (a few-KB PNG "
+                             f"can declare 50,000² px): {above}. The default, %(default)s px (about 13,400²), takes "
+                             "about 2 GB to decode and convert (~11 bytes a pixel); raise it where there is the "
+                             "memory")
+
+
 def layout_flags(parser) -> None:
     """The layout flags of segprep.pairs, shared by prepare, scan and inspect."""
     from segprep import pairs

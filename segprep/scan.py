@@ -198,11 +198,8 @@ def build_parser() -> Parser:
                         "this many bits are reported as near-duplicates; copies re-encoded and resized to 90%% "
                         "measured up to 42, distinct scenes 70 and more; -1 checks only ids and identical files "
                         "(default: %(default)s)")
-    p.add_argument("--max_pixels", type=cli.integer(1), default=DEFAULT_MAX_PIXELS,
-                   help="as prepare's: a mask or image whose header declares more pixels is never decoded whole "
-                        "(a few-KB PNG can declare 50,000² px): a tiled or stripped TIFF mask is read a band of rows "
-                        "at a time, another file is reported, and an image is not hashed for near-duplicates "
-                        "(default: %(default)s, about 13,400²)")
+    cli.max_pixels_flag(p, DEFAULT_MAX_PIXELS, "a tiled or stripped TIFF mask is read a band of rows at a time, "
+                        "another file is reported, and an image is not hashed for near-duplicates")
     p.add_argument("--no_leakage", action="store_true",
                    help="skip the leakage checks between splits (images are then read for their headers only)")
     p.add_argument("--all", action="store_true", help="list every colour, noise included, and every leakage "

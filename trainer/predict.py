@@ -266,11 +266,8 @@ def build_parser() -> Parser:
     p.add_argument("--format", choices=("color", "index"), default="color",
                    help="ID.png as the dataset's palette colours, or as 8-bit class indices (what evaluation tools "
                         "read); ID_overlay.jpg is written either way (default: %(default)s)")
-    p.add_argument("--max_pixels", type=cli.integer(1), default=DEFAULT_MAX_PIXELS,
-                   help="an image whose header declares more pixels is not decoded whole: a tiled or stripped TIFF "
-                        "is predicted window by window into ID.tif (a tiled TIFF of class indices, no overlay), "
-                        "anything else is refused. The default, %(default)s px (about 13,400²), takes about 2 GB "
-                        "(~11 bytes a pixel), as in prepare")
+    cli.max_pixels_flag(p, DEFAULT_MAX_PIXELS, "a tiled or stripped TIFF is predicted window by window into ID.tif "
+                        "(a tiled TIFF of class indices, no overlay), anything else is refused")
     return p
 
 

@@ -213,9 +213,7 @@ def build_parser() -> Parser:
     p.add_argument("--bands", type=cli.bands, metavar="B,B,B", help="for a dataset root: as prepare's --bands")
     p.add_argument("--image_range", type=cli.value_range, metavar="LO,HI", help="for a dataset root: as prepare's "
                                                                        "--image_range")
-    p.add_argument("--max_pixels", type=cli.integer(1), default=DEFAULT_MAX_PIXELS,
-                   help="for a dataset root, as prepare's: a pair whose header declares more pixels is not decoded "
-                        "(it is named and skipped) (default: %(default)s, about 13,400²)")
+    cli.max_pixels_flag(p, DEFAULT_MAX_PIXELS, "for a dataset root, the pair is named and skipped")
     return p
 
 
