@@ -17,7 +17,7 @@ from conftest import REPO
 from segprep import codec, headers
 from segprep.palette import VOC
 from trainer import predict
-from trainer.prediction_output import MANIFEST
+from segprep.formats.predictions import MANIFEST
 
 
 def files(folder):

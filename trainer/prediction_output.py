@@ -6,8 +6,8 @@ a tiled TIFF larger than --max_pixels, predicted window by window, gives ID.tif.
 and a.png in one folder), each keeps its extension in the name instead: a.jpg.png, a.jpg_overlay.jpg and
 a.png.png, a.png_overlay.jpg. Names that still collide are refused before anything is written.
 
-What predict wrote is recorded in OUT/.segprep-predictions.jsonl, one JSON object a file: its name, the input it is
-the prediction of, its size and SHA-256. A file there is predict's to replace only while all of these still hold;
+What predict wrote is recorded in OUT/.segprep-predictions.jsonl (segprep/formats/predictions.py): each file's
+name, the input it is the prediction of, its size and SHA-256. A file there is predict's to replace only while all of these still hold;
 any other file is left alone and named, and the run stops before writing anything. In a folder that is both input
 and output, the files recorded there are never read as inputs.
 """
@@ -15,15 +15,14 @@ and output, the files recorded there are never read as inputs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 
 from segprep import storage
+from segprep.formats import predictions
+from segprep.formats.predictions import MANIFEST, Record
 from segprep.cli import UsageError
 from trainer import common
 
-MANIFEST = ".segprep-predictions.jsonl"
 SUFFIXES = (".png", "_overlay.jpg")  # what an image predicted whole gives
 WINDOWED = ".tif"  # what a tiled TIFF above --max_pixels gives
 TIFF_EXTS = (".tif", ".tiff")
@@ -68,14 +67,6 @@ def plan(inputs: list[tuple[str, str]]) -> list[Target]:
     return targets
 
 
-@dataclasses.dataclass(frozen=True)
-class Record:
-    file: str
-    input: str
-    bytes: int
-    sha256: str
-
-
 class Manifest:
     """OUT/.segprep-predictions.jsonl: what predict wrote in OUT (see the module docstring)."""
 
@@ -88,28 +79,20 @@ class Manifest:
             raise UsageError(f"{self.path} is a symbolic link: predict appends to this file and never writes "
                              "through a link; remove it, or choose another --output_dir.")
         if common.exists(self.path):
-            for number, line in enumerate(common.read_bytes(self.path).decode("utf-8", "replace").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = Record(**json.loads(line))
-                except (ValueError, TypeError):
-                    raise UsageError(f"{self.path}: line {number} is not a record of segprep's predictions; it "
-                                     "was edited or is not segprep's: move it away, or choose another "
-                                     "--output_dir.") from None
-                self.records[record.file] = record
+            try:
+                self.records = predictions.parse(common.read_bytes(self.path).decode("utf-8", "replace"), self.path)
+            except predictions.ManifestError as e:
+                raise UsageError(str(e)) from None
 
     def ours(self, name: str, source: str) -> bool:
         """Whether OUT/name is predict's own earlier prediction of `source`, unchanged since it wrote it."""
         record = self.records.get(name)
         if record is None or record.input != source:
             return False
-        path = f"{self.out_dir}/{name}"
-        data = common.read_bytes(path)
-        return len(data) == record.bytes and hashlib.sha256(data).hexdigest() == record.sha256
+        return record.matches(common.read_bytes(f"{self.out_dir}/{name}"))
 
     def add(self, name: str, source: str, data: bytes) -> None:
-        record = Record(name, source, len(data), hashlib.sha256(data).hexdigest())
+        record = Record.of(name, source, data)
         self.records[name] = record
         self._pending.append(record)
 
@@ -119,15 +102,11 @@ class Manifest:
         if not self._pending:
             return
         if storage.is_remote(self.path):
-            common.files.write_text(self.path, "".join(_line(r) for r in self.records.values()))
+            common.files.write_text(self.path, "".join(r.line() for r in self.records.values()))
         else:
             with open(self.path, "a", encoding="utf-8") as f:
-                f.writelines(_line(r) for r in self._pending)
+                f.writelines(r.line() for r in self._pending)
         self._pending = []
-
-
-def _line(record: Record) -> str:
-    return json.dumps(dataclasses.asdict(record), ensure_ascii=False) + "\n"
 
 
 def exists(path: str) -> bool:
