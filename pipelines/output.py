@@ -1,10 +1,12 @@
-"""The output directory: refusing to mix runs, clearing an old run, and finishing a new one.
+"""The output directory: what in it is segprep's, refusing to mix runs, clearing an old run, finishing a new one.
 
-A run writes its shards under OUT/.segprep-tmp-RUN/ and only `finalize` — which runs once, after every shard is
-written — writes errors/SPLIT.jsonl, adds the empty shards of each split, moves the shards into OUT and then
-writes metadata.json. So OUT never holds a half-written run under final names, and shards of an earlier run
-(perhaps with another shard count) are never left beside new ones: a run refuses an OUT that holds any, unless
---overwrite, which deletes them first.
+A run marks its temp dir OUT/.segprep-tmp-RUN/ first (`mark`), writes its shards there, and only `finalize` — which
+runs once, after every shard is written — writes a journal of what it will put into OUT, errors/SPLIT.jsonl, adds
+the empty shards of each split, moves the shards into OUT, writes metadata.json and removes the temp dir. So OUT
+never holds a half-written run under final names, and what a run killed at any point leaves is known to be
+segprep's (`inventory`): --overwrite deletes that and what an earlier metadata.json records, never anything else,
+never through a link; a file under a name a run writes that no run recorded stops the run before anything is
+deleted.
 
 `finalize` may run more than once for one run (a runner retries a failed bundle): every step is idempotent, so a
 retry finishes what an attempt started, and a shard already moved into place is done, not an error.
@@ -45,8 +47,6 @@ class RunSpec:
     repeated: dict = dataclasses.field(default_factory=dict)  # split → ids its list repeats (each used once)
 
 
-MARKER = TEMP_MARKER
-JOURNAL = TEMP_JOURNAL
 SPILL_DIR = "spill"  # a local run's spill files: OUT/.segprep-tmp-RUN/spill/
 
 
@@ -83,12 +83,12 @@ def inventory(out: str, splits: tuple[str, ...] | list[str] = ()) -> Inventory:
             inv.foreign.append(path)
             continue
         files, folders, odd = _walk(path, remote)
-        if layout.join(path, MARKER) in files or not files:  # ours, or nothing in it to lose
+        if layout.join(path, TEMP_MARKER) in files or not files:  # ours, or nothing in it to lose
             inv.unfinished += files
             inv.temp_dirs += folders
             inv.foreign += odd
-            if layout.join(path, JOURNAL) in files:
-                journaled |= _journal_names(layout.join(path, JOURNAL))
+            if layout.join(path, TEMP_JOURNAL) in files:
+                journaled |= _journal_names(layout.join(path, TEMP_JOURNAL))
         else:
             inv.foreign.append(path)
     for name, kind in sorted(top.items()):
@@ -194,7 +194,7 @@ def mark(run: RunSpec) -> None:
     is segprep's (--overwrite may empty it); one that does not is left alone."""
     text = json.dumps({"written_by": "segprep pipelines.prepare", "pid": os.getpid(), "host": socket.gethostname(),
                        "started": run.started}) + "\n"
-    path = layout.join(run.temp_dir, MARKER)
+    path = layout.join(run.temp_dir, TEMP_MARKER)
     if storage.is_remote(path):
         storage.write_bytes(path, text.encode())
         return
@@ -237,7 +237,7 @@ def write_journal(run: RunSpec, planned: dict, failed_splits: list[str]) -> None
     leaves a record that they are segprep's, so --overwrite can remove them and nothing else."""
     names = [name for entries in planned.values() for name, _ in entries]
     names += [errors_path("", split).lstrip("/") for split in failed_splits]
-    _write_text(layout.join(run.temp_dir, JOURNAL), json.dumps(names) + "\n")
+    _write_text(layout.join(run.temp_dir, TEMP_JOURNAL), json.dumps(names) + "\n")
 
 
 def split_shards(run: RunSpec, planned: dict) -> dict[str, list[metadata.Shard]]:
