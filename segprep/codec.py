@@ -134,6 +134,23 @@ def decode_image(data: bytes, bands: tuple[int, ...] | None = None,
     return _order(to_rgb8(raw, bands, value_range, alpha), bgr)
 
 
+def decode_raster(data: bytes) -> np.ndarray:
+    """JPEG, PNG or TIFF bytes → the stored samples, (H, W) or (H, W, C) in the file's own type and bands (RGB(A)
+    order for 3 or 4; a PNG's grey + alpha as 2 bands), not made 8-bit RGB: what an extra input is read as."""
+    fmt = sniff(data)
+    check_complete(data, fmt)
+    if fmt == "tiff":
+        return _tiff_read(data).array
+    raw = _imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if raw is None:
+        raise DecodeError(f"corrupt {fmt.upper()}: the decoder could not read it")
+    if raw.ndim == 3:
+        if fmt == "png" and png_color_type(data)[0] == 4:  # grey + alpha, which OpenCV expands to BGRA
+            return np.ascontiguousarray(raw[..., [0, 3]])
+        return np.ascontiguousarray(raw[..., [2, 1, 0, 3][:raw.shape[2]]])
+    return raw
+
+
 def _imdecode(data, flags: int) -> np.ndarray | None:
     """cv2.imdecode, its refusals (an assertion on a size beyond OpenCV's own limit, a broken stream) turned into a
     DecodeError of one line; None, as OpenCV says, for data it cannot read."""

@@ -22,7 +22,7 @@ import re
 from segprep import storage
 
 
-_FIELD = re.compile(r"\{(id|split)\}|\*")
+_FIELD = re.compile(r"\{(id|split)(?::pad=(\d))?\}|\*")
 
 
 class LayoutError(ValueError):
@@ -44,21 +44,27 @@ class Pattern:
     text: str
 
     @classmethod
-    def parse(cls, flag: str, text: str, need_id: bool = True, need_split: bool = False) -> Pattern:
+    def parse(cls, flag: str, text: str, need_id: bool = True, need_split: bool = False,
+              pad: bool = False) -> Pattern:
+        """A checked pattern; with `pad` (patterns that are only formatted, never matched: extra inputs), `{id}` may
+        be `{id:pad=N}`: every run of digits in the id zero-padded to N (Potsdam's DSM `dsm_potsdam_02_10.tif`
+        beside `top_potsdam_2_10_RGB.tif`: `{id:pad=2}`)."""
         bad = None
+        fields = r"\{id(?::pad=[1-9])?\}|\{split\}" if pad else r"\{id\}|\{split\}"
         if not text or text.startswith("/") or "\\" in text or "\x00" in text:
             bad = "must be a '/'-separated path relative to --input_dir"
         elif any(part in ("", ".", "..") for part in text.split("/")):
             bad = "must not hold empty, '.' or '..' path segments"
-        elif re.search(r"\{(?!id\}|split\})", text) or re.search(r"(?<!\{id)(?<!\{split)\}", text):
-            bad = "knows only the fields {id} and {split} (and * for one path segment)"
-        elif text.count("{id}") > 1 or text.count("{split}") > 1:
+        elif re.search(r"[{}]", re.sub(fields, "", text)):
+            bad = ("knows only the fields {id} and {split} (and * for one path segment)" +
+                   (", and {id:pad=N} to zero-pad the id's numbers to N digits" if pad else ""))
+        elif len(re.findall(r"\{id[:}]", text)) > 1 or text.count("{split}") > 1:
             bad = "may hold {id} and {split} once each"
-        elif need_id and "{id}" not in text:
+        elif need_id and not re.search(r"\{id[:}]", text):
             bad = "needs {id}, the key that pairs an image with its mask"
         elif need_split and "{split}" not in text:
             bad = "needs {split}, the part of the path that names the split"
-        elif re.search(r"(\{id\}|\{split\}|\*)(\{id\}|\{split\}|\*)", text):
+        elif re.search(r"(\{id(?::pad=\d)?\}|\{split\}|\*)(\{id|\{split\}|\*)", text):
             bad = "needs literal text between two fields (e.g. {id}_{split}), or the match is ambiguous"
         if bad:
             raise LayoutError(f"{flag} {text!r} {bad}.")
@@ -107,7 +113,8 @@ class Pattern:
                 out.append(stars[star] if star < len(stars) else "*")
                 star += 1
             elif m.group(1) == "id":
-                out.append(image_id)
+                width = int(m.group(2) or 0)
+                out.append(re.sub(r"\d+", lambda d: d.group(0).zfill(width), image_id) if width else image_id)
             else:
                 out.append(split if split is not None else "{split}")
             pos = m.end()

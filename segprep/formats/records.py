@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import operator
+import struct
+import zlib
 
 IMAGE_ENCODED = "image/encoded"
 IMAGE_FORMAT = "image/format"
@@ -47,6 +49,94 @@ FEATURES: dict[str, tuple[str, int]] = {
 # segprep recorded class presence still read and verify).
 OPTIONAL = frozenset({CLASS_PRESENT})
 
+# An extra input NAME's crop (segprep/extras.py), the crop's height and width as the image's:
+#   image/extra/NAME/encoded   bytes   "png": a PNG of its own depth (8 or 16 bits; 1, 2, 3 or 4 channels: grey,
+#                                      grey + alpha, RGB, RGBA); "raw": little-endian values, row-major (H, W, C),
+#                                      zlib-compressed (RFC 1950)
+#   image/extra/NAME/format    bytes   png or raw
+#   image/extra/NAME/dtype     bytes   uint8, uint16 or float32
+#   image/extra/NAME/channels  int64   its bands
+EXTRA_PREFIX = "image/extra/"
+EXTRA_FIELDS = {"encoded": ("bytes", 1), "format": ("bytes", 1), "dtype": ("bytes", 1), "channels": ("int64", 1)}
+
+
+def extra_key(name: str, field: str) -> str:
+    """The record key of an extra input's `field` ("encoded", "format", "dtype", "channels")."""
+    return f"{EXTRA_PREFIX}{name}/{field}"
+
+
+def _spec(key: str) -> tuple[str, int | None]:
+    """(kind, length) of a record key: the table's, or an extra input's field."""
+    if key in FEATURES:
+        return FEATURES[key]
+    if key.startswith(EXTRA_PREFIX):
+        name, _, field = key[len(EXTRA_PREFIX):].rpartition("/")
+        if name and "/" not in name and field in EXTRA_FIELDS:
+            return EXTRA_FIELDS[field]
+    raise KeyError(f"{key!r} is not a record key; the schema has: {', '.join(sorted(FEATURES))} and "
+                   f"{EXTRA_PREFIX}NAME/{{{','.join(EXTRA_FIELDS)}}}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtraCrop:
+    """One extra input's crop as it is stored."""
+
+    encoded: bytes
+    format: str  # "png" or "raw"
+    dtype: str  # "uint8", "uint16" or "float32"
+    channels: int
+
+    @classmethod
+    def of(cls, array) -> ExtraCrop:
+        """(H, W, C) uint8, uint16 or float32 → its lossless encoding: PNG for 1 to 4 integer channels, else raw."""
+        import numpy as np
+
+        dtype = str(array.dtype)
+        channels = int(array.shape[2])
+        if dtype in ("uint8", "uint16") and channels <= 4:
+            return cls(_png(array), "png", dtype, channels)
+        raw = np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
+        return cls(zlib.compress(raw, 6), "raw", dtype, channels)
+
+    def array(self, height: int, width: int):
+        """The stored crop back, (height, width, channels) in its dtype."""
+        import numpy as np
+
+        dtype = np.dtype(self.dtype)
+        if self.format == "raw":
+            flat = np.frombuffer(zlib.decompress(self.encoded), dtype.newbyteorder("<"))
+            return flat.reshape(height, width, self.channels).astype(dtype)
+        import cv2
+
+        out = cv2.imdecode(np.frombuffer(self.encoded, np.uint8), cv2.IMREAD_UNCHANGED)
+        if out is None:
+            raise ValueError("an extra input's PNG does not decode")
+        out = out.reshape(out.shape[0], out.shape[1], -1)
+        if self.channels == 2:  # grey + alpha comes back as BGRA
+            out = out[..., [0, 3]]
+        elif self.channels >= 3:
+            out = out[..., [2, 1, 0, 3][:self.channels]]
+        return np.ascontiguousarray(out.astype(dtype))
+
+
+def _png(array) -> bytes:
+    """A PNG of an (H, W, C) uint8 or uint16 array, C 1 to 4, at its own depth (filter 0, zlib level 6): the same
+    bytes for the same array on every machine."""
+    import numpy as np
+
+    height, width, channels = array.shape
+    depth = 16 if array.dtype == np.uint16 else 8
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    values = np.ascontiguousarray(array, ">u2" if depth == 16 else np.uint8).view(np.uint8).reshape(height, -1)
+    rows = np.concatenate([np.zeros((height, 1), np.uint8), values], 1)
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+            + chunk(b"IEND", b""))
+
 
 @dataclasses.dataclass(frozen=True)
 class CropRecord:
@@ -62,6 +152,7 @@ class CropRecord:
     source_height: int
     source_width: int
     present: tuple[int, ...] = ()  # class ids in the mask, ascending, the ignore label excluded
+    extras: tuple[tuple[str, ExtraCrop], ...] = ()  # (name, crop) of each extra input
 
     def features(self) -> dict[str, list]:
         sid = self.source_id.encode()
@@ -79,6 +170,9 @@ class CropRecord:
             SOURCE_HEIGHT: [self.source_height],
             SOURCE_WIDTH: [self.source_width],
             CLASS_PRESENT: list(self.present),
+            **{key: value for name, crop in self.extras for key, value in (
+                (extra_key(name, "encoded"), [crop.encoded]), (extra_key(name, "format"), [crop.format.encode()]),
+                (extra_key(name, "dtype"), [crop.dtype.encode()]), (extra_key(name, "channels"), [crop.channels]))},
         }
 
     def serialize(self) -> bytes:
@@ -150,9 +244,7 @@ def encode_example(features: dict[str, list]) -> bytes:
     number of values), so a record this writes always parses with the schema."""
     entries = []
     for key in sorted(features):
-        if key not in FEATURES:
-            raise KeyError(f"{key!r} is not a record key; the schema has: {', '.join(sorted(FEATURES))}")
-        kind, length = FEATURES[key]
+        kind, length = _spec(key)
         values = list(features[key])
         if length is not None and len(values) != length:
             raise ValueError(f"{key} holds {length} value{'s' if length > 1 else ''}. Received: {len(values)}")
