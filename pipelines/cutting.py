@@ -29,7 +29,7 @@ class _CutFn(beam.DoFn):
                                                    element.classes, element.stats)
         total = Stats().add(source)
         for k, record, stats in encode_crops(image_id, image, classes, self._config, split in self._random_splits,
-                                             bgr=True):
+                                             bgr=True, rasters=element.extras):
             total.add(stats)
             yield split, (image_id, k, record.serialize())
         self._progress.count("crops_cut", total.crops)
@@ -84,8 +84,8 @@ class _CutWindowFn(beam.DoFn):
     def process(self, window: tiles.Window):
         training = window.split in self._random_splits
         try:
-            image, mask = self._regions(window.files)
-            out, summary = tiles.cut_window(window, image, mask, self._config, training)
+            image, mask, *extra = self._regions(window.files)
+            out, summary = tiles.cut_window(window, image, mask, self._config, training, tuple(extra))
         except Exception as e:  # noqa: BLE001 - a file that changed or vanished mid-run: this tile's error
             out, summary = [], tiles.Summary(error=(window.number, "unreadable_image",
                                                     f"cannot read the tile: {type(e).__name__}: {e}",

@@ -290,6 +290,7 @@ def finalize(run: RunSpec, shards: list, stats: list, errors: list) -> dict:
     config = run.config
     meta = metadata.build(palette=config.palette, crop_size=config.crop_size, image_format=config.image_format,
                           compressed=run.compressed, seed=config.seed, splits=splits, flags=run.flags,
+                          extra_inputs=config.extra_inputs,
                           seconds=time.time() - run.started)
     _write_text(metadata_path(run.output_dir), metadata.dumps(meta))
     remove_temp_dir(run)  # after metadata.json: a run killed before it still has its journal

@@ -29,7 +29,7 @@ import time
 import uuid
 
 from pipelines import beam_flags, output, report
-from segprep import convert, layout, layouts, lookup, pairs, runlock, sample, storage
+from segprep import convert, extras, layout, layouts, lookup, pairs, runlock, sample, storage
 from segprep.formats.shards import TEMP_PREFIX
 from segprep.formats.metadata import metadata_path
 from segprep import cli
@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow_shared_ids", action="store_true",
                    help="let an id that two split lists hold go into both splits (by default the later split "
                         "gets an error record for it: one image in train and val makes validation scores lie)")
+    p.add_argument("--extra_inputs", action="append", metavar="NAME=PATTERN",
+                   help="a raster beside each image to store with its crops, losslessly at its own depth (repeat "
+                        "for several): NAME=PATTERN, a path pattern as --images takes ({id:pad=N} zero-pads the id's "
+                        "numbers), e.g. dsm=1_DSM/dsm_potsdam_{id:pad=2}.tif; or NAME=@B[,B]: bands of the image "
+                        "file itself, e.g. ir=@4 (names: lower-case letters, digits, _)")
     p.add_argument("--bands", type=cli.bands, metavar="B,B,B",
                    help="for images with more than 3 bands (or to reorder them): the 1-based bands to keep, in "
                         "order, 3 (or 1 for grey), e.g. 4,1,2 makes IR-R-G of R-G-B-IR (default: 1 or 3 bands "
@@ -169,7 +174,7 @@ def build(p, run: output.RunSpec, listing: pairs.Listing, spill_dir: str | None 
         listed = p | "Manifest" >> beam.Create([manifest]) | "ReadManifest" >> ReadManifest()  # Pair
     listed = listed | "Distribute" >> beam.Reshuffle()  # so reading and decoding fan out over workers
     progress = Counters(sum(run.listed.values()), line=beam_flags.local_runner(p.options))
-    read = listed | "ReadPairs" >> ReadPairs(root, progress, config)  # PairBytes; TiledPair
+    read = listed | "ReadPairs" >> ReadPairs(root, progress, config, listing.images)  # PairBytes; TiledPair
     decoded = read.pairs | "DecodePairs" >> DecodePairs(config, progress)  # DecodedPair
     random_splits = frozenset(run.random_splits)
     cut = decoded.decoded | "CutCrops" >> CutCrops(config, random_splits, progress)
@@ -281,6 +286,9 @@ def _convert_config(args: argparse.Namespace) -> ConvertConfig:
         palette = load_palette(args.palette)
     except (OSError, PaletteError) as e:
         raise UsageError(f"--palette {args.palette}: {e}") from None
+    with _layout_errors():
+        extra_inputs = extras.parse_flags(args.extra_inputs)
+
     try:
         return ConvertConfig(crop_size=args.crop_size, crops_per_image=args.crops_per_image, seed=args.seed,
                              palette=palette, unknown_colors=args.unknown_colors,
@@ -288,7 +296,8 @@ def _convert_config(args: argparse.Namespace) -> ConvertConfig:
                              jpeg_quality=args.jpeg_quality, cat_max_ratio=args.cat_max_ratio, bands=args.bands,
                              image_range=args.image_range, max_pixels=args.max_pixels,
                              window_size=args.window_size, oversample_fraction=args.oversample_fraction,
-                             oversample_classes=_classes(args.oversample_classes, palette), exif=args.exif)
+                             oversample_classes=_classes(args.oversample_classes, palette), exif=args.exif,
+                             extra_inputs=extra_inputs)
     except ValueError as e:
         raise UsageError(str(e)) from None
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from pipelines.transforms import ERRORS, TILED, Counters
 from segprep import codec, layout, pairs as pairs_, storage, tiles
-from segprep.convert import ConvertConfig, InputError, check_sizes, decode_pair
+from segprep.convert import ConvertConfig, InputError, check_sizes, decode_source
 from segprep.formats.metadata import ErrorRecord, Stats
 
 
@@ -29,7 +29,8 @@ class PairBytes:
     image_id: str
     image: bytes
     mask: bytes
-    files: tuple[str, ...] = ()  # (image path, mask path), for error records
+    files: tuple[str, ...] = ()  # (image path, mask path, extra inputs' paths), for error records
+    extras: tuple[tuple[str, bytes], ...] = ()  # (name, file bytes) of the extra inputs read by pattern
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,7 @@ class DecodedPair:
     image: np.ndarray
     classes: np.ndarray
     stats: Stats
+    extras: dict = dataclasses.field(default_factory=dict)  # extra input name → (H, W, C) raster
 
 
 class _LargeElementCoder(beam.coders.Coder):
@@ -61,8 +63,8 @@ class _LargeElementCoder(beam.coders.Coder):
 
     def estimate_size(self, value):
         if isinstance(value, PairBytes):
-            return len(value.image) + len(value.mask) + 64
-        return value.image.nbytes + value.classes.nbytes + 2200
+            return len(value.image) + len(value.mask) + sum(len(data) for _, data in value.extras) + 64
+        return value.image.nbytes + value.classes.nbytes + sum(a.nbytes for a in value.extras.values()) + 2200
 
 
 beam.coders.registry.register_coder(PairBytes, _LargeElementCoder)
@@ -108,15 +110,25 @@ class ReadManifest(beam.PTransform):
 
 
 class _ReadPairFn(beam.DoFn):
-    def __init__(self, root: str, progress_: Counters, config: ConvertConfig):
+    def __init__(self, root: str, progress_: Counters, config: ConvertConfig, images: pairs_.Pattern | None):
         self._root = root
         self._progress = progress_
         self._config = config
+        self._images = images
+        self._by_pattern = tuple(e for e in config.extra_inputs if e.pattern is not None)
+
+    def _extra_paths(self, pair: pairs_.Pair) -> tuple[str, ...]:
+        """The root-joined paths of the pair's extra inputs read by pattern (none before the image is known)."""
+        if not self._by_pattern or not pair.image:
+            return ()
+        return tuple(layout.join(self._root, e.path(self._images, pair.image, pair.split)) for e in self._by_pattern)
 
     def process(self, pair: pairs_.Pair):
         split, image_id = pair.split, pair.image_id
         paths = tuple(layout.join(self._root, p) if p else "" for p in (pair.image, pair.mask))
-        escapes = [f"{what}: {why}" for what, path in zip(("image", "mask"), paths)
+        paths += self._extra_paths(pair)
+        names = ("image", "mask") + tuple(f"extra input {e.name}" for e in self._by_pattern)
+        escapes = [f"{what}: {why}" for what, path in zip(names, paths)
                    if path and (why := pairs_.outside_root(self._root, path))]
         if escapes and not pair.reason:
             pair = dataclasses.replace(pair, reason="outside_root", error=escapes[0])
@@ -127,15 +139,16 @@ class _ReadPairFn(beam.DoFn):
             return
         sources = []
         try:
-            for what, path in zip(("image", "mask"), paths):
+            for what, path in zip(names, paths):
+                reason = what if what in ("image", "mask") else "extra"
                 try:
                     sources.append(tiles.open_source(path, self._config))
                 except codec.DecodeError as e:  # a TIFF's header: broken, or declaring more data than it holds
-                    raise InputError(f"bad_{what}", f"{what}: {e}") from None
+                    raise InputError(f"bad_{reason}", f"{what}: {e}") from None
                 except Exception as e:  # noqa: BLE001 - any failure to read is this input's error, not the run's
                     missing = storage.absent(path)
-                    raise (InputError(f"missing_{what}", f"no {what} file at {path}") if missing
-                           else _unreadable(what, path, e)) from None
+                    raise (InputError(f"missing_{reason}", f"no {what} file at {path}") if missing
+                           else _unreadable(what, path, e, reason)) from None
             result = self._pair(split, image_id, paths, *sources)
         except InputError as e:
             self._progress.count("images_failed")
@@ -151,13 +164,26 @@ class _ReadPairFn(beam.DoFn):
         else:
             yield result
 
-    def _pair(self, split, image_id, paths, image, mask):
-        """→ a TiledPair when both files are TIFFs to read by window, else PairBytes; raises `InputError`."""
+    def _pair(self, split, image_id, paths, image, mask, *extra):
+        """→ a TiledPair when both files (and every extra input's) are TIFFs to read by window, else PairBytes;
+        raises `InputError`."""
         regions = [s for s in (image, mask) if isinstance(s, tiles.TiffRegions)]
         if not regions:
-            return PairBytes(split, image_id, image, mask, files=paths)
+            return PairBytes(split, image_id, image, mask, files=paths,
+                             extras=tuple(zip((e.name for e in self._by_pattern), [self._bytes(x, p) for x, p in
+                                                                                   zip(extra, paths[2:])])))
         if len(regions) == 2:
             check_sizes((image.width, image.height), (mask.width, mask.height))
+            for e, source in zip(self._by_pattern, extra):
+                if not isinstance(source, tiles.TiffRegions):
+                    raise InputError("bad_extra", f"extra input {e.name}: the tile is read window by window "
+                                                  f"({image.width}×{image.height}), so its extra inputs must be "
+                                                  "tiled or stripped TIFFs too; convert it (gdal_translate -co "
+                                                  "TILED=YES)")
+                if (source.width, source.height) != (image.width, image.height):
+                    raise InputError("size_mismatch", f"extra input {e.name} is {source.width}×{source.height} "
+                                                      f"(w×h) but its image is {image.width}×{image.height}; they "
+                                                      "must be the same size")
             return tiles.TiledPair(split, image_id, paths, image.height, image.width)
         # One is a TIFF to read by window, its partner is not: both are decoded whole, within --max_pixels.
         big = regions[0]
@@ -169,37 +195,45 @@ class _ReadPairFn(beam.DoFn):
                                           "both are read window by window")
         data = [s if isinstance(s, bytes) else _whole(s, w, p) for s, w, p in zip((image, mask), ("image", "mask"),
                                                                                   paths)]
-        return PairBytes(split, image_id, *data, files=paths)
+        return PairBytes(split, image_id, *data, files=paths,
+                         extras=tuple(zip((e.name for e in self._by_pattern),
+                                          [self._bytes(x, p) for x, p in zip(extra, paths[2:])])))
+
+    @staticmethod
+    def _bytes(source, path: str) -> bytes:
+        return source if isinstance(source, bytes) else _whole(source, "extra input", path, "extra")
 
 
-def _whole(regions: tiles.TiffRegions, what: str, path: str) -> bytes:
+def _whole(regions: tiles.TiffRegions, what: str, path: str, reason: str | None = None) -> bytes:
     """The rest of a file opened for region reads, read whole after all; raises `InputError`."""
     try:
         f = regions.file
         f.seek(0)
         return f.read()
     except Exception as e:  # noqa: BLE001 - as any failure to read: this input's error
-        raise _unreadable(what, path, e) from None
+        raise _unreadable(what, path, e, reason) from None
 
 
-def _unreadable(what: str, path: str, error: Exception) -> InputError:
-    return InputError(f"unreadable_{what}", f"cannot read {what} {path}: {type(error).__name__}: {error}")
+def _unreadable(what: str, path: str, error: Exception, reason: str | None = None) -> InputError:
+    return InputError(f"unreadable_{reason or what}", f"cannot read {what} {path}: {type(error).__name__}: {error}")
 
 
 class ReadPairs(beam.PTransform):
     """Reads each listed pair's image and mask bytes (local or gs://); a pair of TIFFs larger than a window is
     not read, only its headers: it goes on as a TiledPair."""
 
-    def __init__(self, root: str, progress_: Counters | None = None, config: ConvertConfig | None = None):
+    def __init__(self, root: str, progress_: Counters | None = None, config: ConvertConfig | None = None,
+                 images: pairs_.Pattern | None = None):
         super().__init__()
         self._root = root
         self._progress = progress_ or Counters()
         self._config = config or ConvertConfig()
+        self._images = images  # what the extra inputs' patterns take their fields from
 
     def expand(self, ids):
         """Pair → PairBytes; TiledPair on "tiled"; ErrorRecord on "errors" (missing, unreadable or unpaired files,
         bad ids)."""
-        out = ids | beam.ParDo(_ReadPairFn(self._root, self._progress, self._config)).with_outputs(
+        out = ids | beam.ParDo(_ReadPairFn(self._root, self._progress, self._config, self._images)).with_outputs(
             ERRORS, TILED, main="pairs")
         out.pairs.element_type = PairBytes  # its coder estimates sizes cheaply (see _LargeElementCoder)
         return out
@@ -213,7 +247,7 @@ class _DecodeFn(beam.DoFn):
     def process(self, pair: PairBytes):
         files = pair.files
         try:
-            image, classes, stats = decode_pair(pair.image, pair.mask, self._config, bgr=True)
+            source = decode_source(pair.image, pair.mask, self._config, bgr=True, extra_bytes=dict(pair.extras))
         except InputError as e:
             self._progress.count("images_failed")
             yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(pair.split, pair.image_id, e.reason, str(e), files))
@@ -223,7 +257,7 @@ class _DecodeFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(
                 pair.split, pair.image_id, "internal", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", files))
             return
-        yield DecodedPair(pair.split, pair.image_id, image, classes, stats)
+        yield DecodedPair(pair.split, pair.image_id, source.image, source.classes, source.stats, source.extras)
 
 
 class DecodePairs(beam.PTransform):

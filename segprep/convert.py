@@ -15,10 +15,10 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-from segprep import codec, crops, headers, lookup
+from segprep import codec, crops, extras, headers, lookup
 from segprep.palette import IGNORE_LABEL, VOC, Palette
-from segprep.formats.metadata import Stats
-from segprep.formats.records import CropRecord
+from segprep.formats.metadata import BandStats, Stats
+from segprep.formats.records import CropRecord, ExtraCrop
 
 
 class InputError(ValueError):
@@ -58,6 +58,7 @@ class ConvertConfig:
     window_size: int = DEFAULT_WINDOW_SIZE  # tiled/stripped TIFFs wider or taller than this are read window by window
     oversample_fraction: float = 0.0  # share of random crops centred on a pixel of a named class the image holds
     oversample_classes: tuple[int, ...] | None = None  # the named classes (None: every class but class 0)
+    extra_inputs: tuple = ()  # segprep.extras.ExtraInput each: rasters cut at the image's crop windows
     exif: str = "auto"  # a JPEG's or PNG's EXIF orientation: auto (by which way the mask fits), apply, ignore
 
     def __post_init__(self) -> None:
@@ -100,17 +101,37 @@ class ConvertConfig:
                              f"{self.window_size}")
 
 
+@dataclasses.dataclass
+class Source:
+    """One pair, decoded and checked: the image (RGB, or BGR as the decoder gives it and the encoder takes it), its
+    class map, its extra inputs' rasters {name: (H, W, C)} and the source's stats."""
+
+    image: np.ndarray
+    classes: np.ndarray
+    stats: Stats
+    extras: dict = dataclasses.field(default_factory=dict)
+
+
 def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig,
                 bgr: bool = False) -> tuple[np.ndarray, np.ndarray, Stats]:
-    """→ (image, class-index mask, the source's stats: one image, its pixels, off-palette pixels ignored or
-    snapped); the image is RGB, or BGR with `bgr` (as the decoder gives it and the encoder takes it). Raises
-    `InputError` naming what is wrong. Sizes come from the headers first: a pair whose sizes differ, or an image
-    above `config.max_pixels`, is refused before a pixel is decoded."""
+    """→ (image, class-index mask, the source's stats), as `decode_source` without extra inputs."""
+    source = decode_source(image_bytes, mask_bytes, config, bgr)
+    return source.image, source.classes, source.stats
+
+
+def decode_source(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig, bgr: bool = False,
+                  extra_bytes: dict[str, bytes] | None = None) -> Source:
+    """Decodes and checks one pair and its extra inputs (`extra_bytes`: {name: file bytes} of those read by
+    pattern; bands of the image are taken from `image_bytes`): the source's stats count one image, its pixels,
+    off-palette pixels ignored or snapped. Raises `InputError` naming what is wrong. Sizes come from the headers
+    first: a pair whose sizes differ, or an image above `config.max_pixels`, is refused before a pixel is
+    decoded."""
     orientation = check_headers(image_bytes, mask_bytes, config)
     try:
         image = codec.decode_image(image_bytes, config.bands, config.image_range, bgr=bgr)
     except codec.DecodeError as e:
         raise InputError(e.reason or "bad_image", f"image: {e}") from None
+    stored = image.shape[:2]
     if orientation > 1:
         image = codec.orient(image, orientation)
     try:
@@ -118,6 +139,7 @@ def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig,
     except codec.DecodeError as e:
         raise InputError(e.reason or "bad_mask", f"mask: {e}") from None
     check_sizes(image.shape[1::-1], mask.shape[1::-1])
+    rasters = decode_extras(image_bytes, extra_bytes or {}, config, stored, orientation)
     conversion = convert_classes(mask, config, bgr=bgr)
     stats = Stats(images=1, source_pixels=int(conversion.classes.size), binary_masks=int(conversion.binary),
                   source_ignore_pixels=conversion.ignore_pixels, exif_applied=int(orientation > 1),
@@ -126,7 +148,34 @@ def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig,
         stats.unknown_pixels_snapped = conversion.unknown_pixels
     else:
         stats.unknown_pixels_ignored = conversion.unknown_pixels
-    return image, conversion.classes, stats
+    return Source(image, conversion.classes, stats, rasters)
+
+
+def decode_extras(image_bytes: bytes, extra_bytes: dict[str, bytes], config: ConvertConfig,
+                  stored: tuple[int, int], orientation: int) -> dict[str, np.ndarray]:
+    """{name: (H, W, C) raster at its own depth} of the config's extra inputs: each the image's stored size
+    (`stored`: (height, width)), turned as the image was (`orientation`), finite. Raises `InputError`
+    ("bad_extra", "size_mismatch") naming the input."""
+    out: dict[str, np.ndarray] = {}
+    image_raster = None
+    for extra in config.extra_inputs:
+        try:
+            if extra.bands:
+                if image_raster is None:
+                    image_raster = extras.decode(image_bytes, "image")
+                raster = extras.bands_of(image_raster, extra)
+            else:
+                raster = extras.decode(extra_bytes[extra.name], f"extra input {extra.name}")
+            if raster.shape[:2] != tuple(stored):
+                raise InputError("size_mismatch", f"extra input {extra.name} is {raster.shape[1]}×{raster.shape[0]} "
+                                                  f"(w×h) but its image is {stored[1]}×{stored[0]}; they must be "
+                                                  "the same size")
+            extras.check_finite(raster, extra.name)
+        except codec.DecodeError as e:
+            message = str(e) if str(e).startswith("extra input") else f"extra input {extra.name}: {e}"
+            raise InputError("bad_extra", message) from None
+        out[extra.name] = codec.orient(raster, orientation) if orientation > 1 else raster
+    return out
 
 
 def convert_classes(mask: np.ndarray, config: ConvertConfig, mode: str | None = None,
@@ -250,11 +299,16 @@ def crop_boxes(classes: np.ndarray, image_id: str, config: ConvertConfig, traini
 
 def encode_crop(image_id: str, box: crops.CropBox, image: np.ndarray, classes: np.ndarray,
                 origin: tuple[int, int], source: tuple[int, int], config: ConvertConfig,
-                bgr: bool = False) -> tuple[CropRecord, Stats]:
-    """One window `box` (in source coordinates) cut from `image` (RGB, or BGR with `bgr`) and `classes`, arrays of
-    the source from `origin` (y, x) on, whose bottom and right edges are the source's wherever the window runs past
-    them → (record, the crop's stats). `source` is the source's (height, width)."""
+                bgr: bool = False, rasters: dict[str, np.ndarray] | None = None) -> tuple[CropRecord, Stats]:
+    """One window `box` (in source coordinates) cut from `image` (RGB, or BGR with `bgr`), `classes` and the extra
+    inputs' `rasters`, arrays of the source from `origin` (y, x) on, whose bottom and right edges are the source's
+    wherever the window runs past them → (record, the crop's stats). `source` is the source's (height, width). An
+    extra input's crop is padded with 0 past an edge, as the image's."""
     local = crops.CropBox(box.y - origin[0], box.x - origin[1], box.height, box.width)
+    cut_extras, extra_stats = [], {}
+    for name, raster in (rasters or {}).items():
+        cut_extras.append((name, ExtraCrop.of(crops.cut(raster, local, 0))))
+        extra_stats[name] = BandStats.of(raster[local.y:local.y + local.height, local.x:local.x + local.width])
     image_crop = crops.cut(image, local, 0)
     mask_crop = crops.cut(classes, local, IGNORE_LABEL)
     valid = image[local.y:local.y + local.height, local.x:local.x + local.width]  # a view: padding excluded
@@ -267,22 +321,24 @@ def encode_crop(image_id: str, box: crops.CropBox, image: np.ndarray, classes: n
     held = class_pixels > 0
     held[IGNORE_LABEL] = False
     stats = Stats(crops=1, rgb_pixels=n, class_pixels=class_pixels, class_crops=held.astype(np.int64),
-                  rgb_sum=mean * n, rgb_sq_sum=(std * std + mean * mean) * n)
+                  rgb_sum=mean * n, rgb_sq_sum=(std * std + mean * mean) * n, extras=extra_stats)
     return CropRecord(
         source_id=image_id,
         image=codec.encode_image(image_crop, config.image_format, config.jpeg_quality, bgr=bgr),
         image_format=config.image_format,
         mask_png=codec.encode_index_png(mask_crop),
         height=box.height, width=box.width, offset=(box.y, box.x),
-        source_height=source[0], source_width=source[1], present=tuple(np.flatnonzero(held).tolist())), stats
+        source_height=source[0], source_width=source[1], present=tuple(np.flatnonzero(held).tolist()),
+        extras=tuple(cut_extras)), stats
 
 
 def encode_crops(image_id: str, image: np.ndarray, classes: np.ndarray, config: ConvertConfig,
-                 training: bool, bgr: bool = False) -> Iterator[tuple[int, CropRecord, Stats]]:
-    """Cut and encode every window of one decoded pair (its image RGB, or BGR with `bgr`): yields (crop number,
-    record, that crop's stats)."""
+                 training: bool, bgr: bool = False,
+                 rasters: dict[str, np.ndarray] | None = None) -> Iterator[tuple[int, CropRecord, Stats]]:
+    """Cut and encode every window of one decoded pair (its image RGB, or BGR with `bgr`, and its extra inputs'
+    `rasters`): yields (crop number, record, that crop's stats)."""
     for k, box in enumerate(crop_boxes(classes, image_id, config, training)):
-        record, stats = encode_crop(image_id, box, image, classes, (0, 0), classes.shape, config, bgr)
+        record, stats = encode_crop(image_id, box, image, classes, (0, 0), classes.shape, config, bgr, rasters)
         yield k, record, stats
 
 
@@ -290,9 +346,10 @@ def convert_pair(image_id: str, image_bytes: bytes, mask_bytes: bytes, config: C
                  training: bool) -> tuple[list[tuple[int, CropRecord]], Stats]:
     """→ ([(crop number, record)], stats): the whole conversion of one pair, as a plain loop would do it.
     Raises `InputError` for a pair that cannot be used."""
-    image, classes, total = decode_pair(image_bytes, mask_bytes, config, bgr=True)  # BGR: never swapped
-    records = []
-    for k, record, stats in encode_crops(image_id, image, classes, config, training, bgr=True):
+    source = decode_source(image_bytes, mask_bytes, config, bgr=True)  # BGR: never swapped
+    records, total = [], source.stats
+    for k, record, stats in encode_crops(image_id, source.image, source.classes, config, training, bgr=True,
+                                         rasters=source.extras):
         records.append((k, record))
         total.add(stats)
     return records, total

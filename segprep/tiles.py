@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from segprep import codec, crops, storage
+from segprep import codec, crops, extras, storage
 from segprep.headers import TIFF_MAGIC
 from segprep.convert import ConvertConfig, InputError, class_positions, convert_classes, encode_crop
 from segprep.formats.metadata import Stats
@@ -46,7 +46,7 @@ class TiledPair:
 
     split: str
     image_id: str
-    files: tuple[str, str]  # image path, mask path
+    files: tuple[str, ...]  # image path, mask path, the extra inputs' read by pattern
     height: int
     width: int
 
@@ -57,7 +57,7 @@ class Window:
 
     split: str
     image_id: str
-    files: tuple[str, str]
+    files: tuple[str, ...]
     height: int  # the source's
     width: int
     number: int  # row-major in the grid
@@ -199,11 +199,33 @@ def plan_oversampled(pair: TiledPair | Window, positions: crops.ClassPositions |
 
 
 class _Source:
-    """Image and mask regions of one tiled pair, decoded and converted as the whole-image path would."""
+    """Image, mask and extra input regions of one tiled pair, decoded and converted as the whole-image path
+    would."""
 
-    def __init__(self, window: Window, image: TiffRegions, mask: TiffRegions, config: ConvertConfig):
+    def __init__(self, window: Window, image: TiffRegions, mask: TiffRegions, config: ConvertConfig,
+                 extra: tuple[TiffRegions, ...] = ()):
         self._window, self._image, self._mask, self._config = window, image, mask, config
+        self._extra = dict(zip((e.name for e in config.extra_inputs if e.pattern is not None), extra))
         self.index_mask = False
+
+    def extras(self, y0: int, y1: int, x0: int, x1: int) -> dict[str, np.ndarray]:
+        """{name: (h, w, C) raster} of each extra input's region, at its own depth; raises `InputError`."""
+        out, samples = {}, None
+        for extra in self._config.extra_inputs:
+            try:
+                if extra.bands:
+                    if samples is None:
+                        samples = extras.as_stored(self._image.read(y0, y1, x0, x1), "image")
+                    raster = extras.bands_of(samples, extra)
+                else:
+                    raster = extras.as_stored(self._extra[extra.name].read(y0, y1, x0, x1),
+                                              f"extra input {extra.name}")
+                extras.check_finite(raster, extra.name)
+            except codec.DecodeError as e:
+                message = str(e) if str(e).startswith("extra input") else f"extra input {extra.name}: {e}"
+                raise InputError("bad_extra", message) from None
+            out[extra.name] = raster
+        return out
 
     def classes(self, y0: int, y1: int, x0: int, x1: int, mode: str | None = None):
         """→ the `lookup.Conversion` of the mask's region (clipped to the source); raises `InputError`."""
@@ -228,12 +250,12 @@ def _clip(box: CropBox, height: int, width: int) -> tuple[int, int, int, int]:
 
 
 def cut_window(window: Window, image: TiffRegions, mask: TiffRegions, config: ConvertConfig,
-               training: bool) -> tuple[list[tuple[int, bytes]], Summary]:
-    """→ ([(crop number, serialized record)], the window's summary). A fault leaves no crops and is in the
-    summary's `error`, never raised."""
+               training: bool, extra: tuple[TiffRegions, ...] = ()) -> tuple[list[tuple[int, bytes]], Summary]:
+    """→ ([(crop number, serialized record)], the window's summary); `extra` the regions of the extra inputs read
+    by pattern, in the config's order. A fault leaves no crops and is in the summary's `error`, never raised."""
     summary = Summary()
     try:
-        source = _Source(window, image, mask, config)
+        source = _Source(window, image, mask, config, extra)
         if window.draws:
             out = _cut_placed(window, source, config, summary)
         else:
@@ -273,12 +295,14 @@ def _cut(window: Window, source: _Source, config: ConvertConfig, training: bool,
     if y1 > window.y + window.h:
         classes[window.h:] = source.classes(y0 + window.h, y1, x0, x1, "ignore").classes
     image = source.image(y0, y1, x0, x1)  # also without crops: every image segment is decoded (and checked) once
+    rasters = source.extras(y0, y1, x0, x1)
     if not boxes:
         return []
     draws = {k: (crops.random_draws(height, width, config.crop_size, config.seed, window.image_id, k) if training
                  else iter([boxes[k]]))
              for k in window.crops}
-    return _cut_crops(window, source, (y0, y1, x0, x1), classes, image, draws, config, summary, redraw=training)
+    return _cut_crops(window, source, (y0, y1, x0, x1), classes, image, draws, config, summary, redraw=training,
+                      rasters=rasters)
 
 
 def _cut_placed(window: Window, source: _Source, config: ConvertConfig, summary: Summary) -> list[tuple[int, bytes]]:
@@ -289,12 +313,12 @@ def _cut_placed(window: Window, source: _Source, config: ConvertConfig, summary:
     classes = source.classes(*region, "ignore").classes  # the first round checked and reported every pixel
     image = source.image(*region)
     return _cut_crops(window, source, region, classes, image, dict(zip(window.crops, map(iter, window.draws))),
-                      config, summary, redraw=True)
+                      config, summary, redraw=True, rasters=source.extras(*region))
 
 
 def _cut_crops(window: Window, source: _Source, region: tuple[int, int, int, int], classes: np.ndarray,
                image: np.ndarray, draws: dict, config: ConvertConfig, summary: Summary,
-               redraw: bool) -> list[tuple[int, bytes]]:
+               redraw: bool, rasters: dict[str, np.ndarray] | None = None) -> list[tuple[int, bytes]]:
     """Cuts each crop k of `draws` (k → its draws: the first, then, with `redraw`, re-draws for --cat_max_ratio)
     from the `region` (y0, y1, x0, x1) read into `classes` and `image`, or on its own when a re-draw lies outside
     it; adds their stats to `summary`."""
@@ -318,12 +342,13 @@ def _cut_crops(window: Window, source: _Source, region: tuple[int, int, int, int
     for k in window.crops:
         box = crops.pick(draws[k], dominated if redraw and config.cat_max_ratio < 1.0 else None)
         if inside(box):
-            record, stats = encode_crop(window.image_id, box, image, classes, (y0, x0), (height, width), config)
+            record, stats = encode_crop(window.image_id, box, image, classes, (y0, x0), (height, width), config,
+                                        rasters=rasters)
         else:  # re-drawn elsewhere in the tile: read just this window
             by0, by1, bx0, bx1 = _clip(box, height, width)
             record, stats = encode_crop(window.image_id, box, source.image(by0, by1, bx0, bx1),
                                         source.classes(by0, by1, bx0, bx1, "ignore").classes, (by0, bx0),
-                                        (height, width), config)
+                                        (height, width), config, rasters=source.extras(by0, by1, bx0, bx1))
         summary.stats.add(stats)
         out.append((k, record.serialize()))
     return out

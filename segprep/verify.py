@@ -75,6 +75,25 @@ def check_record(data: bytes, num_classes: int) -> list[str]:
                 problems.append(f"{records.CLASS_PRESENT} lists {list(listed)} but the mask holds classes {held}")
     except codec.DecodeError as e:
         problems.append(f"mask: {e}")
+    problems += check_extras(features, height, width)
+    return problems
+
+
+def check_extras(features: dict, height: int, width: int) -> list[str]:
+    """Each extra input's crop decodes, at the record's size, with its stated type and bands, and finite."""
+    problems = []
+    try:
+        found = records.extras_of(features)
+    except ValueError as e:
+        return [str(e)]
+    for name, crop in found.items():
+        try:
+            array = crop.array(height, width)
+        except Exception as e:  # noqa: BLE001 - a damaged PNG or zlib stream: this record's problem
+            problems.append(f"extra input {name}: does not decode as {crop.format} {crop.dtype} ({e})")
+            continue
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            problems.append(f"extra input {name}: holds NaN or infinite values")
     return problems
 
 

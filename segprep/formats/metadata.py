@@ -73,6 +73,7 @@ class Stats:
     binary_masks: int = 0  # index masks holding only 0 and 255 (255 = ignore) with no index map: likely 0/255 labels
     exif_applied: int = 0  # images with an EXIF orientation, read as displayed (their masks fit that way)
     exif_as_stored: int = 0  # images with an EXIF orientation, read as stored
+    extras: dict = dataclasses.field(default_factory=dict)  # extra input name → BandStats of its crops
 
     def add(self, other: Stats) -> Stats:
         self.images += other.images
@@ -89,6 +90,12 @@ class Stats:
         self.binary_masks += other.binary_masks
         self.exif_applied += other.exif_applied
         self.exif_as_stored += other.exif_as_stored
+        for name, bands in other.extras.items():
+            if name in self.extras:
+                self.extras[name].add(bands)
+            else:
+                self.extras[name] = dataclasses.replace(bands, sums=bands.sums.copy(), squares=bands.squares.copy(),
+                                                        low=bands.low.copy(), high=bands.high.copy())
         return self
 
     def rgb_mean_std(self) -> tuple[list[float], list[float]]:
@@ -97,6 +104,45 @@ class Stats:
         mean = self.rgb_sum / self.rgb_pixels
         var = np.maximum(self.rgb_sq_sum / self.rgb_pixels - mean ** 2, 0.0)
         return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in np.sqrt(var)]
+
+
+@dataclasses.dataclass
+class BandStats:
+    """Per-band sums over an extra input's crop pixels (padding excluded), as the RGB statistics are kept."""
+
+    dtype: str
+    pixels: int
+    sums: np.ndarray  # (C,) float64
+    squares: np.ndarray
+    low: np.ndarray  # (C,) float64: the smallest value of each band
+    high: np.ndarray
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> BandStats:
+        """Of an (h, w, C) array of crop pixels."""
+        flat = values.reshape(-1, values.shape[-1]).astype(np.float64)
+        if not flat.size:
+            channels = values.shape[-1]
+            return cls(str(values.dtype), 0, np.zeros(channels), np.zeros(channels), np.full(channels, np.inf),
+                       np.full(channels, -np.inf))
+        return cls(str(values.dtype), flat.shape[0], flat.sum(0), (flat * flat).sum(0), flat.min(0), flat.max(0))
+
+    def add(self, other: BandStats) -> BandStats:
+        self.pixels += other.pixels
+        self.sums += other.sums
+        self.squares += other.squares
+        np.minimum(self.low, other.low, out=self.low)
+        np.maximum(self.high, other.high, out=self.high)
+        return self
+
+    def summary(self) -> dict:
+        """{mean, std, min, max} per band, for metadata.json."""
+        n = max(self.pixels, 1)
+        mean = self.sums / n
+        std = np.sqrt(np.maximum(self.squares / n - mean ** 2, 0.0))
+        def rounded(values):
+            return [round(float(v), 6) if np.isfinite(v) else None for v in values]
+        return {"mean": rounded(mean), "std": rounded(std), "min": rounded(self.low), "max": rounded(self.high)}
 
 
 class MetadataError(ValueError):
@@ -125,9 +171,9 @@ class SplitResult:
 
 
 def build(*, palette: Palette, crop_size: int, image_format: str, compressed: bool, seed: int,
-          splits: dict[str, SplitResult], flags: dict, seconds: float) -> dict:
-    """The metadata of a finished run. The RGB mean/std are over the random-crop (training) splits' crops, or over
-    every split's when the run has no training split."""
+          splits: dict[str, SplitResult], flags: dict, seconds: float, extra_inputs: tuple = ()) -> dict:
+    """The metadata of a finished run. The RGB mean/std, and each extra input's per-band statistics, are over the
+    random-crop (training) splits' crops, or over every split's when the run has no training split."""
     training = Stats()
     for result in splits.values():
         if result.random_crops:
@@ -152,9 +198,19 @@ def build(*, palette: Palette, crop_size: int, image_format: str, compressed: bo
         "rgb_mean": mean,
         "rgb_std": std,
         "splits": {name: _split_entry(name, r, palette.num_classes) for name, r in splits.items()},
+        # Per extra input: where it came from, its bands and type, and per-band statistics of the training crops.
+        **({"extra_inputs": {e.name: _extra_entry(e, training.extras.get(e.name)) for e in extra_inputs}}
+           if extra_inputs else {}),
         "flags": flags,
         "seconds": round(seconds, 2),
     }
+
+
+def _extra_entry(extra, bands: BandStats | None) -> dict:
+    entry = {"source": extra.source, "channels": int(bands.sums.size) if bands else None,
+             "dtype": bands.dtype if bands else None}
+    entry.update(bands.summary() if bands else {"mean": None, "std": None, "min": None, "max": None})
+    return entry
 
 
 def _split_entry(name: str, result: SplitResult, num_classes: int) -> dict:
@@ -214,6 +270,14 @@ _TOP = {
     "rgb_std": fields.Field("three numbers", fields.list_of(fields.number, 3)),
     "splits": fields.Field("an object {split: {...}}", lambda v: isinstance(v, dict)),
     "flags": fields.Field("an object", lambda v: isinstance(v, dict), required=False),
+    "extra_inputs": fields.Field("an object {name: {...}}", lambda v: isinstance(v, dict), required=False),
+}
+_EXTRA = {
+    "source": fields.Field("a pattern or @bands", fields.text),
+    "channels": fields.Field("a positive integer", fields.optional(fields.integer(1))),
+    "dtype": fields.Field("uint8, uint16 or float32", lambda v: v in (None, "uint8", "uint16", "float32")),
+    "mean": fields.Field("a list of numbers", fields.optional(fields.list_of(fields.optional(fields.number)))),
+    "std": fields.Field("a list of numbers", fields.optional(fields.list_of(fields.optional(fields.number)))),
 }
 _SPLIT = {
     "records": fields.Field("an integer ≥ 0", fields.integer(0)),
@@ -252,6 +316,8 @@ def check(meta: dict, where: str = "metadata.json") -> None:
         fields.check(meta, _TOP, where, _REMEDY)
         for name, entry in meta["splits"].items():
             fields.check(entry, _SPLIT, f"{where}, split {name!r}", _REMEDY)
+        for name, entry in meta.get("extra_inputs", {}).items():
+            fields.check(entry, _EXTRA, f"{where}, extra input {name!r}", _REMEDY)
     except fields.FieldError as e:
         raise MetadataError(str(e)) from None
     problems = []
@@ -311,6 +377,28 @@ class SplitInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExtraInfo:
+    """What metadata.json says of one extra input: where it came from, its bands and type (None when no crop held
+    it), and per-band statistics of the training crops."""
+
+    name: str
+    source: str
+    channels: int | None
+    dtype: str | None
+    mean: tuple | None
+    std: tuple | None
+    low: tuple | None
+    high: tuple | None
+
+    @classmethod
+    def from_json(cls, name: str, entry: dict) -> ExtraInfo:
+        def values(key):
+            return tuple(entry[key]) if entry.get(key) is not None else None
+        return cls(name, entry["source"], entry.get("channels"), entry.get("dtype"), values("mean"), values("std"),
+                   values("min"), values("max"))
+
+
+@dataclasses.dataclass(frozen=True)
 class Metadata:
     """A parsed, checked metadata.json: the one view every reader takes (`parse`)."""
 
@@ -324,6 +412,7 @@ class Metadata:
     rgb_std: tuple[float, float, float]
     splits: dict[str, SplitInfo]
     flags: dict  # every flag of the prepare run
+    extra_inputs: dict = dataclasses.field(default_factory=dict)  # name → ExtraInfo
 
     @property
     def num_classes(self) -> int:
@@ -392,7 +481,9 @@ class Metadata:
                    seed=int(meta.get("seed", 0)), rgb_mean=tuple(meta["rgb_mean"]), rgb_std=tuple(meta["rgb_std"]),
                    splits={name: SplitInfo.from_json(name, entry, name in random)
                            for name, entry in meta["splits"].items()},
-                   flags=dict(meta.get("flags") or {}))
+                   flags=dict(meta.get("flags") or {}),
+                   extra_inputs={name: ExtraInfo.from_json(name, entry)
+                                 for name, entry in (meta.get("extra_inputs") or {}).items()})
 
 
 def recorded_files(data: bytes) -> list[str] | None:

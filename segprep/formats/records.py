@@ -119,6 +119,22 @@ class ExtraCrop:
         return np.ascontiguousarray(out.astype(dtype))
 
 
+def extras_of(features: dict[str, list]) -> dict[str, ExtraCrop]:
+    """{name: ExtraCrop} of a decoded record's extra inputs ({key: values}, as `check_example` gives them); a
+    ValueError for an extra input whose fields are incomplete."""
+    names = sorted({key[len(EXTRA_PREFIX):].rpartition("/")[0] for key in features if key.startswith(EXTRA_PREFIX)})
+    out = {}
+    for name in names:
+        try:
+            values = {field: features[extra_key(name, field)][0] for field in EXTRA_FIELDS}
+        except (KeyError, IndexError):
+            raise ValueError(f"extra input {name}: the record lacks some of its fields "
+                             f"({', '.join(EXTRA_FIELDS)})") from None
+        out[name] = ExtraCrop(values["encoded"], values["format"].decode(), values["dtype"].decode(),
+                              int(values["channels"]))
+    return out
+
+
 def _png(array) -> bytes:
     """A PNG of an (H, W, C) uint8 or uint16 array, C 1 to 4, at its own depth (filter 0, zlib level 6): the same
     bytes for the same array on every machine."""
