@@ -19,6 +19,7 @@ from trainer import common, normalization
 from trainer.common import CROP_WEIGHT, Augment, DataError, load_metadata  # noqa: F401 - re-exported
 
 AUTOTUNE = tf.data.AUTOTUNE
+IMAGE = "image"  # the RGB input's name; every other input a model takes is an extra input of metadata.json
 
 
 def split_files(meta: dict, data_dir: str, split: str) -> list[str]:
@@ -88,13 +89,38 @@ def crop_weight(present: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
     return tf.reduce_max(tf.concat([tf.ones([1], tf.float32), tf.gather(factors, present)], 0))
 
 
-def decode(serialized: tf.Tensor, crop_size: int, factors: tf.Tensor | None = None):
-    """One record → (image uint8 [S, S, 3], mask uint8 [S, S, 1]), and its `crop_weight` with `factors`."""
-    f = tf.io.parse_single_example(serialized, feature_spec())
+def extra_spec(extras: dict) -> dict:
+    """The parser spec of the extra inputs `extras` ({name: ExtraInfo}) a model reads."""
+    return {records.extra_key(name, field): tf.io.FixedLenFeature((), tf.int64 if field == "channels" else tf.string)
+            for name in extras for field in records.EXTRA_FIELDS}
+
+
+def decode_extra(f: dict, name: str, info, crop_size: int) -> tf.Tensor:
+    """An extra input's crop of a parsed record → float32 [S, S, C], every value as stored: a PNG of its own depth
+    (8 or 16 bits), or zlib-compressed raw little-endian float32. A record whose crop is not what metadata.json
+    says (format, type, bands) fails the read, as a broken image does."""
+    key = lambda field: f[records.extra_key(name, field)]  # noqa: E731
+    channels, dtype = int(info.channels), info.dtype
+    if dtype == "float32":
+        check = tf.debugging.assert_equal(key("format"), tf.constant("raw"), message=f"extra input {name}: format")
+        with tf.control_dependencies([check]):
+            flat = tf.io.decode_raw(tf.io.decode_compressed(key("encoded"), "ZLIB"), tf.float32, little_endian=True)
+        x = tf.reshape(flat, (crop_size, crop_size, channels))
+    else:
+        x = tf.io.decode_png(key("encoded"), channels=channels, dtype=tf.uint16 if dtype == "uint16" else tf.uint8)
+    return tf.ensure_shape(tf.cast(x, tf.float32), (crop_size, crop_size, channels))
+
+
+def decode(serialized: tf.Tensor, crop_size: int, factors: tf.Tensor | None = None, extras: dict | None = None):
+    """One record → (image uint8 [S, S, 3], mask uint8 [S, S, 1]), and its `crop_weight` with `factors`. With
+    `extras` ({name: ExtraInfo} of metadata.json), the first is a dict {"image": image, name: float32 [S, S, C]}."""
+    f = tf.io.parse_single_example(serialized, {**feature_spec(), **extra_spec(extras or {})})
     image = tf.io.decode_image(f[records.IMAGE_ENCODED], channels=3, expand_animations=False)
     mask = tf.io.decode_png(f[records.MASK_ENCODED], channels=1)
     image = tf.ensure_shape(image, (crop_size, crop_size, 3))
     mask = tf.ensure_shape(mask, (crop_size, crop_size, 1))
+    if extras:
+        image = {IMAGE: image, **{name: decode_extra(f, name, info, crop_size) for name, info in extras.items()}}
     if factors is not None:
         return image, mask, crop_weight(f[records.CLASS_PRESENT], factors)
     return image, mask
@@ -141,12 +167,22 @@ def _affine(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int, seeds=(N
     return image, mask
 
 
-def augment(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int,
-            seed: tf.Tensor | None = None, window: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
-    """One example's paired augmentation: one random draw, applied to image and mask alike. With `seed` (a [2]
+def augment(image, mask: tf.Tensor, aug: Augment, size: int, seed: tf.Tensor | None = None,
+            window: int | None = None):
+    """One example's paired augmentation: one random draw, applied to image and mask alike. `image` is the RGB
+    crop, or a dict of every input's crop ({"image": RGB, "dsm": ...}, as `decode` gives them): all of them are
+    flipped, scaled, rotated and windowed by the same draw, resampled bilinearly (padding 0), the mask nearest. With `seed` (a [2]
     int64 key) the draws are stateless, a function of the key alone; without, they come from TensorFlow's global
     generator. With `window` < `size`, the result is a random window × window part of the augmented crop (its corner
     drawn from the same key): the smaller crops of `--train_crop_size`."""
+    if isinstance(image, dict):  # every input in one tensor, so one op moves them all alike
+        names = list(image)
+        widths = [image[n].shape[-1] for n in names]
+        joined = tf.concat([tf.cast(image[n], tf.float32) for n in names], -1)
+        joined, mask = augment(joined, mask, aug, size, seed, window)
+        parts = tf.split(joined, widths, -1)
+        return {n: (tf.cast(p, image[n].dtype) if p.dtype != image[n].dtype and not (aug.scale or aug.rotate_degrees)
+                    else p) for n, p in zip(names, parts)}, mask
     seeds = [None] * 3 if seed is None else tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     offset = None
     if window is not None and window < size:
@@ -159,7 +195,7 @@ def augment(image: tf.Tensor, mask: tf.Tensor, aug: Augment, size: int,
     if aug.scale or aug.rotate_degrees:
         return _affine(image, mask, aug, size, seeds[1:], None if offset is None else window, offset)
     if offset is not None:
-        image = tf.slice(image, [offset[0], offset[1], 0], [window, window, 3])
+        image = tf.slice(image, [offset[0], offset[1], 0], [window, window, image.shape[-1]])
         mask = tf.slice(mask, [offset[0], offset[1], 0], [window, window, 1])
     return image, mask
 
@@ -206,6 +242,8 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
     size = meta.crop_size
     if window is not None and not 0 < window <= size:
         raise ValueError(f"Argument `window` must be in [1, crop size {size}]. Received: window={window}")
+    inputs = inputs or {IMAGE: 1}
+    extras = extra_inputs(meta, inputs, data_dir)
     if training and seed is None:
         seed = int(tf.random.uniform((), 0, 2 ** 31 - 1, tf.int64))
     factors = None if crop_weights is None else tf.constant(list(crop_weights) + [1.0] * (256 - len(crop_weights)),
@@ -214,14 +252,39 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
                   seed, start_epoch, shuffle_buffer)
 
     def decode_one(serialized, key):
-        image, mask, *weight = decode(serialized, size, factors)
+        image, mask, *weight = decode(serialized, size, factors, extras)
         if training:
             image, mask = augment(image, mask, aug, size, key, window)
         return (image, mask, *weight)
 
     # Parallel, in order: `deterministic=True` costs a little head-of-line waiting, and buys repeatable runs.
     ds = ds.map(decode_one, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return _batches(ds, batch_size, training, pad_batches, inputs or {"image": 1}, targets or {"main": 1}, normalize)
+    if normalize is not None and extras:  # the pipeline normalises: each extra input by its own statistics
+        normalize = {IMAGE: normalize, **{name: (list(info.mean), normalization.floored(info.std))
+                                          for name, info in extras.items()}}
+    return _batches(ds, batch_size, training, pad_batches, inputs, targets or {"main": 1}, normalize)
+
+
+def is_image_input(name: str) -> bool:
+    """Whether a model input named `name` takes the RGB image ("image", or "image_half" at another stride)."""
+    return name == IMAGE or name.startswith(IMAGE + "_")
+
+
+def extra_inputs(meta, inputs, where: str) -> dict:
+    """{name: ExtraInfo} of the extra inputs among a model's `inputs` (names), from metadata.json; a DataError
+    naming an input that the data does not hold."""
+    out = {}
+    for name in inputs:
+        if is_image_input(name):
+            continue
+        info = meta.extra_inputs.get(name)
+        if info is None or not info.channels:
+            held = ", ".join(sorted(n for n, i in meta.extra_inputs.items() if i.channels)) or "none"
+            raise DataError(f"The model takes an input {name!r} that {where.rstrip('/')} does not hold (its extra "
+                            f"inputs: {held}); prepare the data with --extra_inputs '{name}=...', or train a model "
+                            "without it (--inputs).")
+        out[name] = info
+    return out
 
 
 def _records(files: list[str], compression: str | None, per_epoch: int | None, seed: int | None, start_epoch: int,
@@ -250,17 +313,24 @@ def _records(files: list[str], compression: str | None, per_epoch: int | None, s
 
 
 def _batches(ds: tf.data.Dataset, batch_size: int, training: bool, pad_batches: bool, inputs: dict[str, int],
-             targets: dict[str, int], normalize: tuple | None) -> tf.data.Dataset:
+             targets: dict[str, int], normalize) -> tf.data.Dataset:
     """Decoded (image, mask[, weight]) examples → batches of ({input: image}, {output: mask}) at each one's stride,
-    normalised when `normalize` = (mean, std); evaluation data repeated (each pass is `steps` batches)."""
+    normalised when `normalize` = (mean, std) (a dict of them by input with extra inputs); evaluation data
+    repeated (each pass is `steps` batches). An input named for an extra input gets that input, any other the
+    image."""
     def to_batch(images, masks, *weights):
         # Normalisation and targets run on whole batches: far fewer ops than per example. (Flips stay per
         # example: a tf.cond reverses only when drawn, where a batched tf.where costs more than decoding.)
-        x = images if normalize is None else normalization.normalize(images, *normalize)
-        side = images.shape[1]  # the crop size, or the training window
-        feats = {name: (x if s == 1 else tf.image.resize(tf.cast(x, tf.float32), (side // s, side // s),
-                                                         antialias=True))
-                 for name, s in inputs.items()}
+        rasters = images if isinstance(images, dict) else {IMAGE: images}
+        norms = normalize if isinstance(normalize, dict) or normalize is None else {IMAGE: normalize}
+        rasters = {name: x if norms is None else normalization.normalize(x, *norms[name])
+                   for name, x in rasters.items()}
+        side = masks.shape[1]  # the crop size, or the training window
+        feats = {}
+        for name, s in inputs.items():
+            x = rasters[IMAGE if is_image_input(name) else name]
+            feats[name] = x if s == 1 else tf.image.resize(tf.cast(x, tf.float32), (side // s, side // s),
+                                                           antialias=True)
         labels = {name: (masks if s == 1 else masks[:, s // 2::s, s // 2::s]) for name, s in targets.items()}
         if weights:
             labels[CROP_WEIGHT] = weights[0]
@@ -276,20 +346,20 @@ def _batches(ds: tf.data.Dataset, batch_size: int, training: bool, pad_batches: 
 
 
 def _pad_batch(images, masks, batch_size: int):
-    """A short last batch filled up with black images whose masks are all 255 (ignored): every batch then has
-    the same static size (TPUs need it, and no replica of a distributed step gets an empty share), while losses and
-    confusion matrices, which skip 255, are exactly those of the real examples."""
+    """A short last batch filled up with black images (zero extra inputs) whose masks are all 255 (ignored):
+    every batch then has the same static size (TPUs need it, and no replica of a distributed step gets an empty
+    share), while losses and confusion matrices, which skip 255, are exactly those of the real examples."""
     def fill(x, value):
         missing = batch_size - tf.shape(x)[0]
         pad = tf.fill(tf.concat([[missing], tf.shape(x)[1:]], 0), tf.constant(value, x.dtype))
         return tf.ensure_shape(tf.concat([x, pad], 0), [batch_size] + x.shape[1:])
 
-    return fill(images, 0), fill(masks, IGNORE_LABEL)
+    return tf.nest.map_structure(lambda x: fill(x, 0), images), fill(masks, IGNORE_LABEL)
 
 
 def strides_of(model) -> tuple[dict[str, int], dict[str, int]]:
     """Each model input's and output's stride relative to the first input, from their static shapes."""
-    full = model.inputs[0].shape[1]
+    full = max(t.shape[1] for t in model.inputs)
     ins = {t.name: full // t.shape[1] for t in model.inputs}
     outs = {name: full // t.shape[1] for name, t in zip(model.output_names, model.outputs)}
     return ins, outs

@@ -23,6 +23,8 @@ loss weights, metrics and targets are keyed by.
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 from keras import layers
@@ -50,25 +52,65 @@ def _sep(x, filters, stride=1, dilation=1):
     return layers.ReLU()(x)
 
 
+@dataclasses.dataclass(frozen=True)
+class ExtraSpec:
+    """An extra input as a model takes it: its name, bands and the training crops' per-band mean and std, which
+    the model normalises it with (metadata.json's extra_inputs)."""
+
+    name: str
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of(cls, info) -> ExtraSpec:
+        """From metadata's ExtraInfo."""
+        return cls(info.name, int(info.channels), tuple(info.mean), tuple(info.std))
+
+
+def _extra_input(spec: ExtraSpec, crop_size: int):
+    """(the keras.Input named for an extra input, float32 [S, S, C] as stored, and it normalised)."""
+    raw = keras.Input((crop_size, crop_size, spec.channels), name=spec.name, dtype="float32")
+    x = layers.Normalization(mean=list(spec.mean), variance=[s ** 2 for s in floored(spec.std)],
+                             name=f"normalize_{spec.name}", dtype="float32")(raw)
+    return raw, x
+
+
 def build_model(num_classes: int, crop_size: int = 256, width: int = 32, arch: str = "multi",
                 mean: list[float] | None = None, std: list[float] | None = None, backbone: str = "mobilenetv2",
-                backbone_weights: str = "imagenet") -> keras.Model:
+                backbone_weights: str = "imagenet", extras: tuple[ExtraSpec, ...] = (),
+                image: bool = True) -> keras.Model:
     """`mean`/`std` (per RGB channel, 0..255 scale): normalise with them; None: x / 255 - 0.5. For
     "deeplabv3plus", `backbone` and `backbone_weights` ("imagenet", "none" or a path) choose the encoder, which
-    brings its own normalisation (`mean`, `std` and `width` are not used)."""
+    brings its own normalisation (`mean`, `std` and `width` are not used).
+
+    `extras`: extra inputs (a DSM, an infrared band), each a named input normalised by its own statistics. The
+    small models fuse early: every input gets its own stem (a strided 3×3 conv, BatchNorm, ReLU to 1/2) and the
+    stems are concatenated, so each input is scaled and filtered on its own terms before they mix. With `image`
+    False the model takes the extra inputs only (not for deeplabv3plus, whose backbone wants RGB)."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}. Received: {arch!r}")
+    if not image and not extras:
+        raise ValueError("a model needs at least one input")
     if arch == "deeplabv3plus":
-        return deeplabv3plus(num_classes, crop_size, backbone, backbone_weights)
+        if not image:
+            raise ValueError("deeplabv3plus takes the image on its backbone: it cannot be left out")
+        return deeplabv3plus(num_classes, crop_size, backbone, backbone_weights, extras=extras)
     if crop_size % 8:
         raise ValueError(f"crop_size must be a multiple of 8 for this model. Received: {crop_size}")
-    image = keras.Input((crop_size, crop_size, 3), name="image")
-    if mean is not None and std is not None:
-        x = layers.Normalization(mean=list(mean), variance=[s ** 2 for s in floored(std)], name="normalize",
-                                 dtype="float32")(image)
-    else:
-        x = layers.Rescaling(1 / 255, offset=-0.5, name="normalize", dtype="float32")(image)
-    x = _conv(x, width, stride=2)  # 1/2
+    inputs, stems = {}, []
+    if image:
+        rgb = inputs["image"] = keras.Input((crop_size, crop_size, 3), name="image")
+        if mean is not None and std is not None:
+            x = layers.Normalization(mean=list(mean), variance=[s ** 2 for s in floored(std)], name="normalize",
+                                     dtype="float32")(rgb)
+        else:
+            x = layers.Rescaling(1 / 255, offset=-0.5, name="normalize", dtype="float32")(rgb)
+        stems.append(_conv(x, width, stride=2))  # 1/2
+    for spec in extras:
+        inputs[spec.name], x = _extra_input(spec, crop_size)
+        stems.append(_conv(x, width, stride=2, name=f"stem_{spec.name}"))
+    x = stems[0] if len(stems) == 1 else layers.Concatenate(name="fuse")(stems)
     s2 = _sep(x, width)
     x = _sep(s2, 2 * width, stride=2)  # 1/4
     s4 = _sep(x, 2 * width)
@@ -91,7 +133,7 @@ def build_model(num_classes: int, crop_size: int = 256, width: int = 32, arch: s
         outputs["upsample"] = layers.UpSampling2D(4, interpolation="bilinear", name="upsample",
                                                   dtype="float32")(u)  # 1/1
         outputs["aux"] = layers.Conv2D(num_classes, 1, name="aux", dtype="float32")(ctx)  # 1/8
-    return keras.Model({"image": image}, outputs, name=f"segprep_{arch}")
+    return keras.Model(inputs, outputs, name=f"segprep_{arch}")
 
 
 def for_training(model: keras.Model, size: int | None = None, fuse_batch_norm: bool = True) -> keras.Model:
@@ -100,7 +142,7 @@ def for_training(model: keras.Model, size: int | None = None, fuse_batch_norm: b
     gets size / s), and with every BatchNormalization's training statistics, nested models' included, computed by
     TensorFlow's fused kernel (`FusedBatchNorm`). The model itself, checkpointed and saved, keeps Keras's layers.
     A ValueError when the model's layers cannot take that size (deeplabv3plus's backbone is built for its crop)."""
-    full = model.inputs[0].shape[1]
+    full = max(t.shape[1] for t in model.inputs)
 
     def spec(t):
         side = size * t.shape[1] // full
@@ -163,9 +205,14 @@ def _conv_bn(x, filters, kernel=1, dilation=1, separable=False, name=None):
 
 
 def deeplabv3plus(num_classes: int, crop_size: int = 256, backbone: str = "mobilenetv2",
-                  backbone_weights: str = "imagenet", filters: int = 256) -> keras.Model:
+                  backbone_weights: str = "imagenet", filters: int = 256,
+                  extras: tuple[ExtraSpec, ...] = ()) -> keras.Model:
     """DeepLabV3+ with the outputs of the other archs (see the module docstring). The backbone is one nested
-    layer named "backbone" (`--freeze_backbone_epochs` freezes it); the model still takes raw uint8 RGB."""
+    layer named "backbone" (`--freeze_backbone_epochs` freezes it); the model still takes raw uint8 RGB.
+
+    `extras` go through a parallel stem beside the pretrained backbone (which stays RGB, as its weights were
+    trained): the normalised extra inputs, concatenated, pass four strided 3×3 conv blocks, and their stride-4
+    and stride-16 features are concatenated with the backbone's before the decoder and the ASPP."""
     from trainer import backbones
 
     if backbone not in backbones.SPECS:
@@ -177,6 +224,19 @@ def deeplabv3plus(num_classes: int, crop_size: int = 256, backbone: str = "mobil
     pre = backbones.preprocess(backbone)
     low, high = encoder(image if pre is None else pre(image))
     side = crop_size // 16
+    inputs = {"image": image}
+    if extras:
+        normalised = []
+        for spec in extras:
+            inputs[spec.name], x = _extra_input(spec, crop_size)
+            normalised.append(x)
+        e = normalised[0] if len(normalised) == 1 else layers.Concatenate(name="extra_concat")(normalised)
+        e = _conv(e, 32, stride=2, name="extra_stem_1")  # 1/2
+        e4 = _conv(e, 48, stride=2, name="extra_stem_2")  # 1/4
+        e = _conv(e4, 96, stride=2, name="extra_stem_3")  # 1/8
+        e16 = _conv(e, 128, stride=2, name="extra_stem_4")  # 1/16
+        low = layers.Concatenate(name="extra_fuse_low")([low, e4])
+        high = layers.Concatenate(name="extra_fuse_high")([high, e16])
 
     pooled = layers.AveragePooling2D(side, name="aspp_pool")(high)
     pooled = _conv_bn(pooled, filters, name="aspp_pool")
@@ -196,4 +256,4 @@ def deeplabv3plus(num_classes: int, crop_size: int = 256, backbone: str = "mobil
             layers.Conv2D(num_classes, 1, name="aspp_logits")(aspp)),
         "aux": layers.Conv2D(num_classes, 1, name="aux", dtype="float32")(high),
     }
-    return keras.Model({"image": image}, outputs, name=f"segprep_deeplabv3plus_{backbone}")
+    return keras.Model(inputs, outputs, name=f"segprep_deeplabv3plus_{backbone}")

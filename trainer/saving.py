@@ -1,5 +1,6 @@
 """Saving a trained model: model.keras (an inference model any Keras loads), best.keras (with its optimizer), and
-the serving export (a SavedModel for TF Serving / Vertex AI: uint8 RGB in, probabilities and classes out)."""
+the serving export (a SavedModel for TF Serving / Vertex AI: uint8 RGB and any extra inputs in, probabilities
+and classes out)."""
 
 from __future__ import annotations
 
@@ -43,20 +44,30 @@ def save_inference_model(model: keras.Model, path: str) -> None:
 
 def export_serving(model: keras.Model, path: str, output: str = "main") -> None:
     """RUN/serving/: a SavedModel for TF Serving and Vertex AI. Its `serving_default` signature takes `images`, a
-    uint8 RGB batch [N, H, W, 3] of any size, and returns `probabilities` [N, H, W, C] (float32 softmax of the
-    `output`) and `classes` [N, H, W] (uint8). The image is cut into windows of the training crop (padded at the
-    far edges), predicted in one batch and put back: trainer.predict's windows without overlap."""
+    uint8 RGB batch [N, H, W, 3] of any size, and, for a model with extra inputs, each of them under its own name
+    as float32 [N, H, W, C] (values as stored: metres of a DSM, raw band values; the model normalises them); it
+    returns `probabilities` [N, H, W, C] (float32 softmax of the `output`) and `classes` [N, H, W] (uint8). The
+    inputs are cut into windows of the training crop (padded at the far edges), predicted in one batch and put
+    back: trainer.predict's windows without overlap."""
     model = inference_model(model)
-    size = int(model.inputs[0].shape[1])
-    name = model.inputs[0].name
+    size = max(int(t.shape[1]) for t in model.inputs)
+    channels = {t.name: int(t.shape[-1]) for t in model.inputs}
+    # The signature's names: `images` for the RGB input (as before extra inputs existed), the others their own.
+    names = {("images" if name == "image" else name): name for name in sorted(channels, key=lambda n: n != "image")}
 
-    def serve(images):
-        n, h, w = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
-        x = tf.pad(images, [[0, 0], [0, (-h) % size], [0, (-w) % size], [0, 0]])
+    def tiles_of(x, c):
+        n, h, w = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
+        x = tf.pad(x, [[0, 0], [0, (-h) % size], [0, (-w) % size], [0, 0]])
         rows, cols = tf.shape(x)[1] // size, tf.shape(x)[2] // size
-        tiles = tf.reshape(tf.transpose(tf.reshape(x, [n, rows, size, cols, size, 3]), [0, 1, 3, 2, 4, 5]),
-                           [-1, size, size, 3])
-        logits = tf.cast(model({name: tf.cast(tiles, tf.float32)}, training=False)[output], tf.float32)
+        return tf.reshape(tf.transpose(tf.reshape(x, [n, rows, size, cols, size, c]), [0, 1, 3, 2, 4, 5]),
+                          [-1, size, size, c]), (n, h, w, rows, cols)
+
+    def serve(*tensors):
+        feeds, shape = {}, None
+        for (arg, name), x in zip(names.items(), tensors):
+            feeds[name], shape = tiles_of(tf.cast(x, tf.float32), channels[name])
+        n, h, w, rows, cols = shape
+        logits = tf.cast(model(feeds, training=False)[output], tf.float32)
         if logits.shape[1] != size:  # a low-resolution output: logits upsampled as predict does
             logits = tf.image.resize(logits, [size, size], method="bilinear")
         probs = tf.nn.softmax(logits, axis=-1)
@@ -67,8 +78,9 @@ def export_serving(model: keras.Model, path: str, output: str = "main") -> None:
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", serve,
-                         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    archive.add_endpoint("serving_default", serve, input_signature=[
+        tf.TensorSpec([None, None, None, channels[name]], tf.uint8 if name == "image" else tf.float32, name=arg)
+        for arg, name in names.items()])
     with tempfile.TemporaryDirectory() as tmp:  # written whole, then copied: gs:// gets no half-written export
         archive.write_out(f"{tmp}/serving", verbose=False)
         if files.exists(path):

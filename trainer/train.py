@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze_backbone_epochs", type=cli.integer(0), default=None,
                    help="train only the decoder (the backbone frozen, its BatchNorm statistics too) for the first "
                         "N epochs, then everything (default: 0)")
+    p.add_argument("--inputs", metavar="NAME,...",
+                   help="the model's inputs: image (the RGB crops) and extra inputs prepare stored "
+                        "(--extra_inputs), e.g. image,dsm; each is a named input of the model, normalised by its own "
+                        "statistics (default: image and every extra input metadata.json lists)")
     p.add_argument("--width", type=cli.integer(1), default=32,
                    help="channels of the first convolution, doubled at each stage: wider is slower and can be more "
                         "accurate (default: %(default)s)")
@@ -170,9 +174,9 @@ def _arch_flags(args: argparse.Namespace) -> None:
 
 
 def _default_model_dir(args: argparse.Namespace) -> str:
-    keys = {k: v for k, v in vars(args).items() if k not in ("model_dir", "overwrite", "verbose")}
+    keys = {k: v for k, v in vars(args).items() if k not in ("model_dir", "overwrite", "verbose", "input_names")}
     for name in ("backbone", "backbone_weights", "freeze_backbone_epochs", "no_op_determinism",  # added later:
-                 "train_crop_size"):
+                 "train_crop_size", "inputs"):
         if not keys.get(name):  # runs without them keep their hash
             keys.pop(name, None)
     for name, default in (("train_split", "train"), ("val_split", "val"),  # added later: old names keep their hash
@@ -223,6 +227,7 @@ def run(argv: list[str] | None = None) -> loop.History:
     except (DataError, md.MetadataError) as e:
         raise UsageError(str(e)) from None
     loss_weights(args.loss_weights, list(ARCH_OUTPUTS[args.arch]))  # checked before TensorFlow is imported
+    args.input_names = model_inputs(args.inputs, meta, args.data_dir, args.arch)
     crop = meta.crop_size
     if args.train_crop_size not in (None, crop):
         fixed = "deeplabv3plus" if args.arch == "deeplabv3plus" and args.train_crop_size < crop else None
@@ -269,12 +274,16 @@ def _train(args, meta: md.Metadata, model_dir: str, placement: distribute.Placem
     with placement.strategy.scope():
         model = model_lib.build_model(meta.num_classes, meta.crop_size, args.width, args.arch,
                                       *cfg.normalization.mean_std(meta), backbone=args.backbone,
-                                      backbone_weights=args.backbone_weights)
+                                      backbone_weights=args.backbone_weights,
+                                      extras=tuple(model_lib.ExtraSpec.of(meta.extra_inputs[n])
+                                                   for n in args.input_names if n != "image"),
+                                      image="image" in args.input_names)
     cfg = dataclasses.replace(cfg, loss_weights=loss_weights(args.loss_weights, list(model.output_names)))
     precision = "" if policy == "float32" else f", {policy}"
     print(f"train: {placement.describe()}{precision}; global batch {args.batch_size * placement.replicas} "
           f"({args.batch_size} per replica), peak lr {args.lr * placement.replicas:g}; {model.name}, "
-          f"{model.count_params():,} parameters{_backbone_text(args)}, outputs {', '.join(model.output_names)}; "
+          f"{model.count_params():,} parameters{_backbone_text(args)}, inputs {', '.join(args.input_names)}, "
+          f"outputs {', '.join(model.output_names)}; "
           f"{meta.split(cfg.train_split).records} {cfg.train_split} / "
           f"{meta.split(cfg.val_split).records} {cfg.val_split} crops{_window_text(args, meta)} → "
           f"{model_dir}",
@@ -286,6 +295,25 @@ def _train(args, meta: md.Metadata, model_dir: str, placement: distribute.Placem
     print(f"train: done in {time.time() - started:.0f} s; best val mIoU (main) {history.best:.3f} at epoch "
           f"{history.best_epoch + 1} of the whole run; model: {model_dir}/model.keras", flush=True)
     return history
+
+
+def model_inputs(flag: str | None, meta: md.Metadata, data_dir: str, arch: str) -> list[str]:
+    """--inputs → the model's input names, image first: a UsageError naming an input the data does not hold."""
+    held = ["image"] + sorted(name for name, info in meta.extra_inputs.items() if info.channels)
+    if flag is None:
+        return held
+    names = [n.strip() for n in flag.split(",") if n.strip()]
+    unknown = [n for n in names if n not in held]
+    if unknown or not names:
+        raise UsageError(f"--inputs {flag}: {data_dir.rstrip('/')} holds the inputs {', '.join(held)}"
+                         + (f", not {unknown[0]!r}" if unknown else "") + "; extra inputs come from prepare's "
+                         "--extra_inputs.")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--inputs {flag}: an input is named twice.")
+    if arch == "deeplabv3plus" and "image" not in names:
+        raise UsageError(f"--inputs {flag}: --arch deeplabv3plus takes the image on its backbone; add image, or "
+                         "use --arch multi.")
+    return sorted(names, key=held.index)
 
 
 def _window_text(args, meta: md.Metadata) -> str:

@@ -170,13 +170,20 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
         path = placement.write_dir(model_dir, run_dir.MODEL)
         saving.save_inference_model(model, path)
         placement.cleanup(path)
-        if placement.is_chief and len(model.inputs) == 1:  # a model of several inputs has no one image to serve
+        names = [t.name for t in model.inputs]
+        servable = all(n == data.IMAGE or not data.is_image_input(n) for n in names)
+        if placement.is_chief and servable:  # (a custom model taking the image twice has no one image to serve)
             saving.export_serving(model, f"{model_dir}/{run_dir.SERVING}")
         if placement.is_chief:
+            extras = data.extra_inputs(meta, names, data_dir)
             info = run_dir.RunInfo(palette=meta.palette, crop_size=meta.crop_size, model=model.name,
                                    rgb_mean=meta.rgb_mean, rgb_std=meta.rgb_std, data_dir=data_dir,
                                    bands=meta.bands, image_range=meta.image_range,  # predict reads images alike
                                    config=dataclasses.asdict(cfg), strategy=placement.describe(),
+                                   inputs=tuple(sorted(names, key=lambda n: (n != data.IMAGE, n))),
+                                   extra_inputs={name: {"source": e.source, "channels": e.channels, "dtype": e.dtype,
+                                                        "mean": list(e.mean), "std": list(e.std)}
+                                                 for name, e in extras.items()} or None,
                                    **normalization_info(model, cfg, meta))
             files.write_text(f"{model_dir}/{run_dir.INFO}", run_dir.dumps(info))
         runner.finish()

@@ -68,6 +68,11 @@ class RunInfo:
     image_range: tuple[float, float] | None = None
     config: dict | None = None  # the training settings
     strategy: str | None = None
+    inputs: tuple[str, ...] = ("image",)  # the model's inputs by name: image and extra inputs
+    extra_inputs: dict | None = None  # name → {"source", "channels", "dtype", "mean", "std"}, as metadata.json's
+
+    def extra(self, name: str) -> dict:
+        return (self.extra_inputs or {})[name]
 
     @property
     def num_classes(self) -> int:
@@ -86,7 +91,8 @@ class RunInfo:
                 "rgb_std": list(self.rgb_std) if self.rgb_std else None, "data_dir": self.data_dir,
                 "bands": list(self.bands) if self.bands else None,
                 "image_range": list(self.image_range) if self.image_range else None,
-                "config": self.config, "strategy": self.strategy}
+                "config": self.config, "strategy": self.strategy, "inputs": list(self.inputs),
+                "extra_inputs": self.extra_inputs or {}}
 
     @classmethod
     def from_json(cls, info: dict, where: str) -> RunInfo:
@@ -113,11 +119,21 @@ class RunInfo:
                           tuple(map(tuple, info.get("ignore_colors") or [])), draw_only=True)
         optional = {key: tuple(info[key]) if info.get(key) else None
                     for key in ("rgb_mean", "rgb_std", "bands", "image_range")}
+        for name in info.get("inputs") or ():
+            if name != "image":
+                entry = (info.get("extra_inputs") or {}).get(name)
+                if not isinstance(entry, dict):
+                    raise RunInfoError(f"{where}: the input {name!r} has no entry in 'extra_inputs': {remedy}")
+                try:
+                    fields.check(entry, _EXTRA, f"{where}, extra input {name!r}", remedy)
+                except fields.FieldError as e:
+                    raise RunInfoError(str(e)) from None
         return cls(palette=palette, crop_size=info["crop_size"], normalize_in_model=bool(norm["in_model"]),
                    normalize_mean=tuple(norm["mean"]), normalize_std=tuple(norm["std"]),
                    normalize_stats=str(norm.get("stats", "dataset")), preprocessing=norm.get("preprocessing"),
                    model=str(info.get("model", "")), data_dir=info.get("data_dir"), config=info.get("config"),
-                   strategy=info.get("strategy"), **optional)
+                   strategy=info.get("strategy"), inputs=tuple(info.get("inputs") or ("image",)),
+                   extra_inputs=info.get("extra_inputs") or None, **optional)
 
 
 def dumps(info: RunInfo) -> str:
@@ -149,6 +165,14 @@ _INFO = {
                           required=False),
     "image_range": fields.Field("[low, high] or null", fields.optional(fields.list_of(fields.number, 2)),
                                 required=False),
+    "inputs": fields.Field("a list of input names", fields.list_of(fields.text), required=False),
+    "extra_inputs": fields.Field("an object {name: {...}}", lambda v: isinstance(v, dict), required=False),
+}
+_EXTRA = {
+    "channels": fields.Field("a positive integer", fields.integer(1)),
+    "dtype": fields.Field("uint8, uint16 or float32", lambda v: v in ("uint8", "uint16", "float32")),
+    "mean": fields.Field("a list of numbers", fields.list_of(fields.number)),
+    "std": fields.Field("a list of numbers", fields.list_of(fields.number)),
 }
 _NORMALIZATION = {
     "in_model": fields.Field("true or false", lambda v: isinstance(v, bool)),
