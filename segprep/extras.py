@@ -73,6 +73,28 @@ def parse_flag(text: str) -> ExtraInput:
     return ExtraInput(name, pattern=value)
 
 
+_ID = re.compile(r"\{id(?::pad=([1-9]))?\}")
+
+
+def parse_path_flag(text: str) -> ExtraInput:
+    """predict's `NAME=PATH` (a local or gs:// path where `{id}` or `{id:pad=N}` is the input's id) or `NAME=@B`
+    → ExtraInput; a LayoutError saying what is wrong."""
+    name, sep, value = text.partition("=")
+    if value.startswith("@") or not sep or not value:
+        return parse_flag(text)
+    parse_flag(f"{name}=@1")  # the name's rules
+    if re.search(r"[{}]", _ID.sub("", value)):
+        raise LayoutError(f"--extra_inputs {text!r}: the path knows only the field {{id}} (or {{id:pad=N}}), the "
+                          "input image's id.")
+    return ExtraInput(name.strip(), pattern=value)
+
+
+def path_for(extra: ExtraInput, image_id: str) -> str:
+    """predict's path of `extra` for the input whose id is `image_id`."""
+    return _ID.sub(lambda m: (re.sub(r"\d+", lambda d: d.group(0).zfill(int(m.group(1))), image_id) if m.group(1)
+                              else image_id), extra.pattern)
+
+
 def parse_flags(texts: list[str] | None) -> tuple[ExtraInput, ...]:
     extras = tuple(parse_flag(t) for t in texts or ())
     names = [e.name for e in extras]

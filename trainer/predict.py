@@ -17,6 +17,7 @@ inputs share, are found before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -25,11 +26,12 @@ import time
 import cv2
 import numpy as np
 
-from segprep import codec, headers, layout, pairs, runlock, storage
+from segprep import codec, extras, headers, layout, pairs, runlock, storage
 from segprep.convert import DEFAULT_MAX_PIXELS, too_large
 from segprep import cli
 from segprep.cli import Parser, UsageError, examples
 from segprep.formats import run_dir
+from segprep.patterns import LayoutError
 from segprep.progress import Progress
 from trainer import common, prediction_output
 from trainer import lazy
@@ -63,33 +65,52 @@ class Predictor:
         in_model, mean, std = Normalization.of_run(self.info)
         self.mean, self.std = (None, None) if in_model else (mean, std)
         self.pipeline_normalization = None if in_model else (mean.tolist(), std.tolist())
-        self.input_name = self.model.inputs[0].name
+        self.input_names = [t.name for t in self.model.inputs]
+        self.extra_names = [n for n in self.input_names if n != "image"]
         self._probabilities = tf.function(self._probabilities_fn, reduce_retracing=True)
 
-    def probabilities(self, windows: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 → (N, S, S, C) float32 softmax of the chosen output; an output at lower resolution
-        (aux, 1/8) has its logits resized bilinearly to the window first, as DeepLab upsamples its logits. Only
-        the chosen output is computed (one traced graph), which saves the other heads' time and memory."""
-        x = windows if self.mean is None else normalize(windows, self.mean, self.std)
-        return self._probabilities(tf.convert_to_tensor(x, tf.float32)).numpy()
+    def _normalised(self, name: str, x: np.ndarray) -> np.ndarray:
+        if self.mean is None:
+            return x
+        if name == "image":
+            return normalize(x, self.mean, self.std)
+        extra = self.info.extra(name)
+        return normalize(x, extra["mean"], extra["std"])
 
-    def _probabilities_fn(self, x):
-        logits = tf.cast(self.model({self.input_name: x}, training=False)[self.output], tf.float32)
-        if logits.shape[1] != x.shape[1] or logits.shape[2] != x.shape[2]:
-            logits = tf.image.resize(logits, tf.shape(x)[1:3], method="bilinear")
+    def probabilities(self, windows) -> np.ndarray:
+        """(N, S, S, 3) uint8 windows of the image, or {input name: (N, S, S, C)} windows of every input the
+        model takes → (N, S, S, C) float32 softmax of the chosen output; an output at lower resolution (aux, 1/8)
+        has its logits resized bilinearly to the window first, as DeepLab upsamples its logits. Only the chosen
+        output is computed (one traced graph), which saves the other heads' time and memory."""
+        if not isinstance(windows, dict):
+            windows = {"image": windows}
+        feeds = {name: tf.convert_to_tensor(self._normalised(name, windows[name]), tf.float32)
+                 for name in self.input_names}
+        return self._probabilities(feeds).numpy()
+
+    def _probabilities_fn(self, feeds):
+        logits = tf.cast(self.model(feeds, training=False)[self.output], tf.float32)
+        size = tf.shape(next(iter(feeds.values())))[1:3]
+        if logits.shape[1] != next(iter(feeds.values())).shape[1]:
+            logits = tf.image.resize(logits, size, method="bilinear")
         return tf.nn.softmax(logits, axis=-1)
 
-    def predict(self, image: np.ndarray, overlap: float = 0.25, batch: int = 8) -> np.ndarray:
-        """(H, W, 3) uint8 RGB → (H, W) uint8 class indices (see `predict_rows`)."""
+    def predict(self, image: np.ndarray, overlap: float = 0.25, batch: int = 8,
+                extras: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """(H, W, 3) uint8 RGB, and {name: (H, W, C)} of the extra inputs the model takes → (H, W) uint8 class
+        indices (see `predict_rows`)."""
         h, w = image.shape[:2]
         out = np.empty((h, w), np.uint8)
-        for start, rows in self.predict_rows(lambda y0, y1: image[y0:y1], h, w, overlap, batch):
+        rasters = {"image": image, **(extras or {})}
+        for start, rows in self.predict_rows(lambda y0, y1: {n: r[y0:y1] for n, r in rasters.items()}, h, w,
+                                             overlap, batch):
             out[start:start + len(rows)] = rows
         return out
 
     def predict_rows(self, read, h: int, w: int, overlap: float = 0.25, batch: int = 8):
-        """Class indices of an H × W image whose rows [y0, y1) `read(y0, y1)` gives as (rows, W, 3) uint8 RGB:
-        yields (first row, (n, W) uint8 rows), top to bottom, each row once.
+        """Class indices of an H × W image whose rows [y0, y1) `read(y0, y1)` gives as (rows, W, 3) uint8 RGB, or
+        as {input name: (rows, W, C)} of every input the model takes: yields (first row, (n, W) uint8 rows), top
+        to bottom, each row once. Every input is cut at the same windows.
 
         Windows of the crop size every `(1 - overlap)` crop, the last one flush with the edge; their
         probabilities are summed in a ring buffer of one window's height (row r lives in buffer row r mod S), so
@@ -121,12 +142,16 @@ class Predictor:
         for y in _starts(h, s, stride):
             yield from flush(done, y)
             done = y
-            band = read(y, min(y + s, h))
-            if band.shape[:2] != (s, pad_w):  # an image smaller than a window: padded as in training
-                band = np.pad(band, ((0, s - band.shape[0]), (0, pad_w - band.shape[1]), (0, 0)))
+            bands = read(y, min(y + s, h))
+            if not isinstance(bands, dict):
+                bands = {"image": bands}
+            for name, band in bands.items():
+                if band.shape[:2] != (s, pad_w):  # an image smaller than a window: padded (with 0) as in training
+                    bands[name] = np.pad(band, ((0, s - band.shape[0]), (0, pad_w - band.shape[1]), (0, 0)))
             for j in range(0, len(xs), batch):
                 group = xs[j:j + batch]
-                probs = self.probabilities(np.stack([band[:, x:x + s] for x in group]))
+                probs = self.probabilities({name: np.stack([band[:, x:x + s] for x in group])
+                                            for name, band in bands.items() if name in self.input_names})
                 for x, p in zip(group, probs):
                     offset = 0
                     for rows, ring_rows in pieces(y, y + s):
@@ -149,16 +174,23 @@ class Predictor:
         mask = codec.encode_index_png(classes) if fmt == "index" else codec.encode_image(colors, "png", consume=True)
         return [(prediction_output.SUFFIXES[0], mask)] + out
 
-    def write_tiled(self, regions, path: str, fmt: str, overlap: float, bands, value_range) -> bytes:
+    def write_tiled(self, regions, path: str, fmt: str, overlap: float, bands, value_range,
+                    extra_regions: dict | None = None) -> bytes:
         """A tiled TIFF read window by window (`segprep.regions.TiffRegions`) → its prediction as a tiled,
         deflate-compressed 8-bit TIFF of class indices (with the palette as its colour map for `fmt` "color"),
-        written at `path` (local), one band of window rows at a time; → the file's bytes (for the manifest)."""
+        written at `path` (local), one band of window rows at a time; → the file's bytes (for the manifest).
+        `extra_regions`: {name: (TiffRegions, or None for bands of the image, ExtraInput)} of the extra inputs the
+        model takes, read band by band alike."""
         import tifffile
 
         h, w = regions.height, regions.width
 
-        def read(y0: int, y1: int) -> np.ndarray:
-            return codec.tiff_image(regions.tiff(regions.read(y0, y1, 0, w)), bands, value_range)
+        def read(y0: int, y1: int):
+            raw = regions.read(y0, y1, 0, w)
+            out = {"image": codec.tiff_image(regions.tiff(raw), bands, value_range)}
+            for name, (source, extra) in (extra_regions or {}).items():
+                out[name] = extra_raster(self, extra, None if source is None else source.read(y0, y1, 0, w), raw)
+            return out
 
         rows = self.predict_rows(read, h, w, overlap)
         colormap = None
@@ -191,6 +223,54 @@ def _tiles(rows, width: int, tile: int):
                 filled = 0
     if filled:
         yield from (band[:, c * tile:(c + 1) * tile].copy() for c in range(cols))
+
+
+def extra_sources(info: run_dir.RunInfo, flags: list[str] | None) -> dict:
+    """{name: ExtraInput} for every extra input the run's model takes: --extra_inputs NAME=PATH or NAME=@B, or
+    the bands of the input image where prepare took them so (`@B`); a UsageError naming an input not given, or a
+    flag for an input the model does not take."""
+    try:
+        given = {e.name: e for e in map(extras.parse_path_flag, flags or ())}
+    except LayoutError as e:
+        raise UsageError(str(e)) from None
+    wanted = [n for n in info.inputs if n != "image"]
+    unused = sorted(set(given) - set(wanted))
+    if unused:
+        raise UsageError(f"--extra_inputs {unused[0]}=...: the model takes no input {unused[0]!r} (its inputs: "
+                         f"{', '.join(info.inputs)}).")
+    out = {}
+    for name in wanted:
+        source = info.extra(name).get("source", "")
+        if name not in given and source.startswith("@"):  # bands of the image file: the same here
+            given[name] = extras.parse_flag(f"{name}={source}")
+        if name not in given:
+            raise UsageError(f"The model takes the input {name!r} (prepare's --extra_inputs '{name}={source}') "
+                             f"beside the image: give it, e.g. --extra_inputs '{name}=DIR/{{id}}.tif' ({{id}}: "
+                             "the input image's id).")
+        out[name] = given[name]
+    return out
+
+
+def extra_raster(predictor: Predictor, extra, data, image_samples) -> np.ndarray:
+    """An extra input's raster as prepare stored it: decoded from `data` (a file's bytes, or a region's samples),
+    or the bands `extra` names of the image's samples; checked against what the model was trained on (bands,
+    finite values). A ValueError naming the input."""
+    name = extra.name
+    try:
+        if extra.bands:
+            samples = image_samples if isinstance(image_samples, np.ndarray) else extras.decode(image_samples, "image")
+            raster = extras.bands_of(extras.as_stored(samples, "image"), extra)
+        elif isinstance(data, np.ndarray):
+            raster = extras.as_stored(data, f"extra input {name}")
+        else:
+            raster = extras.decode(data, f"extra input {name}")
+        extras.check_finite(raster, name)
+    except codec.DecodeError as e:
+        raise ValueError(str(e) if str(e).startswith("extra input") else f"extra input {name}: {e}") from None
+    channels = predictor.info.extra(name)["channels"]
+    if raster.shape[2] != channels:
+        raise ValueError(f"extra input {name} has {raster.shape[2]} bands; the model was trained on {channels}")
+    return raster
 
 
 def read_run_info(model_dir: str) -> run_dir.RunInfo:
@@ -266,6 +346,11 @@ def build_parser() -> Parser:
     p.add_argument("--format", choices=("color", "index"), default="color",
                    help="ID.png as the dataset's palette colours, or as 8-bit class indices (what evaluation tools "
                         "read); ID_overlay.jpg is written either way (default: %(default)s)")
+    p.add_argument("--extra_inputs", action="append", metavar="NAME=PATH",
+                   help="an extra input the model takes (prepare's --extra_inputs), for each input image: a local or "
+                        "gs:// path where {id} (or {id:pad=N}) is the image's id, e.g. 'dsm=tiles/dsm_{id}.tif', or "
+                        "@B for bands of the image file itself; repeat for several. Inputs prepare took as @B "
+                        "bands are taken so by default")
     cli.max_pixels_flag(p, DEFAULT_MAX_PIXELS, "a tiled or stripped TIFF is predicted window by window into ID.tif "
                         "(a tiled TIFF of class indices, no overlay), anything else is refused")
     return p
@@ -274,7 +359,7 @@ def build_parser() -> Parser:
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model_dir = args.model_dir.rstrip("/")
-    read_run_info(model_dir)  # a wrong --model_dir or --input is answered before TensorFlow loads
+    args.extras = extra_sources(read_run_info(model_dir), args.extra_inputs)  # answered before TensorFlow loads
     out_dir = args.output_dir.rstrip("/")
     if not storage.is_remote(out_dir) and os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise UsageError(f"--output_dir {out_dir} is a file, not a folder: choose another --output_dir.")
@@ -345,8 +430,16 @@ def _predict_one(predictor: Predictor, target, args, bands, value_range) -> tupl
         if not too_large(info.width, info.height, args.max_pixels, ""):
             f.seek(0)
             data = f.read()
-            image = codec.orient(codec.decode_image(data, bands, value_range), headers.exif_orientation(data))
-            classes = predictor.predict(image, args.overlap)  # as viewers show the photo (EXIF applied)
+            orientation = headers.exif_orientation(data)
+            image = codec.orient(codec.decode_image(data, bands, value_range), orientation)
+            rasters = {}
+            for name, extra in args.extras.items():
+                raster = extra_raster(predictor, extra, None if extra.bands else _read_extra(extra, target), data)
+                if raster.shape[:2] != (info.height, info.width):
+                    raise ValueError(f"extra input {name} is {raster.shape[1]}×{raster.shape[0]} (w×h) but its image "
+                                     f"is {info.width}×{info.height}; they must be the same size")
+                rasters[name] = codec.orient(raster, orientation) if orientation > 1 else raster
+            classes = predictor.predict(image, args.overlap, extras=rasters)  # as viewers show it (EXIF applied)
             return predictor.encode(image, classes, args.format), info.width * info.height
         regions = None
         if info.format == "tiff":
@@ -357,24 +450,59 @@ def _predict_one(predictor: Predictor, target, args, bands, value_range) -> tupl
         if regions is None or not regions.region_readable:
             raise ValueError(too_large(info.width, info.height, args.max_pixels,
                                        "convert it to a tiled TIFF, which predict reads window by window"))
-        name = f"{target.name}{prediction_output.WINDOWED}"
-        final = f"{args.output_dir.rstrip('/')}/{name}"
-        local = final if not storage.is_remote(final) else None
-        fd, temp = tempfile.mkstemp(prefix=".segprep-", suffix=".tif",
-                                    dir=os.path.dirname(os.path.abspath(final)) if local else None)
-        os.close(fd)
-        try:
-            data = predictor.write_tiled(regions, temp, args.format, args.overlap, bands, value_range)
-            if local:
-                os.replace(temp, final)
-            else:
-                common.files.copy(temp, final)
-        finally:
-            if os.path.exists(temp):
-                os.remove(temp)
-        return [(prediction_output.WINDOWED, data)], info.width * info.height
+        with contextlib.ExitStack() as opened:
+            extra_regions = {}
+            for name, extra in args.extras.items():
+                source = None if extra.bands else _extra_regions(extra, target, info, opened)
+                extra_regions[name] = (source, extra)
+            return _predict_windowed(predictor, target, args, regions, bands, value_range, extra_regions), \
+                info.width * info.height
     finally:
         f.close()
+
+
+def _read_extra(extra, target) -> bytes:
+    path = extras.path_for(extra, target.name)
+    if not common.exists(path):
+        raise ValueError(f"extra input {extra.name}: no {path}")
+    return common.read_bytes(path)
+
+
+def _extra_regions(extra, target, info, opened):
+    """A windowed TIFF's extra input, itself a region-readable TIFF of the same size (a ValueError if not)."""
+    from segprep.regions import TiffRegions
+
+    path = extras.path_for(extra, target.name)
+    if not common.exists(path):
+        raise ValueError(f"extra input {extra.name}: no {path}")
+    f = opened.enter_context(common.files.open_read(path))
+    try:
+        regions = TiffRegions(f)
+    except (codec.DecodeError, ValueError) as e:
+        raise ValueError(f"extra input {extra.name}: {path}: {e}") from None
+    if not regions.region_readable or (regions.height, regions.width) != (info.height, info.width):
+        raise ValueError(f"extra input {extra.name}: {path} must be a tiled or stripped TIFF of the image's size "
+                         f"({info.width}×{info.height}) to be read window by window beside it")
+    return regions
+
+
+def _predict_windowed(predictor, target, args, regions, bands, value_range, extra_regions) -> list:
+    name = f"{target.name}{prediction_output.WINDOWED}"
+    final = f"{args.output_dir.rstrip('/')}/{name}"
+    local = final if not storage.is_remote(final) else None
+    fd, temp = tempfile.mkstemp(prefix=".segprep-", suffix=".tif",
+                                dir=os.path.dirname(os.path.abspath(final)) if local else None)
+    os.close(fd)
+    try:
+        data = predictor.write_tiled(regions, temp, args.format, args.overlap, bands, value_range, extra_regions)
+        if local:
+            os.replace(temp, final)
+        else:
+            common.files.copy(temp, final)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+    return [(prediction_output.WINDOWED, data)]
 
 
 def main(argv: list[str] | None = None) -> int:
