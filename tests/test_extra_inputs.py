@@ -103,6 +103,15 @@ def test_every_crop_of_every_extra_input_equals_its_source_window(tmp_path, layo
     assert meta["extra_inputs"]["dsm"]["min"][0] >= low - 1e-3  # over the training crops' pixels
     assert 100 < meta["extra_inputs"]["dsm"]["mean"][0] < 160 and meta["extra_inputs"]["dsm"]["std"][0] > 5
     assert verify.main([str(out)]) == 0
+    if layout == "whole":  # the trainer's tf.data reader: the IR band's 16 bits and the DSM's float32, exactly
+        from trainer import data
+
+        ds = data.make_dataset(str(out), "val", 1, training=False, inputs={"image": 1, "dsm": 1, "ir": 1})
+        val = [(key, crops) for key, crops in found.items() if key[0] == "val"]  # in record order
+        for (key, crops), (x, _) in zip(val, ds.take(len(val))):
+            np.testing.assert_array_equal(x["ir"][0].numpy(), crops["ir"].astype(np.float32))
+            np.testing.assert_array_equal(x["dsm"][0].numpy(), crops["dsm"])
+        assert max(int(crops["ir"].max()) for _, crops in val) > 255
 
 
 def test_records_without_extras_keep_their_bytes_and_the_image_keys_stay(tmp_path):
