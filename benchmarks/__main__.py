@@ -4,7 +4,8 @@
     ./dev bench lookup          # (a) mask lookup vs the seed recipe
     ./dev bench prepare         # (b) prepare throughput: DirectRunner 1 and 2 workers vs a plain loop
     ./dev bench memory          # (c) peak RSS for one 10,000 × 10,000 tile; (k) for 2 and 64 tiles of 3000×4000
-    ./dev bench input           # (d, e) trainer input pipeline vs the seed recipe's loader and vs training
+    ./dev bench input           # (d, e) trainer input pipeline vs the seed recipe's loader and vs training;
+                                #   (s) prepare and the input pipeline with one extra float input vs RGB only
     ./dev bench train           # (d, e, f) and the val mIoU of the default training for seeds 0-4 (5 runs)
     ./dev bench masks           # (g) restoring JPEG-damaged masks with --unknown_colors=nearest
     ./dev bench predict         # (h) peak RSS of predict on a 10,000² tile
@@ -20,12 +21,12 @@
 
 import sys
 
-from benchmarks import (bench_arch, bench_distribute, bench_formats, bench_giant, bench_lookup, bench_masks,
+from benchmarks import (bench_arch, bench_distribute, bench_extras, bench_formats, bench_giant, bench_lookup, bench_masks,
                         bench_memory, bench_onednn, bench_oversample, bench_predict, bench_prepare, bench_scan,
                         bench_train, bench_verify)
 
 ALL = {"lookup": bench_lookup.main, "prepare": bench_prepare.main, "memory": bench_memory.main,
-       "input": lambda: bench_train.main(("input",)), "train": bench_train.main, "masks": bench_masks.main,
+       "input": lambda: (bench_train.main(("input",)), bench_extras.main()), "train": bench_train.main, "masks": bench_masks.main,
        "predict": bench_predict.main, "distribute": bench_distribute.main,
        "scan": bench_scan.main, "onednn": bench_onednn.main, "formats": bench_formats.main,
        "verify": bench_verify.main, "giant": bench_giant.main, "oversample": bench_oversample.main,

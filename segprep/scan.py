@@ -14,8 +14,9 @@ the mask sizes (min / median / max) and kinds (colour, palette, index, with bit 
 value) with its pixel and image counts and what the active --palette (default Pascal VOC) makes of it. Index masks
 holding only 0 and 255 are named: with a palette that has no index_map, their 255 is the ignore label. Then leakage
 between splits, one line a pair of images (segprep/tools/leakage.py): the same id in two splits, byte-identical
-image files, and near-duplicates by perceptual hash (re-encoded, resized; --duplicate_distance sets how near). Last,
-the prepare command that reads this tree.
+image files, and near-duplicates by perceptual hash (re-encoded, resized; --duplicate_distance sets how near). With
+--extra_inputs (prepare's), each extra input's kinds (type, bands, format) and value range, and the pairs whose
+raster is missing, of another size or not finite. Last, the prepare command that reads this tree.
 
 Which colours are classes: a colour that is "solid" (a pixel whose 3×3 neighbourhood is all that colour) at
 MIN_SOLID = 9 or more pixels across the dataset — one 5×5 patch is enough, a 1–2 px line never is — is a class
@@ -34,7 +35,7 @@ import shlex
 import sys
 import time
 
-from segprep import cli, layouts, lookup, pairs, storage
+from segprep import cli, extras, layouts, lookup, pairs, storage
 from segprep.cli import Parser, UsageError, examples
 from segprep.convert import DEFAULT_MAX_PIXELS
 from segprep.palette import PALETTES, Palette, PaletteError, load_palette
@@ -124,8 +125,41 @@ def report(scans: list[MaskScan], lists, palette: Palette, palette_name: str, to
     return lines
 
 
+def extras_report(scans: list[MaskScan], extra_inputs) -> list[str]:
+    """Per extra input: its kinds, value range, and the pairs prepare would make error records of."""
+    lines = []
+    for extra in extra_inputs:
+        found = [(s, s.extras[extra.name]) for s in scans if extra.name in s.extras]
+        good = [(s, e) for s, e in found if e.error is None]
+        kinds: dict[str, int] = {}
+        for _, e in good:
+            kinds[e.kind] = kinds.get(e.kind, 0) + 1
+        lows = [e.low for _, e in good if e.low is not None]
+        highs = [e.high for _, e in good if e.high is not None]
+        line = f"extra input {extra.name} ({extra.source}): {len(good)} of {len(found)} read"
+        if kinds:
+            line += "; " + ", ".join(f"{k} ×{n}" for k, n in sorted(kinds.items()))
+        if lows:
+            line += f"; values {min(lows):.6g} … {max(highs):.6g}"
+        lines.append(line)
+        other = [(s, e) for s, e in good if s.image is not None and (e.height, e.width) != (s.image.height,
+                                                                                             s.image.width)]
+        bad = [(s, e) for s, e in good if e.nonfinite]
+        for label, items, say in (
+                ("unreadable or missing", [(s, e) for s, e in found if e.error is not None], lambda s, e: e.error),
+                ("of another size than the image", other,
+                 lambda s, e: f"{e.width}×{e.height}, image {s.image.width}×{s.image.height}"),
+                ("holding NaN or infinity", bad, lambda s, e: f"{e.nonfinite:,} NaN or infinite")):
+            if items:
+                lines.append(f"  {len(items)} {label} (prepare makes error records of them):")
+                lines += [f"    {s.image_id}: {say(s, e)}" for s, e in items[:5]]
+                if len(items) > 5:
+                    lines.append(f"    ... {len(items) - 5} more")
+    return lines
+
+
 def _scan_all(root: str, listing: pairs.Listing, jobs: int, max_value: int, fingerprint: bool,
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> list[MaskScan]:
+              max_pixels: int = DEFAULT_MAX_PIXELS, extra_inputs=()) -> list[MaskScan]:
     from joblib import Parallel, delayed
 
     tasks = [pair for split in listing.splits for pair in listing.pairs(split)]
@@ -133,7 +167,8 @@ def _scan_all(root: str, listing: pairs.Listing, jobs: int, max_value: int, fing
     backend = "threading" if storage.is_remote(root) else "loky"  # gs:// is I/O-bound; decoding is not
     results = []
     run = Parallel(n_jobs=jobs, backend=backend, return_as="generator", batch_size="auto")
-    for scan in run(delayed(scan_pair)(root, pair, max_value, fingerprint, max_pixels) for pair in tasks):
+    for scan in run(delayed(scan_pair)(root, pair, max_value, fingerprint, max_pixels, extra_inputs,
+                                       listing.images) for pair in tasks):
         results.append(scan)
         progress.update()
     progress.close()
@@ -142,7 +177,7 @@ def _scan_all(root: str, listing: pairs.Listing, jobs: int, max_value: int, fing
 
 def prepare_command(root: str, spec: pairs.LayoutSpec, listing: pairs.Listing, palette_arg: str | None,
                     scans: list[MaskScan], values_by_kind: tuple[list[Value], list[Value]],
-                    splits: str | None = None) -> tuple[str, list[str]]:
+                    splits: str | None = None, extra_inputs=()) -> tuple[str, list[str]]:
     """The prepare command that reads this tree (with `palette_arg`, the user's or the one just written), and notes
     on the flags it chose."""
     args = ["python", "-m", "pipelines.prepare", "--input_dir", root, "--output_dir", "OUT", *spec.flags()]
@@ -170,6 +205,8 @@ def prepare_command(root: str, spec: pairs.LayoutSpec, listing: pairs.Listing, p
         args += ["--image_range", "0,65535"]
         notes.append(f"--image_range: the images are {', '.join(wide)}; narrow the range to your data's (12-bit "
                      "sensors: 0,4095)")
+    for extra in extra_inputs:
+        args += ["--extra_inputs", f"{extra.name}={extra.source}"]
     args.append("--runner=DirectRunner")
     return shlex.join(args), notes
 
@@ -179,6 +216,10 @@ def build_parser() -> Parser:
     p.add_argument("--input_dir", required=True, help="dataset root, local or gs://")
     cli.layout_flags(p)
     p.add_argument("--splits", help="comma list of the splits to scan (default: every split found that has masks)")
+    p.add_argument("--extra_inputs", action="append", metavar="NAME=PATTERN",
+                   help="prepare's extra inputs (NAME=PATTERN or NAME=@B, repeat for several): each one's kind "
+                        "(type, bands, format) and value range, and the pairs whose raster is missing, of another "
+                        "size or not finite")
     p.add_argument("--palette", help=f"palette to compare against: a shipped name ({', '.join(PALETTES)}) or a "
                                      "palette JSON file (default: voc)")
     p.add_argument("--write_palette", metavar="FILE",
@@ -217,17 +258,20 @@ def run(argv: list[str] | None = None) -> int:
     root = args.input_dir.rstrip("/")
     spec = pairs.spec_from_args(args)
     try:
+        extra_inputs = extras.parse_flags(args.extra_inputs)
         listing = layouts.find(root, spec, args.splits, args.limit)
     except pairs.LayoutError as e:
         raise UsageError(str(e)) from None
     for split, why in listing.skipped.items():
         print(f"scan: split {split} left out: {why}", file=sys.stderr)
     started = time.time()
-    scans = _scan_all(root, listing, args.jobs, palette.max_index, not args.no_leakage, args.max_pixels)
+    scans = _scan_all(root, listing, args.jobs, palette.max_index, not args.no_leakage, args.max_pixels,
+                      extra_inputs)
     name = args.palette or "Pascal VOC"
     values_by_kind = values_of(scans, args.tolerance)
     lines = report(scans, listing.splits, palette, name, args.tolerance, time.time() - started, args.all,
                    values_by_kind)
+    lines += extras_report(scans, extra_inputs)
     if not args.no_leakage:
         images = [(s.split, s.image_id, s.fingerprint) for s in scans]
         findings = leakage.find(images, list(listing.splits), args.duplicate_distance)
@@ -247,7 +291,7 @@ def run(argv: list[str] | None = None) -> int:
               "images' place as --images", file=sys.stderr)
         return 1
     command, notes = prepare_command(root, spec, listing, args.write_palette or args.palette, scans, values_by_kind,
-                                     args.splits)
+                                     args.splits, extra_inputs)
     print("prepare this tree with:\n  " + command)
     for note in notes:
         print(f"  ({note})")

@@ -184,3 +184,26 @@ def test_verify_names_a_damaged_extra_crop(tmp_path, capsys):
     assert verify.main([str(out)]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert any(f"{shard}: record 0: extra input dsm: does not decode as raw float32" in line for line in lines), lines
+
+
+def test_scan_shows_each_extra_inputs_kind_and_range_and_the_pairs_prepare_would_refuse(tmp_path, capsys):
+    from segprep import scan
+
+    root = str(tmp_path / "tiles")
+    sources = aerial(root)
+    dsm = sources["3_4"][2].copy()
+    dsm[0, :3] = np.nan
+    tifffile.imwrite(f"{root}/dsm/dsm_03_04.tif", dsm)
+    os.remove(f"{root}/dsm/dsm_01_02.tif")
+    assert scan.main(["--input_dir", root, "--images", "img/top_{id}.tif", "--masks", "lbl/top_{id}.png",
+                      "--val_fraction", "0.5", "--palette", "loveda", "--no_leakage",
+                      "--extra_inputs", "dsm=dsm/dsm_{id:pad=2}.tif", "--extra_inputs", "ir=@4"]) == 0
+    out = capsys.readouterr().out
+    finite = [d for i, (_, _, d) in sources.items() if i in ("1_3", "2_10")] + [dsm[np.isfinite(dsm)]]
+    low, high = min(float(d.min()) for d in finite), max(float(d.max()) for d in finite)
+    assert f"extra input dsm (dsm/dsm_{{id:pad=2}}.tif): 3 of 4 read; float32 1-band TIFF ×3; values {low:.6g} … " \
+           f"{high:.6g}" in out
+    assert "1_2: no " in out and "3_4: 3 NaN or infinite" in out
+    ir_high = max(int(r[..., 3].max()) for r, _, _ in sources.values())
+    assert f"extra input ir (@4): 4 of 4 read; uint16 1-band @4 ×4; values " in out and f"… {ir_high}" in out
+    assert "--extra_inputs 'dsm=dsm/dsm_{id:pad=2}.tif' --extra_inputs ir=@4" in out  # in the prepare command

@@ -35,11 +35,69 @@ class MaskScan:
     image: headers.ImageInfo | None = None  # the image's header
     image_error: str | None = None
     fingerprint: leakage.Fingerprint | None = None  # for the leakage checks
+    extras: dict = dataclasses.field(default_factory=dict)  # extra input name → ExtraScan
 
     @property
     def label(self) -> str:
         return f"{self.kind} {'JPEG' if self.fmt == 'jpeg' else f'{self.depth}-bit'}" + (
             " TIFF" if self.fmt == "tiff" else "")
+
+
+@dataclasses.dataclass
+class ExtraScan:
+    """One extra input of one pair: its kind (stored type, bands, file format), size and value range."""
+
+    kind: str = ""  # e.g. "float32 1-band TIFF", "uint16 1-band @4"
+    height: int = 0
+    width: int = 0
+    low: float | None = None  # finite values' range
+    high: float | None = None
+    nonfinite: int = 0  # NaN and infinite values
+    error: str | None = None  # missing, unreadable, too large
+
+
+def scan_extras(root: str, pair: pairs.Pair, result: MaskScan, extra_inputs, images, max_pixels: int) -> None:
+    """Each extra input of `pair` (segprep/extras.py): decoded whole, as prepare reads it, when its header is
+    within `max_pixels`."""
+    from segprep import extras
+
+    image_raster = None
+    for extra in extra_inputs:
+        scan = result.extras[extra.name] = ExtraScan()
+        try:
+            if extra.bands:
+                if result.image is None or too_large(result.image.width, result.image.height, max_pixels, ""):
+                    scan.error = "the image is unreadable or above --max_pixels"
+                    continue
+                if image_raster is None:
+                    image_raster = extras.decode(storage.read_bytes(layout.join(root, pair.image)), "image")
+                raster, fmt = extras.bands_of(image_raster, extra), "@" + ",".join(map(str, extra.bands))
+            else:
+                path = layout.join(root, extra.path(images, pair.image, pair.split))
+                if storage.absent(path):
+                    scan.error = f"no {path}"
+                    continue
+                with storage.open_read(path) as f:
+                    info = headers.probe(f)
+                    if too_large(info.width, info.height, max_pixels, ""):
+                        scan.kind, scan.height, scan.width = f"{info.format.upper()}", info.height, info.width
+                        scan.error = f"{info.width}×{info.height} is above --max_pixels: not decoded"
+                        continue
+                    f.seek(0)
+                    raster, fmt = extras.decode(f.read(), f"extra input {extra.name}"), info.format.upper()
+        except codec.DecodeError as e:
+            scan.error = str(e)
+            continue
+        except Exception as e:  # noqa: BLE001 - unreadable: reported, the scan goes on
+            scan.error = f"{type(e).__name__}: {e}"
+            continue
+        scan.kind = f"{raster.dtype} {raster.shape[2]}-band {fmt}"
+        scan.height, scan.width = raster.shape[:2]
+        finite = np.isfinite(raster) if raster.dtype.kind == "f" else None
+        values = raster if finite is None else raster[finite]
+        scan.nonfinite = 0 if finite is None else int(finite.size - np.count_nonzero(finite))
+        if values.size:
+            scan.low, scan.high = float(values.min()), float(values.max())
 
 
 def _solid(keys: np.ndarray) -> np.ndarray:
@@ -126,7 +184,7 @@ def _scan_mask(f, result: MaskScan, max_value: int, max_pixels: int) -> None:
 
 
 def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255, fingerprint: bool = False,
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> MaskScan:
+              max_pixels: int = DEFAULT_MAX_PIXELS, extra_inputs=(), images=None) -> MaskScan:
     """Reads and decodes one mask and the header of its image (with `fingerprint`, the whole image: its digest and
     perceptual hash, for the leakage checks); a file that cannot be read is reported in `error` / `image_error`,
     and the scan goes on. Sizes come from the headers first: nothing above `max_pixels` is decoded whole."""
@@ -160,4 +218,6 @@ def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255, fingerprint: bo
         result.error = f"no mask at {path}" if storage.absent(path) else f"{type(e).__name__}: {e}"
     if result.error:
         result.keys = result.counts = result.solid = None
+    elif extra_inputs:
+        scan_extras(root, pair, result, extra_inputs, images, max_pixels)
     return result
