@@ -29,7 +29,7 @@ class _CutFn(beam.DoFn):
                                                    element.classes, element.stats)
         total = Stats().add(source)
         for k, record, stats in encode_crops(image_id, image, classes, self._config, split in self._random_splits,
-                                             bgr=True, rasters=element.extras):
+                                             bgr=True, rasters=element.extras, nodata=element.nodata):
             total.add(stats)
             yield split, (image_id, k, record.serialize())
         self._progress.count("crops_cut", total.crops)

@@ -44,6 +44,7 @@ class DecodedPair:
     classes: np.ndarray
     stats: Stats
     extras: dict = dataclasses.field(default_factory=dict)  # extra input name → (H, W, C) raster
+    nodata: dict = dataclasses.field(default_factory=dict)  # extra input name → the nodata value it declares
 
 
 class _LargeElementCoder(beam.coders.Coder):
@@ -257,7 +258,8 @@ class _DecodeFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(
                 pair.split, pair.image_id, "internal", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", files))
             return
-        yield DecodedPair(pair.split, pair.image_id, source.image, source.classes, source.stats, source.extras)
+        yield DecodedPair(pair.split, pair.image_id, source.image, source.classes, source.stats, source.extras,
+                          source.nodata)
 
 
 class DecodePairs(beam.PTransform):

@@ -134,6 +134,33 @@ def decode_image(data: bytes, bands: tuple[int, ...] | None = None,
     return _order(to_rgb8(raw, bands, value_range, alpha), bgr)
 
 
+GDAL_NODATA = 42113  # the TIFF tag GDAL writes a raster's nodata value in (ASCII)
+
+
+def tiff_nodata(page) -> float | None:
+    """The nodata value a TIFF page declares (GDAL_NODATA: "-9999", "nan", ...), or None."""
+    tag = page.tags.get(GDAL_NODATA)
+    if tag is None:
+        return None
+    try:
+        return float(str(tag.value).strip().strip("\x00"))
+    except ValueError:
+        return None
+
+
+def raster_nodata(data: bytes) -> float | None:
+    """The nodata value a raster file declares (a TIFF's GDAL_NODATA; PNG and JPEG have none), or None."""
+    if sniff(data) != "tiff":
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            return tiff_nodata(tif.pages[0])
+    except Exception:  # noqa: BLE001 - the decode reports a bad file
+        return None
+
+
 def decode_raster(data: bytes) -> np.ndarray:
     """JPEG, PNG or TIFF bytes → the stored samples, (H, W) or (H, W, C) in the file's own type and bands (RGB(A)
     order for 3 or 4; a PNG's grey + alpha as 2 bands), not made 8-bit RGB: what an extra input is read as."""

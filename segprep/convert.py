@@ -110,6 +110,7 @@ class Source:
     classes: np.ndarray
     stats: Stats
     extras: dict = dataclasses.field(default_factory=dict)
+    nodata: dict = dataclasses.field(default_factory=dict)  # extra input name → the nodata value it declares
 
 
 def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig,
@@ -139,7 +140,7 @@ def decode_source(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig, 
     except codec.DecodeError as e:
         raise InputError(e.reason or "bad_mask", f"mask: {e}") from None
     check_sizes(image.shape[1::-1], mask.shape[1::-1])
-    rasters = decode_extras(image_bytes, extra_bytes or {}, config, stored, orientation)
+    rasters, nodata = decode_extras(image_bytes, extra_bytes or {}, config, stored, orientation)
     conversion = convert_classes(mask, config, bgr=bgr)
     stats = Stats(images=1, source_pixels=int(conversion.classes.size), binary_masks=int(conversion.binary),
                   source_ignore_pixels=conversion.ignore_pixels, exif_applied=int(orientation > 1),
@@ -148,15 +149,17 @@ def decode_source(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig, 
         stats.unknown_pixels_snapped = conversion.unknown_pixels
     else:
         stats.unknown_pixels_ignored = conversion.unknown_pixels
-    return Source(image, conversion.classes, stats, rasters)
+    return Source(image, conversion.classes, stats, rasters, nodata)
 
 
 def decode_extras(image_bytes: bytes, extra_bytes: dict[str, bytes], config: ConvertConfig,
-                  stored: tuple[int, int], orientation: int) -> dict[str, np.ndarray]:
-    """{name: (H, W, C) raster at its own depth} of the config's extra inputs: each the image's stored size
-    (`stored`: (height, width)), turned as the image was (`orientation`), finite. Raises `InputError`
-    ("bad_extra", "size_mismatch") naming the input."""
+                  stored: tuple[int, int], orientation: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """({name: (H, W, C) raster at its own depth}, {name: the nodata value its file declares}) of the config's
+    extra inputs: each the image's stored size (`stored`: (height, width)), turned as the image was
+    (`orientation`), finite (or NaN where NaN is its nodata value). Raises `InputError` ("bad_extra",
+    "size_mismatch") naming the input."""
     out: dict[str, np.ndarray] = {}
+    nodata: dict[str, float] = {}
     image_raster = None
     for extra in config.extra_inputs:
         try:
@@ -164,18 +167,22 @@ def decode_extras(image_bytes: bytes, extra_bytes: dict[str, bytes], config: Con
                 if image_raster is None:
                     image_raster = extras.decode(image_bytes, "image")
                 raster = extras.bands_of(image_raster, extra)
+                declared = codec.raster_nodata(image_bytes)
             else:
                 raster = extras.decode(extra_bytes[extra.name], f"extra input {extra.name}")
+                declared = codec.raster_nodata(extra_bytes[extra.name])
             if raster.shape[:2] != tuple(stored):
                 raise InputError("size_mismatch", f"extra input {extra.name} is {raster.shape[1]}×{raster.shape[0]} "
                                                   f"(w×h) but its image is {stored[1]}×{stored[0]}; they must be "
                                                   "the same size")
-            extras.check_finite(raster, extra.name)
+            extras.check_finite(raster, extra.name, declared)
         except codec.DecodeError as e:
             message = str(e) if str(e).startswith("extra input") else f"extra input {extra.name}: {e}"
             raise InputError("bad_extra", message) from None
         out[extra.name] = codec.orient(raster, orientation) if orientation > 1 else raster
-    return out
+        if declared is not None:
+            nodata[extra.name] = declared
+    return out, nodata
 
 
 def convert_classes(mask: np.ndarray, config: ConvertConfig, mode: str | None = None,
@@ -299,16 +306,20 @@ def crop_boxes(classes: np.ndarray, image_id: str, config: ConvertConfig, traini
 
 def encode_crop(image_id: str, box: crops.CropBox, image: np.ndarray, classes: np.ndarray,
                 origin: tuple[int, int], source: tuple[int, int], config: ConvertConfig,
-                bgr: bool = False, rasters: dict[str, np.ndarray] | None = None) -> tuple[CropRecord, Stats]:
+                bgr: bool = False, rasters: dict[str, np.ndarray] | None = None,
+                nodata: dict[str, float] | None = None) -> tuple[CropRecord, Stats]:
     """One window `box` (in source coordinates) cut from `image` (RGB, or BGR with `bgr`), `classes` and the extra
     inputs' `rasters`, arrays of the source from `origin` (y, x) on, whose bottom and right edges are the source's
     wherever the window runs past them → (record, the crop's stats). `source` is the source's (height, width). An
-    extra input's crop is padded with 0 past an edge, as the image's."""
+    extra input's crop is padded with 0 past an edge, as the image's, or with the nodata value its raster declares
+    (`nodata`: {name: value}), whose pixels its statistics leave out."""
     local = crops.CropBox(box.y - origin[0], box.x - origin[1], box.height, box.width)
     cut_extras, extra_stats = [], {}
     for name, raster in (rasters or {}).items():
-        cut_extras.append((name, ExtraCrop.of(crops.cut(raster, local, 0))))
-        extra_stats[name] = BandStats.of(raster[local.y:local.y + local.height, local.x:local.x + local.width])
+        declared = (nodata or {}).get(name)
+        cut_extras.append((name, ExtraCrop.of(crops.cut(raster, local, extras.pad_value(raster, declared)))))
+        extra_stats[name] = BandStats.of(raster[local.y:local.y + local.height, local.x:local.x + local.width],
+                                         declared)
     image_crop = crops.cut(image, local, 0)
     mask_crop = crops.cut(classes, local, IGNORE_LABEL)
     valid = image[local.y:local.y + local.height, local.x:local.x + local.width]  # a view: padding excluded
@@ -334,11 +345,13 @@ def encode_crop(image_id: str, box: crops.CropBox, image: np.ndarray, classes: n
 
 def encode_crops(image_id: str, image: np.ndarray, classes: np.ndarray, config: ConvertConfig,
                  training: bool, bgr: bool = False,
-                 rasters: dict[str, np.ndarray] | None = None) -> Iterator[tuple[int, CropRecord, Stats]]:
+                 rasters: dict[str, np.ndarray] | None = None,
+                 nodata: dict[str, float] | None = None) -> Iterator[tuple[int, CropRecord, Stats]]:
     """Cut and encode every window of one decoded pair (its image RGB, or BGR with `bgr`, and its extra inputs'
     `rasters`): yields (crop number, record, that crop's stats)."""
     for k, box in enumerate(crop_boxes(classes, image_id, config, training)):
-        record, stats = encode_crop(image_id, box, image, classes, (0, 0), classes.shape, config, bgr, rasters)
+        record, stats = encode_crop(image_id, box, image, classes, (0, 0), classes.shape, config, bgr, rasters,
+                                    nodata)
         yield k, record, stats
 
 
@@ -349,7 +362,7 @@ def convert_pair(image_id: str, image_bytes: bytes, mask_bytes: bytes, config: C
     source = decode_source(image_bytes, mask_bytes, config, bgr=True)  # BGR: never swapped
     records, total = [], source.stats
     for k, record, stats in encode_crops(image_id, source.image, source.classes, config, training, bgr=True,
-                                         rasters=source.extras):
+                                         rasters=source.extras, nodata=source.nodata):
         records.append((k, record))
         total.add(stats)
     return records, total

@@ -140,10 +140,38 @@ def bands_of(image: np.ndarray, extra: ExtraInput) -> np.ndarray:
     return np.ascontiguousarray(image[..., [b - 1 for b in extra.bands]])
 
 
-def check_finite(array: np.ndarray, name: str) -> None:
-    """A DecodeError naming the input when a float raster holds NaN or infinity."""
+def no_data(array: np.ndarray, nodata: float | None) -> np.ndarray | None:
+    """Where `array` holds no data: its values equal to the declared `nodata` value (NaN when that is NaN), per
+    band; None when it declares none."""
+    if nodata is None:
+        return None
+    if np.isnan(nodata):
+        return np.isnan(array) if array.dtype.kind == "f" else np.zeros(array.shape, bool)
+    return array == np.asarray(nodata).astype(array.dtype) if _holds(array.dtype, nodata) else \
+        np.zeros(array.shape, bool)
+
+
+def _holds(dtype: np.dtype, value: float) -> bool:
+    """Whether `dtype` can hold `value` exactly (a uint16 raster cannot hold -9999)."""
+    if dtype.kind == "f":
+        return bool(np.isnan(value) or np.float32(value) == value)
+    info = np.iinfo(dtype)
+    return bool(np.isfinite(value) and value == int(value) and info.min <= value <= info.max)
+
+
+def pad_value(array: np.ndarray, nodata: float | None) -> float:
+    """What an extra input's crop is padded with past an edge: its nodata value where it declares one the raster's
+    type holds, else 0 (as images are padded)."""
+    return nodata if nodata is not None and _holds(array.dtype, nodata) else 0
+
+
+def check_finite(array: np.ndarray, name: str, nodata: float | None = None) -> None:
+    """A DecodeError naming the input when a float raster holds NaN (unless NaN is its declared nodata value) or
+    infinity."""
     if array.dtype.kind == "f":
-        bad = int(np.count_nonzero(~np.isfinite(array)))
+        nan_ok = nodata is not None and np.isnan(nodata)
+        bad = int(np.count_nonzero(np.isinf(array) if nan_ok else ~np.isfinite(array)))
         if bad:
-            raise DecodeError(f"extra input {name}: {bad:,} values are NaN or infinite; give the raster a nodata "
-                              "value or fill them", "bad_extra")
+            what = "infinite" if nan_ok else "NaN or infinite"
+            raise DecodeError(f"extra input {name}: {bad:,} values are {what}; give the raster a nodata value "
+                              "(GDAL_NODATA) or fill them", "bad_extra")

@@ -59,6 +59,9 @@ class TiffRegions:
             self.dtype = np.dtype(page.dtype) if page.dtype is not None else None
             self.photometric = int(page.photometric)
             self.colormap = page.colormap
+            from segprep.codec import tiff_nodata
+
+            self.nodata = tiff_nodata(page)  # GDAL_NODATA, or None
             extras = [int(e) for e in (page.extrasamples or ())]
             self._offsets = np.asarray(page.dataoffsets, np.int64)
             self._counts = np.asarray(page.databytecounts, np.int64)

@@ -207,6 +207,9 @@ class _Source:
         self._window, self._image, self._mask, self._config = window, image, mask, config
         self._extra = dict(zip((e.name for e in config.extra_inputs if e.pattern is not None), extra))
         self.index_mask = False
+        # The nodata value each extra input's TIFF declares (bands of the image: the image's).
+        self.nodata = {e.name: value for e in config.extra_inputs
+                       if (value := (image if e.bands else self._extra[e.name]).nodata) is not None}
 
     def extras(self, y0: int, y1: int, x0: int, x1: int) -> dict[str, np.ndarray]:
         """{name: (h, w, C) raster} of each extra input's region, at its own depth; raises `InputError`."""
@@ -220,7 +223,7 @@ class _Source:
                 else:
                     raster = extras.as_stored(self._extra[extra.name].read(y0, y1, x0, x1),
                                               f"extra input {extra.name}")
-                extras.check_finite(raster, extra.name)
+                extras.check_finite(raster, extra.name, self.nodata.get(extra.name))
             except codec.DecodeError as e:
                 message = str(e) if str(e).startswith("extra input") else f"extra input {extra.name}: {e}"
                 raise InputError("bad_extra", message) from None
@@ -343,12 +346,13 @@ def _cut_crops(window: Window, source: _Source, region: tuple[int, int, int, int
         box = crops.pick(draws[k], dominated if redraw and config.cat_max_ratio < 1.0 else None)
         if inside(box):
             record, stats = encode_crop(window.image_id, box, image, classes, (y0, x0), (height, width), config,
-                                        rasters=rasters)
+                                        rasters=rasters, nodata=source.nodata)
         else:  # re-drawn elsewhere in the tile: read just this window
             by0, by1, bx0, bx1 = _clip(box, height, width)
             record, stats = encode_crop(window.image_id, box, source.image(by0, by1, bx0, bx1),
                                         source.classes(by0, by1, bx0, bx1, "ignore").classes, (by0, bx0),
-                                        (height, width), config, rasters=source.extras(by0, by1, bx0, bx1))
+                                        (height, width), config, rasters=source.extras(by0, by1, bx0, bx1),
+                                        nodata=source.nodata)
         summary.stats.add(stats)
         out.append((k, record.serialize()))
     return out

@@ -29,14 +29,15 @@ from segprep.cli import Parser, UsageError, examples
 from segprep.progress import Progress
 
 
-def check_shard(path: str, expected: int, num_classes: int, quick: bool) -> tuple[int, list[str]]:
-    """→ (records read, problems) for one shard."""
+def check_shard(path: str, expected: int, num_classes: int, quick: bool,
+                nan_inputs: frozenset = frozenset()) -> tuple[int, list[str]]:
+    """→ (records read, problems) for one shard; `nan_inputs`: extra inputs whose declared nodata value is NaN."""
     problems, count = [], 0
     try:
         for index, data in tfrecord.read(path, check=not quick, skip_data=quick):
             count += 1
             if not quick:
-                problems += [f"{path}: record {index}: {p}" for p in check_record(data, num_classes)]
+                problems += [f"{path}: record {index}: {p}" for p in check_record(data, num_classes, nan_inputs)]
     except tfrecord.RecordError as e:
         problems.append(f"{path}: {e}")
     except OSError as e:
@@ -46,7 +47,7 @@ def check_shard(path: str, expected: int, num_classes: int, quick: bool) -> tupl
     return count, problems
 
 
-def check_record(data: bytes, num_classes: int) -> list[str]:
+def check_record(data: bytes, num_classes: int, nan_inputs: frozenset = frozenset()) -> list[str]:
     features, problems = records.check_example(data)
     if problems:
         return problems
@@ -75,12 +76,13 @@ def check_record(data: bytes, num_classes: int) -> list[str]:
                 problems.append(f"{records.CLASS_PRESENT} lists {list(listed)} but the mask holds classes {held}")
     except codec.DecodeError as e:
         problems.append(f"mask: {e}")
-    problems += check_extras(features, height, width)
+    problems += check_extras(features, height, width, nan_inputs)
     return problems
 
 
-def check_extras(features: dict, height: int, width: int) -> list[str]:
-    """Each extra input's crop decodes, at the record's size, with its stated type and bands, and finite."""
+def check_extras(features: dict, height: int, width: int, nan_inputs: frozenset = frozenset()) -> list[str]:
+    """Each extra input's crop decodes, at the record's size, with its stated type and bands, and finite (NaN
+    allowed in `nan_inputs`, whose nodata value it is)."""
     problems = []
     try:
         found = records.extras_of(features)
@@ -92,7 +94,9 @@ def check_extras(features: dict, height: int, width: int) -> list[str]:
         except Exception as e:  # noqa: BLE001 - a damaged PNG or zlib stream: this record's problem
             problems.append(f"extra input {name}: does not decode as {crop.format} {crop.dtype} ({e})")
             continue
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
+        if array.dtype.kind == "f" and name in nan_inputs and np.isinf(array).any():
+            problems.append(f"extra input {name}: holds infinite values")
+        elif array.dtype.kind == "f" and name not in nan_inputs and not np.isfinite(array).all():
             problems.append(f"extra input {name}: holds NaN or infinite values")
     return problems
 
@@ -130,7 +134,8 @@ def verify(out: str, quick: bool = False, jobs: int = -1) -> tuple[list[str], st
             problems.append(f"{layout.join(out, name)}: listed in metadata.json but missing")
         else:
             tasks.append((layout.join(out, name), split, meta.splits[split].shard_records[i]))
-    _check_all(tasks, meta.num_classes, quick, jobs, storage.is_remote(out), problems)
+    nan_inputs = frozenset(name for name, info in meta.extra_inputs.items() if any(np.isnan(v) for v in info.nodata))
+    _check_all(tasks, meta.num_classes, quick, jobs, storage.is_remote(out), problems, nan_inputs)
     for split, entry in meta.splits.items():  # the shards' counts against the split's (each shard's: above)
         if sum(entry.shard_records) != entry.records:
             problems.append(f"{path}: split {split} has {entry.records} records but its shards list "
@@ -153,12 +158,13 @@ def _holds_files(folder: str) -> bool:
     return any(names for _, _, names in os.walk(folder))
 
 
-def _check_all(tasks, num_classes, quick, jobs, remote, problems) -> None:
+def _check_all(tasks, num_classes, quick, jobs, remote, problems, nan_inputs=frozenset()) -> None:
     from joblib import Parallel, delayed
 
     progress = Progress("verify", len(tasks), "shards")
     run = Parallel(n_jobs=jobs, backend="threading" if remote or quick else "loky", return_as="generator")
-    for _, found in run(delayed(check_shard)(path, expected, num_classes, quick) for path, _, expected in tasks):
+    for _, found in run(delayed(check_shard)(path, expected, num_classes, quick, nan_inputs)
+                        for path, _, expected in tasks):
         problems += found
         progress.update()
     progress.close()

@@ -207,3 +207,43 @@ def test_scan_shows_each_extra_inputs_kind_and_range_and_the_pairs_prepare_would
     ir_high = max(int(r[..., 3].max()) for r, _, _ in sources.values())
     assert f"extra input ir (@4): 4 of 4 read; uint16 1-band @4 ×4; values " in out and f"… {ir_high}" in out
     assert "--extra_inputs 'dsm=dsm/dsm_{id:pad=2}.tif' --extra_inputs ir=@4" in out  # in the prepare command
+
+
+@pytest.mark.parametrize("nodata", ["-9999", "nan"])
+def test_a_declared_nodata_value_is_kept_padded_with_recorded_and_left_out_of_the_statistics(tmp_path, nodata):
+    from trainer import data
+
+    root, out = tmp_path / "src", tmp_path / "out"
+    rng = np.random.default_rng(1)
+    for sub in ("img", "lbl", "dsm"):
+        os.makedirs(root / sub)
+    dsms = {}
+    for i in range(4):
+        cv2.imwrite(str(root / "img" / f"t{i}.png"), rng.integers(0, 256, (100, 90, 3), dtype=np.uint8))
+        cv2.imwrite(str(root / "lbl" / f"t{i}.png"), (rng.integers(0, 2, (100, 90)) * 255).astype(np.uint8))
+        dsm = rng.normal(50, 2, (100, 90)).astype(np.float32)
+        dsm[:10] = float(nodata)  # a GDAL_NODATA collar
+        tifffile.imwrite(root / "dsm" / f"t{i}.tif", dsm, extratags=[(42113, "s", 0, nodata, True)])
+        dsms[f"t{i}"] = dsm
+    assert prepare.run(["--input_dir", str(root), "--output_dir", str(out), "--images", "img/{id}.png",
+                        "--masks", "lbl/{id}.png", "--palette", "inria", "--val_fraction", "0.5", "--crop_size", "64",
+                        "--crops_per_image", "4", "--extra_inputs", "dsm=dsm/{id}.tif", *BEAM]) == 0
+    meta = json.load(open(out / "metadata.json"))["extra_inputs"]["dsm"]
+    assert meta["nodata"] == (["nan"] if nodata == "nan" else [-9999.0])
+    assert 30 < meta["min"][0] and meta["max"][0] < 70 and abs(meta["mean"][0] - 50) < 0.5  # the collar left out
+    for split in ("train", "val"):
+        for path in shard_files(str(out), split):
+            for _, raw in tfrecord.read(path):
+                f = {k: v for k, (_, v) in records.decode_example(raw).items()}
+                y, x = f[records.CROP_OFFSET]
+                key = lambda field: f[records.extra_key("dsm", field)][0]  # noqa: E731
+                crop = ExtraCrop(key("encoded"), "raw", "float32", 1).array(64, 64)[..., 0]
+                part = dsms[f[records.IMAGE_SOURCE_ID][0].decode()][y:y + 64, x:x + 64]
+                expected = np.full((64, 64), float(nodata), np.float32)  # padded with the nodata value
+                expected[:part.shape[0], :part.shape[1]] = part
+                np.testing.assert_array_equal(crop, expected)  # kept exactly, NaN where NaN
+    assert verify.main([str(out)]) == 0
+    # The trainer's input: no-data pixels become the band's mean (0 once the model normalises).
+    batch = next(iter(data.make_dataset(str(out), "val", 16, training=False, inputs={"image": 1, "dsm": 1})))[0]
+    values = batch["dsm"].numpy()
+    assert np.isfinite(values).all() and values.min() > 40 and np.isclose(values, meta["mean"][0]).any()

@@ -50,8 +50,9 @@ def find_damage(meta: dict, data_dir: str, splits: list[str]) -> str | None:
     for split in splits:
         entry = meta.split(split)
         for name, expected in zip(entry.shards, entry.shard_records):
+            nan_inputs = frozenset(n for n, info in meta.extra_inputs.items() if any(v != v for v in info.nodata))
             _, problems = verify.check_shard(layout.join(data_dir.rstrip("/"), name), expected,
-                                             meta.num_classes, quick=False)
+                                             meta.num_classes, quick=False, nan_inputs=nan_inputs)
             if problems:
                 return problems[0]
     return None
@@ -97,8 +98,9 @@ def extra_spec(extras: dict) -> dict:
 
 def decode_extra(f: dict, name: str, info, crop_size: int) -> tf.Tensor:
     """An extra input's crop of a parsed record → float32 [S, S, C], every value as stored: a PNG of its own depth
-    (8 or 16 bits), or zlib-compressed raw little-endian float32. A record whose crop is not what metadata.json
-    says (format, type, bands) fails the read, as a broken image does."""
+    (8 or 16 bits), or zlib-compressed raw little-endian float32. Pixels that hold no data (a nodata value its
+    rasters declared, `info.nodata`) become the band's mean, which the model's normalisation makes 0. A record
+    whose crop is not what metadata.json says (format, type, bands) fails the read, as a broken image does."""
     key = lambda field: f[records.extra_key(name, field)]  # noqa: E731
     channels, dtype = int(info.channels), info.dtype
     if dtype == "float32":
@@ -108,7 +110,19 @@ def decode_extra(f: dict, name: str, info, crop_size: int) -> tf.Tensor:
         x = tf.reshape(flat, (crop_size, crop_size, channels))
     else:
         x = tf.io.decode_png(key("encoded"), channels=channels, dtype=tf.uint16 if dtype == "uint16" else tf.uint8)
-    return tf.ensure_shape(tf.cast(x, tf.float32), (crop_size, crop_size, channels))
+    x = tf.ensure_shape(tf.cast(x, tf.float32), (crop_size, crop_size, channels))
+    return fill_no_data(x, info.nodata, info.mean)
+
+
+def fill_no_data(x, nodata, mean):
+    """`x` (float32, bands last) with its no-data pixels — equal to a value of `nodata`, or NaN where NaN is one —
+    set to the band's `mean`."""
+    if not nodata:
+        return x
+    empty = tf.zeros_like(x, tf.bool)
+    for value in nodata:
+        empty |= tf.math.is_nan(x) if value != value else tf.equal(x, value)
+    return tf.where(empty, tf.constant(mean, tf.float32), x)
 
 
 def decode(serialized: tf.Tensor, crop_size: int, factors: tf.Tensor | None = None, extras: dict | None = None):

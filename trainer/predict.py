@@ -189,7 +189,8 @@ class Predictor:
             raw = regions.read(y0, y1, 0, w)
             out = {"image": codec.tiff_image(regions.tiff(raw), bands, value_range)}
             for name, (source, extra) in (extra_regions or {}).items():
-                out[name] = extra_raster(self, extra, None if source is None else source.read(y0, y1, 0, w), raw)
+                out[name] = extra_raster(self, extra, None if source is None else source.read(y0, y1, 0, w), raw,
+                                         regions.nodata if source is None else source.nodata)
             return out
 
         rows = self.predict_rows(read, h, w, overlap)
@@ -251,11 +252,14 @@ def extra_sources(info: run_dir.RunInfo, flags: list[str] | None) -> dict:
     return out
 
 
-def extra_raster(predictor: Predictor, extra, data, image_samples) -> np.ndarray:
-    """An extra input's raster as prepare stored it: decoded from `data` (a file's bytes, or a region's samples),
-    or the bands `extra` names of the image's samples; checked against what the model was trained on (bands,
-    finite values). A ValueError naming the input."""
+def extra_raster(predictor: Predictor, extra, data, image_samples, nodata: float | None = None) -> np.ndarray:
+    """An extra input's raster as prepare stored it: decoded from `data` (a file's bytes, or a region's samples,
+    whose declared nodata value is `nodata`), or the bands `extra` names of the image's samples; checked against
+    what the model was trained on (bands, finite values), its no-data pixels set to the training crops' band mean
+    (as the trainer's input pipeline does). A ValueError naming the input."""
     name = extra.name
+    if nodata is None and not isinstance(data if not extra.bands else image_samples, np.ndarray):
+        nodata = codec.raster_nodata(image_samples if extra.bands else data)
     try:
         if extra.bands:
             samples = image_samples if isinstance(image_samples, np.ndarray) else extras.decode(image_samples, "image")
@@ -264,12 +268,16 @@ def extra_raster(predictor: Predictor, extra, data, image_samples) -> np.ndarray
             raster = extras.as_stored(data, f"extra input {name}")
         else:
             raster = extras.decode(data, f"extra input {name}")
-        extras.check_finite(raster, name)
+        extras.check_finite(raster, name, nodata)
     except codec.DecodeError as e:
         raise ValueError(str(e) if str(e).startswith("extra input") else f"extra input {name}: {e}") from None
     channels = predictor.info.extra(name)["channels"]
     if raster.shape[2] != channels:
         raise ValueError(f"extra input {name} has {raster.shape[2]} bands; the model was trained on {channels}")
+    empty = extras.no_data(raster, nodata)
+    if empty is not None and empty.any():
+        mean = np.asarray(predictor.info.extra(name)["mean"], np.float32)
+        raster = np.where(empty, mean, raster.astype(np.float32))
     return raster
 
 

@@ -9,6 +9,8 @@ import os
 import re
 import tempfile
 
+import numpy as np
+
 from segprep import storage
 from trainer.common import files
 from trainer.lazy import keras, tf
@@ -45,7 +47,8 @@ def save_inference_model(model: keras.Model, path: str) -> None:
 def export_serving(model: keras.Model, path: str, output: str = "main") -> None:
     """RUN/serving/: a SavedModel for TF Serving and Vertex AI. Its `serving_default` signature takes `images`, a
     uint8 RGB batch [N, H, W, 3] of any size, and, for a model with extra inputs, each of them under its own name
-    as float32 [N, H, W, C] (values as stored: metres of a DSM, raw band values; the model normalises them); it
+    as float32 [N, H, W, C] (values as stored: metres of a DSM, raw band values; the model normalises them; NaN
+    marks a pixel without data, which the model sees as the band's mean, as in training); it
     returns `probabilities` [N, H, W, C] (float32 softmax of the `output`) and `classes` [N, H, W] (uint8). The
     inputs are cut into windows of the training crop (padded at the far edges), predicted in one batch and put
     back: trainer.predict's windows without overlap."""
@@ -54,6 +57,8 @@ def export_serving(model: keras.Model, path: str, output: str = "main") -> None:
     channels = {t.name: int(t.shape[-1]) for t in model.inputs}
     # The signature's names: `images` for the RGB input (as before extra inputs existed), the others their own.
     names = {("images" if name == "image" else name): name for name in sorted(channels, key=lambda n: n != "image")}
+    means = {name: _normalization_mean(model, name) for name in channels if name != "image"}
+    means = {name: mean for name, mean in means.items() if mean is not None}
 
     def tiles_of(x, c):
         n, h, w = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
@@ -65,7 +70,10 @@ def export_serving(model: keras.Model, path: str, output: str = "main") -> None:
     def serve(*tensors):
         feeds, shape = {}, None
         for (arg, name), x in zip(names.items(), tensors):
-            feeds[name], shape = tiles_of(tf.cast(x, tf.float32), channels[name])
+            x = tf.cast(x, tf.float32)
+            if name in means:  # NaN marks no data: the band's mean, which the model normalises to 0
+                x = tf.where(tf.math.is_nan(x), tf.constant(means[name], tf.float32), x)
+            feeds[name], shape = tiles_of(x, channels[name])
         n, h, w, rows, cols = shape
         logits = tf.cast(model(feeds, training=False)[output], tf.float32)
         if logits.shape[1] != size:  # a low-resolution output: logits upsampled as predict does
@@ -86,6 +94,15 @@ def export_serving(model: keras.Model, path: str, output: str = "main") -> None:
         if files.exists(path):
             files.rmtree(path)
         _copy_tree(f"{tmp}/serving", path)
+
+
+def _normalization_mean(model: keras.Model, name: str):
+    """The per-band mean an extra input's first layer (`normalize_NAME`) subtracts, or None."""
+    try:
+        layer = model.get_layer(f"normalize_{name}")
+    except ValueError:
+        return None
+    return [float(v) for v in np.ravel(keras.ops.convert_to_numpy(layer.mean))]
 
 
 def _copy_tree(src: str, dst: str) -> None:

@@ -182,7 +182,9 @@ def fit(model: keras.Model, data_dir: str, model_dir: str, cfg: TrainConfig, met
                                    config=dataclasses.asdict(cfg), strategy=placement.describe(),
                                    inputs=tuple(sorted(names, key=lambda n: (n != data.IMAGE, n))),
                                    extra_inputs={name: {"source": e.source, "channels": e.channels, "dtype": e.dtype,
-                                                        "mean": list(e.mean), "std": list(e.std)}
+                                                        "mean": list(e.mean), "std": list(e.std),
+                                                        **({"nodata": ["nan" if v != v else v for v in e.nodata]}
+                                                           if e.nodata else {})}
                                                  for name, e in extras.items()} or None,
                                    **normalization_info(model, cfg, meta))
             files.write_text(f"{model_dir}/{run_dir.INFO}", run_dir.dumps(info))

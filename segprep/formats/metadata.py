@@ -94,8 +94,9 @@ class Stats:
             if name in self.extras:
                 self.extras[name].add(bands)
             else:
-                self.extras[name] = dataclasses.replace(bands, sums=bands.sums.copy(), squares=bands.squares.copy(),
-                                                        low=bands.low.copy(), high=bands.high.copy())
+                self.extras[name] = dataclasses.replace(bands, pixels=bands.pixels.copy(), sums=bands.sums.copy(),
+                                                        squares=bands.squares.copy(), low=bands.low.copy(),
+                                                        high=bands.high.copy(), nodata=set(bands.nodata))
         return self
 
     def rgb_mean_std(self) -> tuple[list[float], list[float]]:
@@ -108,26 +109,42 @@ class Stats:
 
 @dataclasses.dataclass
 class BandStats:
-    """Per-band sums over an extra input's crop pixels (padding excluded), as the RGB statistics are kept."""
+    """Per-band sums over an extra input's crop pixels (padding and nodata pixels excluded), as the RGB statistics
+    are kept, and the nodata values its rasters declared."""
 
     dtype: str
-    pixels: int
+    pixels: np.ndarray  # (C,) int64: the values counted in each band
     sums: np.ndarray  # (C,) float64
     squares: np.ndarray
     low: np.ndarray  # (C,) float64: the smallest value of each band
     high: np.ndarray
+    nodata: set = dataclasses.field(default_factory=set)  # the nodata values declared ("nan" for NaN)
 
     @classmethod
-    def of(cls, values: np.ndarray) -> BandStats:
-        """Of an (h, w, C) array of crop pixels."""
-        flat = values.reshape(-1, values.shape[-1]).astype(np.float64)
+    def of(cls, values: np.ndarray, nodata: float | None = None) -> BandStats:
+        """Of an (h, w, C) array of crop pixels, leaving out those equal to `nodata` (the raster's declared
+        nodata value, NaN included)."""
+        from segprep.extras import no_data
+
+        channels = values.shape[-1]
+        flat = values.reshape(-1, channels).astype(np.float64)
+        declared = set() if nodata is None else {"nan" if np.isnan(nodata) else float(nodata)}
+        empty = no_data(values, nodata)
+        if empty is not None and empty.any():
+            keep = ~empty.reshape(-1, channels)
+            counts = keep.sum(0).astype(np.int64)
+            held = np.where(keep, flat, 0.0)
+            return cls(str(values.dtype), counts, held.sum(0), (held * held).sum(0),
+                       np.where(keep, flat, np.inf).min(0, initial=np.inf),
+                       np.where(keep, flat, -np.inf).max(0, initial=-np.inf), declared)
         if not flat.size:
-            channels = values.shape[-1]
-            return cls(str(values.dtype), 0, np.zeros(channels), np.zeros(channels), np.full(channels, np.inf),
-                       np.full(channels, -np.inf))
-        return cls(str(values.dtype), flat.shape[0], flat.sum(0), (flat * flat).sum(0), flat.min(0), flat.max(0))
+            return cls(str(values.dtype), np.zeros(channels, np.int64), np.zeros(channels), np.zeros(channels),
+                       np.full(channels, np.inf), np.full(channels, -np.inf), declared)
+        return cls(str(values.dtype), np.full(channels, flat.shape[0], np.int64), flat.sum(0), (flat * flat).sum(0),
+                   flat.min(0), flat.max(0), declared)
 
     def add(self, other: BandStats) -> BandStats:
+        self.nodata |= other.nodata
         self.pixels += other.pixels
         self.sums += other.sums
         self.squares += other.squares
@@ -137,12 +154,13 @@ class BandStats:
 
     def summary(self) -> dict:
         """{mean, std, min, max} per band, for metadata.json."""
-        n = max(self.pixels, 1)
+        n = np.maximum(self.pixels, 1)
         mean = self.sums / n
         std = np.sqrt(np.maximum(self.squares / n - mean ** 2, 0.0))
         def rounded(values):
             return [round(float(v), 6) if np.isfinite(v) else None for v in values]
-        return {"mean": rounded(mean), "std": rounded(std), "min": rounded(self.low), "max": rounded(self.high)}
+        return {"mean": rounded(mean), "std": rounded(std), "min": rounded(self.low), "max": rounded(self.high),
+                **({"nodata": sorted(self.nodata, key=str)} if self.nodata else {})}
 
 
 class MetadataError(ValueError):
@@ -199,17 +217,29 @@ def build(*, palette: Palette, crop_size: int, image_format: str, compressed: bo
         "rgb_std": std,
         "splits": {name: _split_entry(name, r, palette.num_classes) for name, r in splits.items()},
         # Per extra input: where it came from, its bands and type, and per-band statistics of the training crops.
-        **({"extra_inputs": {e.name: _extra_entry(e, training.extras.get(e.name)) for e in extra_inputs}}
-           if extra_inputs else {}),
+        **({"extra_inputs": {e.name: _extra_entry(e, training.extras.get(e.name), _nodata(splits, e.name))
+                             for e in extra_inputs}} if extra_inputs else {}),
         "flags": flags,
         "seconds": round(seconds, 2),
     }
 
 
-def _extra_entry(extra, bands: BandStats | None) -> dict:
+def _nodata(splits: dict[str, SplitResult], name: str) -> list:
+    """The nodata values an extra input's rasters declared, in every split ("nan" for NaN)."""
+    found: set = set()
+    for result in splits.values():
+        if name in result.stats.extras:
+            found |= result.stats.extras[name].nodata
+    return sorted(found, key=str)
+
+
+def _extra_entry(extra, bands: BandStats | None, nodata: list) -> dict:
     entry = {"source": extra.source, "channels": int(bands.sums.size) if bands else None,
              "dtype": bands.dtype if bands else None}
     entry.update(bands.summary() if bands else {"mean": None, "std": None, "min": None, "max": None})
+    entry.pop("nodata", None)
+    if nodata:  # the values whose pixels hold no data (left out of the statistics above)
+        entry["nodata"] = nodata
     return entry
 
 
@@ -278,6 +308,8 @@ _EXTRA = {
     "dtype": fields.Field("uint8, uint16 or float32", lambda v: v in (None, "uint8", "uint16", "float32")),
     "mean": fields.Field("a list of numbers", fields.optional(fields.list_of(fields.optional(fields.number)))),
     "std": fields.Field("a list of numbers", fields.optional(fields.list_of(fields.optional(fields.number)))),
+    "nodata": fields.Field('a list of numbers or "nan"', fields.list_of(lambda v: v == "nan" or fields.number(v)),
+                           required=False),
 }
 _SPLIT = {
     "records": fields.Field("an integer ≥ 0", fields.integer(0)),
@@ -389,13 +421,14 @@ class ExtraInfo:
     std: tuple | None
     low: tuple | None
     high: tuple | None
+    nodata: tuple = ()  # the nodata values its rasters declared, NaN as float("nan")
 
     @classmethod
     def from_json(cls, name: str, entry: dict) -> ExtraInfo:
         def values(key):
             return tuple(entry[key]) if entry.get(key) is not None else None
         return cls(name, entry["source"], entry.get("channels"), entry.get("dtype"), values("mean"), values("std"),
-                   values("min"), values("max"))
+                   values("min"), values("max"), tuple(float(v) for v in entry.get("nodata") or ()))
 
 
 @dataclasses.dataclass(frozen=True)
