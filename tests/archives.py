@@ -22,6 +22,7 @@ class Archive:
     images: dict = dataclasses.field(default_factory=dict)  # (split, id) → RGB image (H, W, 3) uint8 as decoded
     classes: dict = dataclasses.field(default_factory=dict)  # (split, id) → expected class map (H, W) uint8
     extra: dict = dataclasses.field(default_factory=dict)  # anything else a test wants to know
+    surfaces: dict = dataclasses.field(default_factory=dict)  # Potsdam: id → (DSM, nDSM)
 
 
 def smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -134,8 +135,11 @@ POTSDAM_IDS = ("2_10", "2_11", "3_10", "4_12", "5_11")
 
 def potsdam(root: str, bits16: bool = False) -> Archive:
     """2_Ortho_RGB/top_potsdam_{id}_RGB.tif (tiled, deflate), 4_Ortho_RGBIR/..._RGBIR.tif (4 bands, stripped,
-    LZW, planar), 5_Labels_all/top_potsdam_{id}_label.tif (RGB-coded, LZW). With `bits16` the RGBIR tiles hold
-    12-bit values in 16-bit samples, as many sensors' products do."""
+    LZW, planar), 5_Labels_all/top_potsdam_{id}_label.tif (RGB-coded, LZW), and the surface models named with the
+    tile numbers zero-padded: 1_DSM/dsm_potsdam_02_10.tif (float32 metres) and
+    1_DSM_normalisation/dsm_potsdam_02_10_normalized_lastools.jpg (8-bit grey JPEG), in `a.surfaces[id]` as
+    (dsm, ndsm as decoded). With `bits16` the RGBIR tiles hold 12-bit values in 16-bit samples, as many sensors'
+    products do."""
     a = Archive(root)
     rng = np.random.default_rng(4)
     palette = shipped("potsdam")
@@ -156,6 +160,14 @@ def potsdam(root: str, bits16: bool = False) -> Archive:
         a.images[image_id] = rgb
         a.extra[image_id] = rgbir
         a.classes[image_id] = labels
+        padded = "_".join(f"{int(n):02d}" for n in image_id.split("_"))
+        noise = np.random.default_rng(40 + len(a.surfaces)).normal(0, 0.3, labels.shape)  # (rng's draws unchanged)
+        dsm = (30.0 + 8.0 * labels + noise).astype(np.float32)
+        tiff(f"{root}/1_DSM/dsm_potsdam_{padded}.tif", dsm)
+        ndsm_path = f"{root}/1_DSM_normalisation/dsm_potsdam_{padded}_normalized_lastools.jpg"
+        os.makedirs(os.path.dirname(ndsm_path), exist_ok=True)
+        cv2.imwrite(ndsm_path, np.clip(dsm - 30.0, 0, 255).astype(np.uint8) * 5)
+        a.surfaces[image_id] = (dsm, cv2.imread(ndsm_path, cv2.IMREAD_UNCHANGED))
     return a
 
 

@@ -21,12 +21,13 @@ from segprep.palette import IGNORE_LABEL, shipped
 LAYOUT_FLAGS = ("--images", "--masks", "--split_lists", "--val_fraction", "--group_by", "--splits", "--palette")
 
 
-def readme_command(heading: str) -> list[str]:
-    """The flags of the first `python -m pipelines.prepare` command under `## heading` in docs/datasets.md."""
+def readme_command(heading: str, which: int = 0) -> list[str]:
+    """The flags of the first (or `which`) `python -m pipelines.prepare` command under `## heading` in
+    docs/datasets.md."""
     text = open(os.path.join(REPO, "docs", "datasets.md"), encoding="utf-8").read()
-    section = text.split(f"\n## {heading}\n", 1)[1]
-    block = re.search(r"^    python -m pipelines\.prepare (.*?)(?:\n\n|\n(?! {4}))", section, re.S | re.M).group(1)
-    return shlex.split(block.replace("\\\n", " "))
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^    python -m pipelines\.prepare (.*?)(?:\n\n|\n(?! {4}))", section, re.S | re.M)
+    return shlex.split(blocks[which].replace("\\\n", " "))
 
 
 def with_dirs(flags: list[str], root: str, out: str) -> list[str]:
@@ -164,6 +165,37 @@ def test_potsdam_rgb_rgbir_and_16_bit(tmp_path, capsys):
     for split in ("train", "val"):
         check_crops(out, split, lambda i: a.extra[i][..., [3, 0, 1]], lambda i: a.classes[i], jpeg_error=2.5)
     run_tools("ISPRS Potsdam", root, tmp_path, capsys)
+
+
+def test_potsdam_with_its_dsm_ndsm_and_ir_band_as_the_docs_give_them(tmp_path):
+    """docs/datasets.md's second Potsdam command (the DSM by its zero-padded name, the IR band of the RGBIR tile),
+    with the nDSM flag the page gives: every extra crop is its source window, at its own depth."""
+    from segprep.formats import records as rec
+    from segprep.formats import tfrecord
+
+    root, out = str(tmp_path / "potsdam"), str(tmp_path / "out")
+    a = archives.potsdam(root)
+    text = open(os.path.join(REPO, "docs", "datasets.md"), encoding="utf-8").read()
+    ndsm = re.search(r"`(--extra_inputs 'ndsm=[^`]+)`", text).group(1)
+    assert prepare.run(with_dirs(readme_command("ISPRS Potsdam", 1), root, out) + shlex.split(ndsm)) == 0
+    meta = metadata(out)["extra_inputs"]
+    assert (meta["dsm"]["dtype"], meta["ir"]["dtype"], meta["ndsm"]["dtype"]) == ("float32", "uint8", "uint8")
+    seen = 0
+    for split in ("train", "val"):
+        for path in shard_files(out, split):
+            for _, data in tfrecord.read(path):
+                f = {k: v for k, (_, v) in rec.decode_example(data).items()}
+                y, x = (int(v) for v in f[rec.CROP_OFFSET])
+                box = crops.CropBox(y, x, 256, 256)
+                sid = f[rec.IMAGE_SOURCE_ID][0].decode()
+                dsm, ndsm = a.surfaces[sid]
+                for name, source in (("dsm", dsm), ("ndsm", ndsm), ("ir", a.extra[sid][..., 3])):
+                    key = lambda field, n=name: f[rec.extra_key(n, field)][0]  # noqa: E731
+                    crop = rec.ExtraCrop(key("encoded"), key("format").decode(), key("dtype").decode(),
+                                         key("channels")).array(256, 256)[..., 0]
+                    np.testing.assert_array_equal(crop, crops.cut(source, box, 0), err_msg=f"{name} {sid} {y},{x}")
+                seen += 1
+    assert seen == sum(s["records"] for s in metadata(out)["splits"].values())
 
 
 def test_inria(tmp_path, capsys):

@@ -185,18 +185,17 @@ def augment(image, mask: tf.Tensor, aug: Augment, size: int, seed: tf.Tensor | N
             window: int | None = None):
     """One example's paired augmentation: one random draw, applied to image and mask alike. `image` is the RGB
     crop, or a dict of every input's crop ({"image": RGB, "dsm": ...}, as `decode` gives them): all of them are
-    flipped, scaled, rotated and windowed by the same draw, resampled bilinearly (padding 0), the mask nearest. With `seed` (a [2]
-    int64 key) the draws are stateless, a function of the key alone; without, they come from TensorFlow's global
-    generator. With `window` < `size`, the result is a random window × window part of the augmented crop (its corner
-    drawn from the same key): the smaller crops of `--train_crop_size`."""
-    if isinstance(image, dict):  # every input in one tensor, so one op moves them all alike
+    flipped, scaled, rotated and windowed by the same draw, resampled bilinearly (padding 0), the mask nearest.
+    With `seed` (a [2] int64 key) the draws are stateless, a function of the key alone; without, they come from
+    TensorFlow's global generator. With `window` < `size`, the result is a random window × window part of the
+    augmented crop (its corner drawn from the same key): the smaller crops of `--train_crop_size`."""
+    if isinstance(image, dict):  # every input in one float32 tensor, so one op moves them all alike
         names = list(image)
-        widths = [image[n].shape[-1] for n in names]
         joined = tf.concat([tf.cast(image[n], tf.float32) for n in names], -1)
         joined, mask = augment(joined, mask, aug, size, seed, window)
-        parts = tf.split(joined, widths, -1)
-        return {n: (tf.cast(p, image[n].dtype) if p.dtype != image[n].dtype and not (aug.scale or aug.rotate_degrees)
-                    else p) for n, p in zip(names, parts)}, mask
+        parts = dict(zip(names, tf.split(joined, [image[n].shape[-1] for n in names], -1)))
+        resampled = bool(aug.scale or aug.rotate_degrees)  # else flips and windows only: values unchanged
+        return {n: p if resampled else tf.cast(p, image[n].dtype) for n, p in parts.items()}, mask
     seeds = [None] * 3 if seed is None else tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     offset = None
     if window is not None and window < size:
