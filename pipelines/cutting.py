@@ -15,7 +15,7 @@ import apache_beam as beam
 from pipelines.transforms import ERRORS, FAILED, STATS, Counters
 from segprep import storage, tiles
 from segprep.convert import ConvertConfig, encode_crops
-from segprep.formats.metadata import ErrorRecord, Stats
+from segprep.formats.metadata import ErrorRecord, Stats, grid_entry
 
 
 class _CutFn(beam.DoFn):
@@ -28,8 +28,11 @@ class _CutFn(beam.DoFn):
         split, image_id, image, classes, source = (element.split, element.image_id, element.image,
                                                    element.classes, element.stats)
         total = Stats().add(source)
+        if element.grid is not None:
+            total.grids = {image_id: grid_entry(element.grid, *classes.shape)}
         for k, record, stats in encode_crops(image_id, image, classes, self._config, split in self._random_splits,
-                                             bgr=True, rasters=element.extras, nodata=element.nodata):
+                                             bgr=True, rasters=element.extras, nodata=element.nodata,
+                                             grid=element.grid):
             total.add(stats)
             yield split, (image_id, k, record.serialize())
         self._progress.count("crops_cut", total.crops)

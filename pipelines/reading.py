@@ -18,8 +18,8 @@ import apache_beam as beam
 import numpy as np
 
 from pipelines.transforms import ERRORS, TILED, Counters
-from segprep import codec, layout, pairs as pairs_, storage, tiles
-from segprep.convert import ConvertConfig, InputError, check_sizes, decode_source
+from segprep import codec, geo, layout, pairs as pairs_, storage, tiles
+from segprep.convert import ConvertConfig, InputError, check_grids, check_sizes, decode_source
 from segprep.formats.metadata import ErrorRecord, Stats
 
 
@@ -45,6 +45,7 @@ class DecodedPair:
     stats: Stats
     extras: dict = dataclasses.field(default_factory=dict)  # extra input name → (H, W, C) raster
     nodata: dict = dataclasses.field(default_factory=dict)  # extra input name → the nodata value it declares
+    grid: object = None  # segprep.geo.Grid of a georeferenced source
 
 
 class _LargeElementCoder(beam.coders.Coder):
@@ -175,6 +176,9 @@ class _ReadPairFn(beam.DoFn):
                                                                                    zip(extra, paths[2:])])))
         if len(regions) == 2:
             check_sizes((image.width, image.height), (mask.width, mask.height))
+            grid = check_grids(geo.read_file(image.file), geo.read_file(mask.file),
+                               {e.name: geo.read_file(s.file) for e, s in zip(self._by_pattern, extra)
+                                if isinstance(s, tiles.TiffRegions)})
             for e, source in zip(self._by_pattern, extra):
                 if not isinstance(source, tiles.TiffRegions):
                     raise InputError("bad_extra", f"extra input {e.name}: the tile is read window by window "
@@ -185,7 +189,7 @@ class _ReadPairFn(beam.DoFn):
                     raise InputError("size_mismatch", f"extra input {e.name} is {source.width}×{source.height} "
                                                       f"(w×h) but its image is {image.width}×{image.height}; they "
                                                       "must be the same size")
-            return tiles.TiledPair(split, image_id, paths, image.height, image.width)
+            return tiles.TiledPair(split, image_id, paths, image.height, image.width, grid)
         # One is a TIFF to read by window, its partner is not: both are decoded whole, within --max_pixels.
         big = regions[0]
         what, other = ("image", "mask") if big is image else ("mask", "image")
@@ -259,7 +263,7 @@ class _DecodeFn(beam.DoFn):
                 pair.split, pair.image_id, "internal", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", files))
             return
         yield DecodedPair(pair.split, pair.image_id, source.image, source.classes, source.stats, source.extras,
-                          source.nodata)
+                          source.nodata, source.grid)
 
 
 class DecodePairs(beam.PTransform):

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-from segprep import codec, crops, extras, headers, lookup
+from segprep import codec, crops, extras, geo, headers, lookup
 from segprep.palette import IGNORE_LABEL, VOC, Palette
 from segprep.formats.metadata import BandStats, Stats
 from segprep.formats.records import CropRecord, ExtraCrop
@@ -111,6 +111,7 @@ class Source:
     stats: Stats
     extras: dict = dataclasses.field(default_factory=dict)
     nodata: dict = dataclasses.field(default_factory=dict)  # extra input name → the nodata value it declares
+    grid: geo.Grid | None = None  # where a georeferenced source lies (segprep/geo.py)
 
 
 def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig,
@@ -140,6 +141,7 @@ def decode_source(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig, 
     except codec.DecodeError as e:
         raise InputError(e.reason or "bad_mask", f"mask: {e}") from None
     check_sizes(image.shape[1::-1], mask.shape[1::-1])
+    grid = check_grids(image_bytes, mask_bytes, extra_bytes or {})
     rasters, nodata = decode_extras(image_bytes, extra_bytes or {}, config, stored, orientation)
     conversion = convert_classes(mask, config, bgr=bgr)
     stats = Stats(images=1, source_pixels=int(conversion.classes.size), binary_masks=int(conversion.binary),
@@ -149,7 +151,7 @@ def decode_source(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig, 
         stats.unknown_pixels_snapped = conversion.unknown_pixels
     else:
         stats.unknown_pixels_ignored = conversion.unknown_pixels
-    return Source(image, conversion.classes, stats, rasters, nodata)
+    return Source(image, conversion.classes, stats, rasters, nodata, grid)
 
 
 def decode_extras(image_bytes: bytes, extra_bytes: dict[str, bytes], config: ConvertConfig,
@@ -183,6 +185,25 @@ def decode_extras(image_bytes: bytes, extra_bytes: dict[str, bytes], config: Con
         if declared is not None:
             nodata[extra.name] = declared
     return out, nodata
+
+
+def check_grids(image: bytes | geo.Grid | None, mask: bytes | geo.Grid | None,
+                extras: dict | None = None) -> geo.Grid | None:
+    """The grid of a pair (its image's, or its mask's when only the mask is georeferenced): a GeoTIFF image, mask
+    or extra input on another grid than the others (another CRS, origin or pixel size) is an `InputError`
+    ("grid_mismatch") naming both grids, never a silent misalignment. Files without georeferencing fit any grid."""
+    def grid_of(source):
+        return source if source is None or isinstance(source, geo.Grid) else geo.read(source)
+
+    grids = [("image", grid_of(image)), ("mask", grid_of(mask))]
+    grids += [(f"extra input {name}", grid_of(data)) for name, data in (extras or {}).items()]
+    found = [(what, grid) for what, grid in grids if grid is not None]
+    for what, grid in found[1:]:
+        if not geo.same_grid(found[0][1], grid):
+            raise InputError("grid_mismatch", f"{found[0][0]} and {what} lie on different grids: "
+                                              f"{found[0][1].describe()} against {grid.describe()}; reproject one "
+                                              "onto the other's grid (gdalwarp -tr/-te or rio warp --like)")
+    return found[0][1] if found else None
 
 
 def convert_classes(mask: np.ndarray, config: ConvertConfig, mode: str | None = None,
@@ -307,12 +328,13 @@ def crop_boxes(classes: np.ndarray, image_id: str, config: ConvertConfig, traini
 def encode_crop(image_id: str, box: crops.CropBox, image: np.ndarray, classes: np.ndarray,
                 origin: tuple[int, int], source: tuple[int, int], config: ConvertConfig,
                 bgr: bool = False, rasters: dict[str, np.ndarray] | None = None,
-                nodata: dict[str, float] | None = None) -> tuple[CropRecord, Stats]:
+                nodata: dict[str, float] | None = None, grid: geo.Grid | None = None) -> tuple[CropRecord, Stats]:
     """One window `box` (in source coordinates) cut from `image` (RGB, or BGR with `bgr`), `classes` and the extra
     inputs' `rasters`, arrays of the source from `origin` (y, x) on, whose bottom and right edges are the source's
     wherever the window runs past them → (record, the crop's stats). `source` is the source's (height, width). An
     extra input's crop is padded with 0 past an edge, as the image's, or with the nodata value its raster declares
-    (`nodata`: {name: value}), whose pixels its statistics leave out."""
+    (`nodata`: {name: value}), whose pixels its statistics leave out. A georeferenced source's `grid` gives the
+    record the crop's own transform (the source's shifted by the crop's offset) and CRS."""
     local = crops.CropBox(box.y - origin[0], box.x - origin[1], box.height, box.width)
     cut_extras, extra_stats = [], {}
     for name, raster in (rasters or {}).items():
@@ -340,18 +362,19 @@ def encode_crop(image_id: str, box: crops.CropBox, image: np.ndarray, classes: n
         mask_png=codec.encode_index_png(mask_crop),
         height=box.height, width=box.width, offset=(box.y, box.x),
         source_height=source[0], source_width=source[1], present=tuple(np.flatnonzero(held).tolist()),
-        extras=tuple(cut_extras)), stats
+        extras=tuple(cut_extras),
+        geo=None if grid is None else (grid.crs, geo.pack(grid.shifted(box.y, box.x)))), stats
 
 
 def encode_crops(image_id: str, image: np.ndarray, classes: np.ndarray, config: ConvertConfig,
                  training: bool, bgr: bool = False,
-                 rasters: dict[str, np.ndarray] | None = None,
-                 nodata: dict[str, float] | None = None) -> Iterator[tuple[int, CropRecord, Stats]]:
+                 rasters: dict[str, np.ndarray] | None = None, nodata: dict[str, float] | None = None,
+                 grid: geo.Grid | None = None) -> Iterator[tuple[int, CropRecord, Stats]]:
     """Cut and encode every window of one decoded pair (its image RGB, or BGR with `bgr`, and its extra inputs'
     `rasters`): yields (crop number, record, that crop's stats)."""
     for k, box in enumerate(crop_boxes(classes, image_id, config, training)):
         record, stats = encode_crop(image_id, box, image, classes, (0, 0), classes.shape, config, bgr, rasters,
-                                    nodata)
+                                    nodata, grid)
         yield k, record, stats
 
 
@@ -361,8 +384,12 @@ def convert_pair(image_id: str, image_bytes: bytes, mask_bytes: bytes, config: C
     Raises `InputError` for a pair that cannot be used."""
     source = decode_source(image_bytes, mask_bytes, config, bgr=True)  # BGR: never swapped
     records, total = [], source.stats
+    if source.grid is not None:
+        from segprep.formats.metadata import grid_entry
+
+        total.grids = {image_id: grid_entry(source.grid, *source.classes.shape)}
     for k, record, stats in encode_crops(image_id, source.image, source.classes, config, training, bgr=True,
-                                         rasters=source.extras, nodata=source.nodata):
+                                         rasters=source.extras, nodata=source.nodata, grid=source.grid):
         records.append((k, record))
         total.add(stats)
     return records, total

@@ -34,9 +34,10 @@ import numpy as np
 from segprep import codec, crops, extras, storage
 from segprep.headers import TIFF_MAGIC
 from segprep.convert import ConvertConfig, InputError, class_positions, convert_classes, encode_crop
-from segprep.formats.metadata import Stats
+from segprep.formats.metadata import Stats, grid_entry
 from segprep.crops import CropBox, stable_hash
 from segprep.palette import IGNORE_LABEL
+from segprep.geo import Grid
 from segprep.regions import TiffRegions
 
 
@@ -49,6 +50,7 @@ class TiledPair:
     files: tuple[str, ...]  # image path, mask path, the extra inputs' read by pattern
     height: int
     width: int
+    grid: Grid | None = None  # a georeferenced tile's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Window:
     # Oversampled crops' windows (second round): each crop's draws, the first and its --cat_max_ratio re-draws.
     # Empty for the first round, which checks and counts its cell and draws its crops itself.
     draws: tuple[tuple[CropBox, ...], ...] = ()
+    grid: Grid | None = None  # the tile's georeferencing
 
     @property
     def key(self) -> tuple[str, str]:
@@ -158,7 +161,7 @@ def _grid(pair: TiledPair | Window, owned: dict[int, list], config: ConvertConfi
     return [Window(pair.split, pair.image_id, pair.files, pair.height, pair.width, n,
                    n // columns * size, n % columns * size,
                    min(size, pair.height - n // columns * size), min(size, pair.width - n % columns * size),
-                   tuple(owned[n]), **{key: tuple(value[n]) for key, value in extra.items()})
+                   tuple(owned[n]), grid=pair.grid, **{key: tuple(value[n]) for key, value in extra.items()})
             for n in sorted(owned)]
 
 
@@ -267,6 +270,8 @@ def cut_window(window: Window, image: TiffRegions, mask: TiffRegions, config: Co
         out = []
         summary = Summary(error=(window.number, e.reason, str(e), where(window)), faults=1)
     summary.stats.images = int(window.number == 0 and not window.draws)
+    if summary.stats.images and window.grid is not None:
+        summary.stats.grids = {window.image_id: grid_entry(window.grid, window.height, window.width)}
     return out, summary
 
 
@@ -346,13 +351,13 @@ def _cut_crops(window: Window, source: _Source, region: tuple[int, int, int, int
         box = crops.pick(draws[k], dominated if redraw and config.cat_max_ratio < 1.0 else None)
         if inside(box):
             record, stats = encode_crop(window.image_id, box, image, classes, (y0, x0), (height, width), config,
-                                        rasters=rasters, nodata=source.nodata)
+                                        rasters=rasters, nodata=source.nodata, grid=window.grid)
         else:  # re-drawn elsewhere in the tile: read just this window
             by0, by1, bx0, bx1 = _clip(box, height, width)
             record, stats = encode_crop(window.image_id, box, source.image(by0, by1, bx0, bx1),
                                         source.classes(by0, by1, bx0, bx1, "ignore").classes, (by0, bx0),
                                         (height, width), config, rasters=source.extras(by0, by1, bx0, bx1),
-                                        nodata=source.nodata)
+                                        nodata=source.nodata, grid=window.grid)
         summary.stats.add(stats)
         out.append((k, record.serialize()))
     return out

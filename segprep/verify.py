@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from segprep import codec, layout, storage
+from segprep import codec, geo, layout, storage
 from segprep.formats.shards import TEMP_MARKER, TEMP_PREFIX, is_shard
 from segprep.formats.metadata import metadata_path
 from segprep.formats import tfrecord, records
@@ -77,6 +77,12 @@ def check_record(data: bytes, num_classes: int, nan_inputs: frozenset = frozense
     except codec.DecodeError as e:
         problems.append(f"mask: {e}")
     problems += check_extras(features, height, width, nan_inputs)
+    transform = features.get(records.GEO_TRANSFORM)
+    if transform is not None and (len(transform[0]) != geo.TRANSFORM_BYTES.size
+                                  or not geo.is_finite(geo.unpack(transform[0]))):
+        problems.append(f"{records.GEO_TRANSFORM} is not 6 finite little-endian float64")
+    if (transform is None) != (features.get(records.GEO_CRS) is None):
+        problems.append(f"{records.GEO_CRS} and {records.GEO_TRANSFORM} come together")
     return problems
 
 

@@ -14,7 +14,7 @@ def test_hand_serialised_example_is_a_real_tf_example():
                             offset=(300, 7), source_height=500, source_width=375)
     ex = tf.train.Example.FromString(rec.serialize())
     f = ex.features.feature
-    assert set(f) == set(records.FEATURES)
+    assert set(f) == set(records.FEATURES) - {records.GEO_CRS, records.GEO_TRANSFORM}  # a source without a grid
     assert f[records.IMAGE_SOURCE_ID].bytes_list.value == [b"2007_000032"]
     assert f[records.IMAGE_FILENAME].bytes_list.value == [b"2007_000032"]
     assert f[records.IMAGE_FORMAT].bytes_list.value == [b"jpeg"]
@@ -88,3 +88,19 @@ def test_unknown_keys_and_wrong_value_counts_are_refused():
         records.encode_example({"image/label": [1]})
     with pytest.raises(ValueError, match="holds 2 values. Received: 1"):
         records.encode_example({records.CROP_OFFSET: [3]})
+
+
+def test_a_georeferenced_crops_keys_parse_as_tensorflow_reads_them_and_float64_survives():
+    from segprep import geo
+
+    transform = (523506.289, 0.3, 0.0, 5812284.178, 0.0, -0.3)
+    rec = records.CropRecord("a", b"img", "png", b"msk", 8, 8, (0, 0), 10, 20,
+                             geo=("EPSG:32633", geo.pack(transform)))
+    parsed = tf.io.parse_single_example(rec.serialize(), data.feature_spec())
+    assert parsed[records.GEO_CRS].numpy() == b"EPSG:32633"
+    assert geo.unpack(parsed[records.GEO_TRANSFORM].numpy()) == transform  # every bit of float64
+    assert tf.io.decode_raw(parsed[records.GEO_TRANSFORM], tf.float64).numpy().tolist() == list(transform)
+    assert records.check_example(rec.serialize())[1] == []
+    plain = tf.io.parse_single_example(records.CropRecord("a", b"i", "png", b"m", 8, 8, (0, 0), 10, 20).serialize(),
+                                       data.feature_spec())
+    assert plain[records.GEO_CRS].numpy() == b"" and plain[records.GEO_TRANSFORM].numpy() == b""

@@ -75,13 +75,15 @@ def steps(meta: dict, split: str, batch_size: int) -> int:
 def feature_spec() -> dict:
     """The parser spec of a crop record, from the schema's table: a list of any length (class presence) parses
     to a 1-D tensor, empty in records written before segprep recorded it."""
-    def one(kind, n):
+    def one(key, kind, n):
         dtype = tf.string if kind == "bytes" else tf.int64
         if n is None:
             return tf.io.RaggedFeature(dtype)
+        if key in records.OPTIONAL and n == 1:  # e.g. the geo keys, only in crops of georeferenced sources
+            return tf.io.FixedLenFeature((), dtype, default_value=b"" if kind == "bytes" else 0)
         return tf.io.FixedLenFeature((n,) if n > 1 else (), dtype)
 
-    return {key: one(kind, n) for key, (kind, n) in records.FEATURES.items()}
+    return {key: one(key, kind, n) for key, (kind, n) in records.FEATURES.items()}
 
 
 def crop_weight(present: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:

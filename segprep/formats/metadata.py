@@ -74,6 +74,7 @@ class Stats:
     exif_applied: int = 0  # images with an EXIF orientation, read as displayed (their masks fit that way)
     exif_as_stored: int = 0  # images with an EXIF orientation, read as stored
     extras: dict = dataclasses.field(default_factory=dict)  # extra input name → BandStats of its crops
+    grids: dict = dataclasses.field(default_factory=dict)  # source id → its georeferencing (`grid_entry`)
 
     def add(self, other: Stats) -> Stats:
         self.images += other.images
@@ -90,6 +91,8 @@ class Stats:
         self.binary_masks += other.binary_masks
         self.exif_applied += other.exif_applied
         self.exif_as_stored += other.exif_as_stored
+        if other.grids:
+            self.grids = {**self.grids, **other.grids}
         for name, bands in other.extras.items():
             if name in self.extras:
                 self.extras[name].add(bands)
@@ -243,6 +246,12 @@ def _extra_entry(extra, bands: BandStats | None, nodata: list) -> dict:
     return entry
 
 
+def grid_entry(grid, height: int, width: int) -> dict:
+    """metadata.json's georeferencing of one source: its CRS, its GDAL-order transform (JSON numbers are float64:
+    exact) and its size."""
+    return {**grid.to_json(), "height": int(height), "width": int(width)}
+
+
 def _split_entry(name: str, result: SplitResult, num_classes: int) -> dict:
     st = result.stats
     counts = [int(c) for c in st.class_pixels]
@@ -274,6 +283,8 @@ def _split_entry(name: str, result: SplitResult, num_classes: int) -> dict:
         "exif_as_stored": st.exif_as_stored,
         "rgb_mean": mean,
         "rgb_std": std,
+        # georeferenced sources: id → {crs, transform (GDAL order, float64), height, width}, sorted by id
+        **({"georeferencing": dict(sorted(st.grids.items()))} if st.grids else {}),
     }
 
 

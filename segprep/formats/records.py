@@ -27,6 +27,8 @@ CROP_OFFSET = "image/crop/offset"
 SOURCE_HEIGHT = "image/source/height"
 SOURCE_WIDTH = "image/source/width"
 CLASS_PRESENT = "image/segmentation/class/present"
+GEO_CRS = "image/geo/crs"  # a georeferenced source's CRS: "EPSG:n", else WKT
+GEO_TRANSFORM = "image/geo/transform"  # the crop's own GDAL-order transform: 6 little-endian float64 (48 bytes)
 
 # key → (kind, length): kind is "bytes" or "int64"; length is the number of values, None for a list of any length.
 FEATURES: dict[str, tuple[str, int]] = {
@@ -43,11 +45,13 @@ FEATURES: dict[str, tuple[str, int]] = {
     SOURCE_HEIGHT: ("int64", 1),
     SOURCE_WIDTH: ("int64", 1),
     CLASS_PRESENT: ("int64", None),  # the class ids in the crop's mask, ascending, 255 excluded
+    GEO_CRS: ("bytes", 1),
+    GEO_TRANSFORM: ("bytes", 1),
 }
 
 # Keys that records of earlier versions lack: readers take their absence as "unknown" (shards written before
 # segprep recorded class presence still read and verify).
-OPTIONAL = frozenset({CLASS_PRESENT})
+OPTIONAL = frozenset({CLASS_PRESENT, GEO_CRS, GEO_TRANSFORM})  # (geo keys: only crops of georeferenced sources)
 
 # An extra input NAME's crop (segprep/extras.py), the crop's height and width as the image's:
 #   image/extra/NAME/encoded   bytes   "png": a PNG of its own depth (8 or 16 bits; 1, 2, 3 or 4 channels: grey,
@@ -171,6 +175,7 @@ class CropRecord:
     source_width: int
     present: tuple[int, ...] = ()  # class ids in the mask, ascending, the ignore label excluded
     extras: tuple[tuple[str, ExtraCrop], ...] = ()  # (name, crop) of each extra input
+    geo: tuple[str, bytes] | None = None  # (CRS, packed transform) of a georeferenced source's crop
 
     def features(self) -> dict[str, list]:
         sid = self.source_id.encode()
@@ -191,6 +196,7 @@ class CropRecord:
             **{key: value for name, crop in self.extras for key, value in (
                 (extra_key(name, "encoded"), [crop.encoded]), (extra_key(name, "format"), [crop.format.encode()]),
                 (extra_key(name, "dtype"), [crop.dtype.encode()]), (extra_key(name, "channels"), [crop.channels]))},
+            **({GEO_CRS: [self.geo[0].encode()], GEO_TRANSFORM: [self.geo[1]]} if self.geo else {}),
         }
 
     def serialize(self) -> bytes:
