@@ -75,7 +75,8 @@ def _busy(folder: str, holder: Holder | None) -> FolderError:
 
 @contextlib.contextmanager
 def hold(folder: str, command: str) -> Iterator[None]:
-    """Holds the lock of `folder` (made if absent) for the block; raises `FolderError` when another run holds it."""
+    """Holds the lock of `folder` (made if absent, and removed again if the run leaves it empty) for the block;
+    raises `FolderError` when another run holds it."""
     folder = folder.rstrip("/")
     if storage.is_remote(folder):
         with _hold_remote(folder, command):
@@ -107,6 +108,7 @@ def make_folder(folder: str) -> None:
 def _hold_local(folder: str, command: str) -> Iterator[None]:
     path = os.path.join(folder, LOCK_NAME)
     me = Holder.me(command)
+    made = not os.path.lexists(folder)
     make_folder(folder)
     while True:
         try:
@@ -139,6 +141,9 @@ def _hold_local(folder: str, command: str) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.unlink(path)  # while still locked: a run waiting on the old file sees it gone and tries again
         os.close(fd)
+        if made:  # a run that stopped before writing anything (a usage mistake) leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
 
 
 def _gcs_blob(path: str):

@@ -194,9 +194,12 @@ def test_predict_outputs_and_formats(run_dir, tmp_path, capsys):
     assert kind == "index" and headers.png_color_type((out / "a.png").read_bytes()) == (0, 8)
     np.testing.assert_array_equal(written, predict.Predictor(run_dir, "upsample").predict(image))
     capsys.readouterr()
-    assert predict.main(["--model_dir", run_dir, "--input", str(tmp_path / "in"), "--output", "mian"]) == 2
+    fresh = tmp_path / "fresh"
+    assert predict.main(["--model_dir", run_dir, "--input", str(tmp_path / "in"), "--output", "mian",
+                         "--output_dir", str(fresh)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["predict: error: --output mian: the model's outputs are aux, main, upsample."]
+    assert not fresh.exists()  # the mistake leaves no empty folder behind
 
 
 SERVE = """
