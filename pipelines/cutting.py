@@ -32,8 +32,10 @@ class _CutFn(beam.DoFn):
             total.grids = {image_id: grid_entry(element.grid, *classes.shape)}
         for k, record, stats in encode_crops(image_id, image, classes, self._config, split in self._random_splits,
                                              bgr=True, rasters=element.extras, nodata=element.nodata,
-                                             grid=element.grid):
+                                             grid=element.grid, empty=element.empty):
             total.add(stats)
+            if record is None:  # counted only: an empty tile skipped, draws rejected for no data
+                continue
             yield split, (image_id, k, record.serialize())
         self._progress.count("crops_cut", total.crops)
         self._progress.count("images_done")

@@ -93,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cat_max_ratio", type=cli.number(0.0, 1.0, low_open=True), default=1.0,
                    help="re-draw a crop (up to 10 draws) while one class covers this share of it or more, as "
                         "MMSegmentation does; 1.0 turns it off (default: %(default)s)")
+    p.add_argument("--nodata", type=cli.nodata_value, metavar="V",
+                   help="the images' nodata value: pixels whose every band equals it (the black collar of an "
+                        "orthomosaic: 0) hold no imagery, and their mask pixels become 255 (ignored) whatever the "
+                        "mask says (default: each GeoTIFF's own GDAL_NODATA; none for other files)")
+    p.add_argument("--max_nodata", type=cli.number(0.0, 1.0), default=0.5, metavar="F",
+                   help="for images with a nodata value: re-draw a random crop (up to 10 draws) while more than "
+                        "this share of it holds no data; tiles of other splits that hold no data at all are not "
+                        "written (default: %(default)s)")
     p.add_argument("--oversample_fraction", type=cli.number(0.0, 1.0), default=0.0, metavar="F",
                    help="rare classes on purpose: each random crop is, with probability F, centred on a random "
                         "pixel of a class picked uniformly among the --oversample_classes its image holds (nnU-Net "
@@ -271,6 +279,8 @@ def plan(argv: list[str] | None = None) -> Job:
     _say_what_is_left_out(listing)
     output.check_output(out, args.overwrite, found)
     flags = dict(vars(args), input_dir=root, beam_args=beam_args)
+    if args.nodata is not None and args.nodata != args.nodata:
+        flags["nodata"] = "nan"  # JSON has no NaN
     run_spec = output.RunSpec(
         output_dir=out, temp_dir=layout.join(out, TEMP_PREFIX + uuid.uuid4().hex[:12]),
         splits=tuple(found), random_splits=tuple(random_splits), listed=listing.counts,
@@ -297,6 +307,7 @@ def _convert_config(args: argparse.Namespace) -> ConvertConfig:
                              image_range=args.image_range, max_pixels=args.max_pixels,
                              window_size=args.window_size, oversample_fraction=args.oversample_fraction,
                              oversample_classes=_classes(args.oversample_classes, palette), exif=args.exif,
+                             nodata=args.nodata, max_nodata=args.max_nodata,
                              extra_inputs=extra_inputs)
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -46,6 +46,7 @@ class DecodedPair:
     extras: dict = dataclasses.field(default_factory=dict)  # extra input name → (H, W, C) raster
     nodata: dict = dataclasses.field(default_factory=dict)  # extra input name → the nodata value it declares
     grid: object = None  # segprep.geo.Grid of a georeferenced source
+    empty: np.ndarray | None = None  # (H, W) bool: the image's no-data pixels, when it declares a nodata value
 
 
 class _LargeElementCoder(beam.coders.Coder):
@@ -66,7 +67,8 @@ class _LargeElementCoder(beam.coders.Coder):
     def estimate_size(self, value):
         if isinstance(value, PairBytes):
             return len(value.image) + len(value.mask) + sum(len(data) for _, data in value.extras) + 64
-        return value.image.nbytes + value.classes.nbytes + sum(a.nbytes for a in value.extras.values()) + 2200
+        return (value.image.nbytes + value.classes.nbytes + sum(a.nbytes for a in value.extras.values()) + 2200
+                + (value.empty.nbytes if value.empty is not None else 0))
 
 
 beam.coders.registry.register_coder(PairBytes, _LargeElementCoder)
@@ -189,7 +191,8 @@ class _ReadPairFn(beam.DoFn):
                     raise InputError("size_mismatch", f"extra input {e.name} is {source.width}×{source.height} "
                                                       f"(w×h) but its image is {image.width}×{image.height}; they "
                                                       "must be the same size")
-            return tiles.TiledPair(split, image_id, paths, image.height, image.width, grid)
+            nodata = self._config.nodata if self._config.nodata is not None else image.nodata
+            return tiles.TiledPair(split, image_id, paths, image.height, image.width, grid, nodata)
         # One is a TIFF to read by window, its partner is not: both are decoded whole, within --max_pixels.
         big = regions[0]
         what, other = ("image", "mask") if big is image else ("mask", "image")
@@ -263,7 +266,7 @@ class _DecodeFn(beam.DoFn):
                 pair.split, pair.image_id, "internal", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", files))
             return
         yield DecodedPair(pair.split, pair.image_id, source.image, source.classes, source.stats, source.extras,
-                          source.nodata, source.grid)
+                          source.nodata, source.grid, source.empty)
 
 
 class DecodePairs(beam.PTransform):

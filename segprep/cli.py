@@ -133,6 +133,17 @@ def value_range(value: str) -> tuple[float, float]:
     return lo, hi
 
 
+def nodata_value(value: str) -> float:
+    """An argparse type for --nodata: a number, or nan."""
+    try:
+        x = float(value)
+    except ValueError:
+        x = None
+    if x is None or math.isinf(x):
+        raise argparse.ArgumentTypeError(f"must be a number or nan, e.g. 0 or -9999 (received {value!r})")
+    return x
+
+
 def max_pixels_flag(parser, default: int, above: str) -> None:
     """--max_pixels, the one pixel limit of every command that decodes images; `above` says what this command does
     with a file whose header declares more."""

@@ -60,6 +60,8 @@ class ConvertConfig:
     oversample_classes: tuple[int, ...] | None = None  # the named classes (None: every class but class 0)
     extra_inputs: tuple = ()  # segprep.extras.ExtraInput each: rasters cut at the image's crop windows
     exif: str = "auto"  # a JPEG's or PNG's EXIF orientation: auto (by which way the mask fits), apply, ignore
+    nodata: float | None = None  # the images' nodata value (--nodata); None: each TIFF's own GDAL_NODATA, if any
+    max_nodata: float = 0.5  # a random crop with a larger share of no-data pixels is drawn again
 
     def __post_init__(self) -> None:
         if self.crop_size < 1:
@@ -94,6 +96,8 @@ class ConvertConfig:
             if bad or not self.oversample_classes:
                 raise ValueError(f"oversample_classes must name classes 0..{self.palette.num_classes - 1}. "
                                  f"Received: {','.join(map(str, self.oversample_classes))}")
+        if not 0.0 <= self.max_nodata <= 1.0:
+            raise ValueError(f"max_nodata must be in [0, 1]. Received: {self.max_nodata}")
         if self.exif not in EXIF_MODES:
             raise ValueError(f"exif must be one of {', '.join(EXIF_MODES)}. Received: {self.exif!r}")
         if self.window_size < self.crop_size:
@@ -112,6 +116,7 @@ class Source:
     extras: dict = dataclasses.field(default_factory=dict)
     nodata: dict = dataclasses.field(default_factory=dict)  # extra input name → the nodata value it declares
     grid: geo.Grid | None = None  # where a georeferenced source lies (segprep/geo.py)
+    empty: np.ndarray | None = None  # (H, W) bool: the image's no-data pixels (None when it declares no nodata)
 
 
 def decode_pair(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig,
@@ -144,14 +149,19 @@ def decode_source(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig, 
     grid = check_grids(image_bytes, mask_bytes, extra_bytes or {})
     rasters, nodata = decode_extras(image_bytes, extra_bytes or {}, config, stored, orientation)
     conversion = convert_classes(mask, config, bgr=bgr)
+    empty = no_data(image_bytes, image, config, orientation)
     stats = Stats(images=1, source_pixels=int(conversion.classes.size), binary_masks=int(conversion.binary),
                   source_ignore_pixels=conversion.ignore_pixels, exif_applied=int(orientation > 1),
                   exif_as_stored=int(orientation < 0))
+    if empty is not None:
+        stats.nodata_pixels = int(np.count_nonzero(empty))
+        if stats.nodata_pixels:
+            conversion.classes[empty] = IGNORE_LABEL  # no imagery: nothing to learn there, whatever the mask says
     if config.unknown_colors == "nearest":
         stats.unknown_pixels_snapped = conversion.unknown_pixels
     else:
         stats.unknown_pixels_ignored = conversion.unknown_pixels
-    return Source(image, conversion.classes, stats, rasters, nodata, grid)
+    return Source(image, conversion.classes, stats, rasters, nodata, grid, empty)
 
 
 def decode_extras(image_bytes: bytes, extra_bytes: dict[str, bytes], config: ConvertConfig,
@@ -185,6 +195,35 @@ def decode_extras(image_bytes: bytes, extra_bytes: dict[str, bytes], config: Con
         if declared is not None:
             nodata[extra.name] = declared
     return out, nodata
+
+
+def image_nodata(image_bytes: bytes, config: ConvertConfig) -> float | None:
+    """The images' nodata value: --nodata, else the image file's own (a TIFF's GDAL_NODATA), else None."""
+    return config.nodata if config.nodata is not None else codec.raster_nodata(image_bytes)
+
+
+def empty_pixels(samples: np.ndarray, value: float) -> np.ndarray:
+    """(H, W) bool: the pixels whose every band equals the nodata `value` (NaN where it is NaN)."""
+    if samples.ndim == 2:
+        samples = samples[..., None]
+    if value != value:
+        hit = np.isnan(samples) if samples.dtype.kind == "f" else np.zeros(samples.shape, bool)
+    else:
+        hit = samples == value
+    return hit.all(axis=2)
+
+
+def no_data(image_bytes: bytes, image: np.ndarray, config: ConvertConfig, orientation: int = 1) -> np.ndarray | None:
+    """(H, W) bool of the no-data pixels of `image` (decoded, and turned by its EXIF `orientation`), or None when
+    no nodata value is declared: pixels whose every band of the file equals it. An 8-bit image read as it is
+    compares its decoded bands; one whose bands or range prepare changes is compared as stored."""
+    value = image_nodata(image_bytes, config)
+    if value is None:
+        return None
+    if config.bands is None and config.image_range is None and image.dtype == np.uint8:
+        return empty_pixels(image, value)
+    empty = empty_pixels(codec.decode_raster(image_bytes), value)
+    return codec.orient(empty, orientation) if orientation > 1 else empty
 
 
 def check_grids(image: bytes | geo.Grid | None, mask: bytes | geo.Grid | None,
@@ -309,7 +348,11 @@ def class_positions(config: ConvertConfig, image_id: str, width: int, count: int
                                 crops.position_limit(config.oversample_fraction, count))
 
 
-def crop_boxes(classes: np.ndarray, image_id: str, config: ConvertConfig, training: bool) -> list[crops.CropBox]:
+def crop_boxes(classes: np.ndarray, image_id: str, config: ConvertConfig, training: bool,
+               empty: np.ndarray | None = None, tally: Stats | None = None) -> list[crops.CropBox]:
+    """The windows of one source: covering tiles, or random crops (each drawn again while one class dominates it,
+    --cat_max_ratio, or while more than --max_nodata of it holds no data: `empty`, padding included). `tally`
+    counts the draws rejected for no data."""
     height, width = classes.shape
     size = config.crop_size
     if not training:
@@ -319,10 +362,35 @@ def crop_boxes(classes: np.ndarray, image_id: str, config: ConvertConfig, traini
     if positions is not None:
         positions.add(classes)
     draws = crops.CropDraws(height, width, size, config.seed, image_id, config.oversample_fraction, positions)
-    def dominated(box):
-        return crops.is_dominated(crops.cut(classes, box, IGNORE_LABEL), config.cat_max_ratio)
+    rejected = redraw_rule(config, lambda box: crops.cut(classes, box, IGNORE_LABEL),
+                           None if empty is None else lambda box: nodata_share(empty, box), tally)
+    return [crops.pick(draws.draws(k), rejected) for k in range(count)]
 
-    return [crops.pick(draws.draws(k), dominated if config.cat_max_ratio < 1.0 else None) for k in range(count)]
+
+def nodata_share(empty: np.ndarray, box: crops.CropBox, origin: tuple[int, int] = (0, 0)) -> float:
+    """The share of a window's pixels that hold no data: `empty` (the no-data pixels of a region of the source
+    from `origin` on, holding the window's part of the source), and the padding past the source's edge."""
+    y, x = box.y - origin[0], box.x - origin[1]
+    part = empty[y:y + box.height, x:x + box.width]
+    return (int(np.count_nonzero(part)) + box.height * box.width - part.size) / (box.height * box.width)
+
+
+def redraw_rule(config: ConvertConfig, mask_of, share_of, tally: Stats | None = None):
+    """`crops.pick`'s test of a random window (None when nothing is tested): dominated by one class (with
+    --cat_max_ratio < 1; `mask_of(box)` gives its class map), or holding more than --max_nodata no data (for an
+    image that declares a nodata value; `share_of(box)` gives the share). The same rule on the whole-image and
+    window-by-window paths, so both draw the same crops."""
+    if share_of is None and config.cat_max_ratio >= 1.0:
+        return None
+
+    def rejected(box) -> bool:
+        if share_of is not None and share_of(box) > config.max_nodata:
+            if tally is not None:
+                tally.nodata_redraws += 1
+            return True
+        return config.cat_max_ratio < 1.0 and crops.is_dominated(mask_of(box), config.cat_max_ratio)
+
+    return rejected
 
 
 def encode_crop(image_id: str, box: crops.CropBox, image: np.ndarray, classes: np.ndarray,
@@ -369,13 +437,28 @@ def encode_crop(image_id: str, box: crops.CropBox, image: np.ndarray, classes: n
 def encode_crops(image_id: str, image: np.ndarray, classes: np.ndarray, config: ConvertConfig,
                  training: bool, bgr: bool = False,
                  rasters: dict[str, np.ndarray] | None = None, nodata: dict[str, float] | None = None,
-                 grid: geo.Grid | None = None) -> Iterator[tuple[int, CropRecord, Stats]]:
+                 grid: geo.Grid | None = None,
+                 empty: np.ndarray | None = None) -> Iterator[tuple[int, CropRecord | None, Stats]]:
     """Cut and encode every window of one decoded pair (its image RGB, or BGR with `bgr`, and its extra inputs'
-    `rasters`): yields (crop number, record, that crop's stats)."""
-    for k, box in enumerate(crop_boxes(classes, image_id, config, training)):
+    `rasters`; `empty`, its no-data pixels): yields (crop number, record, that crop's stats), and (k, None, stats)
+    for what is counted without a record: a tile that holds no data at all (skipped), the draws rejected for no
+    data."""
+    tally = Stats()
+    for k, box in enumerate(crop_boxes(classes, image_id, config, training, empty, tally)):
+        if not training and empty is not None and tile_is_empty(empty, box):
+            yield k, None, Stats(nodata_tiles_skipped=1)
+            continue
         record, stats = encode_crop(image_id, box, image, classes, (0, 0), classes.shape, config, bgr, rasters,
                                     nodata, grid)
         yield k, record, stats
+    if tally.nodata_redraws:
+        yield -1, None, tally
+
+
+def tile_is_empty(empty: np.ndarray, box: crops.CropBox, origin: tuple[int, int] = (0, 0)) -> bool:
+    """Whether a tile's source pixels all hold no data (`empty` of a region from `origin` on)."""
+    y, x = box.y - origin[0], box.x - origin[1]
+    return bool(empty[y:y + box.height, x:x + box.width].all())
 
 
 def convert_pair(image_id: str, image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig,
@@ -389,7 +472,9 @@ def convert_pair(image_id: str, image_bytes: bytes, mask_bytes: bytes, config: C
 
         total.grids = {image_id: grid_entry(source.grid, *source.classes.shape)}
     for k, record, stats in encode_crops(image_id, source.image, source.classes, config, training, bgr=True,
-                                         rasters=source.extras, nodata=source.nodata, grid=source.grid):
-        records.append((k, record))
+                                         rasters=source.extras, nodata=source.nodata, grid=source.grid,
+                                         empty=source.empty):
+        if record is not None:
+            records.append((k, record))
         total.add(stats)
     return records, total

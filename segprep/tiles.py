@@ -33,7 +33,8 @@ import numpy as np
 
 from segprep import codec, crops, extras, storage
 from segprep.headers import TIFF_MAGIC
-from segprep.convert import ConvertConfig, InputError, class_positions, convert_classes, encode_crop
+from segprep.convert import (ConvertConfig, InputError, class_positions, convert_classes, empty_pixels, encode_crop,
+                             nodata_share, redraw_rule, tile_is_empty)
 from segprep.formats.metadata import Stats, grid_entry
 from segprep.crops import CropBox, stable_hash
 from segprep.palette import IGNORE_LABEL
@@ -51,6 +52,7 @@ class TiledPair:
     height: int
     width: int
     grid: Grid | None = None  # a georeferenced tile's
+    nodata: float | None = None  # the image's nodata value (--nodata, or its GDAL_NODATA)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Window:
     # Empty for the first round, which checks and counts its cell and draws its crops itself.
     draws: tuple[tuple[CropBox, ...], ...] = ()
     grid: Grid | None = None  # the tile's georeferencing
+    nodata: float | None = None  # the image's nodata value
 
     @property
     def key(self) -> tuple[str, str]:
@@ -161,7 +164,8 @@ def _grid(pair: TiledPair | Window, owned: dict[int, list], config: ConvertConfi
     return [Window(pair.split, pair.image_id, pair.files, pair.height, pair.width, n,
                    n // columns * size, n % columns * size,
                    min(size, pair.height - n // columns * size), min(size, pair.width - n % columns * size),
-                   tuple(owned[n]), grid=pair.grid, **{key: tuple(value[n]) for key, value in extra.items()})
+                   tuple(owned[n]), grid=pair.grid, nodata=pair.nodata,
+                   **{key: tuple(value[n]) for key, value in extra.items()})
             for n in sorted(owned)]
 
 
@@ -189,7 +193,7 @@ def plan_oversampled(pair: TiledPair | Window, positions: crops.ClassPositions |
     count = crop_count(pair.height, pair.width, config, True)
     draws = crops.CropDraws(pair.height, pair.width, config.crop_size, config.seed, pair.image_id,
                             config.oversample_fraction, positions)
-    tries = 10 if config.cat_max_ratio < 1.0 else 1
+    tries = 10 if config.cat_max_ratio < 1.0 or pair.nodata is not None else 1  # as convert.redraw_rule redraws
     owned: dict[int, list[int]] = {}
     boxes: dict[int, list[tuple[CropBox, ...]]] = {}
     for k in range(count):
@@ -210,6 +214,7 @@ class _Source:
         self._window, self._image, self._mask, self._config = window, image, mask, config
         self._extra = dict(zip((e.name for e in config.extra_inputs if e.pattern is not None), extra))
         self.index_mask = False
+        self._empty: dict = {}  # the last region's no-data pixels (classes and the crops' tests read it twice)
         # The nodata value each extra input's TIFF declares (bands of the image: the image's).
         self.nodata = {e.name: value for e in config.extra_inputs
                        if (value := (image if e.bands else self._extra[e.name]).nodata) is not None}
@@ -234,14 +239,31 @@ class _Source:
         return out
 
     def classes(self, y0: int, y1: int, x0: int, x1: int, mode: str | None = None):
-        """→ the `lookup.Conversion` of the mask's region (clipped to the source); raises `InputError`."""
+        """→ the `lookup.Conversion` of the mask's region (clipped to the source), 255 where the image holds no
+        data; raises `InputError`."""
         try:
             mask, kind = codec.tiff_mask(self._mask.tiff(self._mask.read(y0, y1, x0, x1)),
                                          self._config.palette.max_index)
         except codec.DecodeError as e:
             raise InputError(e.reason or "bad_mask", f"mask: {e}") from None
         self.index_mask = mask.ndim == 2  # for the binary-mask evidence
-        return convert_classes(mask, self._config, mode)
+        conversion = convert_classes(mask, self._config, mode)
+        empty = self.empty(y0, y1, x0, x1)
+        if empty is not None and empty.any():
+            conversion.classes[empty] = IGNORE_LABEL
+        return conversion
+
+    def empty(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray | None:
+        """(h, w) bool: the region's pixels whose every image band equals the nodata value; None without one."""
+        if self._window.nodata is None:
+            return None
+        key = (y0, y1, x0, x1)
+        if key not in self._empty:
+            try:
+                self._empty = {key: empty_pixels(self._image.read(y0, y1, x0, x1), self._window.nodata)}
+            except codec.DecodeError as e:
+                raise InputError(e.reason or "bad_image", f"image: {e}") from None
+        return self._empty[key]
 
     def image(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         try:
@@ -291,6 +313,9 @@ def _cut(window: Window, source: _Source, config: ConvertConfig, training: bool,
     x1 = max([window.x + window.w] + [_clip(b, height, width)[3] for b in boxes.values()])
     cell = source.classes(window.y, window.y + window.h, window.x, window.x + window.w)
     _count_source(cell, source.index_mask, summary)
+    empty = source.empty(window.y, window.y + window.h, window.x, window.x + window.w)
+    if empty is not None:
+        summary.stats.nodata_pixels += int(np.count_nonzero(empty))
     if training:
         summary.positions = class_positions(config, window.image_id, width, crop_count(height, width, config, training))
         if summary.positions is not None:
@@ -332,23 +357,32 @@ def _cut_crops(window: Window, source: _Source, region: tuple[int, int, int, int
     it; adds their stats to `summary`."""
     height, width = window.height, window.width
     y0, y1, x0, x1 = region
+    empty = source.empty(y0, y1, x0, x1)
 
     def inside(box: CropBox) -> bool:
         by0, by1, bx0, bx1 = _clip(box, height, width)
         return y0 <= by0 and by1 <= y1 and x0 <= bx0 and bx1 <= x1
 
-    def dominated(box: CropBox) -> bool:
+    def mask_of(box: CropBox) -> np.ndarray:
         if inside(box):
-            part = crops.cut(classes, CropBox(box.y - y0, box.x - x0, box.height, box.width), IGNORE_LABEL)
-        else:
-            by0, by1, bx0, bx1 = _clip(box, height, width)
-            part = crops.cut(source.classes(by0, by1, bx0, bx1, "ignore").classes,
-                             CropBox(0, 0, box.height, box.width), IGNORE_LABEL)
-        return crops.is_dominated(part, config.cat_max_ratio)
+            return crops.cut(classes, CropBox(box.y - y0, box.x - x0, box.height, box.width), IGNORE_LABEL)
+        by0, by1, bx0, bx1 = _clip(box, height, width)
+        return crops.cut(source.classes(by0, by1, bx0, bx1, "ignore").classes, CropBox(0, 0, box.height, box.width),
+                         IGNORE_LABEL)
 
+    def share_of(box: CropBox) -> float:
+        if inside(box):
+            return nodata_share(empty, box, (y0, x0))
+        by0, by1, bx0, bx1 = _clip(box, height, width)
+        return nodata_share(source.empty(by0, by1, bx0, bx1), box, (by0, bx0))
+
+    rule = redraw_rule(config, mask_of, None if empty is None else share_of, summary.stats) if redraw else None
     out = []
     for k in window.crops:
-        box = crops.pick(draws[k], dominated if redraw and config.cat_max_ratio < 1.0 else None)
+        box = crops.pick(draws[k], rule)
+        if not redraw and empty is not None and inside(box) and tile_is_empty(empty, box, (y0, x0)):
+            summary.stats.nodata_tiles_skipped += 1  # a tile without data: not written
+            continue
         if inside(box):
             record, stats = encode_crop(window.image_id, box, image, classes, (y0, x0), (height, width), config,
                                         rasters=rasters, nodata=source.nodata, grid=window.grid)

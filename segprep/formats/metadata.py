@@ -73,6 +73,9 @@ class Stats:
     binary_masks: int = 0  # index masks holding only 0 and 255 (255 = ignore) with no index map: likely 0/255 labels
     exif_applied: int = 0  # images with an EXIF orientation, read as displayed (their masks fit that way)
     exif_as_stored: int = 0  # images with an EXIF orientation, read as stored
+    nodata_pixels: int = 0  # source pixels whose image holds no data (their mask made 255)
+    nodata_redraws: int = 0  # random crops drawn again for holding more than --max_nodata no-data pixels
+    nodata_tiles_skipped: int = 0  # tiles of tiled splits that hold no data at all, not written
     extras: dict = dataclasses.field(default_factory=dict)  # extra input name → BandStats of its crops
     grids: dict = dataclasses.field(default_factory=dict)  # source id → its georeferencing (`grid_entry`)
 
@@ -91,6 +94,9 @@ class Stats:
         self.binary_masks += other.binary_masks
         self.exif_applied += other.exif_applied
         self.exif_as_stored += other.exif_as_stored
+        self.nodata_pixels += other.nodata_pixels
+        self.nodata_redraws += other.nodata_redraws
+        self.nodata_tiles_skipped += other.nodata_tiles_skipped
         if other.grids:
             self.grids = {**self.grids, **other.grids}
         for name, bands in other.extras.items():
@@ -281,6 +287,10 @@ def _split_entry(name: str, result: SplitResult, num_classes: int) -> dict:
         # images with an EXIF orientation: read as displayed (their masks fit that way), or as stored (--exif)
         "exif_applied": st.exif_applied,
         "exif_as_stored": st.exif_as_stored,
+        # images' no-data pixels (mask 255), random crops drawn again for --max_nodata, all-empty tiles skipped
+        "nodata_pixels": st.nodata_pixels,
+        "nodata_redraws": st.nodata_redraws,
+        "nodata_tiles_skipped": st.nodata_tiles_skipped,
         "rgb_mean": mean,
         "rgb_std": std,
         # georeferenced sources: id → {crs, transform (GDAL order, float64), height, width}, sorted by id
