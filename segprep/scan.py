@@ -35,7 +35,7 @@ import shlex
 import sys
 import time
 
-from segprep import cli, extras, layouts, lookup, pairs, storage
+from segprep import cli, extras, geo, layouts, lookup, pairs, storage
 from segprep.cli import Parser, UsageError, examples
 from segprep.convert import DEFAULT_MAX_PIXELS
 from segprep.palette import PALETTES, Palette, PaletteError, load_palette
@@ -125,6 +125,39 @@ def report(scans: list[MaskScan], lists, palette: Palette, palette_name: str, to
     return lines
 
 
+def geo_report(scans: list[MaskScan], nodata: float | None) -> list[str]:
+    """Georeferenced images: how many, their CRSs, the nodata values they declare, and the pairs whose image and
+    mask lie on different grids (prepare's grid_mismatch)."""
+    read = [s for s in scans if s.image is not None]
+    placed = [s for s in read if s.grid is not None]
+    if not placed:
+        return [f"nodata: --nodata {nodata:g}: pixels whose every band equals it get mask 255"] if nodata is not None \
+            else []
+    crs: dict[str, int] = {}
+    values: dict[str, int] = {}
+    for s in placed:
+        crs[s.grid.crs] = crs.get(s.grid.crs, 0) + 1
+        if s.grid.nodata is not None:
+            key = f"{s.grid.nodata:g}"
+            values[key] = values.get(key, 0) + 1
+    line = (f"georeferenced: {len(placed)} of {len(read)} images ("
+            + ", ".join(f"{c if len(c) < 30 else c[:27] + '...'} ×{n}" for c, n in sorted(crs.items())) + ")")
+    if nodata is not None:
+        line += f"; --nodata {nodata:g} for every image"
+    elif values:
+        line += "; nodata " + ", ".join(f"{v} ×{n}" for v, n in sorted(values.items())) + " (their pixels get mask " \
+                "255; crops avoid them, --max_nodata)"
+    lines = [line]
+    apart = [s for s in placed if s.mask_grid is not None and not geo.same_grid(s.grid, s.mask_grid)]
+    if apart:
+        lines.append(f"  {len(apart)} pairs whose image and mask lie on different grids (prepare makes error "
+                     "records of them):")
+        lines += [f"    {s.image_id}: image {s.grid.describe()}, mask {s.mask_grid.describe()}" for s in apart[:5]]
+        if len(apart) > 5:
+            lines.append(f"    ... {len(apart) - 5} more")
+    return lines
+
+
 def extras_report(scans: list[MaskScan], extra_inputs) -> list[str]:
     """Per extra input: its kinds, value range, and the pairs prepare would make error records of."""
     lines = []
@@ -177,7 +210,7 @@ def _scan_all(root: str, listing: pairs.Listing, jobs: int, max_value: int, fing
 
 def prepare_command(root: str, spec: pairs.LayoutSpec, listing: pairs.Listing, palette_arg: str | None,
                     scans: list[MaskScan], values_by_kind: tuple[list[Value], list[Value]],
-                    splits: str | None = None, extra_inputs=()) -> tuple[str, list[str]]:
+                    splits: str | None = None, extra_inputs=(), nodata: float | None = None) -> tuple[str, list[str]]:
     """The prepare command that reads this tree (with `palette_arg`, the user's or the one just written), and notes
     on the flags it chose."""
     args = ["python", "-m", "pipelines.prepare", "--input_dir", root, "--output_dir", "OUT", *spec.flags()]
@@ -207,6 +240,8 @@ def prepare_command(root: str, spec: pairs.LayoutSpec, listing: pairs.Listing, p
                      "sensors: 0,4095)")
     for extra in extra_inputs:
         args += ["--extra_inputs", f"{extra.name}={extra.source}"]
+    if nodata is not None:
+        args += ["--nodata", f"{nodata:g}"]
     args.append("--runner=DirectRunner")
     return shlex.join(args), notes
 
@@ -216,6 +251,9 @@ def build_parser() -> Parser:
     p.add_argument("--input_dir", required=True, help="dataset root, local or gs://")
     cli.layout_flags(p)
     p.add_argument("--splits", help="comma list of the splits to scan (default: every split found that has masks)")
+    p.add_argument("--nodata", type=cli.nodata_value, metavar="V",
+                   help="prepare's --nodata, to say so in the report and the prepare command (default: each "
+                        "GeoTIFF's own)")
     p.add_argument("--extra_inputs", action="append", metavar="NAME=PATTERN",
                    help="prepare's extra inputs (NAME=PATTERN or NAME=@B, repeat for several): each one's kind "
                         "(type, bands, format) and value range, and the pairs whose raster is missing, of another "
@@ -271,6 +309,7 @@ def run(argv: list[str] | None = None) -> int:
     values_by_kind = values_of(scans, args.tolerance)
     lines = report(scans, listing.splits, palette, name, args.tolerance, time.time() - started, args.all,
                    values_by_kind)
+    lines += geo_report(scans, args.nodata)
     lines += extras_report(scans, extra_inputs)
     if not args.no_leakage:
         images = [(s.split, s.image_id, s.fingerprint) for s in scans]
@@ -291,7 +330,7 @@ def run(argv: list[str] | None = None) -> int:
               "images' place as --images", file=sys.stderr)
         return 1
     command, notes = prepare_command(root, spec, listing, args.write_palette or args.palette, scans, values_by_kind,
-                                     args.splits, extra_inputs)
+                                     args.splits, extra_inputs, args.nodata)
     print("prepare this tree with:\n  " + command)
     for note in notes:
         print(f"  ({note})")

@@ -172,3 +172,89 @@ def test_the_grid_is_read_from_the_header_alone_and_a_float32_list_would_lose_it
     assert grid == geo.Grid(CRS, (ORIGIN[0], PIXEL, 0.0, ORIGIN[1], 0.0, -PIXEL))
     assert Counting.read_bytes < 100_000 < len(data) // 10  # the header, not the pixels
     assert abs(float(np.float32(ORIGIN[1])) - ORIGIN[1]) > 0.1  # why the transform is float64 bytes
+
+
+def collar_scene(root, size=(1200, 1100)):
+    """One georeferenced scene per split whose image is 0 in every band over a diagonal collar (~40% of it),
+    declared as GDAL_NODATA 0, with 0/255 masks that hold classes under the collar too: → {split: collar}."""
+    rng = np.random.default_rng(8)
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    collars = {}
+    for split in ("train", "val"):
+        image = rng.integers(1, 256, (h, w, 3), dtype=np.uint8)  # no 0 in the data: only the collar is empty
+        collar = xx + yy < 0.9 * (h + w) / 2
+        image[collar] = 0
+        geotiff(f"{root}/{split}/img/s.tif", image, nodata=0)
+        geotiff(f"{root}/{split}/lbl/s.tif", (rng.integers(0, 2, (h, w)) * 255).astype(np.uint8))
+        collars[split] = collar
+    return collars
+
+
+@pytest.mark.parametrize("path", ["whole", "windows"])
+def test_a_nodata_collar_is_ignored_and_crops_avoid_it(tmp_path, path):
+    root, out = tmp_path / "scene", tmp_path / "out"
+    collars = collar_scene(root)
+    assert 0.35 < collars["train"].mean() < 0.45
+    more = ("--window_size", "512") if path == "windows" else ()
+    assert prepare.run(["--input_dir", str(root), "--output_dir", str(out), "--images", "{split}/img/{id}.tif",
+                        "--masks", "{split}/lbl/{id}.tif", "--palette", "inria", "--crops_per_image", "40", *more,
+                        *BEAM]) == 0
+    shares = []
+    for split in ("train", "val"):
+        collar = collars[split]
+        for path_ in shard_files(str(out), split):
+            for _, data in tfrecord.read(path_):
+                f = {k: v for k, (_, v) in records.decode_example(data).items()}
+                y, x = f[records.CROP_OFFSET]
+                mask = cv2.imdecode(np.frombuffer(f[records.MASK_ENCODED][0], np.uint8), cv2.IMREAD_UNCHANGED)
+                part = collar[y:y + 256, x:x + 256]
+                assert (mask[:part.shape[0], :part.shape[1]][part] == 255).all()  # no class under no data
+                share = (part.sum() + 256 * 256 - part.size) / 256 ** 2
+                if split == "train":
+                    shares.append(share)
+                else:
+                    assert share < 1.0  # a tile without data is not written
+    assert shares and max(shares) <= 0.5
+    meta = json.load(open(out / "metadata.json"))["splits"]
+    assert meta["train"]["nodata_pixels"] == int(collars["train"].sum())
+    assert meta["train"]["nodata_redraws"] > 0 and meta["val"]["nodata_tiles_skipped"] > 0
+    assert meta["val"]["records"] + meta["val"]["nodata_tiles_skipped"] == 5 * 5  # 1200 × 1100 in 256² tiles
+
+
+def test_nodata_flag_for_files_that_do_not_declare_one(tmp_path):
+    root, out = tmp_path / "scene", tmp_path / "out"
+    rng = np.random.default_rng(2)
+    for split in ("train", "val"):
+        os.makedirs(root / split / "img"), os.makedirs(root / split / "lbl")
+        image = rng.integers(1, 256, (300, 300, 3), dtype=np.uint8)
+        image[:, :150] = 0  # a black collar in a PNG: no nodata of its own
+        cv2.imwrite(str(root / split / "img" / "s.png"), image)
+        cv2.imwrite(str(root / split / "lbl" / "s.png"), np.full((300, 300), 255, np.uint8))
+    argv = ["--input_dir", str(root), "--images", "{split}/img/{id}.png", "--masks", "{split}/lbl/{id}.png",
+            "--palette", "inria", "--crops_per_image", "8", "--crop_size", "100", *BEAM]
+    assert prepare.run(argv + ["--output_dir", str(tmp_path / "plain")]) == 0
+    assert json.load(open(tmp_path / "plain" / "metadata.json"))["splits"]["train"]["nodata_pixels"] == 0
+    assert prepare.run(argv + ["--output_dir", str(out), "--nodata", "0"]) == 0
+    meta = json.load(open(out / "metadata.json"))["splits"]
+    assert meta["train"]["nodata_pixels"] == 300 * 150
+    assert meta["train"]["class_pixels"][1] >= 8 * 100 * 100 * 0.5  # every crop at least half in the data
+    assert meta["val"]["nodata_tiles_skipped"] == 3  # the left column of 100² tiles
+
+
+def test_scan_shows_the_grids_the_nodata_values_and_the_pairs_on_different_grids(tmp_path, capsys):
+    from segprep import scan
+
+    root = tmp_path / "scene"
+    transforms = scene(root, ids=("a", "b"))
+    x0, w, _, y0, _, h = transforms["b"]
+    geotiff(root / "lbl" / "b.tif", rasterio.open(root / "lbl" / "b.tif").read(1), Affine(w, 0, x0 + w, 0, h, y0))
+    collar_scene(tmp_path / "collar")
+    assert scan.main(["--input_dir", str(root), "--images", "img/{id}.tif", "--masks", "lbl/{id}.tif",
+                      "--val_fraction", "0.5", "--palette", "inria", "--no_leakage"]) == 0
+    out = capsys.readouterr().out
+    assert f"georeferenced: 2 of 2 images ({CRS} ×2)" in out
+    assert "1 pairs whose image and mask lie on different grids" in out and "    b: image EPSG:32632" in out
+    assert scan.main(["--input_dir", str(tmp_path / "collar"), "--images", "{split}/img/{id}.tif",
+                      "--masks", "{split}/lbl/{id}.tif", "--palette", "inria", "--no_leakage"]) == 0
+    assert "nodata 0 ×2 (their pixels get mask 255" in capsys.readouterr().out

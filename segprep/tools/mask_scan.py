@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from segprep import codec, headers, layout, lookup, pairs, storage
+from segprep import codec, geo, headers, layout, lookup, pairs, storage
 from segprep.convert import DEFAULT_MAX_PIXELS, too_large
 from segprep.tools import leakage
 
@@ -36,6 +36,8 @@ class MaskScan:
     image_error: str | None = None
     fingerprint: leakage.Fingerprint | None = None  # for the leakage checks
     extras: dict = dataclasses.field(default_factory=dict)  # extra input name → ExtraScan
+    grid: object = None  # the image's georeferencing (segprep.geo.Grid), if any
+    mask_grid: object = None  # the mask's
 
     @property
     def label(self) -> str:
@@ -202,6 +204,8 @@ def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255, fingerprint: bo
     try:
         with storage.open_read(image_path) as f:
             result.image = headers.probe(f)
+            if result.image.format == "tiff":
+                result.grid = geo.read_file(f)
             if fingerprint:
                 result.fingerprint = leakage.fingerprint(f, result.image.width, result.image.height, max_pixels)
     except codec.DecodeError as e:
@@ -211,6 +215,7 @@ def scan_pair(root: str, pair: pairs.Pair, max_value: int = 255, fingerprint: bo
             f"{type(e).__name__}: {e}"
     try:
         with storage.open_read(path) as f:
+            result.mask_grid = geo.read_file(f)
             _scan_mask(f, result, max_value, max_pixels)
     except codec.DecodeError as e:
         result.error = str(e)
