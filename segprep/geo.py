@@ -174,5 +174,20 @@ def read_file(f) -> Grid | None:
         f.seek(start)
 
 
+def stamp(path: str, grid: Grid) -> None:
+    """Gives the local TIFF at `path` the CRS and transform of `grid` (GDAL writes the GeoTIFF tags in place)."""
+    import warnings
+
+    import rasterio
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    with warnings.catch_warnings(), _quiet():
+        warnings.simplefilter("ignore")  # "not georeferenced", said of the file before the stamp
+        with rasterio.open(path, "r+") as dataset:
+            dataset.crs = CRS.from_user_input(grid.crs)
+            dataset.transform = Affine.from_gdal(*grid.transform)
+
+
 def is_finite(transform) -> bool:
     return all(math.isfinite(v) for v in transform)

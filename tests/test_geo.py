@@ -258,3 +258,31 @@ def test_scan_shows_the_grids_the_nodata_values_and_the_pairs_on_different_grids
     assert scan.main(["--input_dir", str(tmp_path / "collar"), "--images", "{split}/img/{id}.tif",
                       "--masks", "{split}/lbl/{id}.tif", "--palette", "inria", "--no_leakage"]) == 0
     assert "nodata 0 ×2 (their pixels get mask 255" in capsys.readouterr().out
+
+
+def test_a_prediction_of_a_geotiff_is_a_geotiff_on_the_inputs_grid(tmp_path, run_dir):
+    from trainer import predict
+
+    transform = Affine(PIXEL, 0, ORIGIN[0], 0, -PIXEL, ORIGIN[1])
+    image = np.random.default_rng(0).integers(0, 256, (150, 170, 3), dtype=np.uint8)
+    geotiff(tmp_path / "in" / "scene.tif", image, transform)
+    geotiff(tmp_path / "big" / "scene.tif", image, transform)  # the same, predicted window by window
+    out = tmp_path / "out"
+    assert predict.main(["--model_dir", run_dir, "--input", str(tmp_path / "in"), "--output_dir", str(out)]) == 0
+    assert predict.main(["--model_dir", run_dir, "--input", str(tmp_path / "big"), "--output_dir",
+                         str(tmp_path / "windowed"), "--max_pixels", "5000"]) == 0
+    whole = None
+    for path in (out / "scene.tif", tmp_path / "windowed" / "scene.tif"):
+        with rasterio.open(path) as written:
+            assert (written.crs.to_string(), written.transform, written.width, written.height) == \
+                (CRS, transform, 170, 150)
+            assert written.profile["tiled"] and written.profile["compress"] == "deflate"
+            assert written.colorinterp[0].name == "palette"  # the palette as its colour map
+            classes = written.read(1)
+        whole = classes if whole is None else whole
+        np.testing.assert_array_equal(classes, whole)
+    assert not (out / "scene.png").exists() and (out / "scene_overlay.jpg").exists()
+    np.testing.assert_array_equal(whole, predict.Predictor(run_dir).predict(image))
+    assert predict.main(["--model_dir", run_dir, "--input", str(tmp_path / "in"), "--output_dir",
+                         str(tmp_path / "png"), "--georeferenced_as", "png"]) == 0
+    assert (tmp_path / "png" / "scene.png").exists() and not (tmp_path / "png" / "scene.tif").exists()

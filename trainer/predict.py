@@ -9,7 +9,8 @@ and ID_overlay.jpg (mask over the photo). Images larger than the training crop a
 sliding windows whose class probabilities are summed; windows run one row of windows at a time into a buffer one
 window high, so a 10,000 × 10,000 tile stays within 2 GB with TensorFlow loaded. Images smaller than the crop are
 padded as in training and cut back. A photo with an EXIF orientation is predicted as viewers show it. A tiled TIFF
-above --max_pixels is read window by window and gives ID.tif.
+above --max_pixels is read window by window and gives ID.tif. A georeferenced input (a GeoTIFF) gives ID.tif, a
+GeoTIFF on the input's CRS and transform that a GIS places (--georeferenced_as png: ID.png).
 
 predict never replaces a file it did not write (trainer/prediction_output.py): names that would, or that two
 inputs share, are found before anything is written.
@@ -26,7 +27,7 @@ import time
 import cv2
 import numpy as np
 
-from segprep import codec, extras, headers, layout, pairs, runlock, storage
+from segprep import codec, extras, geo, headers, layout, pairs, runlock, storage
 from segprep.convert import DEFAULT_MAX_PIXELS, too_large
 from segprep import cli
 from segprep.cli import Parser, UsageError, examples
@@ -175,7 +176,7 @@ class Predictor:
         return [(prediction_output.SUFFIXES[0], mask)] + out
 
     def write_tiled(self, regions, path: str, fmt: str, overlap: float, bands, value_range,
-                    extra_regions: dict | None = None) -> bytes:
+                    extra_regions: dict | None = None, grid=None) -> bytes:
         """A tiled TIFF read window by window (`segprep.regions.TiffRegions`) → its prediction as a tiled,
         deflate-compressed 8-bit TIFF of class indices (with the palette as its colour map for `fmt` "color"),
         written at `path` (local), one band of window rows at a time; → the file's bytes (for the manifest).
@@ -194,14 +195,35 @@ class Predictor:
             return out
 
         rows = self.predict_rows(read, h, w, overlap)
+        self._write_tiff(path, _tiles(rows, w, TIFF_TILE), h, w, fmt, grid)
+        with open(path, "rb") as f:
+            return f.read()
+
+    def _write_tiff(self, path: str, tiles, h: int, w: int, fmt: str, grid=None) -> None:
+        """A tiled, deflate-compressed 8-bit TIFF of class indices at `path` from its `tiles` in file order, the
+        palette as its colour map for `fmt` "color"; with `grid`, a GeoTIFF on it (the input's CRS and
+        transform)."""
+        import tifffile
+
         colormap = None
         if fmt == "color":
             colormap = self.palette.color_array().T.astype(np.uint16) * 257
-        tifffile.imwrite(path, _tiles(rows, w, TIFF_TILE), shape=(h, w), dtype=np.uint8,
-                         tile=(TIFF_TILE, TIFF_TILE), compression="zlib",
+        tifffile.imwrite(path, tiles, shape=(h, w), dtype=np.uint8, tile=(TIFF_TILE, TIFF_TILE), compression="zlib",
                          photometric="palette" if colormap is not None else "minisblack", colormap=colormap)
-        with open(path, "rb") as f:
-            return f.read()
+        if grid is not None:
+            geo.stamp(path, grid)
+
+    def geotiff(self, classes: np.ndarray, fmt: str, grid) -> bytes:
+        """(H, W) class indices → the bytes of their GeoTIFF on `grid` (see `_write_tiff`)."""
+        h, w = classes.shape
+        fd, path = tempfile.mkstemp(prefix="segprep-", suffix=".tif")
+        os.close(fd)
+        try:
+            self._write_tiff(path, _tiles([(0, classes)], w, TIFF_TILE), h, w, fmt, grid)
+            with open(path, "rb") as f:
+                return f.read()
+        finally:
+            os.remove(path)
 
 
 TIFF_TILE = 256
@@ -359,6 +381,11 @@ def build_parser() -> Parser:
                         "gs:// path where {id} (or {id:pad=N}) is the image's id, e.g. 'dsm=tiles/dsm_{id}.tif', or "
                         "@B for bands of the image file itself; repeat for several. Inputs prepare took as @B "
                         "bands are taken so by default")
+    p.add_argument("--georeferenced_as", choices=("tif", "png"), default="tif",
+                   help="a georeferenced input's (a GeoTIFF's) prediction: tif = ID.tif, a tiled, compressed "
+                        "GeoTIFF of class indices on the input's CRS and transform, with the palette as its colour "
+                        "map (--format index: grey), which a GIS places; png = ID.png as for other images "
+                        "(default: %(default)s)")
     cli.max_pixels_flag(p, DEFAULT_MAX_PIXELS, "a tiled or stripped TIFF is predicted window by window into ID.tif "
                         "(a tiled TIFF of class indices, no overlay), anything else is refused")
     return p
@@ -404,9 +431,9 @@ def _predict_all(args, model_dir: str, targets: list, manifest, bad: list) -> in
     for target in targets:
         try:
             written, size = _predict_one(predictor, target, args, bands, value_range)
-            for suffix, data in written:  # an id "a/b" writes OUT/a/b.png
+            for suffix, data, *in_place in written:  # an id "a/b" writes OUT/a/b.png
                 name = target.name + suffix
-                if suffix != prediction_output.WINDOWED:  # written in place already
+                if not in_place:  # (a window-by-window ID.tif is written in place already)
                     common.files.write_bytes(f"{out_dir}/{name}", data)
                 manifest.add(name, target.source, data)
             manifest.save()
@@ -429,7 +456,7 @@ def _predict_all(args, model_dir: str, targets: list, manifest, bad: list) -> in
 
 
 def _predict_one(predictor: Predictor, target, args, bands, value_range) -> tuple[list, int]:
-    """One input → ([(suffix, bytes, or None for a file already written in place)], its pixels). The size comes
+    """One input → ([(suffix, bytes[, "in place" for a file already written])], its pixels). The size comes
     from the header first: an image above --max_pixels is predicted window by window when it is a tiled or
     stripped TIFF, and refused (ValueError) otherwise, never decoded whole."""
     f = common.files.open_read(target.path)
@@ -448,7 +475,11 @@ def _predict_one(predictor: Predictor, target, args, bands, value_range) -> tupl
                                      f"is {info.width}×{info.height}; they must be the same size")
                 rasters[name] = codec.orient(raster, orientation) if orientation > 1 else raster
             classes = predictor.predict(image, args.overlap, extras=rasters)  # as viewers show it (EXIF applied)
-            return predictor.encode(image, classes, args.format), info.width * info.height
+            grid = geo.read(data) if args.georeferenced_as == "tif" else None
+            written = predictor.encode(image, classes, args.format)
+            if grid is not None:  # back on the map: ID.tif on the input's grid instead of ID.png
+                written[0] = (prediction_output.WINDOWED, predictor.geotiff(classes, args.format, grid))
+            return written, info.width * info.height
         regions = None
         if info.format == "tiff":
             from segprep.regions import TiffRegions
@@ -463,7 +494,8 @@ def _predict_one(predictor: Predictor, target, args, bands, value_range) -> tupl
             for name, extra in args.extras.items():
                 source = None if extra.bands else _extra_regions(extra, target, info, opened)
                 extra_regions[name] = (source, extra)
-            return _predict_windowed(predictor, target, args, regions, bands, value_range, extra_regions), \
+            grid = geo.read_file(f) if args.georeferenced_as == "tif" else None
+            return _predict_windowed(predictor, target, args, regions, bands, value_range, extra_regions, grid), \
                 info.width * info.height
     finally:
         f.close()
@@ -494,7 +526,7 @@ def _extra_regions(extra, target, info, opened):
     return regions
 
 
-def _predict_windowed(predictor, target, args, regions, bands, value_range, extra_regions) -> list:
+def _predict_windowed(predictor, target, args, regions, bands, value_range, extra_regions, grid=None) -> list:
     name = f"{target.name}{prediction_output.WINDOWED}"
     final = f"{args.output_dir.rstrip('/')}/{name}"
     local = final if not storage.is_remote(final) else None
@@ -502,7 +534,8 @@ def _predict_windowed(predictor, target, args, regions, bands, value_range, extr
                                 dir=os.path.dirname(os.path.abspath(final)) if local else None)
     os.close(fd)
     try:
-        data = predictor.write_tiled(regions, temp, args.format, args.overlap, bands, value_range, extra_regions)
+        data = predictor.write_tiled(regions, temp, args.format, args.overlap, bands, value_range, extra_regions,
+                                     grid)
         if local:
             os.replace(temp, final)
         else:
@@ -510,7 +543,7 @@ def _predict_windowed(predictor, target, args, regions, bands, value_range, extr
     finally:
         if os.path.exists(temp):
             os.remove(temp)
-    return [(prediction_output.WINDOWED, data)]
+    return [(prediction_output.WINDOWED, data, "in place")]
 
 
 def main(argv: list[str] | None = None) -> int:
