@@ -286,3 +286,36 @@ def test_a_prediction_of_a_geotiff_is_a_geotiff_on_the_inputs_grid(tmp_path, run
     assert predict.main(["--model_dir", run_dir, "--input", str(tmp_path / "in"), "--output_dir",
                          str(tmp_path / "png"), "--georeferenced_as", "png"]) == 0
     assert (tmp_path / "png" / "scene.png").exists() and not (tmp_path / "png" / "scene.tif").exists()
+
+
+def test_a_val_scene_comes_back_whole_on_its_grid_stitched_from_its_tiles(tmp_path, run_dir, capsys):
+    from trainer import predict
+
+    root, out = tmp_path / "scene", tmp_path / "records"
+    collars = collar_scene(root, size=(300, 280))
+    assert prepare.run(["--input_dir", str(root), "--output_dir", str(out), "--images", "{split}/img/{id}.tif",
+                        "--masks", "{split}/lbl/{id}.tif", "--palette", "inria", "--crop_size", "64",
+                        "--image_format", "png", *BEAM]) == 0  # (lossless tiles: comparable with the source)
+    preds = tmp_path / "preds"
+    assert predict.main(["--model_dir", run_dir, "--records", str(out), "--output_dir", str(preds), "--format",
+                         "index"]) == 0
+    assert "1 images stitched from" in capsys.readouterr().out
+    with rasterio.open(preds / "s.tif") as scene:
+        assert (scene.crs.to_string(), scene.transform, scene.width, scene.height) == \
+            (CRS, Affine(PIXEL, 0, ORIGIN[0], 0, -PIXEL, ORIGIN[1]), 280, 300)
+        stitched = scene.read(1)
+    # Each tile's prediction in its place; pixels of tiles skipped for holding no data have none (255).
+    image = rasterio.open(root / "val" / "img" / "s.tif").read().transpose(1, 2, 0)
+    predictor = predict.Predictor(run_dir)
+    for y in range(0, 300, 64):
+        for x in range(0, 280, 64):
+            tile = stitched[y:y + 64, x:x + 64]
+            if collars["val"][y:y + 64, x:x + 64].all():
+                assert (tile == 255).all()
+            else:
+                part = np.zeros((64, 64, 3), np.uint8)
+                part[:tile.shape[0], :tile.shape[1]] = image[y:y + 64, x:x + 64]
+                np.testing.assert_array_equal(tile, predictor.predict(part)[:tile.shape[0], :tile.shape[1]])
+    assert predict.main(["--model_dir", run_dir, "--records", str(out), "--split", "train", "--output_dir",
+                         str(tmp_path / "p2")]) == 2
+    assert "random windows" in capsys.readouterr().err

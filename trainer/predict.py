@@ -3,6 +3,7 @@
     python -m trainer.predict --model_dir runs/latest --input photo.jpg --output_dir preds/
     python -m trainer.predict --model_dir runs/latest --input folder/ --output_dir preds/
     python -m trainer.predict --model_dir runs/latest --input VOC_ROOT --split val --output_dir preds/
+    python -m trainer.predict --model_dir runs/latest --records data/records --split val --output_dir scenes/
 
 For each image, writes ID.png (colour mask in the dataset's palette, or with --format index 8-bit class indices)
 and ID_overlay.jpg (mask over the photo). Images larger than the training crop are predicted with overlapping
@@ -361,10 +362,14 @@ def build_parser() -> Parser:
                epilog=examples(__doc__))
     p.add_argument("--model_dir", default="runs/latest",
                    help="a finished training run, local or gs:// (default: %(default)s)")
-    p.add_argument("--input", required=True,
+    p.add_argument("--input",
                    help="an image (.jpg/.jpeg/.png), a folder of images, or a VOC root (with --split); local or "
                         "gs://")
-    p.add_argument("--split", help="with a VOC root: which ImageSets/Segmentation list (default: val)")
+    p.add_argument("--records", metavar="DATA_DIR",
+                   help="instead of --input: prepare's output; every tile of --split (default: val) is predicted "
+                        "and each source image comes back whole, stitched from its tiles at their offsets: ID.tif "
+                        "on its own grid for a georeferenced source, else ID.png")
+    p.add_argument("--split", help="with a VOC root or --records: which split (default: val)")
     p.add_argument("--output_dir", default="preds", help="where ID.png and ID_overlay.jpg go, local or gs:// "
                                                          "(default: %(default)s)")
     p.add_argument("--overlap", type=cli.number(0.0, 0.9), default=0.25,
@@ -393,11 +398,17 @@ def build_parser() -> Parser:
 
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if (args.input is None) == (args.records is None):
+        raise UsageError("give --input (images to predict) or --records (prepare's output, to stitch a split's "
+                         "tiles back into whole images), one of them.")
     model_dir = args.model_dir.rstrip("/")
-    args.extras = extra_sources(read_run_info(model_dir), args.extra_inputs)  # answered before TensorFlow loads
     out_dir = args.output_dir.rstrip("/")
     if not storage.is_remote(out_dir) and os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise UsageError(f"--output_dir {out_dir} is a file, not a folder: choose another --output_dir.")
+    if args.records is not None:
+        read_run_info(model_dir)
+        return _stitch_split(args, model_dir, out_dir)
+    args.extras = extra_sources(read_run_info(model_dir), args.extra_inputs)  # answered before TensorFlow loads
     inputs = list_inputs(args.input, args.split)
     bad = [(name, path) for name, path in inputs if pairs.bad_id(name)]  # ids that would name a path outside
     inputs = [item for item in inputs if item not in bad]
@@ -412,6 +423,49 @@ def run(argv: list[str] | None = None) -> int:
             return _predict_all(args, model_dir, targets, manifest, bad)
     except runlock.FolderError as e:
         raise UsageError(f"--output_dir: {e}") from None
+
+
+def _stitch_split(args, model_dir: str, out_dir: str) -> int:
+    """--records: every tile of the split predicted, each source image stitched whole (trainer/stitch.py)."""
+    from trainer import stitch
+
+    split = args.split or "val"
+    meta, paths = stitch.split_of(args.records, split)
+    started = time.time()
+    try:
+        with runlock.hold(out_dir, "python -m trainer.predict"):
+            manifest = prediction_output.Manifest(out_dir)
+            predictor = Predictor(model_dir, args.output)
+            bar = Progress("predict", meta.split(split).records, "tiles")
+            with stitch.work_dir(out_dir) as work:
+                scenes = stitch.stitch(predictor, paths, work, progress=bar)
+                bar.close()
+                source = f"{args.records.rstrip('/')}#{split}"
+                targets = prediction_output.plan(
+                    [(image_id, f"{source}/{image_id}{'.tif' if scene.grid else '.png'}")
+                     for image_id, scene in sorted(scenes.items())])
+                prediction_output.check(targets, manifest)
+                pixels = 0
+                for image_id, target in zip(sorted(scenes), targets):
+                    scene = scenes[image_id]
+                    classes = np.asarray(scene.canvas)
+                    if scene.grid is not None:
+                        name, data = target.name + ".tif", predictor.geotiff(classes, args.format, scene.grid)
+                    else:
+                        colors = predictor.palette.colorize(classes)
+                        data = (codec.encode_index_png(classes) if args.format == "index"
+                                else codec.encode_image(colors, "png", consume=True))
+                        name = target.name + ".png"
+                    common.files.write_bytes(f"{out_dir}/{name}", data)
+                    manifest.add(name, target.source, data)
+                    manifest.save()
+                    pixels += classes.size
+    except runlock.FolderError as e:
+        raise UsageError(f"--output_dir: {e}") from None
+    seconds = time.time() - started
+    print(f"predict: {len(scenes)} images stitched from {meta.split(split).records} {split} tiles "
+          f"({pixels / 1e6:,.1f} Mpx) in {seconds:.1f} s → {out_dir}/")
+    return 0
 
 
 def _predict_all(args, model_dir: str, targets: list, manifest, bad: list) -> int:
