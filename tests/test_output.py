@@ -179,7 +179,11 @@ def test_the_lock_names_its_holder_and_a_killed_holder_leaves_it_free(tmp_path):
             with runlock.hold(folder, "python -m trainer.train"):
                 pass
         assert f"{folder} is being written by `python -m pipelines.prepare` (pid {os.getpid()} on " in str(e.value)
-    assert os.listdir(folder) == []  # released: the lock file goes with it
+    assert not os.path.exists(folder)  # released: the lock file goes, and so does the folder the run made empty
+    os.makedirs(folder)
+    with runlock.hold(folder, "python -m pipelines.prepare"):
+        pass
+    assert os.listdir(folder) == []  # a folder that was there stays
     code = ("import sys, time\nfrom segprep import runlock\n"
             "with runlock.hold(sys.argv[1], 'holder'):\n    print('held', flush=True)\n    time.sleep(300)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, folder], env=dict(os.environ, PYTHONPATH=REPO),
