@@ -13,6 +13,10 @@ within JPEG's error, and every 8th image crop fits its own place better than any
 
 Goals: peak RSS for 40,000² within 10% of the 10,000² figure and under 1 GB; two workers ≥ 1.3× one on 40,000².
 
+Beside the smallest TIFF, the same pair georeferenced (a UTM CRS and 0.3 m pixels, as GDAL writes the tags), and
+georeferenced with a nodata value declared (GDAL_NODATA 0 on the image: every region's pixels are then compared with
+it): what reading the grid, carrying each crop's transform, and nodata cost, side by side.
+
     ./dev bench giant            # all sizes (about 15 minutes on 2 cores; 2.5 GB of disk for the 40,000² pair)
     ./dev bench giant 10000      # only the sizes given
 """
@@ -129,6 +133,35 @@ def make_giant(root: str, side: int) -> None:
         write_tiff(os.path.join(root, folder, "train", "tile.tif"), fn, side, side, tile=512, compression=compression)
 
 
+def _georeferenced(root: str, tmp: str, side: int) -> list[tuple]:
+    """The pair at `root` stamped with a grid (and then a nodata value), each prepared on 1 and 2 workers."""
+    import shutil
+
+    from segprep import geo
+
+    rows = []
+    for label, nodata in (("georeferenced", None), ("georef. + nodata 0", 0.0)):
+        copy = os.path.join(tmp, "geo")
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(root, copy)
+        grid = geo.Grid("EPSG:32632", (412345.678901, 0.3, 0.0, 5823456.789012, 0.0, -0.3))
+        for folder in ("images", "masks"):
+            geo.stamp(os.path.join(copy, folder, "train", "tile.tif"), grid)
+        if nodata is not None:
+            import rasterio
+
+            with rasterio.open(os.path.join(copy, "images", "train", "tile.tif"), "r+") as image:
+                image.nodata = nodata
+        for workers, extra in ((1, ()), (2, TWO)):
+            out = os.path.join(tmp, "out")
+            peak, mpx, _ = run_prepare("--input_dir", copy, "--output_dir", out, "--overwrite",
+                                       "--images", "images/{split}/{id}.tif", "--masks", "masks/{split}/{id}.tif",
+                                       *extra)
+            rows.append((f"{side:,}² TIFF, {label}", workers, peak, mpx))
+        shutil.rmtree(copy)
+    return rows
+
+
 def main(argv=()):
     sizes = tuple(int(a) for a in argv) or SIZES
     rows = []
@@ -152,6 +185,8 @@ def main(argv=()):
                                            "--images", "images/{split}/{id}.tif", "--masks", "masks/{split}/{id}.tif",
                                            *extra)
                 rows.append((f"{side:,}² tiled TIFF, by window", workers, peak, mpx))
+            if side == sizes[0]:
+                rows += _georeferenced(root, tmp, side)
             checked, worst, shifted = check_crops(out)
             print(f"    (checked all {checked:,} crops of the {side:,}² tile against its source: masks equal, images "
                   f"within {worst:.2f} mean absolute error (JPEG); {shifted:,} of them fit their own place better "
