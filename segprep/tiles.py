@@ -214,7 +214,8 @@ class _Source:
         self._window, self._image, self._mask, self._config = window, image, mask, config
         self._extra = dict(zip((e.name for e in config.extra_inputs if e.pattern is not None), extra))
         self.index_mask = False
-        self._empty: dict = {}  # the last region's no-data pixels (classes and the crops' tests read it twice)
+        self._empty = None  # (region, its no-data pixels): the last region's (its parts are cut from it)
+        self._raw = None  # (region, the image's samples there): the last region read
         # The nodata value each extra input's TIFF declares (bands of the image: the image's).
         self.nodata = {e.name: value for e in config.extra_inputs
                        if (value := (image if e.bands else self._extra[e.name]).nodata) is not None}
@@ -253,21 +254,33 @@ class _Source:
             conversion.classes[empty] = IGNORE_LABEL
         return conversion
 
+    def _samples(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The image's stored samples of a region; the last region read is kept, so that a region whose no-data
+        pixels were found is not decoded again for its image."""
+        key = (y0, y1, x0, x1)
+        if self._raw is None or self._raw[0] != key:
+            self._raw = None  # (a failed read keeps nothing)
+            self._raw = key, self._image.read(y0, y1, x0, x1)
+        return self._raw[1]
+
     def empty(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray | None:
-        """(h, w) bool: the region's pixels whose every image band equals the nodata value; None without one."""
+        """(h, w) bool: the region's pixels whose every image band equals the nodata value; None without one. A
+        part of the last region asked for is cut from it (`_cut` asks for its whole region first)."""
         if self._window.nodata is None:
             return None
-        key = (y0, y1, x0, x1)
-        if key not in self._empty:
-            try:
-                self._empty = {key: empty_pixels(self._image.read(y0, y1, x0, x1), self._window.nodata)}
-            except codec.DecodeError as e:
-                raise InputError(e.reason or "bad_image", f"image: {e}") from None
-        return self._empty[key]
+        if self._empty is not None:
+            (ry0, ry1, rx0, rx1), region = self._empty
+            if ry0 <= y0 and y1 <= ry1 and rx0 <= x0 and x1 <= rx1:
+                return region[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0]
+        try:
+            self._empty = (y0, y1, x0, x1), empty_pixels(self._samples(y0, y1, x0, x1), self._window.nodata)
+        except codec.DecodeError as e:
+            raise InputError(e.reason or "bad_image", f"image: {e}") from None
+        return self._empty[1]
 
     def image(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         try:
-            return codec.tiff_image(self._image.tiff(self._image.read(y0, y1, x0, x1)), self._config.bands,
+            return codec.tiff_image(self._image.tiff(self._samples(y0, y1, x0, x1)), self._config.bands,
                                     self._config.image_range)
         except codec.DecodeError as e:
             raise InputError(e.reason or "bad_image", f"image: {e}") from None
@@ -311,6 +324,7 @@ def _cut(window: Window, source: _Source, config: ConvertConfig, training: bool,
     y0, x0 = window.y, window.x
     y1 = max([window.y + window.h] + [_clip(b, height, width)[1] for b in boxes.values()])
     x1 = max([window.x + window.w] + [_clip(b, height, width)[3] for b in boxes.values()])
+    source.empty(y0, y1, x0, x1)  # (with a nodata value: the region's image read once, for all of the below)
     cell = source.classes(window.y, window.y + window.h, window.x, window.x + window.w)
     _count_source(cell, source.index_mask, summary)
     empty = source.empty(window.y, window.y + window.h, window.x, window.x + window.w)

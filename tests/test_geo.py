@@ -268,9 +268,10 @@ def test_a_prediction_of_a_geotiff_is_a_geotiff_on_the_inputs_grid(tmp_path, run
     geotiff(tmp_path / "in" / "scene.tif", image, transform)
     geotiff(tmp_path / "big" / "scene.tif", image, transform)  # the same, predicted window by window
     out = tmp_path / "out"
-    assert predict.main(["--model_dir", run_dir, "--input", str(tmp_path / "in"), "--output_dir", str(out)]) == 0
+    assert predict.main(["--model_dir", run_dir, "--input", str(tmp_path / "in"), "--output_dir", str(out),
+                         "--probabilities"]) == 0
     assert predict.main(["--model_dir", run_dir, "--input", str(tmp_path / "big"), "--output_dir",
-                         str(tmp_path / "windowed"), "--max_pixels", "5000"]) == 0
+                         str(tmp_path / "windowed"), "--max_pixels", "5000", "--probabilities"]) == 0
     whole = None
     for path in (out / "scene.tif", tmp_path / "windowed" / "scene.tif"):
         with rasterio.open(path) as written:
@@ -282,6 +283,15 @@ def test_a_prediction_of_a_geotiff_is_a_geotiff_on_the_inputs_grid(tmp_path, run
         whole = classes if whole is None else whole
         np.testing.assert_array_equal(classes, whole)
     assert not (out / "scene.png").exists() and (out / "scene_overlay.jpg").exists()
+    expected = np.zeros((150, 170, 21), np.uint8)
+    predict.Predictor(run_dir).predict(image, probabilities=lambda y, rows: expected.__setitem__(
+        slice(y, y + len(rows)), rows))
+    for path in (out / "scene_probs.tif", tmp_path / "windowed" / "scene_probs.tif"):
+        with rasterio.open(path) as probs:  # a band a class, probability × 255, on the input's grid
+            assert (probs.crs.to_string(), probs.transform, probs.count) == (CRS, transform, 21)
+            bands = probs.read()
+        assert np.abs(bands.sum(0).astype(int) - 255).max() <= 11  # rounding, 21 bands
+        np.testing.assert_array_equal(bands.transpose(1, 2, 0), expected)  # the same whole or window by window
     np.testing.assert_array_equal(whole, predict.Predictor(run_dir).predict(image))
     assert predict.main(["--model_dir", run_dir, "--input", str(tmp_path / "in"), "--output_dir",
                          str(tmp_path / "png"), "--georeferenced_as", "png"]) == 0

@@ -20,6 +20,7 @@ inputs share, are found before anything is written.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import tempfile
@@ -98,21 +99,23 @@ class Predictor:
         return tf.nn.softmax(logits, axis=-1)
 
     def predict(self, image: np.ndarray, overlap: float = 0.25, batch: int = 8,
-                extras: dict[str, np.ndarray] | None = None) -> np.ndarray:
+                extras: dict[str, np.ndarray] | None = None, probabilities=None) -> np.ndarray:
         """(H, W, 3) uint8 RGB, and {name: (H, W, C)} of the extra inputs the model takes → (H, W) uint8 class
         indices (see `predict_rows`)."""
         h, w = image.shape[:2]
         out = np.empty((h, w), np.uint8)
         rasters = {"image": image, **(extras or {})}
         for start, rows in self.predict_rows(lambda y0, y1: {n: r[y0:y1] for n, r in rasters.items()}, h, w,
-                                             overlap, batch):
+                                             overlap, batch, probabilities):
             out[start:start + len(rows)] = rows
         return out
 
-    def predict_rows(self, read, h: int, w: int, overlap: float = 0.25, batch: int = 8):
+    def predict_rows(self, read, h: int, w: int, overlap: float = 0.25, batch: int = 8, probabilities=None):
         """Class indices of an H × W image whose rows [y0, y1) `read(y0, y1)` gives as (rows, W, 3) uint8 RGB, or
         as {input name: (rows, W, C)} of every input the model takes: yields (first row, (n, W) uint8 rows), top
-        to bottom, each row once. Every input is cut at the same windows.
+        to bottom, each row once. Every input is cut at the same windows. With `probabilities`, each band of rows
+        is also given to `probabilities(first row, (n, W, C) uint8)`: the class probabilities (the windows' mean)
+        × 255, rounded.
 
         Windows of the crop size every `(1 - overlap)` crop, the last one flush with the edge; their
         probabilities are summed in a ring buffer of one window's height (row r lives in buffer row r mod S), so
@@ -136,7 +139,11 @@ class Predictor:
             for rows, ring_rows in pieces(start, stop):
                 keep = slice(rows.start, min(rows.stop, h))
                 if keep.stop > keep.start:
-                    yield keep.start, np.argmax(ring[ring_rows], -1)[: keep.stop - keep.start, :w].astype(np.uint8)
+                    summed = ring[ring_rows][: keep.stop - keep.start, :w]
+                    if probabilities is not None:
+                        share = summed / np.maximum(summed.sum(-1, keepdims=True), 1e-12)
+                        probabilities(keep.start, np.rint(share * 255).astype(np.uint8))
+                    yield keep.start, np.argmax(summed, -1).astype(np.uint8)
                 ring[ring_rows] = 0
 
         done = 0
@@ -177,7 +184,7 @@ class Predictor:
         return [(prediction_output.SUFFIXES[0], mask)] + out
 
     def write_tiled(self, regions, path: str, fmt: str, overlap: float, bands, value_range,
-                    extra_regions: dict | None = None, grid=None) -> bytes:
+                    extra_regions: dict | None = None, grid=None, probs_path: str | None = None) -> bytes:
         """A tiled TIFF read window by window (`segprep.regions.TiffRegions`) → its prediction as a tiled,
         deflate-compressed 8-bit TIFF of class indices (with the palette as its colour map for `fmt` "color"),
         written at `path` (local), one band of window rows at a time; → the file's bytes (for the manifest).
@@ -195,8 +202,20 @@ class Predictor:
                                          regions.nodata if source is None else source.nodata)
             return out
 
-        rows = self.predict_rows(read, h, w, overlap)
-        self._write_tiff(path, _tiles(rows, w, TIFF_TILE), h, w, fmt, grid)
+        probs = None
+        if probs_path is not None:  # on disk beside the output, H × W × C bytes: written after the classes
+            probs = np.lib.format.open_memmap(probs_path + ".npy", mode="w+", dtype=np.uint8,
+                                              shape=(h, w, self.num_classes))
+        try:
+            sink = None if probs is None else (lambda y, rows: probs.__setitem__(slice(y, y + len(rows)), rows))
+            rows = self.predict_rows(read, h, w, overlap, probabilities=sink)
+            self._write_tiff(path, _tiles(rows, w, TIFF_TILE), h, w, fmt, grid)
+            if probs is not None:
+                self._write_probabilities(probs_path, probs, grid)
+        finally:
+            if probs is not None:
+                del probs
+                os.remove(probs_path + ".npy")
         with open(path, "rb") as f:
             return f.read()
 
@@ -211,6 +230,31 @@ class Predictor:
             colormap = self.palette.color_array().T.astype(np.uint16) * 257
         tifffile.imwrite(path, tiles, shape=(h, w), dtype=np.uint8, tile=(TIFF_TILE, TIFF_TILE), compression="zlib",
                          photometric="palette" if colormap is not None else "minisblack", colormap=colormap)
+        if grid is not None:
+            geo.stamp(path, grid)
+
+    def probability_tiff(self, probs: np.ndarray, grid=None) -> bytes:
+        """(H, W, C) uint8 class probabilities × 255 → the bytes of a tiled, deflate TIFF with a band a class
+        (named by the palette's class names), on `grid` when given."""
+        import tifffile
+
+        fd, path = tempfile.mkstemp(prefix="segprep-", suffix=".tif")
+        os.close(fd)
+        try:
+            self._write_probabilities(path, probs, grid)
+            with open(path, "rb") as f:
+                return f.read()
+        finally:
+            os.remove(path)
+
+    def _write_probabilities(self, path: str, probs: np.ndarray, grid=None) -> None:
+        import tifffile
+
+        h, w, c = probs.shape
+        tifffile.imwrite(path, _tiles(_bands_of(probs), w, TIFF_TILE, c), shape=(h, w, c), dtype=np.uint8,
+                         tile=(TIFF_TILE, TIFF_TILE), compression="zlib", photometric="minisblack",
+                         planarconfig="contig", extrasamples=["unspecified"] * (c - 1),
+                         description=json.dumps({"bands": list(self.palette.names), "scale": "probability x 255"}))
         if grid is not None:
             geo.stamp(path, grid)
 
@@ -230,11 +274,18 @@ class Predictor:
 TIFF_TILE = 256
 
 
-def _tiles(rows, width: int, tile: int):
-    """Rows of class indices, top to bottom ((first row, (n, W)) pieces) → the TIFF's tiles in file order, each
-    (tile, tile), the last row and column of tiles padded with 0: one band of `tile` rows in memory."""
+def _bands_of(array: np.ndarray, step: int = TIFF_TILE):
+    """An array as (first row, rows) pieces, for `_tiles`."""
+    for y in range(0, array.shape[0], step):
+        yield y, array[y:y + step]
+
+
+def _tiles(rows, width: int, tile: int, channels: int = 0):
+    """Rows of class indices, top to bottom ((first row, (n, W)) pieces; (n, W, C) with `channels`) → the TIFF's
+    tiles in file order, each (tile, tile[, C]), the last row and column of tiles padded with 0: one band of `tile`
+    rows in memory."""
     cols = -(-width // tile)
-    band = np.zeros((tile, cols * tile), np.uint8)
+    band = np.zeros((tile, cols * tile) + ((channels,) if channels else ()), np.uint8)
     filled = 0
     for _, piece in rows:
         while len(piece):
@@ -386,6 +437,9 @@ def build_parser() -> Parser:
                         "gs:// path where {id} (or {id:pad=N}) is the image's id, e.g. 'dsm=tiles/dsm_{id}.tif', or "
                         "@B for bands of the image file itself; repeat for several. Inputs prepare took as @B "
                         "bands are taken so by default")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write ID_probs.tif: a tiled TIFF with a band per class, its probability × 255 (the "
+                        "mean over the overlapping windows), on the input's grid for a georeferenced input")
     p.add_argument("--georeferenced_as", choices=("tif", "png"), default="tif",
                    help="a georeferenced input's (a GeoTIFF's) prediction: tif = ID.tif, a tiled, compressed "
                         "GeoTIFF of class indices on the input's CRS and transform, with the palette as its colour "
@@ -418,7 +472,8 @@ def run(argv: list[str] | None = None) -> int:
             inputs = prediction_output.exclude_predictions(inputs, manifest)  # never predictions of predictions
             if not inputs and not bad:
                 raise UsageError(f"--input {args.input} holds no images but predict's own earlier outputs.")
-            targets = prediction_output.plan(inputs)
+            targets = prediction_output.plan(inputs, (prediction_output.PROBABILITIES,) if args.probabilities
+                                             else ())
             prediction_output.check(targets, manifest)  # before anything is written
             return _predict_all(args, model_dir, targets, manifest, bad)
     except runlock.FolderError as e:
@@ -528,11 +583,16 @@ def _predict_one(predictor: Predictor, target, args, bands, value_range) -> tupl
                     raise ValueError(f"extra input {name} is {raster.shape[1]}×{raster.shape[0]} (w×h) but its image "
                                      f"is {info.width}×{info.height}; they must be the same size")
                 rasters[name] = codec.orient(raster, orientation) if orientation > 1 else raster
-            classes = predictor.predict(image, args.overlap, extras=rasters)  # as viewers show it (EXIF applied)
+            probs = np.empty((info.height, info.width, predictor.num_classes), np.uint8) \
+                if args.probabilities else None
+            sink = None if probs is None else (lambda y, rows: probs.__setitem__(slice(y, y + len(rows)), rows))
+            classes = predictor.predict(image, args.overlap, extras=rasters, probabilities=sink)  # as viewers show it
             grid = geo.read(data) if args.georeferenced_as == "tif" else None
             written = predictor.encode(image, classes, args.format)
             if grid is not None:  # back on the map: ID.tif on the input's grid instead of ID.png
                 written[0] = (prediction_output.WINDOWED, predictor.geotiff(classes, args.format, grid))
+            if probs is not None:
+                written.append((prediction_output.PROBABILITIES, predictor.probability_tiff(probs, grid)))
             return written, info.width * info.height
         regions = None
         if info.format == "tiff":
@@ -581,23 +641,33 @@ def _extra_regions(extra, target, info, opened):
 
 
 def _predict_windowed(predictor, target, args, regions, bands, value_range, extra_regions, grid=None) -> list:
-    name = f"{target.name}{prediction_output.WINDOWED}"
-    final = f"{args.output_dir.rstrip('/')}/{name}"
-    local = final if not storage.is_remote(final) else None
-    fd, temp = tempfile.mkstemp(prefix=".segprep-", suffix=".tif",
-                                dir=os.path.dirname(os.path.abspath(final)) if local else None)
-    os.close(fd)
+    out = args.output_dir.rstrip("/")
+    final = f"{out}/{target.name}{prediction_output.WINDOWED}"
+    probs_final = f"{out}/{target.name}{prediction_output.PROBABILITIES}" if args.probabilities else None
+    local = not storage.is_remote(final)
+    folder = os.path.dirname(os.path.abspath(final)) if local else None
+    temps = []
+    for _ in range(2 if probs_final else 1):
+        fd, temp = tempfile.mkstemp(prefix=".segprep-", suffix=".tif", dir=folder)
+        os.close(fd)
+        temps.append(temp)
     try:
-        data = predictor.write_tiled(regions, temp, args.format, args.overlap, bands, value_range, extra_regions,
-                                     grid)
-        if local:
-            os.replace(temp, final)
-        else:
-            common.files.copy(temp, final)
+        data = predictor.write_tiled(regions, temps[0], args.format, args.overlap, bands, value_range, extra_regions,
+                                     grid, temps[1] if probs_final else None)
+        written = [(prediction_output.WINDOWED, data, "in place")]
+        if probs_final:
+            with open(temps[1], "rb") as f:
+                written.append((prediction_output.PROBABILITIES, f.read(), "in place"))
+        for temp, target_path in zip(temps, (final, probs_final)):
+            if local:
+                os.replace(temp, target_path)
+            else:
+                common.files.copy(temp, target_path)
     finally:
-        if os.path.exists(temp):
-            os.remove(temp)
-    return [(prediction_output.WINDOWED, data, "in place")]
+        for temp in temps:
+            if os.path.exists(temp):
+                os.remove(temp)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:

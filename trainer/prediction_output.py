@@ -24,7 +24,8 @@ from segprep.cli import UsageError
 from trainer import common
 
 SUFFIXES = (".png", "_overlay.jpg")  # what an image predicted whole gives
-WINDOWED = ".tif"  # what a tiled TIFF above --max_pixels gives
+WINDOWED = ".tif"  # what a tiled TIFF above --max_pixels, or a georeferenced input, gives
+PROBABILITIES = "_probs.tif"  # with --probabilities: a band of class probabilities × 255 per class
 TIFF_EXTS = (".tif", ".tiff")
 
 
@@ -35,11 +36,12 @@ class Target:
     name: str  # the stem of its outputs
     path: str  # the input file
     source: str  # the input, as the manifest records it: an absolute local path or a URL
+    more: tuple[str, ...] = ()  # suffixes the run's flags add (--probabilities)
 
     @property
     def reserved(self) -> list[str]:
         """Every name this input's outputs may take: a TIFF may be predicted window by window (ID.tif)."""
-        names = [self.name + s for s in SUFFIXES]
+        names = [self.name + s for s in SUFFIXES + self.more]
         return names + [self.name + WINDOWED] if self.path.lower().endswith(TIFF_EXTS) else names
 
 
@@ -47,7 +49,7 @@ def source_of(path: str) -> str:
     return path if storage.is_remote(path) else os.path.abspath(path)
 
 
-def plan(inputs: list[tuple[str, str]]) -> list[Target]:
+def plan(inputs: list[tuple[str, str]], more: tuple[str, ...] = ()) -> list[Target]:
     """[(id, path)] → a Target each; ids that two inputs share keep their extension (see the module docstring).
     A UsageError when names still collide."""
     count: dict[str, int] = {}
@@ -56,7 +58,7 @@ def plan(inputs: list[tuple[str, str]]) -> list[Target]:
     targets = []
     for image_id, path in inputs:
         name = image_id if count[image_id] == 1 else image_id + os.path.splitext(path)[1]
-        targets.append(Target(name, path, source_of(path)))
+        targets.append(Target(name, path, source_of(path), more))
     owner: dict[str, Target] = {}
     for target in targets:
         for name in target.reserved:
