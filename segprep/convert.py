@@ -206,11 +206,15 @@ def empty_pixels(samples: np.ndarray, value: float) -> np.ndarray:
     """(H, W) bool: the pixels whose every band equals the nodata `value` (NaN where it is NaN)."""
     if samples.ndim == 2:
         samples = samples[..., None]
-    if value != value:
-        hit = np.isnan(samples) if samples.dtype.kind == "f" else np.zeros(samples.shape, bool)
-    else:
-        hit = samples == value
-    return hit.all(axis=2)
+    out = None
+    for b in range(samples.shape[2]):  # band by band: several times faster than .all(axis=2) over a short axis
+        band = samples[..., b]
+        if value != value:
+            hit = np.isnan(band) if band.dtype.kind == "f" else np.zeros(band.shape, bool)
+        else:
+            hit = band == value
+        out = hit if out is None else np.logical_and(out, hit, out=out)
+    return out
 
 
 def no_data(image_bytes: bytes, image: np.ndarray, config: ConvertConfig, orientation: int = 1) -> np.ndarray | None:
