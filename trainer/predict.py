@@ -184,14 +184,12 @@ class Predictor:
         return [(prediction_output.SUFFIXES[0], mask)] + out
 
     def write_tiled(self, regions, path: str, fmt: str, overlap: float, bands, value_range,
-                    extra_regions: dict | None = None, grid=None, probs_path: str | None = None) -> bytes:
+                    extra_regions: dict | None = None, grid=None, probs_path: str | None = None) -> None:
         """A tiled TIFF read window by window (`segprep.regions.TiffRegions`) → its prediction as a tiled,
         deflate-compressed 8-bit TIFF of class indices (with the palette as its colour map for `fmt` "color"),
-        written at `path` (local), one band of window rows at a time; → the file's bytes (for the manifest).
+        written at `path` (local), one band of window rows at a time.
         `extra_regions`: {name: (TiffRegions, or None for bands of the image, ExtraInput)} of the extra inputs the
         model takes, read band by band alike."""
-        import tifffile
-
         h, w = regions.height, regions.width
 
         def read(y0: int, y1: int):
@@ -216,8 +214,6 @@ class Predictor:
             if probs is not None:
                 del probs
                 os.remove(probs_path + ".npy")
-        with open(path, "rb") as f:
-            return f.read()
 
     def _write_tiff(self, path: str, tiles, h: int, w: int, fmt: str, grid=None) -> None:
         """A tiled, deflate-compressed 8-bit TIFF of class indices at `path` from its `tiles` in file order, the
@@ -236,8 +232,6 @@ class Predictor:
     def probability_tiff(self, probs: np.ndarray, grid=None) -> bytes:
         """(H, W, C) uint8 class probabilities × 255 → the bytes of a tiled, deflate TIFF with a band a class
         (named by the palette's class names), on `grid` when given."""
-        import tifffile
-
         fd, path = tempfile.mkstemp(prefix="segprep-", suffix=".tif")
         os.close(fd)
         try:
@@ -248,6 +242,7 @@ class Predictor:
             os.remove(path)
 
     def _write_probabilities(self, path: str, probs: np.ndarray, grid=None) -> None:
+        """A band a class, probability × 255, tiled and deflate-compressed (see `probability_tiff`)."""
         import tifffile
 
         h, w, c = probs.shape
@@ -542,8 +537,11 @@ def _predict_all(args, model_dir: str, targets: list, manifest, bad: list) -> in
             written, size = _predict_one(predictor, target, args, bands, value_range)
             for suffix, data, *in_place in written:  # an id "a/b" writes OUT/a/b.png
                 name = target.name + suffix
-                if not in_place:  # (a window-by-window ID.tif is written in place already)
-                    common.files.write_bytes(f"{out_dir}/{name}", data)
+                if in_place:  # a window-by-window output, written already: hashed from the file, in pieces
+                    with common.files.open_read(f"{out_dir}/{name}") as f:
+                        manifest.add(name, target.source, f)
+                    continue
+                common.files.write_bytes(f"{out_dir}/{name}", data)
                 manifest.add(name, target.source, data)
             manifest.save()
             pixels += size
@@ -652,12 +650,11 @@ def _predict_windowed(predictor, target, args, regions, bands, value_range, extr
         os.close(fd)
         temps.append(temp)
     try:
-        data = predictor.write_tiled(regions, temps[0], args.format, args.overlap, bands, value_range, extra_regions,
-                                     grid, temps[1] if probs_final else None)
-        written = [(prediction_output.WINDOWED, data, "in place")]
+        predictor.write_tiled(regions, temps[0], args.format, args.overlap, bands, value_range, extra_regions, grid,
+                              temps[1] if probs_final else None)
+        written = [(prediction_output.WINDOWED, None, "in place")]
         if probs_final:
-            with open(temps[1], "rb") as f:
-                written.append((prediction_output.PROBABILITIES, f.read(), "in place"))
+            written.append((prediction_output.PROBABILITIES, None, "in place"))
         for temp, target_path in zip(temps, (final, probs_final)):
             if local:
                 os.replace(temp, target_path)

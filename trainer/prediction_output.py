@@ -91,9 +91,11 @@ class Manifest:
         record = self.records.get(name)
         if record is None or record.input != source:
             return False
-        return record.matches(common.read_bytes(f"{self.out_dir}/{name}"))
+        with common.files.open_read(f"{self.out_dir}/{name}") as f:
+            return record.matches(f)
 
-    def add(self, name: str, source: str, data: bytes) -> None:
+    def add(self, name: str, source: str, data) -> None:
+        """`data`: the file's bytes, or the written file open for binary reading."""
         record = Record.of(name, source, data)
         self.records[name] = record
         self._pending.append(record)

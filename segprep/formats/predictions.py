@@ -15,6 +15,19 @@ import json
 MANIFEST = ".segprep-predictions.jsonl"
 
 
+def digest(data) -> tuple[int, str]:
+    """(size, SHA-256 hex) of bytes, or of a binary file object read in 1 MiB pieces."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return len(data), hashlib.sha256(data).hexdigest()
+    sha, size = hashlib.sha256(), 0
+    while True:
+        piece = data.read(1 << 20)
+        if not piece:
+            return size, sha.hexdigest()
+        sha.update(piece)
+        size += len(piece)
+
+
 class ManifestError(ValueError):
     """A manifest line that is not a record of segprep's predictions."""
 
@@ -27,12 +40,14 @@ class Record:
     sha256: str
 
     @classmethod
-    def of(cls, name: str, source: str, data: bytes) -> Record:
-        return cls(name, source, len(data), hashlib.sha256(data).hexdigest())
+    def of(cls, name: str, source: str, data) -> Record:
+        """`data`: the file's bytes, or the file open for binary reading (read in pieces: a 40,000² prediction
+        is never in memory whole)."""
+        return cls(name, source, *digest(data))
 
-    def matches(self, data: bytes) -> bool:
-        """Whether `data` is still exactly what was written."""
-        return len(data) == self.bytes and hashlib.sha256(data).hexdigest() == self.sha256
+    def matches(self, data) -> bool:
+        """Whether `data` (bytes, or an open binary file) is still exactly what was written."""
+        return digest(data) == (self.bytes, self.sha256)
 
     def line(self) -> str:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False) + "\n"
