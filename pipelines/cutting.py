@@ -14,7 +14,7 @@ import apache_beam as beam
 
 from pipelines.transforms import ERRORS, FAILED, STATS, Counters
 from segprep import storage, tiles
-from segprep.convert import ConvertConfig, encode_crops
+from segprep.convert import ConvertConfig, block_crops, encode_crops
 from segprep.formats.metadata import ErrorRecord, Stats, grid_entry
 
 
@@ -30,6 +30,19 @@ class _CutFn(beam.DoFn):
         total = Stats().add(source)
         if element.grid is not None:
             total.grids = {image_id: grid_entry(element.grid, *classes.shape)}
+        if self._config.split_blocks and split in self._random_splits:  # one image in both splits, by blocks
+            totals = {split: total, "val": Stats()}
+            for part, k, record, stats in block_crops(image_id, image, classes, self._config, bgr=True,
+                                                      rasters=element.extras, nodata=element.nodata,
+                                                      grid=element.grid, empty=element.empty):
+                totals[part].add(stats)
+                if record is not None:
+                    yield part, (image_id, k, record.serialize())
+            self._progress.count("crops_cut", total.crops + totals["val"].crops)
+            self._progress.count("images_done")
+            for part, stats in totals.items():
+                yield beam.pvalue.TaggedOutput(STATS, (part, stats))
+            return
         for k, record, stats in encode_crops(image_id, image, classes, self._config, split in self._random_splits,
                                              bgr=True, rasters=element.extras, nodata=element.nodata,
                                              grid=element.grid, empty=element.empty):
@@ -150,7 +163,9 @@ class CutTiles(beam.PTransform):
         PCollection a round, for the spill path to spill each on its own (see prepare.build)."""
         config, random_splits, progress_ = self._config, self._random_splits, self._progress
 
-        oversample = config.oversample_fraction > 0 and bool(random_splits)
+        # A second round of windows: oversampled crops, or --split_by blocks (whose val blocks are known once the
+        # first round found which blocks hold data).
+        oversample = (config.oversample_fraction > 0 or bool(config.split_blocks)) and bool(random_splits)
 
         def finish(key, value, second=False):
             (split, image_id), (window, summary) = key, value
@@ -165,7 +180,13 @@ class CutTiles(beam.PTransform):
                 stats = summary.stats
             yield beam.pvalue.TaggedOutput(STATS, (split, stats))
             if oversample and not second and split in random_splits:
-                yield from tiles.plan_oversampled(window, summary.positions, config)
+                if config.split_blocks:
+                    windows, train_counts, val_counts = tiles.plan_blocks(window, summary.present, config)
+                    yield beam.pvalue.TaggedOutput(STATS, (split, train_counts))
+                    yield beam.pvalue.TaggedOutput(STATS, (tiles.VAL, val_counts))
+                    yield from windows
+                else:
+                    yield from tiles.plan_oversampled(window, summary.positions, config)
 
         def round_(windows, name, second=False):
             cut = (windows

@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cat_max_ratio", type=cli.number(0.0, 1.0, low_open=True), default=1.0,
                    help="re-draw a crop (up to 10 draws) while one class covers this share of it or more, as "
                         "MMSegmentation does; 1.0 turns it off (default: %(default)s)")
+    p.add_argument("--split_by", default="id", metavar="id|blocks:SIZE",
+                   help="with --val_fraction F: id = hold out whole images; blocks:SIZE = cut every image into "
+                        "SIZE² blocks (a multiple of --crop_size) and make round(F × its blocks holding data), "
+                        "picked by a seeded hash, val: training crops never overlap a val block, val tiles cover "
+                        "them (one scene in both splits, without shared pixels) (default: %(default)s)")
     p.add_argument("--nodata", type=cli.nodata_value, metavar="V",
                    help="the images' nodata value: pixels whose every band equals it (the black collar of an "
                         "orthomosaic: 0) hold no imagery, and their mask pixels become 255 (ignored) whatever the "
@@ -290,6 +295,19 @@ def plan(argv: list[str] | None = None) -> Job:
     return Job(args, options, run_spec, spill_, listing)
 
 
+def _split_blocks(args: argparse.Namespace) -> int | None:
+    from segprep import blocks
+
+    try:
+        size = blocks.parse(args.split_by)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if size is not None and args.val_fraction is None:
+        raise UsageError(f"--split_by {args.split_by} needs --val_fraction F: the share of each image's blocks to "
+                         "hold out as val.")
+    return size
+
+
 def _convert_config(args: argparse.Namespace) -> ConvertConfig:
     """The palette and the crops' settings; a UsageError for a bad palette or value."""
     try:
@@ -308,6 +326,7 @@ def _convert_config(args: argparse.Namespace) -> ConvertConfig:
                              window_size=args.window_size, oversample_fraction=args.oversample_fraction,
                              oversample_classes=_classes(args.oversample_classes, palette), exif=args.exif,
                              nodata=args.nodata, max_nodata=args.max_nodata,
+                             split_blocks=_split_blocks(args), split_fraction=args.val_fraction or 0.0,
                              extra_inputs=extra_inputs)
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -339,6 +358,8 @@ def _check_cheaply(args: argparse.Namespace, beam_args: list[str], out: str) -> 
 
 
 def _list_input(args: argparse.Namespace, spec: pairs.LayoutSpec, root: str) -> pairs.Listing:
+    if args.split_by != "id":
+        return layouts.by_blocks(root, spec, args.splits, args.limit)
     return layouts.find(root, spec, args.splits, args.limit, args.seed, args.allow_shared_ids)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 from collections.abc import Iterator
 
 import cv2
@@ -62,6 +63,8 @@ class ConvertConfig:
     exif: str = "auto"  # a JPEG's or PNG's EXIF orientation: auto (by which way the mask fits), apply, ignore
     nodata: float | None = None  # the images' nodata value (--nodata); None: each TIFF's own GDAL_NODATA, if any
     max_nodata: float = 0.5  # a random crop with a larger share of no-data pixels is drawn again
+    split_blocks: int | None = None  # --split_by blocks:SIZE: each image's val blocks (segprep/blocks.py)
+    split_fraction: float = 0.0  # their share of its blocks that hold data (--val_fraction)
 
     def __post_init__(self) -> None:
         if self.crop_size < 1:
@@ -96,6 +99,14 @@ class ConvertConfig:
             if bad or not self.oversample_classes:
                 raise ValueError(f"oversample_classes must name classes 0..{self.palette.num_classes - 1}. "
                                  f"Received: {','.join(map(str, self.oversample_classes))}")
+        if self.split_blocks is not None:
+            if self.split_blocks % self.crop_size:
+                raise ValueError(f"--split_by blocks:{self.split_blocks}: the block size must be a multiple of "
+                                 f"--crop_size {self.crop_size}, so that val tiles never leave their block")
+            if self.oversample_fraction:
+                raise ValueError("--split_by blocks and --oversample_fraction do not go together yet: choose one")
+            if not 0.0 < self.split_fraction < 1.0:
+                raise ValueError(f"--split_by blocks needs --val_fraction in (0, 1). Received: {self.split_fraction}")
         if not 0.0 <= self.max_nodata <= 1.0:
             raise ValueError(f"max_nodata must be in [0, 1]. Received: {self.max_nodata}")
         if self.exif not in EXIF_MODES:
@@ -457,6 +468,43 @@ def encode_crops(image_id: str, image: np.ndarray, classes: np.ndarray, config: 
         yield k, record, stats
     if tally.nodata_redraws:
         yield -1, None, tally
+
+
+def block_crops(image_id: str, image: np.ndarray, classes: np.ndarray, config: ConvertConfig, bgr: bool = False,
+                rasters: dict | None = None, nodata: dict | None = None, grid: geo.Grid | None = None,
+                empty: np.ndarray | None = None) -> Iterator[tuple[str, int, CropRecord | None, Stats]]:
+    """--split_by blocks: one image's training crops (overlapping no val block) and val tiles (those of its val
+    blocks; segprep/blocks.py): yields (split, crop number, record, stats), record None for what is only counted,
+    as `encode_crops`."""
+    from segprep import blocks
+
+    height, width = classes.shape
+    size = config.crop_size
+    present = None if empty is None else blocks.present_blocks(empty, (0, 0), config.split_blocks, width)
+    chosen = blocks.choose(image_id, height, width, config.split_blocks, config.split_fraction, config.seed, present)
+    tally = Stats()
+    rule = redraw_rule(config, lambda box: crops.cut(classes, box, IGNORE_LABEL),
+                       None if empty is None else lambda box: nodata_share(empty, box), tally)
+    for k in range(config.crops_per_image or crops.auto_crop_count(height, width, size)):
+        allowed = list(itertools.islice(blocks.allowed_draws(
+            crops.random_draws(height, width, size, config.seed, image_id, k), chosen), 10))
+        if not allowed:
+            tally.block_crops_dropped += 1
+            continue
+        box = crops.pick(allowed, rule)
+        record, stats = encode_crop(image_id, box, image, classes, (0, 0), classes.shape, config, bgr, rasters,
+                                    nodata, grid)
+        yield "train", k, record, stats
+    yield "train", -1, None, tally
+    for k, box in enumerate(chosen.tiles(size)):
+        if empty is not None and tile_is_empty(empty, box):
+            yield "val", k, None, Stats(nodata_tiles_skipped=1)
+            continue
+        record, stats = encode_crop(image_id, box, image, classes, (0, 0), classes.shape, config, bgr, rasters,
+                                    nodata, grid)
+        yield "val", k, record, stats
+    yield "val", -1, None, Stats(images=1, val_blocks=len(chosen.val),
+                                 data_blocks=chosen.count if present is None else len(present))
 
 
 def tile_is_empty(empty: np.ndarray, box: crops.CropBox, origin: tuple[int, int] = (0, 0)) -> bool:

@@ -83,7 +83,10 @@ def pick(draws: Iterable[CropBox], dominated: Callable[[CropBox], bool] | None =
         for _ in range(max_tries - 1):
             if not dominated(box):
                 break
-            box = next(draws)
+            following = next(draws, None)
+            if following is None:  # a finite list of draws, used up: the last is kept
+                break
+            box = following
     return box
 
 

@@ -263,6 +263,26 @@ def group_key(image_id: str, group: re.Pattern | None) -> str:
     return m.group(1) if m.groups() else m.group(0)
 
 
+def by_blocks(root: str, spec, wanted: str | None = None, limit: int | None = None) -> Listing:
+    """--val_fraction with --split_by blocks: every pair in "train", whose val blocks make "val" (segprep/blocks.py):
+    both splits list every image; the pairs are read once, under "train"."""
+    images, masks = Pattern.parse("--images", spec.images), Pattern.parse("--masks", spec.masks)
+    if images.has_split or _split_lists(root, spec.split_lists):
+        raise LayoutError("--split_by blocks makes train and val of every image: its layout must have no splits of "
+                          "its own ({split} in --images, or split lists); drop them, or --split_by.")
+    if spec.group_by:
+        raise LayoutError("--group_by keeps images together in one split; --split_by blocks splits each image: "
+                          "choose one.")
+    pairs = [dataclasses.replace(pair, split="train") for _, pair in _pair_listed(root, images, masks)]
+    if not pairs:
+        raise LayoutError(f"--input_dir {root}: no image matches --images {images.text!r}.")
+    if wanted:
+        check_names("--splits", wanted, list(VAL_SPLITS), "--split_by blocks makes")
+    pairs = _sorted(pairs)[:limit] if limit else _sorted(pairs)
+    return Listing(root, images, masks, "blocks", {"train": len(pairs), "val": len(pairs)},
+                   listed={"train": pairs, "val": []})
+
+
 def _by_fraction(root: str, images: Pattern, masks: Pattern, fraction: float, group: re.Pattern | None, seed: int,
                  wanted: str | None) -> Listing:
     pairs = [pair for _, pair in _pair_listed(root, images, masks)]

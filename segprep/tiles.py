@@ -92,6 +92,7 @@ class Summary:
     error: tuple[int, str, str, str] | None = None  # (window number, reason, message, where) of the first fault
     faults: int = 0  # windows with a fault
     positions: crops.ClassPositions | None = None  # the named classes' pixels (--oversample_fraction)
+    present: frozenset | None = None  # --split_by blocks with a nodata value: the blocks found holding data
 
     def add(self, other: Summary) -> Summary:
         self.stats.add(other.stats)
@@ -101,6 +102,8 @@ class Summary:
         if other.error is not None and (self.error is None or other.error[0] < self.error[0]):
             self.error = other.error
         self.faults += other.faults
+        if other.present is not None:
+            self.present = other.present if self.present is None else self.present | other.present
         if other.positions is not None:  # a copy: `other` may be a runner's input element, never to be changed
             self.positions = (copy.deepcopy(other.positions) if self.positions is None
                               else self.positions.merge(other.positions))
@@ -179,10 +182,52 @@ def plan_windows(pair: TiledPair, config: ConvertConfig, training: bool) -> list
     oversampled crops are left for `plan_oversampled`."""
     size = config.window_size
     owned: dict[int, list[int]] = {n: [] for n in range(math.ceil(pair.height / size) * math.ceil(pair.width / size))}
+    if config.split_blocks and training:  # first round: checked and counted, and which blocks hold data
+        return _grid(pair, owned, config)
     for k in range(crop_count(pair.height, pair.width, config, training)):
         if not _oversampled(pair, k, config, training):
             owned[_cell(first_box(pair, k, config, training), pair, config)].append(k)
     return _grid(pair, owned, config)
+
+
+def plan_blocks(pair: TiledPair | Window, present: frozenset | None,
+                config: ConvertConfig) -> tuple[list[Window], Stats, Stats]:
+    """--split_by blocks, the second round of a training tile: its training crops (each's draws clear of the val
+    blocks, as `convert.block_crops` draws them) and, as windows of the val split, its val blocks' tiles, grouped
+    by the cell of their first window. `present`: the blocks holding data (None: all). → (windows, what the
+    training split counts: crops given up for no draw clear of the val blocks; what the val split counts: the
+    image, its val blocks and the blocks holding data)."""
+    from segprep import blocks
+
+    height, width, size = pair.height, pair.width, config.crop_size
+    chosen = blocks.choose(pair.image_id, height, width, config.split_blocks, config.split_fraction, config.seed,
+                           None if present is None else set(present))
+    tries = 10 if config.cat_max_ratio < 1.0 or pair.nodata is not None else 1  # as convert.redraw_rule redraws
+    owned: dict[int, list[int]] = {}
+    boxes: dict[int, list[tuple[CropBox, ...]]] = {}
+    dropped = 0
+    for k in range(crop_count(height, width, config, True)):
+        ks = tuple(itertools.islice(blocks.allowed_draws(
+            crops.random_draws(height, width, size, config.seed, pair.image_id, k), chosen), tries))
+        if ks:
+            n = _cell(ks[0], pair, config)
+            owned.setdefault(n, []).append(k)
+            boxes.setdefault(n, []).append(ks)
+        else:
+            dropped += 1
+    val_owned: dict[int, list[int]] = {}
+    val_boxes: dict[int, list[tuple[CropBox, ...]]] = {}
+    for k, tile in enumerate(chosen.tiles(size)):
+        n = _cell(tile, pair, config)
+        val_owned.setdefault(n, []).append(k)
+        val_boxes.setdefault(n, []).append((tile,))
+    windows = (_grid(pair, owned, config, draws=boxes)
+               + _grid(dataclasses.replace(pair, split=VAL), val_owned, config, draws=val_boxes))
+    return windows, Stats(block_crops_dropped=dropped), Stats(
+        images=1, val_blocks=len(chosen.val), data_blocks=chosen.count if present is None else len(present))
+
+
+VAL = "val"  # the split --split_by blocks makes
 
 
 def plan_oversampled(pair: TiledPair | Window, positions: crops.ClassPositions | None,
@@ -298,7 +343,7 @@ def cut_window(window: Window, image: TiffRegions, mask: TiffRegions, config: Co
     try:
         source = _Source(window, image, mask, config, extra)
         if window.draws:
-            out = _cut_placed(window, source, config, summary)
+            out = _cut_placed(window, source, config, summary, redraw=training)
         else:
             out = _cut(window, source, config, training, summary)
     except InputError as e:
@@ -330,6 +375,11 @@ def _cut(window: Window, source: _Source, config: ConvertConfig, training: bool,
     empty = source.empty(window.y, window.y + window.h, window.x, window.x + window.w)
     if empty is not None:
         summary.stats.nodata_pixels += int(np.count_nonzero(empty))
+        if config.split_blocks and training:
+            from segprep import blocks
+
+            summary.present = frozenset(blocks.present_blocks(empty, (window.y, window.x), config.split_blocks,
+                                                              width))
     if training:
         summary.positions = class_positions(config, window.image_id, width, crop_count(height, width, config, training))
         if summary.positions is not None:
@@ -352,7 +402,8 @@ def _cut(window: Window, source: _Source, config: ConvertConfig, training: bool,
                       rasters=rasters)
 
 
-def _cut_placed(window: Window, source: _Source, config: ConvertConfig, summary: Summary) -> list[tuple[int, bytes]]:
+def _cut_placed(window: Window, source: _Source, config: ConvertConfig, summary: Summary,
+                redraw: bool = True) -> list[tuple[int, bytes]]:
     """A second-round window: its oversampled crops, cut from the region their first draws cover."""
     height, width = window.height, window.width
     spans = [_clip(draws[0], height, width) for draws in window.draws]
@@ -360,7 +411,7 @@ def _cut_placed(window: Window, source: _Source, config: ConvertConfig, summary:
     classes = source.classes(*region, "ignore").classes  # the first round checked and reported every pixel
     image = source.image(*region)
     return _cut_crops(window, source, region, classes, image, dict(zip(window.crops, map(iter, window.draws))),
-                      config, summary, redraw=True, rasters=source.extras(*region))
+                      config, summary, redraw=redraw, rasters=source.extras(*region))
 
 
 def _cut_crops(window: Window, source: _Source, region: tuple[int, int, int, int], classes: np.ndarray,

@@ -76,6 +76,9 @@ class Stats:
     nodata_pixels: int = 0  # source pixels whose image holds no data (their mask made 255)
     nodata_redraws: int = 0  # random crops drawn again for holding more than --max_nodata no-data pixels
     nodata_tiles_skipped: int = 0  # tiles of tiled splits that hold no data at all, not written
+    block_crops_dropped: int = 0  # --split_by blocks: training crops with no draw clear of the val blocks
+    val_blocks: int = 0  # --split_by blocks: val blocks, and the blocks holding data they were chosen among
+    data_blocks: int = 0
     extras: dict = dataclasses.field(default_factory=dict)  # extra input name → BandStats of its crops
     grids: dict = dataclasses.field(default_factory=dict)  # source id → its georeferencing (`grid_entry`)
 
@@ -97,6 +100,9 @@ class Stats:
         self.nodata_pixels += other.nodata_pixels
         self.nodata_redraws += other.nodata_redraws
         self.nodata_tiles_skipped += other.nodata_tiles_skipped
+        self.block_crops_dropped += other.block_crops_dropped
+        self.val_blocks += other.val_blocks
+        self.data_blocks += other.data_blocks
         if other.grids:
             self.grids = {**self.grids, **other.grids}
         for name, bands in other.extras.items():
@@ -291,6 +297,10 @@ def _split_entry(name: str, result: SplitResult, num_classes: int) -> dict:
         "nodata_pixels": st.nodata_pixels,
         "nodata_redraws": st.nodata_redraws,
         "nodata_tiles_skipped": st.nodata_tiles_skipped,
+        # --split_by blocks (in the val split's entry): its blocks, of the blocks holding data; training crops
+        # given up for finding no draw clear of the val blocks (in the training split's)
+        **({"val_blocks": st.val_blocks, "data_blocks": st.data_blocks} if st.data_blocks else {}),
+        **({"block_crops_dropped": st.block_crops_dropped} if st.block_crops_dropped else {}),
         "rgb_mean": mean,
         "rgb_std": std,
         # georeferenced sources: id → {crs, transform (GDAL order, float64), height, width}, sorted by id
