@@ -14,6 +14,7 @@ from rasterio.transform import Affine
 from conftest import shard_files
 from pipelines import prepare
 from segprep import geo, verify
+from segprep.crops import CropBox
 from segprep.formats import records, tfrecord
 
 BEAM = ["--runner=DirectRunner"]
@@ -329,3 +330,83 @@ def test_a_val_scene_comes_back_whole_on_its_grid_stitched_from_its_tiles(tmp_pa
     assert predict.main(["--model_dir", run_dir, "--records", str(out), "--split", "train", "--output_dir",
                          str(tmp_path / "p2")]) == 2
     assert "random windows" in capsys.readouterr().err
+
+
+def block_scene(root, size=(1400, 1700)):
+    """Two georeferenced scenes with a diagonal no-data collar over ~40% (GDAL_NODATA 0): → {id: collar}."""
+    rng = np.random.default_rng(11)
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    collars = {}
+    for i in ("north", "south"):
+        image = rng.integers(1, 256, (h, w, 3), dtype=np.uint8)
+        collar = xx + yy < 0.9 * (h + w) / 2
+        image[collar] = 0
+        geotiff(f"{root}/img/{i}.tif", image, nodata=0)
+        geotiff(f"{root}/lbl/{i}.tif", (rng.integers(0, 2, (h, w)) * 255).astype(np.uint8))
+        collars[i] = collar
+    return collars
+
+
+BLOCKS = ["--images", "img/{id}.tif", "--masks", "lbl/{id}.tif", "--palette", "inria", "--val_fraction", "0.3",
+          "--split_by", "blocks:512", "--crop_size", "256", "--crops_per_image", "40"]
+
+
+@pytest.mark.parametrize("path", ["whole", "windows"])
+def test_blocks_split_one_scene_with_no_train_crop_on_a_val_block(tmp_path, path):
+    from segprep import blocks
+
+    root, out = tmp_path / "scene", tmp_path / "out"
+    collars = block_scene(root)
+    more = ("--window_size", "768") if path == "windows" else ()
+    assert prepare.run(["--input_dir", str(root), "--output_dir", str(out), *BLOCKS, *more, *BEAM]) == 0
+    crops_ = {(s, i): [] for s in ("train", "val") for i in collars}
+    for split, image_id, offset, *_ in crop_grids(out):
+        crops_[split, image_id].append(offset)
+    meta = json.load(open(out / "metadata.json"))["splits"]
+    val_blocks = data_blocks = 0
+    for image_id, collar in collars.items():
+        h, w = collar.shape
+        present = blocks.present_blocks(collar, (0, 0), 512, w)
+        chosen = blocks.choose(image_id, h, w, 512, 0.3, 0, present)
+        assert abs(len(chosen.val) / len(present) - 0.3) <= 0.05  # within 5 points of F, of the blocks with data
+        val_blocks, data_blocks = val_blocks + len(chosen.val), data_blocks + len(present)
+        train = crops_["train", image_id]
+        assert len(train) == 40
+        for y, x in train:  # no training crop overlaps a val block, and none is more than half empty
+            assert not chosen.touches_val(CropBox(y, x, 256, 256))
+            part = collar[y:y + 256, x:x + 256]
+            assert (part.sum() + 256 * 256 - part.size) / 256 ** 2 <= 0.5
+        # the val tiles cover the val blocks: every tile of them that holds data, and nothing else
+        expected = {(t.y, t.x) for t in chosen.tiles(256) if not collar[t.y:t.y + 256, t.x:t.x + 256].all()}
+        assert set(crops_["val", image_id]) == expected and len(crops_["val", image_id]) == len(expected)
+    assert (meta["val"]["val_blocks"], meta["val"]["data_blocks"]) == (val_blocks, data_blocks)
+    assert meta["val"]["images_used"] == meta["train"]["images_used"] == 2
+
+
+def test_blocks_write_the_same_records_on_both_paths_and_run_after_run(tmp_path):
+    root = tmp_path / "scene"
+    block_scene(root, size=(900, 1100))
+    argv = ["--input_dir", str(root), *BLOCKS, *BEAM]
+    for out, more in (("a", ()), ("b", ("--window_size", "600")), ("c", ())):
+        assert prepare.run(argv + ["--output_dir", str(tmp_path / out), *more]) == 0
+    for split in ("train", "val"):
+        runs = [sorted(d for p in shard_files(str(tmp_path / out), split) for _, d in tfrecord.read(p))
+                for out in "abc"]
+        assert runs[0] == runs[1] == runs[2] and runs[0]
+
+
+def test_blocks_flag_mistakes_are_one_line(tmp_path, capsys):
+    root = tmp_path / "scene"
+    scene(root, ids=("a", "b"))
+    base = ["--input_dir", str(root), "--output_dir", str(tmp_path / "out"), "--images", "img/{id}.tif",
+            "--masks", "lbl/{id}.tif", "--palette", "inria", *BEAM]
+    for more, says in ((["--split_by", "blocks:512"], "needs --val_fraction"),
+                       (["--split_by", "blocks:300", "--val_fraction", "0.2"], "a multiple of --crop_size 256"),
+                       (["--split_by", "tiles", "--val_fraction", "0.2"], "give id (whole images) or blocks:SIZE"),
+                       (["--split_by", "blocks:512", "--val_fraction", "0.2", "--group_by", "^(.)"],
+                        "choose one")):
+        assert prepare.main(base + more) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
