@@ -17,6 +17,9 @@ def report(meta: Metadata, out: str, seconds: float, max_failed: int) -> int:
     crops = sum(s.records for s in splits)
     images = sum(s.images_used for s in splits)
     failed = sum(s.inputs_failed for s in splits)
+    if meta.flags.get("split_by", "id") != "id":  # every image is in both splits (by blocks): count it once
+        images = max((s.images_used for s in splits), default=0)
+        failed = max((s.inputs_failed for s in splits), default=0)
     mpx = sum(s.source_pixels for s in splits) / 1e6
     shards = sum(len(s.shards) for s in splits)
     lines = [f"prepare: {images} images → {crops} crops in {_plural(shards, 'shard')}, {failed} failed, "
