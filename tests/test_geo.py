@@ -178,17 +178,24 @@ def test_the_grid_is_read_from_the_header_alone_and_a_float32_list_would_lose_it
 def collar_scene(root, size=(1200, 1100)):
     """One georeferenced scene per split whose image is 0 in every band over a diagonal collar (~40% of it),
     declared as GDAL_NODATA 0, with 0/255 masks that hold classes under the collar too: → {split: collar}."""
-    rng = np.random.default_rng(8)
+    return collared({split: (f"{root}/{split}/img/s.tif", f"{root}/{split}/lbl/s.tif") for split in ("train", "val")},
+                    size, seed=8)
+
+
+def collared(paths: dict, size, seed: int) -> dict:
+    """For each key, a georeferenced scene at its (image, mask) paths: image 0 in every band over a diagonal collar
+    (~40%), declared as GDAL_NODATA 0, elsewhere 1..255; a 0/255 mask over all of it. → {key: collar}."""
+    rng = np.random.default_rng(seed)
     h, w = size
     yy, xx = np.mgrid[:h, :w]
     collars = {}
-    for split in ("train", "val"):
+    for key, (image_path, mask_path) in paths.items():
         image = rng.integers(1, 256, (h, w, 3), dtype=np.uint8)  # no 0 in the data: only the collar is empty
         collar = xx + yy < 0.9 * (h + w) / 2
         image[collar] = 0
-        geotiff(f"{root}/{split}/img/s.tif", image, nodata=0)
-        geotiff(f"{root}/{split}/lbl/s.tif", (rng.integers(0, 2, (h, w)) * 255).astype(np.uint8))
-        collars[split] = collar
+        geotiff(image_path, image, nodata=0)
+        geotiff(mask_path, (rng.integers(0, 2, (h, w)) * 255).astype(np.uint8))
+        collars[key] = collar
     return collars
 
 
@@ -334,18 +341,7 @@ def test_a_val_scene_comes_back_whole_on_its_grid_stitched_from_its_tiles(tmp_pa
 
 def block_scene(root, size=(1400, 1700)):
     """Two georeferenced scenes with a diagonal no-data collar over ~40% (GDAL_NODATA 0): → {id: collar}."""
-    rng = np.random.default_rng(11)
-    h, w = size
-    yy, xx = np.mgrid[:h, :w]
-    collars = {}
-    for i in ("north", "south"):
-        image = rng.integers(1, 256, (h, w, 3), dtype=np.uint8)
-        collar = xx + yy < 0.9 * (h + w) / 2
-        image[collar] = 0
-        geotiff(f"{root}/img/{i}.tif", image, nodata=0)
-        geotiff(f"{root}/lbl/{i}.tif", (rng.integers(0, 2, (h, w)) * 255).astype(np.uint8))
-        collars[i] = collar
-    return collars
+    return collared({i: (f"{root}/img/{i}.tif", f"{root}/lbl/{i}.tif") for i in ("north", "south")}, size, seed=11)
 
 
 BLOCKS = ["--images", "img/{id}.tif", "--masks", "lbl/{id}.tif", "--palette", "inria", "--val_fraction", "0.3",
