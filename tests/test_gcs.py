@@ -14,7 +14,7 @@ import pytest
 import gcs_proxy
 from conftest import REPO, read_records
 from pipelines import prepare
-from segprep import codec, crops
+from segprep import codec, crops, geo
 
 
 def _resumable_incomplete(response, storage, upload_id, fallback_end=0):
@@ -262,8 +262,9 @@ def test_a_remote_store_that_cannot_be_asked_is_one_line_not_empty(gcs, tmp_path
 
 
 def test_a_giant_tiff_on_gcs_is_read_window_by_window_through_faults(emulator, tmp_path, monkeypatch):
-    """Tiled TIFF pairs on gs://, through 10% injected faults: each window opens the files in the bucket and
-    seeks to its segments there, and the shards are byte for byte those of a local run. --max_pixels is below the
+    """Tiled GeoTIFF pairs on gs://, through 10% injected faults: each window opens the files in the bucket and
+    seeks to its segments there, the grids are read from the bucket's headers, and the shards are byte for byte
+    those of a local run. --max_pixels is below the
     tiles' size: decoded whole, they would be refused."""
     from tiffs import pattern_classes, pattern_image, write_tiff
 
@@ -272,6 +273,9 @@ def test_a_giant_tiff_on_gcs_is_read_window_by_window_through_faults(emulator, t
         for folder, fn in (("images", pattern_image), ("masks", pattern_classes)):
             (root / folder / split).mkdir(parents=True)
             write_tiff(str(root / folder / split / "t.tif"), lambda y, x, fn=fn: fn(y + side, x), 700, 950, tile=64)
+            # georeferenced: the grid is read from the bucket too (through the faults), into every record
+            geo.stamp(str(root / folder / split / "t.tif"),
+                      geo.Grid("EPSG:32632", (412345.678901, 0.3, 0.0, 5823456.789012 - side, 0.0, -0.3)))
     args = ["--images", "images/{split}/{id}.tif", "--masks", "masks/{split}/{id}.tif", "--window_size", "256",
             "--max_pixels", "100000", "--crop_size", "64", "--crops_per_image", "20", "--num_shards", "2",
             "--runner=DirectRunner"]
@@ -282,6 +286,7 @@ def test_a_giant_tiff_on_gcs_is_read_window_by_window_through_faults(emulator, t
     meta, got = _prepare_through(emulator, monkeypatch, faults, str(root), "gs://bkt/tiles", "gs://bkt/records", args)
     assert got == _shard_bytes(local, want) and len(got) == 4
     assert meta["splits"]["train"]["records"] == 20 and meta["splits"]["val"]["records"] == 11 * 15
+    assert meta["splits"]["val"]["georeferencing"]["t"]["crs"] == "EPSG:32632"
     print("faults injected:", faults.injected, "of", faults.requests, "requests")
     assert sum(faults.injected.values()) > 0
 
