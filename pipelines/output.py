@@ -25,6 +25,7 @@ import time
 from segprep import layout, runlock, storage
 from segprep.cli import UsageError
 from segprep.formats import metadata
+from segprep.formats import tfds_info
 from segprep.formats.metadata import ERRORS_DIR, METADATA, Stats, errors_path, metadata_path
 from segprep.formats.shards import TEMP_JOURNAL, TEMP_MARKER, TEMP_PREFIX, is_shard, shard_name
 from segprep.convert import ConvertConfig
@@ -101,7 +102,7 @@ def inventory(out: str, splits: tuple[str, ...] | list[str] = ()) -> Inventory:
             inv.recorded.append(path)
         elif kind == "file" and name in journaled:
             inv.unfinished.append(path)
-        elif is_shard(name) or name in (METADATA, ERRORS_DIR):
+        elif is_shard(name) or name in (METADATA, ERRORS_DIR, *tfds_info.FILES):
             inv.blocking.append(path)
         else:
             inv.foreign.append(path)
@@ -293,6 +294,8 @@ def finalize(run: RunSpec, shards: list, stats: list, errors: list) -> dict:
                           extra_inputs=config.extra_inputs,
                           seconds=time.time() - run.started)
     _write_text(metadata_path(run.output_dir), metadata.dumps(meta))
+    for name, text in tfds_info.texts(meta).items():  # recorded in metadata.json, so written after it
+        _write_text(layout.join(run.output_dir, name), text)
     remove_temp_dir(run)  # after metadata.json: a run killed before it still has its journal
     return meta
 

@@ -44,7 +44,8 @@ def users_files(out):
     (out / "errors" / "my-own.jsonl").write_text('{"mine": true}\n')
     (out / (TEMP_PREFIX + "mine")).mkdir()
     (out / (TEMP_PREFIX + "mine") / "thesis.tex").write_text("years of work")
-    return {rel: data for rel, data in snapshot(out).items() if not rel.startswith(("train", "val", "metadata"))}
+    return {rel: data for rel, data in snapshot(out).items()
+            if not rel.startswith(("train", "val", "metadata", "dataset_info", "features"))}
 
 
 def test_overwrite_deletes_only_what_the_earlier_run_recorded(voc_tree, tmp_path, capsys):
@@ -66,12 +67,12 @@ def test_overwrite_deletes_only_what_the_earlier_run_recorded(voc_tree, tmp_path
     # Without --overwrite the refusal names the run's own files only.
     with pytest.raises(prepare.UsageError) as e:
         run(voc_tree.root, out, "--seed", "3")
-    assert "already holds a finished segprep run (4 files: 2 shards, e.g. train-00000-of-00001.tfrecord)" \
+    assert "already holds a finished segprep run (6 files: 2 shards, e.g. train-00000-of-00001.tfrecord)" \
         in str(e.value)
     assert not any(name in str(e.value) for name in ("notes", "my-own", "thesis", "mine"))
     assert run(voc_tree.root, out, "--seed", "3", "--overwrite") == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and err[0].startswith(f"prepare: --overwrite: deleted 4 files of earlier segprep runs in "
+    assert len(err) == 2 and err[0].startswith(f"prepare: --overwrite: deleted 6 files of earlier segprep runs in "
                                                f"{out}; left in place 3 that no segprep run recorded: ")
     assert all(name in err[0] for name in ("notes.txt", "errors/my-own.jsonl", TEMP_PREFIX + "mine"))
     after = snapshot(out)
@@ -122,14 +123,14 @@ def test_a_run_killed_while_moving_its_shards_into_place_is_segprep_s_to_remove(
                                                  r"shards, e\.g\. train-00000-of-00003\.tfrecord\); pass --overwrite"):
         run(voc_tree.root, out)
     assert run(voc_tree.root, out, "--overwrite") == 0
-    assert sorted(os.listdir(out)) == ["errors", "metadata.json", "train-00000-of-00001.tfrecord",
-                                       "val-00000-of-00001.tfrecord"]
+    assert sorted(os.listdir(out)) == ["dataset_info.json", "errors", "features.json", "metadata.json",
+                                       "train-00000-of-00001.tfrecord", "val-00000-of-00001.tfrecord"]
     assert os.listdir(out / "errors") == ["notes.jsonl"]
 
 
 def test_the_journal_and_marker_are_written_before_the_files_they_name(voc_tree, tmp_path):
     """finalize's order: the journal in the temp dir before any file reaches its final name, metadata.json after
-    every shard, the temp dir removed last."""
+    every shard, TFDS's files (which metadata.json records) after it, the temp dir removed last."""
     out = tmp_path / "out"
     job = prepare.plan(["--input_dir", voc_tree.root, "--output_dir", str(out), *FLAGS, *BEAM])
     output.mark(job.spec)
@@ -146,7 +147,7 @@ def test_the_journal_and_marker_are_written_before_the_files_they_name(voc_tree,
         output.storage.rename, output._write_text = real_rename, real_write
     journal = f"{os.path.basename(job.spec.temp_dir)}/{TEMP_JOURNAL}"
     assert events == [("write", journal), ("move", ["train-00000-of-00001.tfrecord", "val-00000-of-00001.tfrecord"]),
-                      ("write", "metadata.json")]
+                      ("write", "metadata.json"), ("write", "dataset_info.json"), ("write", "features.json")]
     assert not os.path.exists(job.spec.temp_dir)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from segprep import fields, layout
 from segprep.formats.shards import is_shard
 from segprep.palette import IGNORE_LABEL, Palette
+from segprep.formats.tfds_info import FILES as TFDS_FILES
 
 SCHEMA_VERSION = 1
 METADATA = "metadata.json"  # OUT/metadata.json: written last, its presence means the run finished
@@ -236,6 +237,8 @@ def build(*, palette: Palette, crop_size: int, image_format: str, compressed: bo
                              for e in extra_inputs}} if extra_inputs else {}),
         "flags": flags,
         "seconds": round(seconds, 2),
+        # TensorFlow Datasets' files beside the shards (segprep/formats/tfds_info.py): none for gzip shards
+        "tfds_files": [] if compressed else list(TFDS_FILES),
     }
 
 
@@ -561,6 +564,8 @@ def recorded_files(data: bytes) -> list[str] | None:
     if not isinstance(meta, dict) or "schema_version" not in meta or not isinstance(meta.get("splits"), dict):
         return None
     names = [METADATA]
+    tfds = meta.get("tfds_files")
+    names += [n for n in tfds if n in TFDS_FILES] if isinstance(tfds, list) else []
     for split, entry in meta["splits"].items():
         if not isinstance(entry, dict):
             continue
