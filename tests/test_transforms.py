@@ -195,7 +195,8 @@ def test_finalize_stage_moves_shards_adds_empty_ones_and_writes_metadata_last(tm
                                                m["splits"]["val"]["shard_records"])),
                     equal_to([([2, 0, 1], [0, 0, 0])]))
     names = sorted(os.listdir(run.output_dir))
-    assert names == ["metadata.json"] + [shard_name(s, i, 3) for s in ("train", "val") for i in range(3)]
+    assert names == ["dataset_info.json", "features.json", "metadata.json"] + [
+        shard_name(s, i, 3) for s in ("train", "val") for i in range(3)]
     assert raw_records(f"{run.output_dir}/train-00001-of-00003.tfrecord") == []  # empty, and a valid shard
     assert raw_records(f"{run.output_dir}/train-00002-of-00003.tfrecord") == [b"z"]
 
