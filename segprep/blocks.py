@@ -12,6 +12,7 @@ and the image alone: the same on every runner and worker count, whole or window 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
@@ -101,3 +102,12 @@ def allowed_draws(draws, blocks: Blocks):
             return
         if not blocks.touches_val(box):
             yield box
+
+
+def training_draws(blocks: Blocks, crop: int, seed: int, image_id: str, k: int, tries: int) -> tuple[CropBox, ...]:
+    """Training crop `k`'s first `tries` draws clear of the val blocks (none when there are none): what
+    `crops.pick` chooses from, on the whole-image and the windowed path alike."""
+    from segprep.crops import random_draws
+
+    draws = random_draws(blocks.height, blocks.width, crop, seed, image_id, k)
+    return tuple(itertools.islice(allowed_draws(draws, blocks), tries))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import itertools
 from collections.abc import Iterator
 
 import cv2
@@ -160,7 +159,7 @@ def decode_source(image_bytes: bytes, mask_bytes: bytes, config: ConvertConfig, 
     grid = check_grids(image_bytes, mask_bytes, extra_bytes or {})
     rasters, nodata = decode_extras(image_bytes, extra_bytes or {}, config, stored, orientation)
     conversion = convert_classes(mask, config, bgr=bgr)
-    empty = no_data(image_bytes, image, config, orientation)
+    empty = image_no_data(image_bytes, image, config, orientation)
     stats = Stats(images=1, source_pixels=int(conversion.classes.size), binary_masks=int(conversion.binary),
                   source_ignore_pixels=conversion.ignore_pixels, exif_applied=int(orientation > 1),
                   exif_as_stored=int(orientation < 0))
@@ -228,7 +227,8 @@ def empty_pixels(samples: np.ndarray, value: float) -> np.ndarray:
     return out
 
 
-def no_data(image_bytes: bytes, image: np.ndarray, config: ConvertConfig, orientation: int = 1) -> np.ndarray | None:
+def image_no_data(image_bytes: bytes, image: np.ndarray, config: ConvertConfig,
+                  orientation: int = 1) -> np.ndarray | None:
     """(H, W) bool of the no-data pixels of `image` (decoded, and turned by its EXIF `orientation`), or None when
     no nodata value is declared: pixels whose every band of the file equals it. An 8-bit image read as it is
     compares its decoded bands; one whose bands or range prepare changes is compared as stored."""
@@ -486,8 +486,7 @@ def block_crops(image_id: str, image: np.ndarray, classes: np.ndarray, config: C
     rule = redraw_rule(config, lambda box: crops.cut(classes, box, IGNORE_LABEL),
                        None if empty is None else lambda box: nodata_share(empty, box), tally)
     for k in range(config.crops_per_image or crops.auto_crop_count(height, width, size)):
-        allowed = list(itertools.islice(blocks.allowed_draws(
-            crops.random_draws(height, width, size, config.seed, image_id, k), chosen), 10))
+        allowed = blocks.training_draws(chosen, size, config.seed, image_id, k, 10)
         if not allowed:
             tally.block_crops_dropped += 1
             continue

@@ -21,6 +21,8 @@ import io
 import math
 import struct
 
+from segprep.headers import TIFF_MAGIC
+
 TRANSFORM_BYTES = struct.Struct("<6d")
 # Two grids are one when their CRS are equal and their transforms agree within this share of a pixel (GDAL writes
 # ModelPixelScale from a float that a round trip through text may move in its 15th digit).
@@ -103,7 +105,7 @@ def _quiet():
 def read(data: bytes) -> Grid | None:
     """The grid of a raster file's bytes: a GeoTIFF's, None for PNG, JPEG and TIFFs without georeferencing (or
     whose georeferencing GDAL cannot read)."""
-    if data[:4] not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    if data[:4] not in TIFF_MAGIC:
         return None
     import warnings
 
@@ -126,7 +128,7 @@ def read_file(f) -> Grid | None:
     f.seek(0)
     head = f.read(4)
     f.seek(start)
-    if head not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    if head not in TIFF_MAGIC:
         return None
     import warnings
 

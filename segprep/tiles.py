@@ -207,8 +207,7 @@ def plan_blocks(pair: TiledPair | Window, present: frozenset | None,
     boxes: dict[int, list[tuple[CropBox, ...]]] = {}
     dropped = 0
     for k in range(crop_count(height, width, config, True)):
-        ks = tuple(itertools.islice(blocks.allowed_draws(
-            crops.random_draws(height, width, size, config.seed, pair.image_id, k), chosen), tries))
+        ks = blocks.training_draws(chosen, size, config.seed, pair.image_id, k, tries)
         if ks:
             n = _cell(ks[0], pair, config)
             owned.setdefault(n, []).append(k)

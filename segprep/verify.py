@@ -140,8 +140,7 @@ def verify(out: str, quick: bool = False, jobs: int = -1) -> tuple[list[str], st
             problems.append(f"{layout.join(out, name)}: listed in metadata.json but missing")
         else:
             tasks.append((layout.join(out, name), split, meta.splits[split].shard_records[i]))
-    nan_inputs = frozenset(name for name, info in meta.extra_inputs.items() if any(np.isnan(v) for v in info.nodata))
-    _check_all(tasks, meta.num_classes, quick, jobs, storage.is_remote(out), problems, nan_inputs)
+    _check_all(tasks, meta.num_classes, quick, jobs, storage.is_remote(out), problems, meta.nan_inputs)
     for split, entry in meta.splits.items():  # the shards' counts against the split's (each shard's: above)
         if sum(entry.shard_records) != entry.records:
             problems.append(f"{path}: split {split} has {entry.records} records but its shards list "

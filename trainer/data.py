@@ -50,9 +50,8 @@ def find_damage(meta: dict, data_dir: str, splits: list[str]) -> str | None:
     for split in splits:
         entry = meta.split(split)
         for name, expected in zip(entry.shards, entry.shard_records):
-            nan_inputs = frozenset(n for n, info in meta.extra_inputs.items() if any(v != v for v in info.nodata))
             _, problems = verify.check_shard(layout.join(data_dir.rstrip("/"), name), expected,
-                                             meta.num_classes, quick=False, nan_inputs=nan_inputs)
+                                             meta.num_classes, quick=False, nan_inputs=meta.nan_inputs)
             if problems:
                 return problems[0]
     return None

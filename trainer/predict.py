@@ -232,14 +232,7 @@ class Predictor:
     def probability_tiff(self, probs: np.ndarray, grid=None) -> bytes:
         """(H, W, C) uint8 class probabilities × 255 → the bytes of a tiled, deflate TIFF with a band a class
         (named by the palette's class names), on `grid` when given."""
-        fd, path = tempfile.mkstemp(prefix="segprep-", suffix=".tif")
-        os.close(fd)
-        try:
-            self._write_probabilities(path, probs, grid)
-            with open(path, "rb") as f:
-                return f.read()
-        finally:
-            os.remove(path)
+        return _tiff_bytes(lambda path: self._write_probabilities(path, probs, grid))
 
     def _write_probabilities(self, path: str, probs: np.ndarray, grid=None) -> None:
         """A band a class, probability × 255, tiled and deflate-compressed (see `probability_tiff`)."""
@@ -256,17 +249,22 @@ class Predictor:
     def geotiff(self, classes: np.ndarray, fmt: str, grid) -> bytes:
         """(H, W) class indices → the bytes of their GeoTIFF on `grid` (see `_write_tiff`)."""
         h, w = classes.shape
-        fd, path = tempfile.mkstemp(prefix="segprep-", suffix=".tif")
-        os.close(fd)
-        try:
-            self._write_tiff(path, _tiles([(0, classes)], w, TIFF_TILE), h, w, fmt, grid)
-            with open(path, "rb") as f:
-                return f.read()
-        finally:
-            os.remove(path)
+        return _tiff_bytes(lambda path: self._write_tiff(path, _tiles([(0, classes)], w, TIFF_TILE), h, w, fmt, grid))
 
 
 TIFF_TILE = 256
+
+
+def _tiff_bytes(write) -> bytes:
+    """The bytes of the TIFF `write(path)` writes (tifffile and GDAL write files): through a temp file."""
+    fd, path = tempfile.mkstemp(prefix="segprep-", suffix=".tif")
+    os.close(fd)
+    try:
+        write(path)
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        os.remove(path)
 
 
 def _bands_of(array: np.ndarray, step: int = TIFF_TILE):

@@ -504,6 +504,11 @@ class Metadata:
         """prepare's --image_range: predict reads new images the same way."""
         return tuple(self.flags["image_range"]) if self.flags.get("image_range") else None
 
+    @property
+    def nan_inputs(self) -> frozenset[str]:
+        """The extra inputs whose declared nodata value is NaN: NaN is a value of theirs, not damage."""
+        return frozenset(name for name, info in self.extra_inputs.items() if any(v != v for v in info.nodata))
+
     def split(self, name: str) -> SplitInfo:
         if name not in self.splits:
             raise MetadataError(f"{self.where} has no split {name!r}; it has: "
