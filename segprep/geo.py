@@ -104,21 +104,11 @@ def _quiet():
 
 def read(data: bytes) -> Grid | None:
     """The grid of a raster file's bytes: a GeoTIFF's, None for PNG, JPEG and TIFFs without georeferencing (or
-    whose georeferencing GDAL cannot read)."""
+    whose georeferencing GDAL cannot read). Only the header is read (a MemoryFile would copy the whole file into
+    GDAL's memory: a second image-sized buffer for every TIFF decoded whole)."""
     if data[:4] not in TIFF_MAGIC:
         return None
-    import warnings
-
-    import rasterio
-    from rasterio.io import MemoryFile
-
-    try:
-        with warnings.catch_warnings(), _quiet():
-            warnings.simplefilter("ignore")
-            with MemoryFile(data) as memory, memory.open() as dataset:
-                return _grid(dataset)
-    except (rasterio.errors.RasterioError, ValueError):
-        return None
+    return read_file(io.BytesIO(data))
 
 
 def read_file(f) -> Grid | None:
