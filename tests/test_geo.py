@@ -337,6 +337,12 @@ def test_a_val_scene_comes_back_whole_on_its_grid_stitched_from_its_tiles(tmp_pa
     assert predict.main(["--model_dir", run_dir, "--records", str(out), "--split", "train", "--output_dir",
                          str(tmp_path / "p2")]) == 2
     assert "random windows" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "s.tif").write_text("my own scene")  # a name the stitched scene takes: refused, before any tile is predicted
+    assert predict.main(["--model_dir", run_dir, "--records", str(out), "--output_dir", str(mine)]) == 2
+    assert "mine/s.tif exists and is not segprep's prediction" in capsys.readouterr().err
+    assert (mine / "s.tif").read_text() == "my own scene" and sorted(os.listdir(mine)) == ["s.tif"]
 
 
 def block_scene(root, size=(1400, 1700)):

@@ -483,16 +483,16 @@ def _stitch_split(args, model_dir: str, out_dir: str) -> int:
     try:
         with runlock.hold(out_dir, "python -m trainer.predict"):
             manifest = prediction_output.Manifest(out_dir)
+            source = f"{args.records.rstrip('/')}#{split}"
+            placed = stitch.sources(paths)  # the names, checked before any tile is predicted
+            targets = prediction_output.plan([(image_id, f"{source}/{image_id}{'.tif' if grid else '.png'}")
+                                              for image_id, grid in sorted(placed.items())])
+            prediction_output.check(targets, manifest)
             predictor = Predictor(model_dir, args.output)
             bar = Progress("predict", meta.split(split).records, "tiles")
             with stitch.work_dir(out_dir) as work:
                 scenes = stitch.stitch(predictor, paths, work, progress=bar)
                 bar.close()
-                source = f"{args.records.rstrip('/')}#{split}"
-                targets = prediction_output.plan(
-                    [(image_id, f"{source}/{image_id}{'.tif' if scene.grid else '.png'}")
-                     for image_id, scene in sorted(scenes.items())])
-                prediction_output.check(targets, manifest)
                 pixels = 0
                 for image_id, target in zip(sorted(scenes), targets):
                     scene = scenes[image_id]

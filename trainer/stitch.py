@@ -37,11 +37,10 @@ def split_of(data_dir: str, split: str) -> tuple[md.Metadata, list[str]]:
     """The metadata and shard paths of a tiled split; a UsageError for a split of random crops (they overlap and
     leave gaps: no scene comes back from them)."""
     try:
-        meta = md.parse(common.read_bytes(f"{data_dir.rstrip('/')}/metadata.json"),
-                        f"{data_dir.rstrip('/')}/metadata.json")
+        meta = common.load_metadata(data_dir)
         entry = meta.split(split)
-    except (md.MetadataError, OSError) as e:
-        raise UsageError(f"--records {data_dir}: {e}") from None
+    except (common.DataError, md.MetadataError) as e:
+        raise UsageError(f"--records: {e}") from None
     if entry.random_crops:
         raise UsageError(f"--records {data_dir} --split {split}: its crops are random windows, which overlap and "
                          "leave gaps; stitch a split of tiles (prepare cuts tiles for every split but the training "
@@ -64,6 +63,16 @@ def tiles(paths: list[str]):
             yield (f[records.IMAGE_SOURCE_ID][0].decode(), (y, x),
                    (int(f[records.SOURCE_HEIGHT][0]), int(f[records.SOURCE_WIDTH][0])),
                    f[records.IMAGE_ENCODED][0], extras, placed)
+
+
+def sources(paths: list[str]) -> dict[str, bool]:
+    """{source id: whether it is georeferenced} of the shards' records, without decoding a pixel."""
+    found: dict[str, bool] = {}
+    for path in paths:
+        for _, data in tfrecord.read(path):
+            f = records.decode_example(data)
+            found[f[records.IMAGE_SOURCE_ID][1][0].decode()] = records.GEO_TRANSFORM in f
+    return found
 
 
 def source_grid(placed, offset: tuple[int, int]) -> geo.Grid | None:
