@@ -20,4 +20,4 @@ COPY trainer ./trainer
 # The workers run only the prepare pipeline: no TensorFlow (the [cpu]/[gpu] extras are for the trainer).
 # opencv-python-headless needs no libGL. The base image's ENTRYPOINT (the Beam SDK harness) is kept.
 RUN pip install --no-cache-dir -c constraints.txt . \
-    && python -c "import cv2, imagecodecs, rasterio, tifffile, segprep.convert, pipelines.prepare"
+    && python -c "import array_record.python.array_record_module, cv2, imagecodecs, rasterio, tifffile, segprep.convert, pipelines.prepare"

@@ -27,7 +27,7 @@ from segprep.cli import UsageError
 from segprep.formats import metadata
 from segprep.formats import tfds_info
 from segprep.formats.metadata import ERRORS_DIR, METADATA, Stats, errors_path, metadata_path
-from segprep.formats.shards import TEMP_JOURNAL, TEMP_MARKER, TEMP_PREFIX, is_shard, shard_name
+from segprep.formats.shards import TEMP_JOURNAL, TEMP_MARKER, TEMP_PREFIX, ShardFormat, is_shard
 from segprep.convert import ConvertConfig
 
 
@@ -41,7 +41,7 @@ class RunSpec:
     random_splits: tuple[str, ...]
     listed: dict  # split → number of IDs listed
     config: ConvertConfig  # the crops': palette, size, image format, seed
-    compressed: bool
+    shard_format: ShardFormat  # TFRecord (gzipped or not) or ArrayRecord
     num_shards: int  # per split; 0 = automatic (then each split's count is in its shards' names)
     flags: dict
     started: float
@@ -229,7 +229,7 @@ def plan_shards(run: RunSpec, shards: list) -> dict[str, list[tuple[str, object]
         if len(counts) > 1:
             raise RuntimeError(f"split {split}: shards of different counts {sorted(counts)}")
         n = run.num_shards or (counts.pop() if counts else 1)
-        result[split] = [(shard_name(split, i, n, run.compressed), written.get(i)) for i in range(n)]
+        result[split] = [(run.shard_format.name(split, i, n), written.get(i)) for i in range(n)]
     return result
 
 
@@ -254,7 +254,7 @@ def split_shards(run: RunSpec, planned: dict) -> dict[str, list[metadata.Shard]]
                 result[split].append(metadata.Shard(name, written.records, written.bytes))
             else:
                 if name not in present and name not in final:
-                    storage.create(layout.join(run.temp_dir, name), gzip=run.compressed).close()
+                    run.shard_format.write(layout.join(run.temp_dir, name), ())
                     present.add(name)
                 result[split].append(metadata.Shard(name, 0, 0))
             if name in present:
@@ -290,7 +290,7 @@ def finalize(run: RunSpec, shards: list, stats: list, errors: list) -> dict:
               for split in run.splits}
     config = run.config
     meta = metadata.build(palette=config.palette, crop_size=config.crop_size, image_format=config.image_format,
-                          compressed=run.compressed, seed=config.seed, splits=splits, flags=run.flags,
+                          shard_format=run.shard_format, seed=config.seed, splits=splits, flags=run.flags,
                           extra_inputs=config.extra_inputs,
                           seconds=time.time() - run.started)
     _write_text(metadata_path(run.output_dir), metadata.dumps(meta))

@@ -30,7 +30,7 @@ import uuid
 
 from pipelines import beam_flags, output, report
 from segprep import convert, extras, layout, layouts, lookup, pairs, runlock, sample, storage
-from segprep.formats.shards import TEMP_PREFIX
+from segprep.formats.shards import FILE_FORMATS, TEMP_PREFIX, ShardFormat
 from segprep.formats.metadata import metadata_path
 from segprep import cli
 from segprep.cli import Parser, UsageError
@@ -147,7 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the TIFF segments it touches: memory is about 6 bytes a pixel of (window + crop size)², "
                         "~110 MB at the default %(default)s, whatever the tile's size; the crops are the same for "
                         "any window size")
-    p.add_argument("--compress", action="store_true", help="gzip the shards (.tfrecord.gz)")
+    p.add_argument("--file_format", choices=FILE_FORMATS, default="tfrecord",
+                   help="the shards' container: tfrecord (read in sequence: tf.data, DeepLab, Model Garden) or "
+                        "array_record (any record by its number: TFDS's as_data_source, Grain, segprep.torch's "
+                        "map-style dataset); the same records in the same order either way (default: %(default)s)")
+    p.add_argument("--compress", action="store_true", help="gzip the shards (.tfrecord.gz; TFRecord only)")
     p.add_argument("--max_failed_inputs", type=cli.integer(0), default=0,
                    help="exit 0 even if up to this many inputs failed (default: %(default)s)")
     p.add_argument("--limit", type=cli.integer(1), default=None, metavar="N",
@@ -200,11 +204,11 @@ def build(p, run: output.RunSpec, listing: pairs.Listing, spill_dir: str | None 
                 for name, crops in producers]
         shards = (refs | "AllSpills" >> beam.Flatten()
                   | "PlanShards" >> spill.PlanShards(run.num_shards)  # ShardTask
-                  | "WriteShards" >> WriteShards(run.temp_dir, run.compressed, tiled[FAILED], spill.spilled_records))
+                  | "WriteShards" >> WriteShards(run.temp_dir, run.shard_format, tiled[FAILED], spill.spilled_records))
     else:
         shards = ([crops for _, crops in producers] | "AllCrops" >> beam.Flatten()
                   | "SpreadCrops" >> SpreadCrops(config.seed, run.num_shards)  # ((split, shard, n), [(order, …)])
-                  | "WriteShards" >> WriteShards(run.temp_dir, run.compressed, tiled[FAILED]))  # ShardResult
+                  | "WriteShards" >> WriteShards(run.temp_dir, run.shard_format, tiled[FAILED]))  # ShardResult
     stats = ((cut[STATS], tiled[STATS]) | "AllStats" >> beam.Flatten()
              | "MergeStats" >> beam.CombinePerKey(MergeStats()))  # (split, Stats)
     errors = (read[ERRORS], decoded[ERRORS], tiled[ERRORS]) | "AllErrors" >> beam.Flatten()  # ErrorRecord
@@ -289,7 +293,8 @@ def plan(argv: list[str] | None = None) -> Job:
     run_spec = output.RunSpec(
         output_dir=out, temp_dir=layout.join(out, TEMP_PREFIX + uuid.uuid4().hex[:12]),
         splits=tuple(found), random_splits=tuple(random_splits), listed=listing.counts,
-        config=config, compressed=args.compress, num_shards=args.num_shards, flags=flags, started=started,
+        config=config, shard_format=ShardFormat(args.file_format, args.compress), num_shards=args.num_shards,
+        flags=flags, started=started,
         repeated=listing.repeated)
     spill_ = args.shuffle == "spill" or (args.shuffle == "auto" and beam_flags.local_runner(options))
     return Job(args, options, run_spec, spill_, listing)
@@ -335,6 +340,9 @@ def _convert_config(args: argparse.Namespace) -> ConvertConfig:
 def _check_cheaply(args: argparse.Namespace, beam_args: list[str], out: str) -> None:
     """The checks that need neither Beam nor the input listed: the spill dir, Beam flags by name, the output dir
     (the splits' errors files are looked at again once the splits are known)."""
+    if args.compress and args.file_format != "tfrecord":
+        raise UsageError(f"--compress gzips TFRecord shards; --file_format {args.file_format} shards are read record "
+                         "by record at random, which a gzip stream cannot do: leave out --compress.")
     if args.spill_dir and storage.is_remote(args.spill_dir):
         raise UsageError(f"--spill_dir {args.spill_dir}: must be a local directory (the spill files are read back "
                          "by offset); for a run on a cluster use --shuffle beam.")

@@ -15,7 +15,7 @@ from apache_beam.metrics import Metrics
 
 from segprep import tiles
 from segprep.crops import stable_hash
-from segprep.formats.shards import TARGET_SHARD_BYTES, auto_shard_count, write_shard
+from segprep.formats.shards import TARGET_SHARD_BYTES, ShardFormat, auto_shard_count, write_shard
 
 
 class SpreadCrops(beam.PTransform):
@@ -73,33 +73,33 @@ def grouped_records(element, failed: frozenset[int]):
 
 
 class _WriteShardFn(beam.DoFn):
-    def __init__(self, temp_dir: str, compressed: bool, records_of):
+    def __init__(self, temp_dir: str, fmt: ShardFormat, records_of):
         self._temp_dir = temp_dir
-        self._compressed = compressed
+        self._fmt = fmt
         self._records_of = records_of
 
     def process(self, element, failed=()):
         split, shard, num_shards, records = self._records_of(element, frozenset(failed))
-        result = write_shard(self._temp_dir, self._compressed, split, shard, num_shards, records)
+        result = write_shard(self._temp_dir, self._fmt, split, shard, num_shards, records)
         Metrics.counter("segprep", "crops_written").inc(result.records)
         Metrics.counter("segprep", "bytes_written").inc(result.bytes)
         yield result
 
 
 class WriteShards(beam.PTransform):
-    """Writes each shard, its records in hash order, as a TFRecord file under the run's temp dir; crops of the
+    """Writes each shard, its records in hash order, as a file of `fmt` under the run's temp dir; crops of the
     images in `failed` (a PCollection of `tiles.image_key`s: tiles that failed in some window) are left out.
     `records_of(element, failed)` → (split, shard, n, records in order): `grouped_records` for SpreadCrops' groups,
     `spill.spilled_records` for the spill path's shard tasks."""
 
-    def __init__(self, temp_dir: str, compressed: bool, failed=None, records_of=grouped_records):
+    def __init__(self, temp_dir: str, fmt: ShardFormat = ShardFormat(), failed=None, records_of=grouped_records):
         super().__init__()
         self._temp_dir = temp_dir
-        self._compressed = compressed
+        self._fmt = fmt
         self._failed = failed
         self._records_of = records_of
 
     def expand(self, shards):
         """SpreadCrops' groups, or spill's ShardTasks → ShardResult."""
         side = {"failed": beam.pvalue.AsList(self._failed)} if self._failed is not None else {}
-        return shards | beam.ParDo(_WriteShardFn(self._temp_dir, self._compressed, self._records_of), **side)
+        return shards | beam.ParDo(_WriteShardFn(self._temp_dir, self._fmt, self._records_of), **side)

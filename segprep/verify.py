@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from segprep import codec, geo, layout, storage
+from segprep.formats import shards
 from segprep.formats.shards import TEMP_MARKER, TEMP_PREFIX, is_shard
 from segprep.formats.metadata import metadata_path
 from segprep.formats import tfrecord, records
@@ -32,17 +33,18 @@ from segprep.progress import Progress
 def check_shard(path: str, expected: int, num_classes: int, quick: bool,
                 nan_inputs: frozenset = frozenset()) -> tuple[int, list[str]]:
     """→ (records read, problems) for one shard; `nan_inputs`: extra inputs whose declared nodata value is NaN."""
-    problems, count = [], 0
+    problems, count, broken = [], 0, False
     try:
-        for index, data in tfrecord.read(path, check=not quick, skip_data=quick):
+        for index, data in shards.read(path, check=not quick, skip_data=quick):
             count += 1
             if not quick:
                 problems += [f"{path}: record {index}: {p}" for p in check_record(data, num_classes, nan_inputs)]
     except tfrecord.RecordError as e:
         problems.append(f"{path}: {e}")
+        broken = True
     except OSError as e:
         problems.append(f"{path}: cannot read: {e}")
-    if count != expected and not any("cut short" in p or "mismatch" in p for p in problems):
+    if count != expected and not broken:
         problems.append(f"{path}: holds {count} records; metadata.json says {expected}")
     return count, problems
 

@@ -80,7 +80,7 @@ def test_spill_stages_under_test_pipeline_write_every_crop_once(tmp_path):
                    | beam.Create(crops)
                    | spill.SpillCrops(str(spill_dir), seed=3)
                    | spill.PlanShards(num_shards=5)
-                   | WriteShards(str(temp), compressed=False, records_of=spill.spilled_records))
+                   | WriteShards(str(temp), records_of=spill.spilled_records))
         assert_that(results | beam.Filter(lambda r: r.records > 0) | beam.Map(lambda r: (r.split, r.shard, r.num_shards)),
                     equal_to(sorted({(split, shard_of(crop_hashes(3, split, image_id, k)[0], 5), 5)
                                      for split, (image_id, k, _) in crops})))

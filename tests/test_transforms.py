@@ -19,7 +19,7 @@ from pipelines.shards import SpreadCrops, WriteShards
 from pipelines.transforms import ERRORS, STATS, Finalize, MergeStats
 from segprep.formats.shards import ShardResult, auto_shard_count
 from segprep import codec, layout
-from segprep.formats.shards import TEMP_PREFIX, is_shard, shard_name
+from segprep.formats.shards import TEMP_PREFIX, ShardFormat, is_shard, shard_name
 from segprep.convert import ConvertConfig
 from segprep.formats.metadata import Stats
 from segprep.pairs import Pair
@@ -106,7 +106,7 @@ def test_stages_count_their_work_in_beam_metrics(voc_tree):
     pairs = ids | ReadPairs(voc_tree.root)
     decoded = pairs.pairs | DecodePairs(ConvertConfig(crop_size=64, crops_per_image=3))
     cut = decoded.decoded | CutCrops(ConvertConfig(crop_size=64, crops_per_image=3), frozenset({"train"}))
-    _ = (cut.crops | SpreadCrops(seed=0, num_shards=1) | WriteShards(str(voc_tree.root), compressed=False))
+    _ = (cut.crops | SpreadCrops(seed=0, num_shards=1) | WriteShards(str(voc_tree.root)))
     result = p.run()
     result.wait_until_finish()
     counters = {c.key.metric.name: c.committed for c in
@@ -143,7 +143,7 @@ def test_write_shards_writes_records_in_order_key_order(tmp_path):
               (("val", 0, 1), [(5, 7, b"z")])]
     with pipeline() as p:
         failed = p | "Failed" >> beam.Create([9])  # an image key of a tile that failed in some window
-        results = p | beam.Create(groups) | WriteShards(temp, compressed=False, failed=failed)
+        results = p | beam.Create(groups) | WriteShards(temp, failed=failed)
         assert_that(results, equal_to([
             ShardResult("train", 1, 2, "train-00001-of-00002.tfrecord", f"{temp}/train-00001-of-00002.tfrecord", 3, 3),
             ShardResult("val", 0, 1, "val-00000-of-00001.tfrecord", f"{temp}/val-00000-of-00001.tfrecord", 1, 1)]))
@@ -165,7 +165,7 @@ def test_merge_stats_adds_exactly():
 def _run_spec(out, num_shards=3):
     return output.RunSpec(output_dir=str(out), temp_dir=f"{out}/{TEMP_PREFIX}test", splits=("train", "val"),
                           random_splits=("train",), listed={"train": 2, "val": 1},
-                          config=ConvertConfig(crop_size=64, palette=VOC), compressed=False, num_shards=num_shards,
+                          config=ConvertConfig(crop_size=64, palette=VOC), shard_format=ShardFormat(), num_shards=num_shards,
                           flags={}, started=0.0)
 
 

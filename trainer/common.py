@@ -72,7 +72,7 @@ def load_metadata(data_dir: str) -> dict:
                             f"`python -m pipelines.prepare --input_dir {data_dir} --output_dir data/records` and "
                             "pass --data_dir data/records.")
         why = ("it holds shards but no metadata.json: the prepare run did not finish; re-run it with --overwrite"
-               if glob(f"{root}/*.tfrecord*") else "it holds no prepare output")
+               if glob(f"{root}/*.tfrecord*") or glob(f"{root}/*.array_record") else "it holds no prepare output")
         raise DataError(f"No {path}: {why}. Make it with `python -m pipelines.prepare --input_dir DATASET "
                         f"--output_dir {data_dir}`.")
     try:

@@ -262,7 +262,7 @@ def make_dataset(data_dir: str, split: str, batch_size: int, *, training: bool,
         seed = int(tf.random.uniform((), 0, 2 ** 31 - 1, tf.int64))
     factors = None if crop_weights is None else tf.constant(list(crop_weights) + [1.0] * (256 - len(crop_weights)),
                                                             tf.float32)
-    ds = _records(files, meta.compression_type, steps(meta, split, batch_size) * batch_size if training else None,
+    ds = _records(files, shard_reader(meta), steps(meta, split, batch_size) * batch_size if training else None,
                   seed, start_epoch, shuffle_buffer)
 
     def decode_one(serialized, key):
@@ -301,14 +301,31 @@ def extra_inputs(meta, inputs, where: str) -> dict:
     return out
 
 
-def _records(files: list[str], compression: str | None, per_epoch: int | None, seed: int | None, start_epoch: int,
+def shard_reader(meta):
+    """shard path (a string tensor) → a dataset of its serialized records in order, for the run's file format:
+    TFRecordDataset, or ArrayRecord's reader behind `from_generator` (records in file order, one shard at a time)."""
+    if meta.file_format == "array_record":
+        spec = tf.TensorSpec((), tf.string)
+        return lambda path: tf.data.Dataset.from_generator(_array_records, args=(path,), output_signature=spec)
+    return lambda path: tf.data.TFRecordDataset(path, compression_type=meta.compression_type)
+
+
+def _array_records(path: bytes):
+    from segprep import storage
+    from segprep.formats import array_record
+
+    for _, data in array_record.read(path.decode(), files=storage.TENSORFLOW):
+        yield data
+
+
+def _records(files: list[str], reader, per_epoch: int | None, seed: int | None, start_epoch: int,
              shuffle_buffer: int) -> tf.data.Dataset:
     """(serialized record, augmentation key) pairs: training data (`per_epoch` records an epoch) as the epochs
     `make_dataset` describes, from `start_epoch` on; evaluation data (`per_epoch` None) one pass in record order,
-    with a dummy key."""
+    with a dummy key. `reader`: `shard_reader`'s function."""
     def read(names):
-        return names.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
-                                cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE, deterministic=True)
+        return names.interleave(reader, cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE,
+                                deterministic=True)
 
     if per_epoch is None:
         return read(tf.data.Dataset.from_tensor_slices(files)).map(lambda record: (record, tf.zeros([2], tf.int64)))

@@ -18,7 +18,7 @@ import numpy as np
 from segprep import codec, geo
 from segprep.cli import UsageError
 from segprep.formats import metadata as md
-from segprep.formats import records, tfrecord
+from segprep.formats import records, shards
 from trainer import common
 
 NO_PREDICTION = 255
@@ -52,7 +52,7 @@ def tiles(paths: list[str]):
     """Every record of the shards: (source id, (y, x), (source height, width), image bytes, extra crops,
     geo (crs, transform) or None)."""
     for path in paths:
-        for _, data in tfrecord.read(path):
+        for _, data in shards.read(path):
             f = {k: v for k, (_, v) in records.decode_example(data).items()}
             y, x = (int(v) for v in f[records.CROP_OFFSET])
             size = int(f[records.IMAGE_HEIGHT][0]), int(f[records.IMAGE_WIDTH][0])
@@ -69,7 +69,7 @@ def sources(paths: list[str]) -> dict[str, bool]:
     """{source id: whether it is georeferenced} of the shards' records, without decoding a pixel."""
     found: dict[str, bool] = {}
     for path in paths:
-        for _, data in tfrecord.read(path):
+        for _, data in shards.read(path):
             f = records.decode_example(data)
             found[f[records.IMAGE_SOURCE_ID][1][0].decode()] = records.GEO_TRANSFORM in f
     return found

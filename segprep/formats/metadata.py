@@ -5,8 +5,8 @@ Written last by the pipeline (its presence means the run finished); read by the 
 counts (so steps_per_epoch is never guessed), classes, colours and the RGB mean/std of the training crops.
 
     {"schema_version": 1, "class_names": [...], "class_colors": [[r, g, b], ...], "ignore_colors": [...],
-     "num_classes": 21, "ignore_label": 255, "crop_size": 256, "image_format": "jpeg", "compression": "none",
-     "seed": 0, "random_crop_splits": ["train"], "rgb_mean": [...], "rgb_std": [...],
+     "num_classes": 21, "ignore_label": 255, "crop_size": 256, "image_format": "jpeg", "file_format": "tfrecord",
+     "compression": "none", "seed": 0, "random_crop_splits": ["train"], "rgb_mean": [...], "rgb_std": [...],
      "splits": {"train": {"records": ..., "shards": [names], "shard_records": [...], "bytes": ..., ...}},
      "flags": {every flag of the run}, "seconds": ...}
 
@@ -23,7 +23,7 @@ import re
 import numpy as np
 
 from segprep import fields, layout
-from segprep.formats.shards import is_shard
+from segprep.formats.shards import FILE_FORMATS, ShardFormat, is_shard
 from segprep.palette import IGNORE_LABEL, Palette
 from segprep.formats.tfds_info import FILES as TFDS_FILES
 
@@ -204,7 +204,7 @@ class SplitResult:
     repeated_ids: int = 0  # ids the split's list repeats (each used once)
 
 
-def build(*, palette: Palette, crop_size: int, image_format: str, compressed: bool, seed: int,
+def build(*, palette: Palette, crop_size: int, image_format: str, shard_format: ShardFormat, seed: int,
           splits: dict[str, SplitResult], flags: dict, seconds: float, extra_inputs: tuple = ()) -> dict:
     """The metadata of a finished run. The RGB mean/std, and each extra input's per-band statistics, are over the
     random-crop (training) splits' crops, or over every split's when the run has no training split."""
@@ -225,7 +225,8 @@ def build(*, palette: Palette, crop_size: int, image_format: str, compressed: bo
         "ignore_label": IGNORE_LABEL,
         "crop_size": crop_size,
         "image_format": image_format,
-        "compression": "gzip" if compressed else "none",
+        "file_format": shard_format.file_format,
+        "compression": "gzip" if shard_format.compressed else "none",
         "seed": seed,
         "random_crop_splits": [name for name, r in splits.items() if r.random_crops],
         # Mean/std over the training crops' source pixels (0..255), for input normalisation.
@@ -238,7 +239,7 @@ def build(*, palette: Palette, crop_size: int, image_format: str, compressed: bo
         "flags": flags,
         "seconds": round(seconds, 2),
         # TensorFlow Datasets' files beside the shards (segprep/formats/tfds_info.py): none for gzip shards
-        "tfds_files": [] if compressed else list(TFDS_FILES),
+        "tfds_files": [] if shard_format.compressed else list(TFDS_FILES),
     }
 
 
@@ -327,6 +328,7 @@ _TOP = {
     "ignore_label": fields.Field("an integer", fields.integer(0), required=False),
     "crop_size": fields.Field("a positive integer", fields.integer(1)),
     "image_format": fields.Field("'jpeg' or 'png'", lambda v: v in ("jpeg", "png"), required=False),
+    "file_format": fields.Field(" or ".join(map(repr, FILE_FORMATS)), lambda v: v in FILE_FORMATS, required=False),
     "compression": fields.Field("'gzip' or 'none'", lambda v: v in ("gzip", "none"), required=False),
     "seed": fields.Field("an integer", fields.integer(0), required=False),
     "random_crop_splits": fields.Field("a list of split names", fields.list_of(fields.text), required=False),
@@ -480,6 +482,7 @@ class Metadata:
     splits: dict[str, SplitInfo]
     flags: dict  # every flag of the prepare run
     extra_inputs: dict = dataclasses.field(default_factory=dict)  # name → ExtraInfo
+    file_format: str = "tfrecord"  # or "array_record" (prepare --file_format)
 
     @property
     def num_classes(self) -> int:
@@ -550,6 +553,7 @@ class Metadata:
         random = set(meta.get("random_crop_splits", []))
         return cls(where=where, palette=palette, crop_size=meta["crop_size"],
                    image_format=meta.get("image_format", "jpeg"), compressed=meta.get("compression") == "gzip",
+                   file_format=meta.get("file_format", "tfrecord"),
                    seed=int(meta.get("seed", 0)), rgb_mean=tuple(meta["rgb_mean"]), rgb_std=tuple(meta["rgb_std"]),
                    splits={name: SplitInfo.from_json(name, entry, name in random)
                            for name, entry in meta["splits"].items()},

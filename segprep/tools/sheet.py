@@ -24,7 +24,7 @@ import numpy as np
 
 from segprep import codec, layout, layouts, pairs, storage
 from segprep.formats.metadata import metadata_path
-from segprep.formats import tfrecord, records
+from segprep.formats import records, shards
 from segprep.convert import DEFAULT_MAX_PIXELS, ConvertConfig, InputError, decode_pair
 from segprep.formats import metadata as md
 from segprep.palette import IGNORE_LABEL, Palette, PaletteError, load_palette
@@ -135,7 +135,7 @@ def from_records(out: str, split: str | None, count: int, seed: int):
     pool, budget = [], max(400, 20 * count)  # a seeded reservoir over the first `budget` records read
     seen = 0
     for path in shards:
-        for _, data in tfrecord.read(path, check=False):
+        for _, data in shards.read(path, check=False):
             if len(pool) < count:
                 pool.append(data)
             else:
