@@ -126,11 +126,20 @@ def fill_no_data(x, nodata, mean):
     return tf.where(empty, tf.constant(mean, tf.float32), x)
 
 
+def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
+    """A record's JPEG or PNG image → uint8 [H, W, 3]. JPEGs with the accurate integer DCT (libjpeg's ISLOW), the one
+    OpenCV decodes with: TensorFlow's default (IFAST) differs by up to ~10 levels on textured crops, so with it the
+    trainer would see other pixels than predict (which decodes new images with OpenCV) and segprep.torch do."""
+    return tf.cond(tf.io.is_jpeg(encoded),
+                   lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+                   lambda: tf.io.decode_png(encoded, channels=3))
+
+
 def decode(serialized: tf.Tensor, crop_size: int, factors: tf.Tensor | None = None, extras: dict | None = None):
     """One record → (image uint8 [S, S, 3], mask uint8 [S, S, 1]), and its `crop_weight` with `factors`. With
     `extras` ({name: ExtraInfo} of metadata.json), the first is a dict {"image": image, name: float32 [S, S, C]}."""
     f = tf.io.parse_single_example(serialized, {**feature_spec(), **extra_spec(extras or {})})
-    image = tf.io.decode_image(f[records.IMAGE_ENCODED], channels=3, expand_animations=False)
+    image = decode_rgb(f[records.IMAGE_ENCODED])
     mask = tf.io.decode_png(f[records.MASK_ENCODED], channels=1)
     image = tf.ensure_shape(image, (crop_size, crop_size, 3))
     mask = tf.ensure_shape(mask, (crop_size, crop_size, 1))

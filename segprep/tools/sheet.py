@@ -130,11 +130,11 @@ def from_records(out: str, split: str | None, count: int, seed: int):
     except md.MetadataError as e:
         raise UsageError(str(e)) from None
     rng = np.random.default_rng(seed)
-    shards = [layout.join(out, n) for n, k in zip(entry.shards, entry.shard_records) if k]
-    rng.shuffle(shards)
+    paths = [layout.join(out, n) for n, k in zip(entry.shards, entry.shard_records) if k]
+    rng.shuffle(paths)
     pool, budget = [], max(400, 20 * count)  # a seeded reservoir over the first `budget` records read
     seen = 0
-    for path in shards:
+    for path in paths:
         for _, data in shards.read(path, check=False):
             if len(pool) < count:
                 pool.append(data)
