@@ -17,20 +17,22 @@
     ./dev bench formats         # (m) prepare on 5000² tiles: JPEG vs TIFF storages; listing 10,000 files by pattern
     ./dev bench verify          # (n) segprep.verify on 1 GiB of shards: --quick vs every record decoded
     ./dev bench giant [SIDE..]  # (o) tiled TIFFs of 10,000², 20,000², 40,000² by window vs a 10,000² JPEG
+    ./dev bench read            # (t) records/s read: tf.data, segprep.torch (0/2 workers), ArrayRecord at random,
+                                #   the tfrecord package; ArrayRecord group size 1 vs 64
 """
 
 import sys
 
 from benchmarks import (bench_arch, bench_distribute, bench_extras, bench_formats, bench_giant, bench_lookup, bench_masks,
-                        bench_memory, bench_onednn, bench_oversample, bench_predict, bench_prepare, bench_scan,
-                        bench_train, bench_verify)
+                        bench_memory, bench_onednn, bench_oversample, bench_predict, bench_prepare, bench_read,
+                        bench_scan, bench_train, bench_verify)
 
 ALL = {"lookup": bench_lookup.main, "prepare": bench_prepare.main, "memory": bench_memory.main,
        "input": lambda: (bench_train.main(("input",)), bench_extras.main()), "train": bench_train.main, "masks": bench_masks.main,
        "predict": bench_predict.main, "distribute": bench_distribute.main,
        "scan": bench_scan.main, "onednn": bench_onednn.main, "formats": bench_formats.main,
        "verify": bench_verify.main, "giant": bench_giant.main, "oversample": bench_oversample.main,
-       "arch": bench_arch.main}
+       "arch": bench_arch.main, "read": bench_read.main}
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["giant"]:  # takes the tile sides to run

@@ -22,25 +22,23 @@ stays 0..65535, a DSM in metres; no data is the value metadata.json's extra_inpu
 split's sources are georeferenced, "crs" (str, "" for a crop without) and "transform" (float64 [6], GDAL order,
 the crop's own; NaN for a crop without).
 
-Records are parsed and decoded with segprep's own readers (segprep/formats/records.py, OpenCV's codecs): the
-same pixels as TensorFlow's decoders give (tested), and `tensorflow` is never imported.
+Records are parsed by protobuf and decoded by OpenCV (`segprep.examples`, which a JAX or NumPy reader can use too):
+the same pixels as the trainer's tf.data decoding (tested), and `tensorflow` is never imported.
 """
 
 from __future__ import annotations
 
 import bisect
-import math
 import random
 
 import numpy as np
 import torch
 import torch.utils.data
 
-from segprep import codec, geo, storage
+from segprep import examples, storage
 from segprep.crops import stable_hash
 from segprep.formats import array_record, metadata, records, tfrecord
 
-_NO_TRANSFORM = (math.nan,) * 6
 
 
 class ReadError(ValueError):
@@ -48,11 +46,13 @@ class ReadError(ValueError):
 
 
 def dataset(data_dir: str, split: str = "train", shuffle: bool = False, seed: int = 0,
-            inputs: list[str] | None = None, shuffle_buffer: int = 1024):
+            inputs: list[str] | None = None, shuffle_buffer: int = 1024, mask_dtype: torch.dtype = torch.int64):
     """The crops of `split` in prepare's output `data_dir` (local, or gs:// for TFRecord shards) as a PyTorch
     dataset: map-style over ArrayRecord shards, iterable over TFRecord shards (see the module docstring).
     `inputs`: the extra inputs to load (default: every one the run wrote; [] for none). `shuffle`: a new order
-    each epoch drawn from (`seed`, epoch) — call `set_epoch(e)` before each epoch, as with DistributedSampler."""
+    each epoch drawn from (`seed`, epoch) — call `set_epoch(e)` before each epoch, as with DistributedSampler.
+    `mask_dtype`: int64 (what losses take) by default; torch.uint8 moves 8× fewer bytes between DataLoader workers
+    and to the GPU (call .long() there): `./dev bench read` measures both."""
     meta = _metadata(data_dir)
     try:
         entry = meta.split(split)
@@ -63,7 +63,7 @@ def dataset(data_dir: str, split: str = "train", shuffle: bool = False, seed: in
     if unknown:
         raise ReadError(f"{data_dir} holds no extra input {unknown[0]!r}; it holds: "
                         f"{', '.join(meta.extra_inputs) or 'none'}")
-    decoder = Decoder(tuple(names), georeferenced=bool(_georeferencing(data_dir, split)))
+    decoder = Decoder(tuple(names), georeferenced=bool(_georeferencing(data_dir, split)), mask_dtype=mask_dtype)
     paths = meta.shard_paths(data_dir.rstrip("/"), split)
     counts = list(entry.shard_records)
     if meta.compressed:
@@ -99,32 +99,28 @@ def _georeferencing(data_dir: str, split: str) -> dict:
 
 
 class Decoder:
-    """A serialized crop record → the item dict (see the module docstring). Picklable: it travels to workers."""
+    """A serialized crop record → the item dict (see the module docstring), from `segprep.examples.decode`'s
+    arrays. Picklable: it travels to workers."""
 
-    def __init__(self, extras: tuple[str, ...] = (), georeferenced: bool = False):
+    def __init__(self, extras: tuple[str, ...] = (), georeferenced: bool = False,
+                 mask_dtype: torch.dtype = torch.int64):
         self.extras = extras
         self.georeferenced = georeferenced
+        self.mask_dtype = mask_dtype
 
     def __call__(self, data: bytes) -> dict:
-        f = {key: values for key, (_, values) in records.decode_example(data).items()}
-        height, width = f[records.IMAGE_HEIGHT][0], f[records.IMAGE_WIDTH][0]
-        image = codec.decode_image(f[records.IMAGE_ENCODED][0])
-        mask, _ = codec.decode_mask(f[records.MASK_ENCODED][0])
-        y, x = f[records.CROP_OFFSET]
-        item = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-                "mask": torch.from_numpy(mask.astype(np.int64)),
-                "id": f[records.IMAGE_SOURCE_ID][0].decode(), "offset": (int(y), int(x))}
-        if self.extras:
-            crops = records.extras_of(f)
-            for name in self.extras:
-                array = crops[name].array(height, width).astype(np.float32)
-                item[name] = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+        item = examples.decode(data, self.extras, self.georeferenced)
+        item["image"] = _channels_first(item["image"])
+        item["mask"] = torch.from_numpy(item["mask"]).to(self.mask_dtype)
+        for name in self.extras:
+            item[name] = _channels_first(item[name])
         if self.georeferenced:
-            crs = f.get(records.GEO_CRS, [b""])[0].decode()
-            packed = f.get(records.GEO_TRANSFORM, [b""])[0]
-            item["crs"] = crs
-            item["transform"] = torch.tensor(geo.unpack(packed) if packed else _NO_TRANSFORM, dtype=torch.float64)
+            item["transform"] = torch.from_numpy(item["transform"])
         return item
+
+
+def _channels_first(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
 def _order_rng(seed: int, *key) -> random.Random:

@@ -279,79 +279,63 @@ def encode_example(features: dict[str, list]) -> bytes:
 
 # --- reading ----------------------------------------------------------------------------------------------------
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        if pos >= len(data):
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
+@functools.lru_cache(maxsize=None)
+def _example_class():
+    """The `tf.train.Example` message class, built from its schema (tensorflow/core/example/{example,feature}.proto)
+    in a private descriptor pool: protobuf's C parser (upb) without TensorFlow, and no clash with TensorFlow's own
+    registration of the same messages in a process that imports both."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    proto = descriptor_pb2.FileDescriptorProto(name="segprep/example.proto", package="segprep.tf", syntax="proto3")
+    F = descriptor_pb2.FieldDescriptorProto
+    repeated, optional = F.LABEL_REPEATED, F.LABEL_OPTIONAL
+
+    def message(name, *fields, oneof=None, map_entry=False):
+        m = proto.message_type.add(name=name)
+        if oneof:
+            m.oneof_decl.add(name=oneof)
+        if map_entry:
+            m.options.map_entry = True
+        for field_name, number, kind, label, type_name in fields:
+            f = m.field.add(name=field_name, number=number, type=kind, label=label)
+            if type_name:
+                f.type_name = type_name
+            if oneof:
+                f.oneof_index = 0
+        return m
+
+    message("BytesList", ("value", 1, F.TYPE_BYTES, repeated, None))
+    message("FloatList", ("value", 1, F.TYPE_FLOAT, repeated, None))
+    message("Int64List", ("value", 1, F.TYPE_INT64, repeated, None))
+    message("Feature", ("bytes_list", 1, F.TYPE_MESSAGE, optional, ".segprep.tf.BytesList"),
+            ("float_list", 2, F.TYPE_MESSAGE, optional, ".segprep.tf.FloatList"),
+            ("int64_list", 3, F.TYPE_MESSAGE, optional, ".segprep.tf.Int64List"), oneof="kind")
+    features = message("Features", ("feature", 1, F.TYPE_MESSAGE, repeated, ".segprep.tf.Features.FeatureEntry"))
+    entry = features.nested_type.add(name="FeatureEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=F.TYPE_STRING, label=optional)
+    entry.field.add(name="value", number=2, type=F.TYPE_MESSAGE, label=optional, type_name=".segprep.tf.Feature")
+    message("Example", ("features", 1, F.TYPE_MESSAGE, optional, ".segprep.tf.Features"))
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("segprep.tf.Example"))
 
 
-def _fields(data: bytes):
-    """(field number, wire type, value) of a protobuf message: bytes for length-delimited fields, ints else."""
-    pos = 0
-    while pos < len(data):
-        tag, pos = _read_varint(data, pos)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, pos = _read_varint(data, pos)
-        elif wire == 2:
-            length, pos = _read_varint(data, pos)
-            if pos + length > len(data):
-                raise ValueError("a field runs past the end of the message")
-            value, pos = data[pos:pos + length], pos + length
-        elif wire == 5:
-            value, pos = data[pos:pos + 4], pos + 4
-        elif wire == 1:
-            value, pos = data[pos:pos + 8], pos + 8
-        else:
-            raise ValueError(f"unknown wire type {wire}")
-        yield number, wire, value
+_KINDS = {"bytes_list": "bytes", "int64_list": "int64", "float_list": "float", None: "bytes"}
 
 
 def decode_example(data: bytes) -> dict[str, tuple[str, list]]:
     """A serialised `tf.train.Example` → {key: (kind, values)}, kind "bytes", "int64" or "float"; raises
-    ValueError for bytes that are not one. The inverse of `encode_example`, without TensorFlow."""
+    ValueError for bytes that are not one. The inverse of `encode_example`, parsed by protobuf, without TensorFlow."""
+    try:
+        features = _example_class().FromString(data).features.feature
+    except Exception as e:  # protobuf's DecodeError, whichever implementation raised it
+        raise ValueError(str(e) or "not a protobuf message") from None
     out = {}
-    for number, _, features in _fields(data):
-        if number != 1:
-            continue
-        for fnum, _, entry in _fields(features):
-            if fnum != 1:
-                continue
-            key, feature = None, b""
-            for enum, _, value in _fields(entry):
-                if enum == 1:
-                    key = value.decode("utf-8")
-                elif enum == 2:
-                    feature = value
-            if key is None:
-                raise ValueError("a feature without a key")
-            kind, values = "bytes", []
-            for knum, _, payload in _fields(feature):
-                kind = {1: "bytes", 2: "float", 3: "int64"}.get(knum, "unknown")
-                for vnum, wire, value in _fields(payload):
-                    if vnum != 1:
-                        continue
-                    if kind == "bytes":
-                        values.append(value)
-                    elif kind == "int64" and wire == 2:  # packed
-                        pos = 0
-                        while pos < len(value):
-                            v, pos = _read_varint(value, pos)
-                            values.append(v - (1 << 64) if v >= 1 << 63 else v)
-                    elif kind == "int64":
-                        values.append(value - (1 << 64) if value >= 1 << 63 else value)
-                    else:
-                        values.append(value)
-            out[key] = (kind, values)
+    for key in features:
+        feature = features[key]
+        kind = feature.WhichOneof("kind")
+        out[key] = (_KINDS[kind], list(getattr(feature, kind).value) if kind else [])
     return out
 
 
