@@ -13,8 +13,9 @@
 `dataset` gives, by the run's --file_format:
 - ArrayRecord shards: a map-style `torch.utils.data.Dataset` (`ArrayRecordCrops`): any record by its number, so
   DataLoader's own shuffle=True / samplers / DistributedSampler work too.
-- TFRecord shards: an `IterableDataset` (`TFRecordCrops`): read in sequence, the shards split across DataLoader
-  workers (or, with fewer shards than workers, their records), shuffled through a buffer when `shuffle`.
+- TFRecord shards (gzipped ones too): an `IterableDataset` (`TFRecordCrops`): read in sequence, the shards split
+  across DataLoader workers (or, with fewer shards than workers, their records), shuffled through a buffer when
+  `shuffle`.
 
 Each item is a dict: "image" uint8 [3, H, W] RGB, "mask" int64 [H, W], "id" (the source image's id), "offset"
 (y, x) of the crop in its source; each extra input by its name, float32 [C, H, W] (values as stored: a uint16 band
@@ -63,12 +64,9 @@ def dataset(data_dir: str, split: str = "train", shuffle: bool = False, seed: in
     if unknown:
         raise ReadError(f"{data_dir} holds no extra input {unknown[0]!r}; it holds: "
                         f"{', '.join(meta.extra_inputs) or 'none'}")
-    decoder = Decoder(tuple(names), georeferenced=bool(_georeferencing(data_dir, split)), mask_dtype=mask_dtype)
+    decoder = Decoder(tuple(names), georeferenced=entry.georeferenced > 0, mask_dtype=mask_dtype)
     paths = meta.shard_paths(data_dir.rstrip("/"), split)
     counts = list(entry.shard_records)
-    if meta.compressed:
-        raise ReadError(f"{data_dir}: gzipped shards (--compress) are not read here; prepare them without "
-                        "--compress")
     if meta.file_format == "array_record":
         remote = [p for p in paths if storage.is_remote(p)]
         if remote:
@@ -89,13 +87,6 @@ def _metadata(data_dir: str) -> metadata.Metadata:
         return metadata.parse(data, path)
     except metadata.MetadataError as e:
         raise ReadError(str(e)) from None
-
-
-def _georeferencing(data_dir: str, split: str) -> dict:
-    import json
-
-    meta = json.loads(storage.read_bytes(metadata.metadata_path(data_dir.rstrip("/"))))
-    return meta["splits"][split].get("georeferencing") or {}
 
 
 class Decoder:

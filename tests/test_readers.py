@@ -282,3 +282,15 @@ def test_file_format_mistakes_are_one_line(voc_tree, tmp_path, capsys):
     assert prepare.main(["--input_dir", voc_tree.root, "--output_dir", str(out), "--file_format", "parquet",
                         *BEAM]) == 2
     assert "--file_format" in capsys.readouterr().err
+
+
+def test_segprep_torch_reads_gzipped_tfrecord_shards(voc_tree, tmp_path):
+    torch_ = pytest.importorskip("segprep.torch")
+    items = {}
+    for name, more in (("plain", []), ("gzip", ["--compress"])):
+        out = tmp_path / name
+        assert prepare.run(["--input_dir", voc_tree.root, "--output_dir", str(out), "--crop_size", "64",
+                            "--crops_per_image", "2", *more, *BEAM]) == 0
+        items[name] = [(i["id"], i["offset"], i["image"].numpy().tobytes(), i["mask"].numpy().tobytes())
+                       for i in torch_.dataset(str(out), "train")]
+    assert items["gzip"] == items["plain"] and len(items["plain"]) > 0

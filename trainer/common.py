@@ -4,6 +4,7 @@ flags is quick."""
 import dataclasses
 
 from segprep.formats import metadata as md
+from segprep.formats.shards import is_shard
 from segprep import storage
 
 ARCHS = ("multi", "deconv", "deeplabv3plus")  # trainer.model
@@ -72,7 +73,7 @@ def load_metadata(data_dir: str) -> dict:
                             f"`python -m pipelines.prepare --input_dir {data_dir} --output_dir data/records` and "
                             "pass --data_dir data/records.")
         why = ("it holds shards but no metadata.json: the prepare run did not finish; re-run it with --overwrite"
-               if glob(f"{root}/*.tfrecord*") or glob(f"{root}/*.array_record") else "it holds no prepare output")
+               if any(is_shard(p) for p in glob(f"{root}/*")) else "it holds no prepare output")
         raise DataError(f"No {path}: {why}. Make it with `python -m pipelines.prepare --input_dir DATASET "
                         f"--output_dir {data_dir}`.")
     try:

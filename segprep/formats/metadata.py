@@ -425,6 +425,7 @@ class SplitInfo:
     exif_applied: int
     exif_as_stored: int
     repeated_ids: int
+    georeferenced: int = 0  # sources with a grid (splits.SPLIT.georeferencing)
 
     @property
     def crop_mode(self) -> str:
@@ -441,7 +442,8 @@ class SplitInfo:
                    errors_file=entry.get("errors_file"),
                    class_pixels=tuple(pixels) if pixels is not None else None,
                    class_crops=tuple(crops) if crops is not None else None,
-                   source_ignore_share=float(entry.get("source_ignore_share") or 0.0), **counts)
+                   source_ignore_share=float(entry.get("source_ignore_share") or 0.0),
+                   georeferenced=len(entry.get("georeferencing") or {}), **counts)
 
 
 @dataclasses.dataclass(frozen=True)

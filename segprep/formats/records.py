@@ -290,12 +290,10 @@ def _example_class():
     F = descriptor_pb2.FieldDescriptorProto
     repeated, optional = F.LABEL_REPEATED, F.LABEL_OPTIONAL
 
-    def message(name, *fields, oneof=None, map_entry=False):
+    def message(name, *fields, oneof=None):
         m = proto.message_type.add(name=name)
         if oneof:
             m.oneof_decl.add(name=oneof)
-        if map_entry:
-            m.options.map_entry = True
         for field_name, number, kind, label, type_name in fields:
             f = m.field.add(name=field_name, number=number, type=kind, label=label)
             if type_name:
