@@ -161,7 +161,12 @@ class ArrayRecordCrops(torch.utils.data.Dataset):
     def _reader(self, shard: int):
         reader = self._readers.get(shard)
         if reader is None:
-            reader = self._readers[shard] = array_record.open_reader(self.paths[shard], array_record.READ_RANDOM)
+            try:
+                reader = array_record.open_reader(self.paths[shard], array_record.READ_RANDOM)
+            except tfrecord.RecordError as e:
+                raise tfrecord.RecordError(f"{self.paths[shard]}: {e} (`python -m segprep.verify` checks "
+                                           "every shard)") from None
+            self._readers[shard] = reader
         return reader
 
     def raw(self, indices: list[int]) -> list[bytes]:
@@ -229,10 +234,14 @@ class TFRecordCrops(torch.utils.data.IterableDataset):
     def _serialized(self, shard_order: list[int], share: tuple[int, int] | None):
         n = 0
         for shard in shard_order:
-            for _, data in tfrecord.read(self.paths[shard]):
-                if share is None or n % share[1] == share[0]:
-                    yield data
-                n += 1
+            try:
+                for _, data in tfrecord.read(self.paths[shard]):
+                    if share is None or n % share[1] == share[0]:
+                        yield data
+                    n += 1
+            except tfrecord.RecordError as e:
+                raise tfrecord.RecordError(f"{self.paths[shard]}: {e} (`python -m segprep.verify` checks "
+                                           "every shard)") from None
 
 
 def _buffered(stream, size: int, rng: random.Random):

@@ -271,6 +271,11 @@ def test_a_damaged_array_record_shard_is_named_by_verify_and_the_trainer(outputs
     assert verify.main([str(out)]) == 1
     err = capsys.readouterr()
     assert os.path.basename(shard) in err.out + err.err
+    open(shard, "wb").write(bytes(data[:len(data) // 2]))  # cut short: ArrayRecord opens it, holding nothing
+    assert verify.main([str(out)]) == 1
+    err = capsys.readouterr()
+    assert f"{os.path.basename(shard)}: not a whole ArrayRecord file" in err.out + err.err
+    assert len((err.out + err.err).strip().splitlines()) <= 3  # the problem and the summary: no traceback
 
 
 def test_file_format_mistakes_are_one_line(voc_tree, tmp_path, capsys):

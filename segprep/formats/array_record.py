@@ -81,11 +81,20 @@ def local_file(path: str, files=storage.BEAM):
 
 
 def open_reader(path: str, options: str = ""):
-    """ArrayRecord's reader of a local file; a RecordError when it is not a whole ArrayRecord file."""
+    """ArrayRecord's reader of a local file; a RecordError when it is not a whole ArrayRecord file (a cut-short
+    or damaged file opens as a reader that is not ok() and holds no records: its error comes with close())."""
     try:
-        return _module().ArrayRecordReader(path, options)
+        reader = _module().ArrayRecordReader(path, options)
     except (RuntimeError, ValueError, OSError) as e:
         raise RecordError(f"not a whole ArrayRecord file ({_first_line(e)})") from None
+    if not reader.ok():
+        why = "unreadable"
+        try:
+            reader.close()
+        except (RuntimeError, ValueError, OSError) as e:
+            why = _first_line(e)
+        raise RecordError(f"not a whole ArrayRecord file ({why})")
+    return reader
 
 
 def _first_line(error: Exception) -> str:
