@@ -299,3 +299,19 @@ def test_segprep_torch_reads_gzipped_tfrecord_shards(voc_tree, tmp_path):
         items[name] = [(i["id"], i["offset"], i["image"].numpy().tobytes(), i["mask"].numpy().tobytes())
                        for i in torch_.dataset(str(out), "train")]
     assert items["gzip"] == items["plain"] and len(items["plain"]) > 0
+
+
+def test_tfds_describes_geo_keys_only_when_every_crop_has_them():
+    """TFDS parses every feature of features.json in every record: a run where some sources had no grid gets no
+    geo features (the keys stay in the records, and segprep.torch gives "" and NaN for those crops)."""
+    def meta(grids, used):
+        return {"crop_size": 64, "image_format": "jpeg", "splits": {
+            "train": {"records": 9, "images_used": used, "georeferencing": {i: {} for i in grids}},
+            "val": {"records": 0, "images_used": 0}}}
+
+    assert tfds_info.all_georeferenced(meta(["a", "b"], 2))
+    assert "geo" in tfds_info.features(meta(["a", "b"], 2))["featuresDict"]["features"]["image"]["featuresDict"][
+        "features"]
+    assert not tfds_info.all_georeferenced(meta(["a"], 2))
+    assert "geo" not in tfds_info.features(meta(["a"], 2))["featuresDict"]["features"]["image"]["featuresDict"][
+        "features"]

@@ -64,11 +64,10 @@ def _extra(size: int, entry: dict) -> dict | None:
 
 
 def all_georeferenced(meta: dict) -> bool:
-    """Whether every crop of the run carries the geo keys: each split's every written source is georeferenced."""
+    """Whether every crop of the run carries the geo keys: in each split, every source that gave crops
+    (images_used) has a grid (georeferencing, counted from the same crops)."""
     splits = [e for e in meta["splits"].values() if e.get("records")]
-    return bool(splits) and all(
-        len(e.get("georeferencing") or {}) >= e.get("images_listed", 0) - e.get("inputs_failed", 0) > 0
-        for e in splits)
+    return bool(splits) and all(len(e.get("georeferencing") or {}) == e.get("images_used", 0) > 0 for e in splits)
 
 
 def features(meta: dict) -> dict:
